@@ -1,0 +1,103 @@
+"""Every hook mailgate calls, with when it is called and what it may return.
+
+Any hook may return a plain value, a Deferred or a coroutine: mailgate awaits
+them (see `mailgate.plugins`). Plugins registered later are asked first, so a
+user's plugin is asked before the built-ins it may override.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Awaitable, Union
+
+import pluggy
+
+if TYPE_CHECKING:
+    from mailgate.config import GatewayConfig
+    from mailgate.envelope import Envelope
+
+hookspec = pluggy.HookspecMarker("mailgate")
+
+Maybe = Union[Any, Awaitable[Any]]
+
+# --- start-up ---------------------------------------------------------------
+
+
+@hookspec
+def mailgate_configure(config: GatewayConfig) -> Maybe:
+    """Read settings and open resources, once, before any listener starts.
+
+    Every plugin is called; Deferreds and coroutines are awaited before
+    start-up goes on. A plugin reads its own table as `config.plugin["NAME"]`.
+    Raising `mailgate.config.ConfigError` stops start-up with its message.
+
+    Added in 0.1.
+    """
+
+
+# --- SMTP session -----------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def mailgate_forward(recipient: str) -> Maybe:
+    """Rewrite one recipient into others before it is routed.
+
+    Called once per RCPT TO, before `mailgate_route`. Return a list of
+    addresses that replace the recipient, or None to leave it alone. The
+    first non-None answer wins.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def mailgate_route(recipient: str, envelope: Envelope) -> Maybe:
+    """Choose where mail for one recipient goes.
+
+    Called once per RCPT TO while the client waits. Return a route string
+    (`local`, `local:ADDRESS`, `mx`, `smtp:HOST:PORT`, `webhook:NAME`,
+    `reject:550 5.7.1 TEXT`, `discard`, or `SCHEME:ARGS` for a plugin's own
+    scheme), or None to let the next plugin decide. The first non-None answer
+    wins. When no plugin answers, the recipient is refused with 550 5.1.1.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def mailgate_expand(address: str) -> Maybe:
+    """List the members of a mailing list address.
+
+    Called on delivery to a list and on EXPN. Return a list of member
+    addresses, or None when the address is not a list this plugin knows.
+    The first non-None answer wins.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def mailgate_verify(address: str) -> Maybe:
+    """Say whether an address exists, for VRFY.
+
+    Return True, False, or None for "don't know". The first non-None answer
+    wins. Only called for clients that `security.vrfy` allows.
+
+    Added in 0.1.
+    """
+
+
+# --- delivery ---------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def mailgate_deliver(route: str, envelope: Envelope, message: bytes) -> Maybe:
+    """Deliver one message along a route whose scheme no built-in owns.
+
+    `message` is the whole message, headers included, with CRLF line ends.
+    Return None if the route's scheme is not this plugin's, True once the
+    message is delivered; raise `mailgate.TemporaryFailure` to have it
+    retried or `mailgate.PermanentFailure` to have it bounced. Any other
+    exception counts as temporary. The first non-None answer wins.
+
+    Added in 0.1.
+    """

@@ -1,0 +1,158 @@
+"""The running gateway: listeners and shared resources, started and stopped in order."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.threadpool import ThreadPool
+
+from mailgate.config import GatewayConfig, ListenConfig
+from mailgate.delivery import Deliverer
+from mailgate.maildir import MaildirStore
+from mailgate.smtp_server import SMTPFactory
+
+log = Logger()
+
+DISK_THREADS = 32  # fsync waits on the disk, not the CPU: many may overlap
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class StartupError(Exception):
+    """A listener could not start; the message names the config key."""
+
+
+class GatewayService(MultiService):
+    """Owns the listeners, the disk thread pool and the sessions' orderly end.
+
+    Everything touching the file system or a port is built in
+    privilegedStartService, after twistd has applied --rundir (relative
+    paths are relative to it) and before it drops --uid/--gid (so ports
+    below 1024 can be bound).
+    """
+
+    def __init__(
+        self, config: GatewayConfig, plugin_manager: Any, reactor: Any, configured: Deferred
+    ) -> None:
+        super().__init__()
+        self._configured = configured
+        self.config = config
+        self.plugin_manager = plugin_manager
+        self.reactor = reactor
+        self.threadpool = ThreadPool(minthreads=0, maxthreads=DISK_THREADS, name="mailgate-disk")
+        self.factories: list[Any] = []
+        self.ports: dict[str, Any] = {}  # listener name -> IListeningPort, once bound
+
+    def privilegedStartService(self) -> None:
+        if self._configured.called:
+            self._build_listeners()  # children bound by super(), before privileges drop
+        else:
+            self._configured.addCallbacks(lambda _: self._build_listeners(), self._configure_failed)
+        super().privilegedStartService()
+
+    def _configure_failed(self, failure: Any) -> None:
+        log.critical("plugins: mailgate_configure failed: {error}", error=failure.getErrorMessage())
+        self.reactor.stop()
+
+    def _build_listeners(self) -> None:
+        tls_options = self._tls_options()
+        store = MaildirStore(
+            self.config.store.maildir_root, self.config.server.hostname, self.reactor, self.threadpool
+        )
+        deliverer = Deliverer(store, self.plugin_manager.hook)
+        for index, listener in enumerate(self.config.listen):
+            factory = self._factory(listener, deliverer, tls_options)
+            self.factories.append(factory)
+            if listener.tls == "implicit":
+                factory = TLSMemoryBIOFactory(tls_options, False, factory)
+            self._listen(index, listener, factory)
+
+    def _tls_options(self) -> Any:
+        if all(listener.tls == "none" for listener in self.config.listen):
+            return None
+        from mailgate.tls import ensure_certificate, server_tls_options
+
+        cert, key = self.config.tls.certificate, self.config.tls.key
+        if ensure_certificate(cert, key, self.config.server.hostname):
+            log.warn("tls.certificate: {cert} was missing: generated a self-signed certificate", cert=cert)
+        return server_tls_options(cert, key)
+
+    def _factory(self, listener: ListenConfig, deliverer: Deliverer, tls_options: Any) -> Factory:
+        if listener.protocol == "pop3":
+            return self._pop3_factory(listener, tls_options)
+        return SMTPFactory(
+            self.config, listener, self.plugin_manager.hook, deliverer, self.reactor, tls_options
+        )
+
+    def _pop3_factory(self, listener: ListenConfig, tls_options: Any) -> Factory:
+        from mailgate.pop3_server import POP3Factory
+        from mailgate.users import Accounts
+
+        return POP3Factory(
+            accounts=Accounts(self.config.users.file),
+            maildir_root=self.config.store.maildir_root,
+            hostname=self.config.server.hostname,
+            tls_options=tls_options if listener.tls == "starttls" else None,
+            plaintext_auth=self.config.security.plaintext_auth,
+            reactor=self.reactor,
+        )
+
+    def _listen(self, index: int, listener: ListenConfig, factory: Factory) -> None:
+        endpoint = serverFromString(self.reactor, listener.endpoint)
+        service = StreamServerEndpointService(endpoint, factory)
+        service._raiseSynchronously = True  # a port in use must stop start-up, not just log
+        service.setName(f"listen.{listener.name}")
+        service.setServiceParent(self)
+        original = service.privilegedStartService
+
+        def bind() -> None:
+            try:
+                original()
+            except CannotListenError as exc:
+                raise StartupError(f"listen[{index}].endpoint: cannot listen on {listener.endpoint}: {exc.socketError}") from None
+            service._waitingForPort.addCallback(self._bound, listener)
+
+        service.privilegedStartService = bind
+
+    def _bound(self, port: Any, listener: ListenConfig) -> Any:
+        self.ports[listener.name] = port
+        log.info("listening: {name} ({protocol}, tls={tls}) on {address}",
+                 name=listener.name, protocol=listener.protocol, tls=listener.tls, address=port.getHost())
+        return port
+
+    def startService(self) -> None:
+        self.threadpool.start()
+        super().startService()
+        log.info("mailgate started: {count} listener(s)", count=len(self.config.listen))
+
+    def stopService(self) -> Deferred:
+        """Stop accepting, end sessions (deliveries in flight finish), then the disk pool."""
+        log.info("mailgate stopping: closing listeners and {count} session(s)",
+                 count=sum(len(getattr(f, "sessions", ())) for f in self.factories))
+        d = Deferred.fromCoroutine(self._stop())
+        return d
+
+    async def _stop(self) -> None:
+        await super().stopService()
+        sessions_done = DeferredList(
+            [factory.shut_down() for factory in self.factories if hasattr(factory, "shut_down")],
+            consumeErrors=True,
+        )
+        timer = self.reactor.callLater(SHUTDOWN_GRACE_SECONDS, self._abort_sessions)
+        await sessions_done
+        if timer.active():
+            timer.cancel()
+        self.threadpool.stop()
+        log.info("mailgate stopped cleanly")
+
+    def _abort_sessions(self) -> None:
+        for factory in self.factories:
+            for session in list(getattr(factory, "sessions", ())):
+                session.transport.abortConnection()

@@ -1,0 +1,447 @@
+"""The ESMTP listener: one session per connection, RFC 5321 with pipelining.
+
+Commands are read as lines and answered in order; a command that waits on
+plugins or the disk pauses reading until its reply is written, which is
+what makes PIPELINING safe. DATA bypasses line handling altogether and
+goes to `mailgate.smtp_data.DataReader` in bulk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from ipaddress import ip_address
+from typing import Any, Awaitable
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from mailgate.addresses import AddressError, normalize_mailbox, parse_command_path
+from mailgate.config import GatewayConfig, ListenConfig
+from mailgate.delivery import PENDING_SCHEMES, Deliverer, route_scheme
+from mailgate.envelope import Envelope
+from mailgate.errors import DeliveryError
+from mailgate.maildir import StoredMessage
+from mailgate.plugins import first_answer
+from mailgate.smtp_data import DataReader
+
+log = Logger()
+
+MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
+_ids = itertools.count(1)
+
+
+def transaction_id() -> str:
+    """A short id for logs and the "queued as" reply, unique within a host."""
+    return f"{time.time_ns() // 1000:X}{os.getpid():X}{next(_ids):X}"
+
+
+@dataclass
+class Reply:
+    code: int
+    text: str  # may hold several lines, each becoming a reply line
+
+
+class SMTPFactory(Factory):
+    """Builds sessions for one `[[listen]]` table and tracks them for shutdown."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        listener: ListenConfig,
+        hooks: Any,
+        deliverer: Deliverer,
+        clock: IReactorTime,
+        tls_options: Any = None,
+    ) -> None:
+        self.config = config
+        self.listener = listener
+        self.hooks = hooks
+        self.deliverer = deliverer
+        self.clock = clock
+        self.tls_options = tls_options if listener.tls == "starttls" else None
+        self.sessions: set[SMTPSession] = set()
+        self.per_ip: Counter[str] = Counter()
+        self.stopping = False
+
+    def buildProtocol(self, addr: Any) -> SMTPSession:
+        session = SMTPSession()
+        session.factory = self
+        return session
+
+    def shut_down(self) -> Deferred:
+        """Say 421 to every session (after its delivery in flight) and wait for them to end."""
+        self.stopping = True
+        closing = [session.shut_down() for session in list(self.sessions)]
+        return DeferredList(closing, consumeErrors=True)
+
+
+class SMTPSession(Protocol, TimeoutMixin):
+    """One SMTP connection."""
+
+    factory: SMTPFactory
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._skipping_long_line = False
+        self._busy = False
+        self._closing = False
+        self._reader: DataReader | None = None
+        self._helo = ""
+        self._esmtp = False
+        self._envelope: Envelope | None = None
+        self._client_ip = ""
+        self._authenticated_as: str | None = None
+        self._closed: Deferred | None = None
+
+    # --- connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.callLater = factory.clock.callLater  # TimeoutMixin's timer, on the injected clock
+        peer = self.transport.getPeer()
+        self._client_ip = getattr(peer, "host", "")
+        factory.sessions.add(self)
+        factory.per_ip[self._client_ip] += 1
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)  # replies are small; Nagle would add 40 ms each
+        if factory.per_ip[self._client_ip] > factory.config.limits.max_connections_per_ip:
+            return self._close(421, "4.7.0 Too many connections from your address")
+        if factory.stopping:
+            return self._close(421, "4.3.2 Service shutting down")
+        self.setTimeout(factory.config.limits.command_timeout_seconds)
+        self._send(220, f"{factory.config.server.hostname} ESMTP mailgate")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.setTimeout(None)
+        factory = self.factory
+        factory.sessions.discard(self)
+        factory.per_ip[self._client_ip] -= 1
+        if factory.per_ip[self._client_ip] <= 0:
+            del factory.per_ip[self._client_ip]
+        if self._closed is not None:
+            self._closed.callback(None)
+
+    def timeoutConnection(self) -> None:
+        self._close(421, "4.4.2 Timeout exceeded, closing connection")
+
+    def shut_down(self) -> Deferred:
+        """End this session for a server stop; waits for a delivery in flight."""
+        if self._closed is None:
+            self._closed = Deferred()
+        if not self._busy:
+            self._close(421, "4.3.2 Service shutting down")
+        # else: the reply of the delivery in flight is sent first (see _resume)
+        return self._closed
+
+    def _close(self, code: int, text: str) -> None:
+        self._closing = True
+        self._reader = None
+        self._send(code, text)
+        self.transport.loseConnection()
+
+    # --- input ---------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        if self._reader is not None and not self._buffer:
+            rest = self._reader.feed(data)
+            if rest is not None:
+                self._end_data(rest)
+            return
+        self._buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        """Answer every complete command line in the buffer, in order."""
+        while not self._busy and not self._closing:
+            if self._reader is not None:
+                data, self._buffer = self._buffer, b""
+                rest = self._reader.feed(data) if data else None
+                if rest is not None:
+                    self._end_data(rest)
+                return
+            newline = self._buffer.find(b"\n")
+            if newline < 0:
+                if len(self._buffer) > MAX_COMMAND_LINE:
+                    self._buffer = b""
+                    self._skipping_long_line = True
+                return
+            line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
+            if self._skipping_long_line or len(line) + 2 > MAX_COMMAND_LINE:
+                self._skipping_long_line = False
+                self._send(500, "5.5.2 Line too long")
+                continue
+            self._command(line.rstrip(b"\r"))
+
+    def _command(self, line: bytes) -> None:
+        try:
+            text = line.decode("ascii")
+        except UnicodeDecodeError:
+            return self._send(500, "5.5.2 Command contains non-ASCII characters")
+        verb, _, argument = text.partition(" ")
+        handler = getattr(self, f"smtp_{verb.upper()}", None) if verb.isalpha() else None
+        if handler is None:
+            return self._send(500, "5.5.2 Command not recognized")
+        result = handler(argument.strip())
+        if result is not None:
+            self._wait_for(result)
+
+    def _wait_for(self, work: Awaitable[Reply | None]) -> None:
+        """Pause command processing until `work` gives its reply."""
+        self._busy = True
+        d = Deferred.fromCoroutine(work) if not isinstance(work, Deferred) else work
+        d.addErrback(self._internal_error)
+        d.addCallback(self._resume)
+
+    def _internal_error(self, failure: Any) -> Reply:
+        log.failure("SMTP session error from {ip}", failure, ip=self._client_ip)
+        return Reply(451, "4.3.0 Internal error, try again later")
+
+    def _resume(self, reply: Reply | None) -> None:
+        self._busy = False
+        if reply is not None:
+            self._send(reply.code, reply.text)
+        if self._closed is not None and not self._closing:
+            return self._close(421, "4.3.2 Service shutting down")
+        if self._buffer:
+            self._process()
+
+    def _send(self, code: int, text: str) -> None:
+        lines = text.split("\n")
+        out = [f"{code}-{line}\r\n" for line in lines[:-1]]
+        out.append(f"{code} {lines[-1]}\r\n")
+        self.transport.write("".join(out).encode("ascii", "replace"))
+
+    # --- commands ------------------------------------------------------------
+
+    def smtp_HELO(self, argument: str) -> None:
+        if not argument:
+            return self._send(501, "5.5.4 Syntax: HELO hostname")
+        self._greet(argument, esmtp=False)
+        self._send(250, self.factory.config.server.hostname)
+
+    def smtp_EHLO(self, argument: str) -> None:
+        if not argument:
+            return self._send(501, "5.5.4 Syntax: EHLO hostname")
+        self._greet(argument, esmtp=True)
+        self._send(250, "\n".join([self.factory.config.server.hostname, *self._extensions()]))
+
+    def _greet(self, helo: str, esmtp: bool) -> None:
+        self._helo, self._esmtp, self._envelope = helo, esmtp, None  # RFC 5321 4.1.4: resets
+
+    def _extensions(self) -> list[str]:
+        extensions = [
+            "PIPELINING",
+            f"SIZE {self.factory.config.limits.max_message_size}",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self._can_starttls():
+            extensions.append("STARTTLS")
+        return [*extensions, "HELP"]
+
+    def _can_starttls(self) -> bool:
+        return self.factory.tls_options is not None and not self._secure()
+
+    def _secure(self) -> bool:
+        return ISSLTransport.providedBy(self.transport)
+
+    def smtp_STARTTLS(self, argument: str) -> None:
+        if argument:
+            return self._send(501, "5.5.4 Syntax: STARTTLS")
+        if not self._can_starttls():
+            return self._send(502, "5.5.1 STARTTLS not available")
+        self._buffer = b""  # RFC 3207 4.2: nothing pipelined before the handshake counts
+        self._send(220, "2.0.0 Ready to start TLS")
+        self.transport.startTLS(self.factory.tls_options)
+        self._helo, self._esmtp, self._envelope = "", False, None
+
+    def smtp_MAIL(self, argument: str) -> Awaitable[Reply] | None:
+        if not self._helo:
+            return self._send(503, "5.5.1 Send HELO/EHLO first")
+        if self._envelope is not None:
+            return self._send(503, "5.5.1 Nested MAIL command")
+        try:
+            path, params = parse_command_path(argument, "FROM")
+            sender = normalize_mailbox(path) if path else ""
+            self._check_mail_params(params)
+        except AddressError as exc:
+            return self._send(501, f"5.5.4 {exc}")
+        except _Refused as refusal:
+            return self._send(refusal.code, refusal.text)
+        self._envelope = Envelope(
+            mail_from=sender,
+            helo=self._helo,
+            client_ip=self._client_ip,
+            authenticated_as=self._authenticated_as,
+            may_relay=self._may_relay(),
+            listener=self.factory.listener.name,
+        )
+        self._send(250, "2.1.0 Ok")
+        return None
+
+    def _check_mail_params(self, params: dict[str, str | None]) -> None:
+        for name, value in params.items():
+            if name == "SIZE" and value and value.isdigit():
+                if int(value) > self.factory.config.limits.max_message_size:
+                    raise _Refused(552, "5.3.4 Message size exceeds fixed limit")
+            elif name == "BODY" and value and value.upper() in ("7BIT", "8BITMIME"):
+                continue
+            else:
+                raise _Refused(555, f"5.5.4 Unsupported parameter {name}")
+
+    def _may_relay(self) -> bool:
+        if self._authenticated_as is not None:
+            return True
+        try:
+            client = ip_address(self._client_ip)
+        except ValueError:
+            return False
+        return any(client in net for net in self.factory.config.relay.allowed_networks)
+
+    def smtp_RCPT(self, argument: str) -> Awaitable[Reply] | None:
+        if self._envelope is None:
+            return self._send(503, "5.5.1 Need MAIL command")
+        if len(self._envelope.rcpt_to) >= self.factory.config.limits.max_recipients:
+            return self._send(452, "4.5.3 Too many recipients")
+        try:
+            path, params = parse_command_path(argument, "TO")
+            if params:
+                return self._send(555, f"5.5.4 Unsupported parameter {next(iter(params))}")
+            recipient = self._postmaster(path) or normalize_mailbox(path)
+        except AddressError as exc:
+            return self._send(501, f"5.1.3 {exc}")
+        return self._route(recipient, self._envelope)
+
+    def _postmaster(self, path: str) -> str | None:
+        """RFC 5321 4.5.1: a bare <postmaster> must be accepted."""
+        if path.lower() == "postmaster" and self.factory.config.domains.local:
+            return f"postmaster@{self.factory.config.domains.local[0]}"
+        return None
+
+    async def _route(self, recipient: str, envelope: Envelope) -> Reply:
+        route = await first_answer(self.factory.hooks.mailgate_route, recipient=recipient, envelope=envelope)
+        reply = route_refusal(route)
+        if reply is not None:
+            return reply
+        if envelope is self._envelope and recipient not in envelope.routes:
+            envelope.rcpt_to.append(recipient)
+            envelope.routes[recipient] = route
+        return Reply(250, "2.1.5 Ok")
+
+    def smtp_DATA(self, argument: str) -> None:
+        if argument:
+            return self._send(501, "5.5.4 Syntax: DATA")
+        if self._envelope is None:
+            return self._send(503, "5.5.1 Need MAIL command")
+        if not self._envelope.rcpt_to:
+            return self._send(554, "5.5.1 No valid recipients")
+        self._reader = DataReader(
+            max_size=self.factory.config.limits.max_message_size,
+            normalize_bare_newlines=self.factory.config.security.bare_newline == "normalize",
+        )
+        self._send(354, "End data with <CR><LF>.<CR><LF>")
+
+    def _end_data(self, rest: bytes) -> None:
+        reader, envelope = self._reader, self._envelope
+        self._reader, self._envelope = None, None
+        self._buffer = rest + self._buffer
+        assert reader is not None and envelope is not None
+        self._wait_for(self._finish_message(reader, envelope))
+
+    async def _finish_message(self, reader: DataReader, envelope: Envelope) -> Reply:
+        refusal = data_refusal(reader, self.factory.config.security.bare_newline)
+        if refusal is not None:
+            return refusal
+        queue_id = transaction_id()
+        header = self._trace_header(envelope, queue_id)
+        message = StoredMessage.build(header, reader.chunks, reader.size, reader.lines)
+        try:
+            await self.factory.deliverer.deliver(envelope, message)
+        except DeliveryError as exc:
+            log.warn("{id}: delivery failed: {reason}", id=queue_id, reason=exc.reason)
+            code, text = exc.smtp_reply()
+            return Reply(code, text)
+        log.info(
+            "{id}: from=<{sender}> to={rcpts} size={size} delivered",
+            id=queue_id, sender=envelope.mail_from, rcpts=len(envelope.rcpt_to), size=message.size,
+        )
+        return Reply(250, f"2.0.0 Ok: queued as {queue_id}")
+
+    def _trace_header(self, envelope: Envelope, queue_id: str) -> bytes:
+        """Return-Path and Received (RFC 5321 4.4), in the stored LF form."""
+        protocol = "ESMTP" if self._esmtp else "SMTP"
+        protocol += "S" if self._secure() else ""
+        protocol += "A" if self._authenticated_as else ""
+        recipient = f"\n\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else ""
+        stamp = format_datetime(datetime.now(timezone.utc))
+        return (
+            f"Return-Path: <{envelope.mail_from}>\n"
+            f"Received: from {self._helo} ([{self._client_ip}])\n"
+            f"\tby {self.factory.config.server.hostname} (mailgate) with {protocol} id {queue_id}"
+            f"{recipient};\n\t{stamp}\n"
+        ).encode("utf-8", "replace")
+
+    def smtp_RSET(self, argument: str) -> None:
+        self._envelope = None
+        self._send(250, "2.0.0 Ok")
+
+    def smtp_NOOP(self, argument: str) -> None:
+        self._send(250, "2.0.0 Ok")
+
+    def smtp_QUIT(self, argument: str) -> None:
+        self._close(221, "2.0.0 Bye")
+
+    def smtp_HELP(self, argument: str) -> None:
+        self._send(214, "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY")
+
+    def smtp_VRFY(self, argument: str) -> None:
+        self._send(252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_EXPN(self, argument: str) -> None:
+        self._send(502, "5.5.1 EXPN not available")
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
+def route_refusal(route: str | None) -> Reply | None:
+    """The reply refusing a recipient for its route, or None to accept it."""
+    if route is None:
+        return Reply(550, "5.1.1 Recipient address rejected: User unknown")
+    scheme, _, argument = route.partition(":")
+    if scheme == "reject":
+        code, _, text = argument.partition(" ")
+        if len(code) == 3 and code.isdigit() and code[0] in "45":
+            return Reply(int(code), text or "5.7.1 Rejected")
+        return Reply(550, "5.7.1 Rejected")
+    if route_scheme(route) in PENDING_SCHEMES:
+        return Reply(451, "4.3.2 Delivery to this destination is not available yet")
+    return None
+
+
+def data_refusal(reader: DataReader, bare_newline_policy: str) -> Reply | None:
+    """The reply refusing a received message, or None to deliver it."""
+    if reader.too_big:
+        return Reply(552, "5.3.4 Message size exceeds fixed limit")
+    if reader.line_too_long:
+        return Reply(500, "5.5.2 Line too long")
+    if reader.bare_newline and bare_newline_policy == "reject":
+        return Reply(550, "5.5.2 Message contains bare CR or LF characters")
+    return None

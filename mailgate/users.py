@@ -1,0 +1,257 @@
+"""The users file: one `address:hash` line per account, read on change, replaced atomically."""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+
+import bcrypt
+
+BCRYPT_ROUNDS = 12  # tests lower this in-process; files written by the CLI use 12
+BCRYPT_MAX_BYTES = 72  # bcrypt ignores anything longer; bcrypt>=5 raises instead
+
+_LOCAL_PART = re.compile(r"[!-~]+")  # printable ASCII, no spaces; ':' and '@' checked apart
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+Stamp = tuple[int, int, int]  # st_mtime_ns, st_size, st_ino
+
+
+class UserError(Exception):
+    """A refused account change; str() is a one-line message for the user."""
+
+
+def normalize_address(address: str) -> str:
+    """Return `address` lower-cased, or raise UserError if it can't be a users-file key."""
+    address = address.strip().lower()
+    local, at, domain = address.rpartition("@")
+    if (
+        not at
+        or not _LOCAL_PART.fullmatch(local)
+        or ":" in local
+        or "@" in local
+        or local.startswith("#")  # would read back as a comment
+        or not _DOMAIN.fullmatch(domain)
+    ):
+        raise UserError(f"invalid address {address!r} (expected local@domain)")
+    return address
+
+
+def hash_password(password: str) -> str:
+    """A bcrypt modular-crypt hash (`$2b$...`) of `password` at BCRYPT_ROUNDS."""
+    secret = password.encode("utf-8")
+    if len(secret) > BCRYPT_MAX_BYTES:
+        raise UserError(f"password is longer than {BCRYPT_MAX_BYTES} bytes (the bcrypt limit)")
+    return bcrypt.hashpw(secret, bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode("ascii")
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """True if `password` matches a bcrypt hash, or an argon2 one when argon2-cffi is installed."""
+    if hashed.startswith("$argon2"):
+        return _check_argon2(password, hashed)
+    if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+        return False
+    # Hashes made by other tools silently used only the first 72 bytes.
+    secret = password.encode("utf-8")[:BCRYPT_MAX_BYTES]
+    try:
+        return bcrypt.checkpw(secret, hashed.encode("ascii"))
+    except ValueError:  # a malformed hash in the file
+        return False
+
+
+def _check_argon2(password: str, hashed: str) -> bool:
+    try:
+        from argon2 import PasswordHasher
+        from argon2.exceptions import Argon2Error, InvalidHashError
+    except ImportError:
+        return False
+    try:
+        return PasswordHasher().verify(hashed, password)
+    except (Argon2Error, InvalidHashError):
+        return False
+
+
+@functools.cache
+def _dummy_hash(rounds: int) -> str:
+    return bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds=rounds)).decode("ascii")
+
+
+def parse_users(text: str) -> dict[str, str]:
+    """address -> hash for each `address:hash` line; blanks, comments and junk skipped."""
+    users: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        address, colon, hashed = line.partition(":")
+        if colon and hashed:
+            users.setdefault(address.strip().lower(), hashed.strip())  # first wins, as in _find
+    return users
+
+
+class Accounts:
+    """The accounts in one users file, re-read whenever the file changes."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._lock = threading.Lock()  # verify() runs in reactor threads
+        self._stamp: Stamp | None = None
+        self._hashes: dict[str, str] = {}
+
+    def exists(self, address: str) -> bool:
+        return address.lower() in self._current()
+
+    def addresses(self) -> list[str]:
+        return sorted(self._current())
+
+    def verify(self, address: str, password: str) -> bool:
+        """Check a password; blocking (bcrypt), so call it in a thread."""
+        hashed = self._current().get(address.lower())
+        if hashed is None:
+            # Spend a hash's worth of time so response times don't reveal who exists.
+            check_password(password, _dummy_hash(BCRYPT_ROUNDS))
+            return False
+        return check_password(password, hashed)
+
+    def _current(self) -> dict[str, str]:
+        with self._lock:
+            try:
+                stamp = _stamp_of(os.stat(self._path))
+            except FileNotFoundError:
+                self._stamp, self._hashes = None, {}
+                return self._hashes
+            if stamp != self._stamp:
+                self._reload()
+            return self._hashes
+
+    def _reload(self) -> None:
+        try:
+            with open(self._path, encoding="utf-8", errors="replace") as f:
+                # fstat of the file actually read: a replace after our stat() shows next call.
+                stamp = _stamp_of(os.fstat(f.fileno()))
+                text = f.read()
+        except FileNotFoundError:
+            self._stamp, self._hashes = None, {}
+            return
+        self._stamp, self._hashes = stamp, parse_users(text)
+
+
+def _stamp_of(st: os.stat_result) -> Stamp:
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def add_user(path: str, address: str, password: str) -> None:
+    """Add an account; UserError if it exists already."""
+    address = normalize_address(address)
+    line = f"{address}:{_new_hash(password)}\n"
+
+    def edit(lines: list[str]) -> list[str]:
+        if _find(lines, address) is not None:
+            raise UserError(f"user {address} already exists")
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        return [*lines, line]
+
+    _rewrite(path, edit)
+
+
+def set_password(path: str, address: str, password: str) -> None:
+    """Replace an account's hash; UserError if there is no such user."""
+    address = normalize_address(address)
+    line = f"{address}:{_new_hash(password)}\n"
+
+    def edit(lines: list[str]) -> list[str]:
+        index = _find(lines, address)
+        if index is None:
+            raise UserError(f"no such user {address}")
+        lines[index] = line
+        return lines
+
+    _rewrite(path, edit)
+
+
+def delete_user(path: str, address: str) -> None:
+    """Remove an account; UserError if there is no such user."""
+    address = normalize_address(address)
+
+    def edit(lines: list[str]) -> list[str]:
+        if _find(lines, address) is None:
+            raise UserError(f"no such user {address}")
+        return [line for line in lines if _address_of(line) != address]
+
+    _rewrite(path, edit)
+
+
+def _new_hash(password: str) -> str:
+    if not password:
+        raise UserError("empty password refused")
+    return hash_password(password)  # before taking the lock: it is the slow part
+
+
+def _address_of(line: str) -> str | None:
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#") or ":" not in stripped:
+        return None
+    return stripped.partition(":")[0].strip().lower()
+
+
+def _find(lines: list[str], address: str) -> int | None:
+    for index, line in enumerate(lines):
+        if _address_of(line) == address:
+            return index
+    return None
+
+
+def _rewrite(path: str, edit: Callable[[list[str]], list[str]]) -> None:
+    """Read-modify-write under a lock, so concurrent `mailgate user` runs can't lose updates."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with _locked(path + ".lock"):
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                lines = f.readlines()  # comments and unknown lines are kept as they are
+        except FileNotFoundError:
+            lines = []
+        _replace(path, "".join(edit(lines)))
+
+
+@contextmanager
+def _locked(lock_path: str) -> Iterator[None]:
+    # The lock file stays: unlinking it would let a waiter lock a file nobody else sees.
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _replace(path: str, text: str) -> None:
+    """Write a temp file beside `path`, fsync, rename over it, fsync the directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
