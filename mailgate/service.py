@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
@@ -23,10 +25,6 @@ log = Logger()
 
 DISK_THREADS = 32  # fsync waits on the disk, not the CPU: many may overlap
 SHUTDOWN_GRACE_SECONDS = 10.0
-
-
-class StartupError(Exception):
-    """A listener could not start; the message names the config key."""
 
 
 class GatewayService(MultiService):
@@ -116,7 +114,7 @@ class GatewayService(MultiService):
             try:
                 original()
             except CannotListenError as exc:
-                raise StartupError(f"listen[{index}].endpoint: cannot listen on {listener.endpoint}: {exc.socketError}") from None
+                _fail_startup(f"listen[{index}].endpoint: cannot listen on {listener.endpoint}: {exc.socketError}")
             service._waitingForPort.addCallback(self._bound, listener)
 
         service.privilegedStartService = bind
@@ -156,3 +154,14 @@ class GatewayService(MultiService):
         for factory in self.factories:
             for session in list(getattr(factory, "sessions", ())):
                 session.transport.abortConnection()
+
+
+def _fail_startup(problem: str) -> None:
+    """One line naming the key, on the real stderr and in the log, then exit 1.
+
+    twistd has already pointed sys.stderr at its log by now, so the line
+    goes to both: the operator at the terminal and the log reader see it.
+    """
+    log.critical("{problem}", problem=problem)
+    print(problem, file=sys.__stderr__)
+    raise SystemExit(1)

@@ -1,0 +1,148 @@
+"""Shared fixtures: a real `twistd mailgate` process on loopback, and fast password hashing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+BIN = Path(sys.executable).parent
+STARTUP_DEADLINE_SECONDS = 30.0
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], deadline_seconds: float = 10.0, what: str = "condition") -> object:
+    """Poll `predicate` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Gateway:
+    """A running `twistd -n mailgate` in its own directory."""
+
+    root: Path
+    config: Path
+    ports: dict[str, int]
+    process: subprocess.Popen | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.root / "twistd.log"
+
+    def start(self) -> "Gateway":
+        self.process = subprocess.Popen(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log_path),
+             "mailgate", "--config", str(self.config)],
+            cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        wait_for(self._started, STARTUP_DEADLINE_SECONDS, "mailgate to start")
+        return self
+
+    def _started(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            output = self.process.stdout.read().decode() if self.process.stdout else ""
+            raise AssertionError(f"twistd exited {self.process.returncode}: {output}\n{self.log()}")
+        return "mailgate started" in self.log() and all(_accepts(p) for p in self.ports.values())
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send `sig` and wait for the process to end; return its exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def mailbox(self, address: str) -> Path:
+        local, _, domain = address.partition("@")
+        return self.root / "var" / "mail" / domain / local
+
+    def new_messages(self, address: str) -> list[Path]:
+        new = self.mailbox(address) / "new"
+        return sorted(new.iterdir()) if new.is_dir() else []
+
+    def add_user(self, address: str, password: str = "secret") -> None:
+        subprocess.run(
+            [str(BIN / "mailgate"), "--config", str(self.config), "user", "add", address, "--password-stdin"],
+            input=f"{password}\n".encode(), cwd=self.root, check=True, capture_output=True,
+        )
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def gateway_config(ports: dict[str, int], extra: str = "", listeners: str | None = None) -> str:
+    """A config with one plain-text listener per entry of `ports` (name = protocol)."""
+    if listeners is None:
+        listeners = "".join(
+            f'[[listen]]\nname = "{name}"\nprotocol = "{"pop3" if name.startswith("pop3") else name}"\n'
+            f'endpoint = "tcp:{port}:interface=127.0.0.1"\n'
+            f'tls = "{"none" if name in ("smtp", "pop3") else "starttls"}"\n\n'
+            for name, port in ports.items()
+        )
+    return textwrap.dedent(
+        """\
+        [server]
+        hostname = "mx.example.test"
+        [domains]
+        local = ["example.test"]
+        [users]
+        file = "etc/users"
+        """
+    ) + listeners + extra
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """Build (not start) gateways in tmp_path; every one started is stopped at the end."""
+    made: list[Gateway] = []
+
+    def make(names: tuple[str, ...] = ("smtp",), extra: str = "", listeners: str | None = None) -> Gateway:
+        ports = {name: free_port() for name in names}
+        config = tmp_path / "mailgate.toml"
+        config.write_text(gateway_config(ports, extra, listeners))
+        (tmp_path / "etc").mkdir(exist_ok=True)
+        gateway = Gateway(tmp_path, config, ports)
+        made.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in made:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.process.kill()
+            gateway.process.wait()
+
+
+@pytest.fixture
+def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bcrypt at cost 4 for in-process tests; files written by the CLI keep cost 12."""
+    import mailgate.users
+
+    monkeypatch.setattr(mailgate.users, "BCRYPT_ROUNDS", 4)
