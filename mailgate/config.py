@@ -58,6 +58,7 @@ class SecurityConfig:
     vrfy: str = "authenticated"  # off | authenticated | all
     expn: str = "authenticated"  # off | authenticated | all
     bare_newline: str = "reject"  # reject | normalize (SMTP smuggling defence)
+    sender_login: str = "owned"  # owned | any: envelope senders an authenticated user may use
 
 
 @dataclass(frozen=True)
@@ -540,6 +541,7 @@ _SECURITY = {
     "vrfy": _Key(_POLICY),
     "expn": _Key(_POLICY),
     "bare_newline": _Key(_choice("reject", "normalize")),
+    "sender_login": _Key(_choice("owned", "any")),
 }
 _PLUGINS = {"paths": _Key(_list_of(_text)), "enable": _Key(_list_of(_module_name))}
 _DOCUMENT = {

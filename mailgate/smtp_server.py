@@ -31,6 +31,7 @@ from mailgate.envelope import Envelope
 from mailgate.errors import DeliveryError
 from mailgate.maildir import StoredMessage
 from mailgate.plugins import first_answer
+from mailgate.smtp_auth import SMTPAuthCommand
 from mailgate.smtp_data import DataReader
 
 log = Logger()
@@ -63,6 +64,8 @@ class SMTPFactory(Factory):
         deliverer: Deliverer,
         clock: IReactorTime,
         tls_options: Any = None,
+        portal: Any = None,
+        throttle: Any = None,
     ) -> None:
         self.config = config
         self.listener = listener
@@ -70,6 +73,9 @@ class SMTPFactory(Factory):
         self.deliverer = deliverer
         self.clock = clock
         self.tls_options = tls_options if listener.tls == "starttls" else None
+        self.portal = portal  # twisted.cred Portal over the users file; None: no AUTH
+        self.throttle = throttle  # mailgate.auth.AuthThrottle, shared by all listeners
+        self.owned_senders = owned_senders(config)
         self.sessions: set[SMTPSession] = set()
         self.per_ip: Counter[str] = Counter()
         self.stopping = False
@@ -86,7 +92,7 @@ class SMTPFactory(Factory):
         return DeferredList(closing, consumeErrors=True)
 
 
-class SMTPSession(Protocol, TimeoutMixin):
+class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
     """One SMTP connection."""
 
     factory: SMTPFactory
@@ -103,6 +109,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._client_ip = ""
         self._authenticated_as: str | None = None
         self._closed: Deferred | None = None
+        self._line_waiter: Deferred | None = None  # an AUTH exchange waiting for its next line
 
     # --- connection ----------------------------------------------------------
 
@@ -166,7 +173,7 @@ class SMTPSession(Protocol, TimeoutMixin):
 
     def _process(self) -> None:
         """Answer every complete command line in the buffer, in order."""
-        while not self._busy and not self._closing:
+        while not self._closing and (not self._busy or self._line_waiter is not None):
             if self._reader is not None:
                 data, self._buffer = self._buffer, b""
                 rest = self._reader.feed(data) if data else None
@@ -183,6 +190,10 @@ class SMTPSession(Protocol, TimeoutMixin):
             if self._skipping_long_line or len(line) + 2 > MAX_COMMAND_LINE:
                 self._skipping_long_line = False
                 self._send(500, "5.5.2 Line too long")
+                continue
+            if self._line_waiter is not None:
+                waiter, self._line_waiter = self._line_waiter, None
+                waiter.callback(line.rstrip(b"\r").decode("ascii", "replace"))
                 continue
             self._command(line.rstrip(b"\r"))
 
@@ -219,6 +230,10 @@ class SMTPSession(Protocol, TimeoutMixin):
         if self._buffer:
             self._process()
 
+    @staticmethod
+    def _reply(code: int, text: str) -> Reply:
+        return Reply(code, text)
+
     def _send(self, code: int, text: str) -> None:
         lines = text.split("\n")
         out = [f"{code}-{line}\r\n" for line in lines[:-1]]
@@ -251,6 +266,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         ]
         if self._can_starttls():
             extensions.append("STARTTLS")
+        if self._auth_offered() and self._authenticated_as is None:
+            extensions.append("AUTH PLAIN LOGIN")
         return [*extensions, "HELP"]
 
     def _can_starttls(self) -> bool:
@@ -268,16 +285,20 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._send(220, "2.0.0 Ready to start TLS")
         self.transport.startTLS(self.factory.tls_options)
         self._helo, self._esmtp, self._envelope = "", False, None
+        self._authenticated_as = None
 
     def smtp_MAIL(self, argument: str) -> Awaitable[Reply] | None:
         if not self._helo:
             return self._send(503, "5.5.1 Send HELO/EHLO first")
         if self._envelope is not None:
             return self._send(503, "5.5.1 Nested MAIL command")
+        if self.factory.listener.auth == "required" and self._authenticated_as is None:
+            return self._send(530, "5.7.0 Authentication required")
         try:
             path, params = parse_command_path(argument, "FROM")
             sender = normalize_mailbox(path) if path else ""
             self._check_mail_params(params)
+            self._check_sender_owned(sender)
         except AddressError as exc:
             return self._send(501, f"5.5.4 {exc}")
         except _Refused as refusal:
@@ -302,6 +323,14 @@ class SMTPSession(Protocol, TimeoutMixin):
                 continue
             else:
                 raise _Refused(555, f"5.5.4 Unsupported parameter {name}")
+
+    def _check_sender_owned(self, sender: str) -> None:
+        """An authenticated user sends as itself or its aliases, not as anyone."""
+        user = self._authenticated_as
+        if user is None or not sender or self.factory.config.security.sender_login == "any":
+            return
+        if sender != user and user not in self.factory.owned_senders.get(sender, ()):
+            raise _Refused(553, "5.7.1 Sender address not owned by the authenticated user")
 
     def _may_relay(self) -> bool:
         if self._authenticated_as is not None:
@@ -419,6 +448,16 @@ class _Refused(Exception):
     def __init__(self, code: int, text: str) -> None:
         super().__init__(text)
         self.code, self.text = code, text
+
+
+def owned_senders(config: GatewayConfig) -> dict[str, frozenset[str]]:
+    """Sender address -> the users who may use it besides itself: the targets of an
+    exact forward rule (an alias delivering to them)."""
+    owners: dict[str, frozenset[str]] = {}
+    for rule in config.forward:
+        if not rule.match.startswith("*@"):
+            owners[rule.match] = owners.get(rule.match, frozenset()) | frozenset(rule.to)
+    return owners
 
 
 def route_refusal(route: str | None) -> Reply | None:
