@@ -135,5 +135,7 @@ class SMTPAuthCommand:
         return self._reply(535, "5.7.8 Authentication credentials invalid")
 
     def _read_line(self: Any) -> Deferred:
+        """The client's next line; the idle timer runs while we wait for it."""
+        self.setTimeout(self.factory.config.limits.command_timeout_seconds)
         self._line_waiter = Deferred()
         return self._line_waiter

@@ -19,7 +19,7 @@ from ipaddress import ip_address
 from typing import Any, Awaitable
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -33,6 +33,7 @@ from mailgate.maildir import StoredMessage
 from mailgate.plugins import first_answer
 from mailgate.smtp_auth import SMTPAuthCommand
 from mailgate.smtp_data import DataReader
+from mailgate.tls import is_tls
 
 log = Logger()
 
@@ -110,6 +111,7 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
         self._authenticated_as: str | None = None
         self._closed: Deferred | None = None
         self._line_waiter: Deferred | None = None  # an AUTH exchange waiting for its next line
+        self._processing = False  # _process is on the stack: replies must not re-enter it
 
     # --- connection ----------------------------------------------------------
 
@@ -172,30 +174,45 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
         self._process()
 
     def _process(self) -> None:
-        """Answer every complete command line in the buffer, in order."""
+        """Answer every complete command line in the buffer, in order.
+
+        A command whose answer is ready at once comes back through _resume
+        while this loop is still running; the loop, not a recursive call,
+        then goes on, so a thousand pipelined commands need no deep stack.
+        """
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            self._process_lines()
+        finally:
+            self._processing = False
+
+    def _process_lines(self) -> None:
         while not self._closing and (not self._busy or self._line_waiter is not None):
             if self._reader is not None:
                 data, self._buffer = self._buffer, b""
                 rest = self._reader.feed(data) if data else None
-                if rest is not None:
-                    self._end_data(rest)
-                return
+                if rest is None:
+                    return
+                self._end_data(rest)
+                continue
             newline = self._buffer.find(b"\n")
             if newline < 0:
                 if len(self._buffer) > MAX_COMMAND_LINE:
                     self._buffer = b""
                     self._skipping_long_line = True
                 return
-            line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
+            line, self._buffer = self._buffer[:newline].rstrip(b"\r"), self._buffer[newline + 1 :]
             if self._skipping_long_line or len(line) + 2 > MAX_COMMAND_LINE:
                 self._skipping_long_line = False
                 self._send(500, "5.5.2 Line too long")
                 continue
             if self._line_waiter is not None:
                 waiter, self._line_waiter = self._line_waiter, None
-                waiter.callback(line.rstrip(b"\r").decode("ascii", "replace"))
+                waiter.callback(line.decode("ascii", "replace"))
                 continue
-            self._command(line.rstrip(b"\r"))
+            self._command(line)
 
     def _command(self, line: bytes) -> None:
         try:
@@ -211,8 +228,13 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
             self._wait_for(result)
 
     def _wait_for(self, work: Awaitable[Reply | None]) -> None:
-        """Pause command processing until `work` gives its reply."""
+        """Pause command processing until `work` gives its reply.
+
+        The idle timer stops meanwhile: a slow disk must not make the server
+        time out its own client and then store a message it answered 421 to.
+        """
         self._busy = True
+        self.setTimeout(None)
         d = Deferred.fromCoroutine(work) if not isinstance(work, Deferred) else work
         d.addErrback(self._internal_error)
         d.addCallback(self._resume)
@@ -223,6 +245,8 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
 
     def _resume(self, reply: Reply | None) -> None:
         self._busy = False
+        if not self._closing:
+            self.setTimeout(self.factory.config.limits.command_timeout_seconds)
         if reply is not None:
             self._send(reply.code, reply.text)
         if self._closed is not None and not self._closing:
@@ -243,13 +267,13 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
     # --- commands ------------------------------------------------------------
 
     def smtp_HELO(self, argument: str) -> None:
-        if not argument:
+        if not _printable(argument):
             return self._send(501, "5.5.4 Syntax: HELO hostname")
         self._greet(argument, esmtp=False)
         self._send(250, self.factory.config.server.hostname)
 
     def smtp_EHLO(self, argument: str) -> None:
-        if not argument:
+        if not _printable(argument):
             return self._send(501, "5.5.4 Syntax: EHLO hostname")
         self._greet(argument, esmtp=True)
         self._send(250, "\n".join([self.factory.config.server.hostname, *self._extensions()]))
@@ -274,7 +298,7 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
         return self.factory.tls_options is not None and not self._secure()
 
     def _secure(self) -> bool:
-        return ISSLTransport.providedBy(self.transport)
+        return is_tls(self.transport)
 
     def smtp_STARTTLS(self, argument: str) -> None:
         if argument:
@@ -442,6 +466,11 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
 
     def smtp_EXPN(self, argument: str) -> None:
         self._send(502, "5.5.1 EXPN not available")
+
+
+def _printable(text: str) -> bool:
+    """Non-empty printable ASCII: a HELO name is copied into Received: headers."""
+    return bool(text) and all(" " <= char <= "~" for char in text)
 
 
 class _Refused(Exception):
