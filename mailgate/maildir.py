@@ -138,10 +138,10 @@ def _link_or_copy(source: str, target: str, message: StoredMessage) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
         tmp = os.path.join(os.path.dirname(os.path.dirname(target)), "tmp", os.path.basename(target))
-        _write_file(tmp, message)
         try:
+            _write_file(tmp, message)  # a failed write (ENOSPC) must not leave a partial copy in tmp/
             os.rename(tmp, target)
-        except OSError:
+        except BaseException:
             _remove_all([tmp])
             raise
 

@@ -7,7 +7,7 @@ import inspect
 import sys
 from typing import Any, Iterable, Sequence
 
-from pluggy import HookCaller, PluginManager
+from pluggy import HookCaller, PluginManager, PluginValidationError
 from twisted.internet.defer import Deferred
 
 from mailgate import hookspecs
@@ -35,7 +35,10 @@ def build_plugin_manager(
         manager.register(plugin, name=f"builtin.{type(plugin).__name__}")
     manager.load_setuptools_entrypoints("mailgate")
     for index, module in enumerate(_import_enabled(config.plugins.paths, config.plugins.enable)):
-        manager.register(module, name=config.plugins.enable[index])
+        try:
+            manager.register(module, name=config.plugins.enable[index])
+        except (PluginValidationError, ValueError) as exc:  # bad hookimpl arguments; listed twice
+            raise ConfigError([f"plugins.enable[{index}]: {' '.join(str(exc).split())}"]) from None
     for plugin in extra:
         manager.register(plugin)
     try:
