@@ -16,10 +16,12 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
+from mailgate.auth import AuthThrottle, build_portal
 from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.delivery import Deliverer
 from mailgate.maildir import MaildirStore
 from mailgate.smtp_server import SMTPFactory
+from mailgate.users import Accounts
 
 log = Logger()
 
@@ -65,6 +67,9 @@ class GatewayService(MultiService):
             self.config.store.maildir_root, self.config.server.hostname, self.reactor, self.threadpool
         )
         deliverer = Deliverer(store, self.plugin_manager.hook)
+        self.accounts = Accounts(self.config.users.file)
+        self.portal = build_portal(self.accounts, self.reactor)
+        self.throttle = AuthThrottle(self.reactor)
         for index, listener in enumerate(self.config.listen):
             factory = self._factory(listener, deliverer, tls_options)
             self.factories.append(factory)
@@ -86,20 +91,22 @@ class GatewayService(MultiService):
         if listener.protocol == "pop3":
             return self._pop3_factory(listener, tls_options)
         return SMTPFactory(
-            self.config, listener, self.plugin_manager.hook, deliverer, self.reactor, tls_options
+            self.config, listener, self.plugin_manager.hook, deliverer, self.reactor,
+            tls_options, portal=self.portal, throttle=self.throttle,
         )
 
     def _pop3_factory(self, listener: ListenConfig, tls_options: Any) -> Factory:
         from mailgate.pop3_server import POP3Factory
-        from mailgate.users import Accounts
 
         return POP3Factory(
-            accounts=Accounts(self.config.users.file),
+            accounts=self.accounts,
             maildir_root=self.config.store.maildir_root,
             hostname=self.config.server.hostname,
             tls_options=tls_options if listener.tls == "starttls" else None,
             plaintext_auth=self.config.security.plaintext_auth,
             reactor=self.reactor,
+            throttle=self.throttle,
+            portal=self.portal,
         )
 
     def _listen(self, index: int, listener: ListenConfig, factory: Factory) -> None:

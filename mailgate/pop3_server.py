@@ -1,0 +1,684 @@
+"""POP3 over the Maildir store: RFC 1939, CAPA (RFC 2449), STLS (RFC 2595), SASL PLAIN (RFC 5034)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import deque
+from typing import IO, Any, Callable
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailgate.auth import (
+    AccountsChecker,
+    AddressRealm,
+    AuthThrottle,
+    IMailAccount,
+    PasswordStore,
+    thread_runner,
+)
+from mailgate.mailbox import BLOCK_SIZE, CRLFConverter, MessageInfo, commit, list_messages
+from mailgate.maildir import mailbox_path
+from mailgate.tls import is_tls
+
+log = Logger()
+
+AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
+
+SYS_TEMP = b"-ERR [SYS/TEMP] Internal error occurred. Refer to server log for more information."
+PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
+AUTH_FAILED = b"-ERR [AUTH] Authentication failed."
+TOO_MANY_FAILURES = b"-ERR [AUTH] Too many authentication failures, try again later."
+
+
+class POP3Factory(ServerFactory):
+    """Builds POP3Session protocols and holds what sessions share: portal, throttle, locks."""
+
+    def __init__(
+        self,
+        *,
+        accounts: PasswordStore | None,
+        maildir_root: str,
+        hostname: str,
+        tls_options: Any,  # a context factory for STLS (tls.server_tls_options); None: no STLS
+        plaintext_auth: str,  # "tls" | "always" (security.plaintext_auth)
+        reactor: Any,  # IReactorTime; also IReactorThreads unless run_blocking is given
+        idle_timeout_seconds: float = 600.0,
+        throttle: AuthThrottle | None = None,
+        portal: Portal | None = None,
+        run_blocking: Callable[..., Deferred[Any]] | None = None,
+    ) -> None:
+        self.maildir_root = maildir_root
+        self.hostname = hostname
+        self.tls_options = tls_options
+        self.plaintext_auth = plaintext_auth
+        self.clock = reactor
+        self.idle_timeout_seconds = idle_timeout_seconds
+        self.run_blocking = run_blocking or thread_runner(reactor)
+        self.throttle = throttle or AuthThrottle(reactor)
+        if portal is None:
+            if accounts is None:
+                raise ValueError("POP3Factory needs accounts or a portal")
+            portal = Portal(AddressRealm(), [AccountsChecker(accounts, self.run_blocking)])
+        self.portal = portal
+        self._locked: set[str] = set()
+
+    def buildProtocol(self, addr: Any) -> POP3Session:
+        session = POP3Session()
+        session.factory = self
+        return session
+
+    def lock(self, address: str) -> bool:
+        """One session per mailbox (RFC 1939 section 8): deletions must not race."""
+        if address in self._locked:
+            return False
+        self._locked.add(address)
+        return True
+
+    def unlock(self, address: str) -> None:
+        self._locked.discard(address)
+
+
+def message_number(arg: bytes) -> int | None:
+    """A 1-based message number argument, or None when it isn't one."""
+    text = arg.strip()
+    if not text.isdigit() or len(text) > 9:
+        return None
+    return int(text)
+
+
+class DotStuffer:
+    """Byte-stuff lines starting with '.' (RFC 1939 section 3), block by block."""
+
+    def __init__(self) -> None:
+        self._line_start = True
+
+    def feed(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        out = data.replace(b"\n.", b"\n..")
+        if self._line_start and out.startswith(b"."):
+            out = b"." + out
+        self._line_start = out.endswith(b"\n")
+        return out
+
+    def finish(self) -> bytes:
+        """The terminating line, after a CRLF if the message lacked a final one."""
+        return (b"" if self._line_start else b"\r\n") + b".\r\n"
+
+
+class TopLimiter:
+    """Pass the headers, the blank line and then `body_lines` lines (TOP, RFC 1939)."""
+
+    def __init__(self, body_lines: int) -> None:
+        self._in_headers = True
+        self._tail = b"\r\n"  # a message starting with an empty line has no headers
+        self._left = body_lines
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """CRLF data in; what to send and whether the limit is reached."""
+        head = b""
+        if self._in_headers:
+            window = self._tail + data
+            index = window.find(b"\r\n\r\n")
+            if index < 0:
+                self._tail = window[-3:]  # the separator may straddle blocks
+                return data, False
+            end = index + 4 - len(self._tail)
+            self._in_headers = False
+            head, data = data[:end], data[end:]
+        if self._left <= 0:
+            return head, True
+        parts = data.split(b"\n", self._left)  # one C call, not one per line
+        if len(parts) <= self._left:
+            self._left -= len(parts) - 1
+            return head + data, False
+        return head + data[: len(data) - len(parts[-1])], True
+
+
+@implementer(IPullProducer)
+class MessageSender:
+    """Stream one message file as a POP3 multi-line response, a block at a time.
+
+    Never holds the message in memory: each pull reads BLOCK_SIZE bytes,
+    converts line ends, applies the TOP limit and dot-stuffs with bytes
+    methods, so the cost is per block, not per line.
+    """
+
+    def __init__(self, handle: IO[bytes], top_lines: int | None, on_progress: Callable[[], None]) -> None:
+        self._handle = handle
+        self._converter = CRLFConverter()
+        self._limiter = TopLimiter(top_lines) if top_lines is not None else None
+        self._stuffer = DotStuffer()
+        self._on_progress = on_progress
+        self._consumer: Any = None
+        self._done: Deferred[None] = Deferred()
+
+    def begin(self, consumer: Any) -> Deferred[None]:
+        self._consumer = consumer
+        consumer.registerProducer(self, False)
+        return self._done
+
+    def resumeProducing(self) -> None:
+        # Loop until something is written: a pull producer that writes
+        # nothing is never asked again and the session would hang.
+        while self._consumer is not None:
+            try:
+                block = self._handle.read(BLOCK_SIZE)
+            except OSError:
+                self._finish(Failure())
+                return
+            data = self._converter.feed(block) if block else self._converter.finish()
+            limit_reached = False
+            if self._limiter is not None:
+                data, limit_reached = self._limiter.feed(data)
+            out = self._stuffer.feed(data)
+            if not block or limit_reached:
+                self._consumer.write(out + self._stuffer.finish())
+                self._finish(None)
+                return
+            if out:
+                self._consumer.write(out)
+                self._on_progress()
+                return
+
+    def stopProducing(self) -> None:
+        self._finish(Failure(ConnectionAbortedDuringSend()))
+
+    def _finish(self, failure: Failure | None) -> None:
+        if self._consumer is None:
+            return
+        consumer, self._consumer = self._consumer, None
+        self._handle.close()
+        consumer.unregisterProducer()
+        if failure is None:
+            self._done.callback(None)
+        else:
+            self._done.errback(failure)
+
+
+class ConnectionAbortedDuringSend(Exception):
+    """The transport stopped the producer: the client went away mid-message."""
+
+
+class POP3Session(Protocol):
+    """One POP3 connection: a command queue so pipelined commands run in order.
+
+    Commands that wait (password check, listing, streaming, commit) set
+    `_busy`; lines arriving meanwhile queue up and run when it clears.
+    """
+
+    factory: POP3Factory
+    MAX_LINE = 8192  # SASL responses may exceed RFC 2449's 255 octets
+    MAX_PENDING = 256
+    MAX_BAD_COMMANDS = 10
+
+    def __init__(self) -> None:
+        self.state = AUTHORIZATION
+        self._buffer = b""
+        self._pending: deque[bytes] = deque()
+        self._busy = self._draining = self._paused = False
+        self._connected = self._secure = self._committing = False
+        self._user: bytes | None = None
+        self._sasl_continuation: Callable[[bytes], None] | None = None
+        self._address: str | None = None
+        self._directory = ""
+        self._messages: list[MessageInfo] = []
+        self._deleted: set[int] = set()
+        self._retrieved: set[int] = set()
+        self._idle_call: Any = None
+        self._delayed: Any = None
+        self._sender: MessageSender | None = None
+        self._bad_commands = 0
+        self._ip = "unknown"
+
+    # connection life cycle
+
+    def connectionMade(self) -> None:
+        self._connected = True
+        self._secure = is_tls(self.transport)
+        self._ip = str(getattr(self.transport.getPeer(), "host", "unknown"))
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)  # Nagle + small replies = 40 ms per command
+            except (OSError, AttributeError, NotImplementedError):
+                pass
+        self._reset_idle()
+        self._reply(b"+OK " + self.factory.hostname.encode("ascii", "replace") + b" POP3 ready.")
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._connected = False
+        for call in (self._idle_call, self._delayed):
+            if call is not None and call.active():
+                call.cancel()
+        if self._sender is not None:
+            self._sender.stopProducing()
+        if self._address is not None and not self._committing:
+            self.factory.unlock(self._address)  # no UPDATE state: nothing deleted
+            self._address = None
+
+    def _reset_idle(self) -> None:
+        timeout = self.factory.idle_timeout_seconds
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(timeout)
+        elif self._connected:
+            self._idle_call = self.factory.clock.callLater(timeout, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        if self._sender is not None:
+            # Mid-message a "-ERR" would read as message text; stopping the
+            # producer closes the connection (a producer would keep it open).
+            self._sender.stopProducing()
+            return
+        self._reply(b"-ERR Disconnected for inactivity.")
+        self._close()
+
+    def _reply(self, line: bytes) -> None:
+        if self._connected:
+            self.transport.write(line + b"\r\n")
+
+    def _close(self) -> None:
+        self._pending.clear()
+        self.transport.loseConnection()
+
+    # input
+
+    def dataReceived(self, data: bytes) -> None:
+        self._reset_idle()
+        self._buffer += data
+        if b"\n" in data:
+            *lines, self._buffer = self._buffer.split(b"\n")
+            self._pending.extend(lines)
+            if max(map(len, lines)) > self.MAX_LINE:
+                self._too_long()
+                return
+        if len(self._buffer) > self.MAX_LINE:
+            self._too_long()
+            return
+        self._drain()
+        if len(self._pending) > self.MAX_PENDING and not self._paused:
+            self._paused = True  # a client pipelining without reading: stop reading too
+            self.transport.pauseProducing()
+
+    def _too_long(self) -> None:
+        self._reply(b"-ERR Line too long.")
+        self._close()
+
+    def _drain(self) -> None:
+        if self._draining:
+            return  # a command finished synchronously inside the loop below
+        self._draining = True
+        try:
+            while self._pending and not self._busy and self._connected and not self.transport.disconnecting:
+                self._handle_line(self._pending.popleft().rstrip(b"\r"))
+        finally:
+            self._draining = False
+        if self._paused and len(self._pending) < self.MAX_PENDING // 2 and self._connected:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _start_wait(self) -> None:
+        self._busy = True
+
+    def _done(self, _: object = None) -> None:
+        self._busy = False
+        self._drain()
+
+    def _handle_line(self, line: bytes) -> None:
+        if self._sasl_continuation is not None:
+            continuation, self._sasl_continuation = self._sasl_continuation, None
+            continuation(line)
+            return
+        command, _, arg = line.partition(b" ")
+        name = command.upper().decode("ascii", "replace")
+        handler = self._handlers().get(name)
+        if handler is None:
+            self._bad_command(b"-ERR Unknown command.")
+            return
+        try:
+            handler(arg)
+        except Exception:
+            log.failure("POP3 command {command} failed", command=name)
+            self._busy = False
+            self._reply(SYS_TEMP)
+
+    def _handlers(self) -> dict[str, Callable[[bytes], None]]:
+        if self.state == AUTHORIZATION:
+            return {
+                "CAPA": self.do_CAPA, "USER": self.do_USER, "PASS": self.do_PASS,
+                "AUTH": self.do_AUTH, "STLS": self.do_STLS, "QUIT": self.do_QUIT,
+            }  # fmt: skip
+        if self.state == TRANSACTION:
+            return {
+                "CAPA": self.do_CAPA, "STAT": self.do_STAT, "LIST": self.do_LIST,
+                "UIDL": self.do_UIDL, "RETR": self.do_RETR, "TOP": self.do_TOP,
+                "DELE": self.do_DELE, "NOOP": self.do_NOOP, "RSET": self.do_RSET,
+                "QUIT": self.do_QUIT,
+            }  # fmt: skip
+        return {}
+
+    def _bad_command(self, reply: bytes) -> None:
+        self._bad_commands += 1
+        if self._bad_commands > self.MAX_BAD_COMMANDS:
+            self._reply(b"-ERR Too many invalid commands.")
+            self._close()
+            return
+        self._reply(reply)
+
+    # AUTHORIZATION state
+
+    def _plaintext_allowed(self) -> bool:
+        return self.factory.plaintext_auth == "always" or self._secure
+
+    def _stls_available(self) -> bool:
+        return self.factory.tls_options is not None and not self._secure
+
+    def do_CAPA(self, arg: bytes) -> None:
+        lines = [b"+OK", b"CAPA", b"TOP", b"UIDL", b"RESP-CODES", b"PIPELINING", b"AUTH-RESP-CODE"]
+        if self.state == AUTHORIZATION:
+            if self._stls_available():
+                lines.append(b"STLS")
+            if self._plaintext_allowed():
+                lines += [b"USER", b"SASL PLAIN"]
+        lines += [b"IMPLEMENTATION mailgate", b"."]
+        self.transport.write(b"\r\n".join(lines) + b"\r\n")
+
+    def do_USER(self, arg: bytes) -> None:
+        if not self._plaintext_allowed():
+            self._reply(PLAINTEXT_REFUSED)
+            return
+        if not arg.strip():
+            self._reply(b"-ERR Missing user name.")
+            return
+        self._user = arg.strip()
+        self._reply(b"+OK")
+
+    def do_PASS(self, arg: bytes) -> None:
+        if not self._plaintext_allowed():
+            self._reply(PLAINTEXT_REFUSED)
+            return
+        if self._user is None:
+            self._reply(b"-ERR No user name given.")
+            return
+        user, self._user = self._user, None
+        self._login(user, arg)  # the whole rest of the line: passwords may hold spaces
+
+    def do_AUTH(self, arg: bytes) -> None:
+        mechanism, _, initial = arg.strip().partition(b" ")
+        if not mechanism:
+            self.transport.write(b"+OK\r\n" + (b"PLAIN\r\n" if self._plaintext_allowed() else b"") + b".\r\n")
+            return
+        if mechanism.upper() != b"PLAIN":
+            self._reply(b"-ERR Unsupported authentication mechanism.")
+            return
+        if not self._plaintext_allowed():
+            self._reply(PLAINTEXT_REFUSED)
+            return
+        if initial:
+            self._sasl_plain(initial)
+            return
+        self._sasl_continuation = self._sasl_plain
+        self.transport.write(b"+ \r\n")
+
+    def _sasl_plain(self, response: bytes) -> None:
+        """RFC 4616: authzid NUL authcid NUL passwd; "=" is an empty initial response."""
+        response = response.strip()
+        if response == b"*":
+            self._reply(b"-ERR Authentication aborted.")
+            return
+        try:
+            decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
+        except (binascii.Error, ValueError):
+            self._reply(b"-ERR [AUTH] Invalid base64 data.")
+            return
+        parts = decoded.split(b"\x00")
+        if len(parts) != 3:
+            self._reply(b"-ERR [AUTH] Invalid PLAIN response.")
+            return
+        authzid, authcid, password = parts
+        if authzid and authzid.lower() != authcid.lower():
+            self._reply(b"-ERR [AUTH] Authorization identity not permitted.")
+            return
+        self._login(authcid, password)
+
+    def do_STLS(self, arg: bytes) -> None:
+        if self._secure:
+            self._reply(b"-ERR TLS is already active.")
+            return
+        start_tls = getattr(self.transport, "startTLS", None)
+        if self.factory.tls_options is None or start_tls is None:
+            self._reply(b"-ERR TLS support isn't enabled.")
+            return
+        self._reply(b"+OK Begin TLS negotiation now.")
+        # RFC 2595 section 4: forget everything from before TLS, including
+        # commands a man in the middle may have pipelined after STLS.
+        self._pending.clear()
+        self._buffer = b""
+        self._user = None
+        start_tls(self.factory.tls_options)
+        self._secure = True
+
+    def do_QUIT(self, arg: bytes) -> None:
+        if self.state == TRANSACTION:
+            self._update()
+            return
+        self._reply(b"+OK Logging out.")
+        self._close()
+
+    # logging in
+
+    def _login(self, user: bytes, password: bytes) -> None:
+        throttle = self.factory.throttle
+        if throttle.should_disconnect(self._ip):
+            self._reply(TOO_MANY_FAILURES)
+            self._close()
+            return
+        self._start_wait()
+        d = maybeDeferred(self.factory.portal.login, UsernamePassword(user, password), None, IMailAccount)
+        d.addCallbacks(self._authenticated, self._login_failed)
+        d.addErrback(self._crashed)
+
+    def _authenticated(self, result: tuple[Any, str, Callable[[], None]]) -> None:
+        _, address, logout = result
+        logout()
+        if not self._connected:
+            return
+        self.factory.throttle.record_success(self._ip)
+        try:
+            directory = mailbox_path(self.factory.maildir_root, address)
+        except ValueError:
+            log.warn("POP3 login {address!r} has no usable mailbox path", address=address)
+            self._reply(b"-ERR [SYS/PERM] Mailbox name is not usable.")
+            self._done()
+            return
+        if not self.factory.lock(address):
+            self._reply(b"-ERR [IN-USE] Mailbox is locked by another POP3 session.")
+            self._done()
+            return
+        self._address = address
+        d = self.factory.run_blocking(list_messages, directory)
+        d.addCallbacks(self._listed, self._listing_failed, callbackArgs=(directory,))
+        d.addErrback(self._crashed)
+
+    def _listed(self, messages: list[MessageInfo], directory: str) -> None:
+        if not self._connected:
+            return
+        self._directory, self._messages = directory, messages
+        self.state = TRANSACTION
+        self._reply(b"+OK Logged in.")
+        self._done()
+
+    def _listing_failed(self, failure: Failure) -> None:
+        log.failure("POP3 listing of {address} failed", failure, address=self._address)
+        if self._address is not None:
+            self.factory.unlock(self._address)
+            self._address = None
+        self._reply(SYS_TEMP)
+        self._done()
+
+    def _login_failed(self, failure: Failure) -> None:
+        if not failure.check(UnauthorizedLogin, UnhandledCredentials):
+            log.failure("POP3 password check failed", failure)
+            self._reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")
+            self._done()
+            return
+        throttle = self.factory.throttle
+        throttle.record_failure(self._ip)
+        delay, disconnect = throttle.delay_seconds(self._ip), throttle.should_disconnect(self._ip)
+        if self._connected:
+            self._delayed = self.factory.clock.callLater(delay, self._answer_failure, disconnect)
+
+    def _answer_failure(self, disconnect: bool) -> None:
+        self._delayed = None
+        if disconnect:
+            self._reply(TOO_MANY_FAILURES)
+            self._close()
+            return
+        self._reply(AUTH_FAILED)
+        self._done()
+
+    def _crashed(self, failure: Failure) -> None:
+        log.failure("POP3 session error", failure)
+        self._reply(SYS_TEMP)
+        self._done()
+
+    # TRANSACTION state
+
+    def _message(self, arg: bytes) -> int | None:
+        """Index of a live message for arg, or None after replying -ERR."""
+        number = message_number(arg)
+        if number is None:
+            self._reply(b"-ERR Invalid message number.")
+            return None
+        if not 1 <= number <= len(self._messages):
+            self._reply(b"-ERR There's no message %d." % number)
+            return None
+        if number - 1 in self._deleted:
+            self._reply(b"-ERR Message is deleted.")
+            return None
+        return number - 1
+
+    def _live(self) -> list[tuple[int, MessageInfo]]:
+        return [(i, m) for i, m in enumerate(self._messages) if i not in self._deleted]
+
+    def do_STAT(self, arg: bytes) -> None:
+        live = self._live()
+        self._reply(b"+OK %d %d" % (len(live), sum(m.size for _, m in live)))
+
+    def do_LIST(self, arg: bytes) -> None:
+        self._scan_listing(arg, lambda m: b"%d" % m.size)
+
+    def do_UIDL(self, arg: bytes) -> None:
+        self._scan_listing(arg, lambda m: m.uid.encode("ascii"))
+
+    def _scan_listing(self, arg: bytes, value: Callable[[MessageInfo], bytes]) -> None:
+        if arg.strip():
+            index = self._message(arg)
+            if index is not None:
+                self._reply(b"+OK %d %s" % (index + 1, value(self._messages[index])))
+            return
+        live = self._live()
+        lines = [b"+OK %d messages:" % len(live)]
+        lines += [b"%d %s" % (i + 1, value(m)) for i, m in live]
+        self.transport.write(b"\r\n".join(lines) + b"\r\n.\r\n")
+
+    def do_RETR(self, arg: bytes) -> None:
+        index = self._message(arg)
+        if index is not None:
+            self._send(index, None, b"+OK %d octets" % self._messages[index].size)
+
+    def do_TOP(self, arg: bytes) -> None:
+        number, _, lines = arg.strip().partition(b" ")
+        count = message_number(lines)
+        if count is None:
+            self._reply(b"-ERR Invalid arguments: TOP msg lines.")
+            return
+        index = self._message(number)
+        if index is not None:
+            self._send(index, count, b"+OK")
+
+    def _send(self, index: int, top_lines: int | None, first_line: bytes) -> None:
+        try:
+            handle = open(self._messages[index].path(self._directory), "rb")
+        except OSError as error:
+            log.warn("POP3 cannot open message: {error}", error=error)
+            self._reply(b"-ERR [SYS/TEMP] Message is not available.")
+            return
+        self._reply(first_line)
+        self._start_wait()
+        self._sender = MessageSender(handle, top_lines, self._reset_idle)
+        d = self._sender.begin(self.transport)
+        d.addCallbacks(self._sent, self._send_failed, callbackArgs=(index, top_lines is None))
+
+    def _sent(self, _: None, index: int, retrieved: bool) -> None:
+        self._sender = None
+        if retrieved:
+            self._retrieved.add(index)  # moved to cur/ at QUIT
+        self._done()
+
+    def _send_failed(self, failure: Failure) -> None:
+        self._sender = None
+        if not failure.check(ConnectionAbortedDuringSend):
+            log.failure("POP3 reading a message failed", failure)
+        # The "+OK" is out and a "-ERR" would read as message text: only
+        # closing tells the client this copy is incomplete.
+        if self._connected:
+            self.transport.loseConnection()
+
+    def do_DELE(self, arg: bytes) -> None:
+        index = self._message(arg)
+        if index is not None:
+            self._deleted.add(index)
+            self._reply(b"+OK Marked to be deleted.")
+
+    def do_NOOP(self, arg: bytes) -> None:
+        self._reply(b"+OK")
+
+    def do_RSET(self, arg: bytes) -> None:
+        self._deleted.clear()
+        self._reply(b"+OK %d messages." % len(self._messages))
+
+    # UPDATE state
+
+    def _update(self) -> None:
+        """Commit deletions and read marks (RFC 1939 section 6), then close."""
+        self.state = UPDATE
+        delete = [self._messages[i] for i in sorted(self._deleted)]
+        seen = [self._messages[i] for i in sorted(self._retrieved)]
+        self._committing = True
+        self._start_wait()
+        d = self.factory.run_blocking(commit, self._directory, delete, seen)
+        d.addCallbacks(self._committed, self._commit_failed)
+        d.addBoth(self._logged_out)
+
+    def _committed(self, undeleted: list[MessageInfo]) -> None:
+        if undeleted:
+            log.warn(
+                "POP3 could not delete {count} messages of {address}",
+                count=len(undeleted),
+                address=self._address,
+            )
+            self._reply(b"-ERR [SYS/TEMP] Some deleted messages were not removed.")
+            return
+        self._reply(b"+OK Logging out.")
+
+    def _commit_failed(self, failure: Failure) -> None:
+        log.failure("POP3 commit for {address} failed", failure, address=self._address)
+        self._reply(b"-ERR [SYS/TEMP] Some deleted messages were not removed.")
+
+    def _logged_out(self, _: object) -> None:
+        if self._address is not None:
+            self.factory.unlock(self._address)
+            self._address = None
+        self._committing = False
+        if self._connected:
+            self._close()

@@ -1,0 +1,148 @@
+"""Tests for mailgate.auth: the cred checker over the users file, the portal and AuthThrottle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import bcrypt
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mailgate import users
+from mailgate.auth import AccountsChecker, AuthThrottle, IMailAccount, build_portal
+from mailgate.users import Accounts
+
+
+def run_now(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """A synchronous stand-in for the thread pool."""
+    return maybeDeferred(function, *args)
+
+
+def write_users(case: SynchronousTestCase, entries: dict[str, str]) -> str:
+    directory = tempfile.mkdtemp()
+    case.addCleanup(shutil.rmtree, directory, True)
+    path = os.path.join(directory, "users")
+    with open(path, "w") as handle:
+        for address, password in entries.items():
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
+            handle.write(f"{address}:{hashed}\n")
+    return path
+
+
+class BrokenAccounts:
+    def verify(self, address: str, password: str) -> bool:
+        raise OSError("users file unreadable")
+
+
+class CheckerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.patch(users, "BCRYPT_ROUNDS", 4)  # the unknown-user dummy hash
+        self.accounts = Accounts(write_users(self, {"alice@example.test": "s3cret pw"}))
+        self.checker = AccountsChecker(self.accounts, run_now)
+
+    def test_good_password_gives_lower_cased_address(self) -> None:
+        d = self.checker.requestAvatarId(UsernamePassword(b"Alice@Example.TEST", b"s3cret pw"))
+        self.assertEqual(self.successResultOf(d), "alice@example.test")
+
+    def test_text_credentials_work_too(self) -> None:
+        d = self.checker.requestAvatarId(UsernamePassword("alice@example.test", "s3cret pw"))
+        self.assertEqual(self.successResultOf(d), "alice@example.test")
+
+    def test_wrong_password(self) -> None:
+        d = self.checker.requestAvatarId(UsernamePassword(b"alice@example.test", b"nope"))
+        self.failureResultOf(d, UnauthorizedLogin)
+
+    def test_unknown_user(self) -> None:
+        d = self.checker.requestAvatarId(UsernamePassword(b"bob@example.test", b"s3cret pw"))
+        self.failureResultOf(d, UnauthorizedLogin)
+
+    def test_undecodable_or_empty_credentials(self) -> None:
+        for username, password in [(b"alice@example.test", b"\xff"), (b"", b"x"), (b"a\x00b", b"x")]:
+            d = self.checker.requestAvatarId(UsernamePassword(username, password))
+            self.failureResultOf(d, UnauthorizedLogin)
+
+    def test_store_errors_are_not_bad_passwords(self) -> None:
+        """A broken users file must surface as a temporary error, not "wrong password"."""
+        checker = AccountsChecker(BrokenAccounts(), run_now)
+        d = checker.requestAvatarId(UsernamePassword(b"alice@example.test", b"x"))
+        self.failureResultOf(d, OSError)
+
+
+class PortalTests(TestCase):
+    """Through the real reactor thread pool, as the servers use it."""
+
+    def setUp(self) -> None:
+        self.patch(users, "BCRYPT_ROUNDS", 4)
+        self.portal = build_portal(Accounts(write_users(self, {"alice@example.test": "pw"})), reactor)
+
+    async def _login(self, password: bytes) -> Any:
+        return await self.portal.login(UsernamePassword(b"alice@example.test", password), None, IMailAccount)
+
+    def test_login(self) -> Deferred[None]:
+        async def check() -> None:
+            interface, avatar, logout = await self._login(b"pw")
+            self.assertIs(interface, IMailAccount)
+            self.assertEqual(avatar, "alice@example.test")
+            logout()
+
+        return Deferred.fromCoroutine(check())
+
+    def test_login_refused(self) -> Deferred[None]:
+        async def check() -> None:
+            with self.assertRaises(UnauthorizedLogin):
+                await self._login(b"wrong")
+
+        return Deferred.fromCoroutine(check())
+
+
+class ThrottleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.throttle = AuthThrottle(self.clock, window_seconds=300, disconnect_after=5)
+
+    def test_delay_doubles_and_is_capped(self) -> None:
+        delays = [self.throttle.delay_seconds("192.0.2.1")]
+        for _ in range(6):
+            self.throttle.record_failure("192.0.2.1")
+            delays.append(self.throttle.delay_seconds("192.0.2.1"))
+        self.assertEqual(delays, [0, 1, 2, 4, 8, 8, 8])
+
+    def test_disconnect_after_five_failures(self) -> None:
+        for _ in range(4):
+            self.throttle.record_failure("192.0.2.1")
+        self.assertFalse(self.throttle.should_disconnect("192.0.2.1"))
+        self.throttle.record_failure("192.0.2.1")
+        self.assertTrue(self.throttle.should_disconnect("192.0.2.1"))
+        self.assertFalse(self.throttle.should_disconnect("192.0.2.2"))
+
+    def test_failures_expire_after_the_window(self) -> None:
+        for _ in range(5):
+            self.throttle.record_failure("192.0.2.1")
+            self.clock.advance(10)
+        self.clock.advance(300 - 45)
+        self.assertEqual(self.throttle.failures("192.0.2.1"), 4)
+        self.clock.advance(100)
+        self.assertEqual(self.throttle.failures("192.0.2.1"), 0)
+        self.assertEqual(self.throttle.delay_seconds("192.0.2.1"), 0)
+
+    def test_success_clears(self) -> None:
+        for _ in range(5):
+            self.throttle.record_failure("192.0.2.1")
+        self.throttle.record_success("192.0.2.1")
+        self.assertFalse(self.throttle.should_disconnect("192.0.2.1"))
+        self.assertEqual(self.throttle.delay_seconds("192.0.2.1"), 0)
+
+    def test_memory_is_bounded(self) -> None:
+        """A scan from many addresses can't grow the table without limit."""
+        throttle = AuthThrottle(self.clock, max_tracked_ips=100)
+        for n in range(1000):
+            throttle.record_failure(f"10.0.{n // 256}.{n % 256}")
+        self.assertEqual(throttle.failures("10.0.0.0"), 0)
+        self.assertEqual(throttle.failures("10.0.3.231"), 1)

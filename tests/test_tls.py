@@ -1,0 +1,233 @@
+"""Tests for mailgate.tls, and POP3 over real TLS on loopback (STLS and implicit TLS)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import poplib
+import shutil
+import ssl
+import stat
+import tempfile
+import warnings
+from typing import Any
+
+import bcrypt
+from cryptography import x509
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import StringTransport
+from twisted.internet.threads import deferToThread
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import directlyProvides
+
+from mailgate import users
+from mailgate.maildir import StoredMessage, deliver_durably
+from mailgate.pop3_server import POP3Factory
+from mailgate.tls import ensure_certificate, is_tls, server_tls_options
+from mailgate.users import Accounts
+
+ALICE, PASSWORD = "alice@example.test", "pa ss"
+BODY = [b"Subject: over TLS\n\n.dotted line\n", (b"y" * 999 + b"\n") * 100, b"bye\n"]  # poplib: lines < 2048
+
+
+class FakeAccounts:
+    def verify(self, address: str, password: str) -> bool:
+        return False
+
+
+class CertificateTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.cert = os.path.join(self.directory, "tls", "deeper", "cert.pem")
+        self.key = os.path.join(self.directory, "tls", "key.pem")
+
+    def load(self) -> x509.Certificate:
+        with open(self.cert, "rb") as handle:
+            return x509.load_pem_x509_certificate(handle.read())
+
+    def test_generates_when_missing(self) -> None:
+        self.assertTrue(ensure_certificate(self.cert, self.key, "mail.example.test"))
+        self.assertEqual(stat.S_IMODE(os.stat(self.key).st_mode), 0o600)
+        cert = self.load()
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(san.get_values_for_type(x509.DNSName), ["mail.example.test", "localhost"])
+        self.assertEqual(san.get_values_for_type(x509.IPAddress), [ipaddress.ip_address("127.0.0.1")])
+        lifetime = cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+        self.assertGreater(lifetime.days, 9 * 365)
+        self.assertEqual(sorted(os.listdir(os.path.dirname(self.key))), ["deeper", "key.pem"])  # no temp files left
+        self.assertEqual(os.listdir(os.path.dirname(self.cert)), ["cert.pem"])
+
+    def test_existing_files_are_kept(self) -> None:
+        ensure_certificate(self.cert, self.key, "mail.example.test")
+        before = self.load().serial_number
+        self.assertFalse(ensure_certificate(self.cert, self.key, "other.example.test"))
+        self.assertEqual(self.load().serial_number, before)
+
+    def test_missing_key_regenerates_the_pair(self) -> None:
+        ensure_certificate(self.cert, self.key, "mail.example.test")
+        before = self.load().serial_number
+        os.unlink(self.key)
+        self.assertTrue(ensure_certificate(self.cert, self.key, "mail.example.test"))
+        self.assertNotEqual(self.load().serial_number, before)
+        server_tls_options(self.cert, self.key).getContext()  # key and cert match
+
+    def test_ip_hostname_becomes_ip_san(self) -> None:
+        ensure_certificate(self.cert, self.key, "192.0.2.1")
+        san = self.load().extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertIn(ipaddress.ip_address("192.0.2.1"), san.get_values_for_type(x509.IPAddress))
+
+
+class IsTLSTests(SynchronousTestCase):
+    def test_plain_transport(self) -> None:
+        self.assertFalse(is_tls(StringTransport()))
+
+    def test_after_start_tls(self) -> None:
+        transport = StringTransport()
+        directlyProvides(transport, ISSLTransport)  # what tcp's startTLS does
+        self.assertTrue(is_tls(transport))
+
+    def test_tls_memory_bio_wrapper(self) -> None:
+        """Implicit TLS: the protocol's transport is a TLSMemoryBIOProtocol, not an ISSLTransport."""
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        cert, key = os.path.join(directory, "c.pem"), os.path.join(directory, "k.pem")
+        ensure_certificate(cert, key, "localhost")
+        factory = TLSMemoryBIOFactory(server_tls_options(cert, key), False, POP3Factory(
+            accounts=FakeAccounts(), maildir_root=directory, hostname="localhost", tls_options=None,
+            plaintext_auth="tls", reactor=reactor,
+        ))  # fmt: skip
+        wrapper = factory.buildProtocol(None)
+        self.assertTrue(is_tls(wrapper))
+
+
+class LoopbackTests(TestCase):
+    """A blocking poplib client in a thread against the real reactor on 127.0.0.1."""
+
+    def setUp(self) -> None:
+        self.patch(users, "BCRYPT_ROUNDS", 4)
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.cert = os.path.join(self.directory, "tls", "cert.pem")
+        key = os.path.join(self.directory, "tls", "key.pem")
+        ensure_certificate(self.cert, key, "mail.example.test")
+        users_file = os.path.join(self.directory, "users")
+        with open(users_file, "w") as handle:
+            handle.write(f"{ALICE}:{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()}\n")
+        root = os.path.join(self.directory, "mail")
+        self.new = os.path.join(root, "example.test", "alice", "new")
+        lines = sum(chunk.count(b"\n") for chunk in BODY)
+        message = StoredMessage.build(b"Return-Path: <a@example.test>\n", BODY, sum(map(len, BODY)), lines)
+        deliver_durably([os.path.dirname(self.new)], message, "mail.example.test")
+        self.tls_options = server_tls_options(self.cert, key)
+        self.factory = POP3Factory(
+            accounts=Accounts(users_file),
+            maildir_root=root,
+            hostname="mail.example.test",
+            tls_options=self.tls_options,
+            plaintext_auth="tls",
+            reactor=reactor,
+        )
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.cert)  # verifies the SAN 127.0.0.1
+        context.verify_flags |= ssl.VERIFY_X509_STRICT
+        return context
+
+    async def listen(self, factory: Any) -> int:
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def test_stls_user_pass_retr_quit(self) -> Deferred[None]:
+        async def run() -> None:
+            result = await deferToThread(self.stls_session, await self.listen(self.factory))
+            capa_before, refused, capa_after, listed, octets, lines = result
+            self.assertIn("STLS", capa_before)
+            self.assertNotIn("USER", capa_before)
+            self.assertIn(b"-ERR [AUTH]", refused)
+            self.assertIn("USER", capa_after)
+            self.assertNotIn("STLS", capa_after)
+            self.assertEqual(octets, listed)
+            self.assertEqual(lines[1], b"Subject: over TLS")
+            self.assertEqual(lines[3], b".dotted line")
+            self.assertEqual(os.listdir(self.new), [])  # DELE + QUIT
+
+        return Deferred.fromCoroutine(run())
+
+    def stls_session(self, port: int) -> tuple[Any, ...]:
+        client = poplib.POP3("127.0.0.1", port, timeout=10)
+        try:
+            capa_before = client.capa()
+            try:
+                client.user(ALICE)
+                refused = b""
+            except poplib.error_proto as error:
+                refused = error.args[0]
+            client.stls(self.client_context())
+            capa_after = client.capa()
+            client.user(ALICE)
+            client.pass_(PASSWORD)
+            listed = int(client.list(1).split()[2])
+            _, lines, octets = client.retr(1)
+            client.dele(1)
+            client.quit()
+        finally:
+            client.close()
+        return capa_before, refused, capa_after, listed, octets, lines
+
+    def test_implicit_tls(self) -> Deferred[None]:
+        async def run() -> None:
+            wrapped = TLSMemoryBIOFactory(self.tls_options, False, self.factory)
+            capa, stat_reply = await deferToThread(self.implicit_session, await self.listen(wrapped))
+            self.assertNotIn("STLS", capa)
+            self.assertIn("USER", capa)
+            self.assertEqual(stat_reply[0], 1)
+            self.assertEqual(len(os.listdir(self.new)), 1)
+
+        return Deferred.fromCoroutine(run())
+
+    def implicit_session(self, port: int) -> tuple[Any, Any]:
+        client = poplib.POP3_SSL("127.0.0.1", port, context=self.client_context(), timeout=10)
+        try:
+            capa = client.capa()
+            client.user(ALICE)
+            client.pass_(PASSWORD)
+            stat_reply = client.stat()
+            client.quit()
+        finally:
+            client.close()
+        return capa, stat_reply
+
+    def test_tls_below_1_2_is_refused(self) -> Deferred[None]:
+        async def run() -> None:
+            wrapped = TLSMemoryBIOFactory(self.tls_options, False, self.factory)
+            port = await self.listen(wrapped)
+            self.assertEqual(await deferToThread(self.handshake, port, ssl.TLSVersion.TLSv1_1), "refused")
+            # the same client offering TLS 1.2 gets in: the refusal was about the version
+            self.assertEqual(await deferToThread(self.handshake, port, ssl.TLSVersion.TLSv1_2), "accepted")
+
+        return Deferred.fromCoroutine(run())
+
+    def handshake(self, port: int, maximum: ssl.TLSVersion) -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # that is the point
+                context.minimum_version = ssl.TLSVersion.TLSv1
+                context.maximum_version = maximum
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        except (ValueError, ssl.SSLError):
+            return "refused"  # this OpenSSL can't even offer TLS 1.1
+        try:
+            client = poplib.POP3_SSL("127.0.0.1", port, context=context, timeout=10)
+        except (ssl.SSLError, OSError):
+            return "refused"
+        client.close()
+        return "accepted"
