@@ -6,6 +6,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from typing import Iterable
+from mailgate.wire import CRLFConverter
 
 BLOCK_SIZE = 64 * 1024
 INFO_SEPARATOR = ":2,"
@@ -103,30 +104,6 @@ def wire_size_of_file(path: str) -> int:
         while block := handle.read(BLOCK_SIZE):
             total += len(converter.feed(block))
     return total + len(converter.finish())
-
-
-class CRLFConverter:
-    """Turn a byte stream's line ends into CRLF, one block at a time.
-
-    Files hold LF, but a file from another tool may already hold CRLF, so
-    CRLF is kept and only bare LF grows. A CR at the end of a block is held
-    back until the next block shows whether an LF follows it.
-    """
-
-    def __init__(self) -> None:
-        self._carry = b""
-
-    def feed(self, block: bytes) -> bytes:
-        data = self._carry + block
-        if data.endswith(b"\r"):
-            data, self._carry = data[:-1], b"\r"
-        else:
-            self._carry = b""
-        return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-    def finish(self) -> bytes:
-        carry, self._carry = self._carry, b""
-        return carry
 
 
 def commit(directory: str, delete: Iterable[MessageInfo], seen: Iterable[MessageInfo]) -> list[MessageInfo]:

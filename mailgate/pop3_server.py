@@ -25,9 +25,10 @@ from mailgate.auth import (
     PasswordStore,
     thread_runner,
 )
-from mailgate.mailbox import BLOCK_SIZE, CRLFConverter, MessageInfo, commit, list_messages
+from mailgate.mailbox import BLOCK_SIZE, MessageInfo, commit, list_messages
 from mailgate.maildir import mailbox_path
 from mailgate.tls import is_tls
+from mailgate.wire import CRLFConverter, DotStuffer
 
 log = Logger()
 
@@ -93,26 +94,6 @@ def message_number(arg: bytes) -> int | None:
     if not text.isdigit() or len(text) > 9:
         return None
     return int(text)
-
-
-class DotStuffer:
-    """Byte-stuff lines starting with '.' (RFC 1939 section 3), block by block."""
-
-    def __init__(self) -> None:
-        self._line_start = True
-
-    def feed(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        out = data.replace(b"\n.", b"\n..")
-        if self._line_start and out.startswith(b"."):
-            out = b"." + out
-        self._line_start = out.endswith(b"\n")
-        return out
-
-    def finish(self) -> bytes:
-        """The terminating line, after a CRLF if the message lacked a final one."""
-        return (b"" if self._line_start else b"\r\n") + b".\r\n"
 
 
 class TopLimiter:

@@ -10,7 +10,8 @@ import tempfile
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailgate import mailbox
-from mailgate.mailbox import CRLFConverter, base_name, commit, list_messages, uid_for, wire_size_from_name
+from mailgate.mailbox import base_name, commit, list_messages, uid_for, wire_size_from_name
+from mailgate.wire import CRLFConverter
 
 NAME = "1700000000.M123456P42Q7.mx.example.test"
 

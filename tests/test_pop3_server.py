@@ -17,10 +17,10 @@ from zope.interface import directlyProvides
 from mailgate import mailbox, pop3_server
 from mailgate.auth import AuthThrottle
 from mailgate.maildir import StoredMessage, deliver_durably
+from mailgate.wire import DotStuffer
 from mailgate.pop3_server import (
     PLAINTEXT_REFUSED,
     TOO_MANY_FAILURES,
-    DotStuffer,
     MessageSender,
     POP3Factory,
     TopLimiter,
