@@ -31,12 +31,15 @@ def put(directory: str, subdir: str, name: str, data: bytes = b"") -> str:
 
 
 def crlf_reference(data: bytes) -> bytes:
-    """Slow, obviously right: every line end as CRLF, existing CRLF kept."""
+    """Slow, obviously right: CRLF, bare LF and bare CR each become one CRLF."""
     out = bytearray()
-    for index, byte in enumerate(data):
-        if byte == 0x0A and (index == 0 or data[index - 1] != 0x0D):
-            out += b"\r"
-        out.append(byte)
+    index = 0
+    while index < len(data):
+        byte = data[index]
+        if byte == 0x0D and data[index + 1 : index + 2] == b"\n":
+            index += 1
+        out += b"\r\n" if byte in (0x0A, 0x0D) else bytes([byte])
+        index += 1
     return bytes(out)
 
 
