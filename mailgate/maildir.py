@@ -18,6 +18,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from mailgate.durable import fsync_dir, write_durably
+
 _counter = itertools.count(1)  # next() is atomic under the GIL: safe across threads
 _SUBDIRS = ("tmp", "new", "cur")
 
@@ -68,7 +70,7 @@ def ensure_maildir(path: str) -> None:
             continue
         created = True
     if created:
-        _fsync_dir(path)
+        fsync_dir(path)
 
 
 def _makedirs_durably(path: str) -> bool:
@@ -80,16 +82,8 @@ def _makedirs_durably(path: str) -> bool:
         os.mkdir(path, 0o700)
     except FileExistsError:
         return False
-    _fsync_dir(parent or ".")
+    fsync_dir(parent or ".")
     return True
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def deliver_durably(mailboxes: Sequence[str], message: StoredMessage, hostname: str) -> list[str]:
@@ -113,7 +107,7 @@ def deliver_durably(mailboxes: Sequence[str], message: StoredMessage, hostname: 
             _link_or_copy(tmp, target, message)
             placed.append(target)
         for directory in {os.path.dirname(p) for p in placed}:
-            _fsync_dir(directory)
+            fsync_dir(directory)
     except BaseException:
         _remove_all(placed)
         raise
@@ -123,12 +117,7 @@ def deliver_durably(mailboxes: Sequence[str], message: StoredMessage, hostname: 
 
 
 def _write_file(path: str, message: StoredMessage) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(fd, "wb", buffering=0, closefd=True) as handle:
-        handle.write(message.header)
-        for chunk in message.body:
-            handle.write(chunk)
-        os.fsync(fd)
+    write_durably(path, [message.header, *message.body])
 
 
 def _link_or_copy(source: str, target: str, message: StoredMessage) -> None:

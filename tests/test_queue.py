@@ -1,0 +1,103 @@
+"""The spool on disk: durable add, atomic state changes, crash leftovers, CLI requests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mailgate.maildir import StoredMessage
+from mailgate.queue import DELIVERED, PENDING, QueuedMessage, QueueStore, RecipientState
+from mailgate.retry import RetryPolicy
+
+HEADER = b"Return-Path: <a@x.test>\nReceived: by mx (mailgate) id Q1;\n\tMon, 1 Jan 2026 00:00:00 +0000\n"
+
+
+def message(body: bytes = b"Subject: s\n\nhello\n") -> StoredMessage:
+    return StoredMessage.build(HEADER, [body], len(body), body.count(b"\n"))
+
+
+def entry(queue_id: str = "Q1") -> QueuedMessage:
+    return QueuedMessage(
+        id=queue_id, sender="a@x.test", arrived=1000.0,
+        recipients=[RecipientState("b@y.test", "mx"), RecipientState("c@z.test", "smtp:127.0.0.1:2526")],
+    )
+
+
+def store(tmp_path: Path) -> QueueStore:
+    s = QueueStore(str(tmp_path / "queue"))
+    s.prepare()
+    return s
+
+
+def test_add_writes_message_without_return_path_and_state(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.add(entry(), message())
+    data = Path(s.message_path("Q1")).read_bytes()
+    assert data.startswith(b"Received: by mx")
+    assert data.endswith(b"\nSubject: s\n\nhello\n")
+    loaded = s.load("Q1")
+    assert loaded == entry()
+    assert os.listdir(tmp_path / "queue" / "tmp") == []
+
+
+def test_save_replaces_state_atomically(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.add(entry(), message())
+    changed = s.load("Q1")
+    changed.recipients[0].status, changed.attempts, changed.last_error = DELIVERED, 1, "451 4.3.0 later"
+    s.save(changed)
+    again = s.load("Q1")
+    assert [r.status for r in again.recipients] == [DELIVERED, PENDING]
+    assert (again.attempts, again.last_error) == (1, "451 4.3.0 later")
+    assert [r.address for r in again.pending()] == ["c@z.test"]
+
+
+def test_remove_and_load_of_missing(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.add(entry(), message())
+    assert s.remove("Q1") is True
+    assert s.load("Q1") is None
+    assert not Path(s.message_path("Q1")).exists()
+    assert s.remove("Q1") is False
+
+
+def test_prepare_clears_crash_leftovers_but_keeps_queued(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.add(entry("KEEP"), message())
+    (tmp_path / "queue" / "tmp" / "half.msg").write_bytes(b"partial")
+    (tmp_path / "queue" / "msg" / "ORPHAN").write_bytes(b"never acknowledged")
+    s.prepare()
+    assert os.listdir(tmp_path / "queue" / "tmp") == []
+    assert sorted(os.listdir(tmp_path / "queue" / "msg")) == ["KEEP"]
+    assert [e.id for e in s.entries()] == ["KEEP"]
+
+
+def test_missing_spool_is_empty(tmp_path: Path) -> None:
+    assert list(QueueStore(str(tmp_path / "nothing")).entries()) == []
+
+
+def test_lock_is_exclusive_between_stores(tmp_path: Path) -> None:
+    first, second = store(tmp_path), QueueStore(str(tmp_path / "queue"))
+    assert first.lock()
+    try:
+        assert not second.lock()
+    finally:
+        first.unlock()
+    assert second.lock()
+    second.unlock()
+
+
+def test_requests_are_listed_oldest_first(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    first = s.request("flush")
+    second = s.request("delete", "Q9")
+    assert [(p, a, i) for p, a, i in s.requests()] == [(first, "flush", ""), (second, "delete", "Q9")]
+
+
+def test_retry_policy_intervals_and_last_repeats() -> None:
+    policy = RetryPolicy((60.0, 300.0), 3600.0)
+    no_jitter = lambda: 0.0  # noqa: E731
+    assert [policy.delay(n, no_jitter) for n in (1, 2, 3, 9)] == [60.0, 300.0, 300.0, 300.0]
+    assert policy.delay(1, lambda: 1.0) == 66.0
+    assert not policy.expired(1000.0, 4599.0)
+    assert policy.expired(1000.0, 4600.0)
