@@ -1,0 +1,478 @@
+"""One outbound SMTP attempt: a stored message to one domain's MX hosts or one fixed host.
+
+The queue decides when to try and what to do with the answers; this module
+only turns (envelope, message file) into one RecipientResult per recipient.
+It never raises for a delivery problem: DNS trouble, refused connections,
+timeouts, TLS failures and surprises all become per-recipient 4xx/5xx results.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
+
+from mailgate.dns import MXResolver
+from mailgate.errors import DeliveryError
+from mailgate.wire import CRLFConverter, DotStuffer
+
+BLOCK_SIZE = 64 * 1024
+TLS_MODES = ("none", "opportunistic", "verify")
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
+log = Logger()
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """What happened to one recipient in one attempt."""
+
+    recipient: str
+    code: int  # SMTP reply code; synthetic 4xx for connection/timeout/TLS problems
+    enhanced: str  # "2.0.0", "4.4.1", "5.1.1" (the server's, else derived from code)
+    text: str  # reply text without code and enhanced code, or our reason
+    remote_mta: str | None = None  # host that answered, None if none did
+
+    @property
+    def delivered(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    @property
+    def temporary(self) -> bool:
+        """Anything neither delivered nor 5xx is retried: fail closed, never lose mail."""
+        return not (self.delivered or self.permanent)
+
+    @property
+    def reply(self) -> str:
+        """One line for logs, `last_error` and a DSN's Diagnostic-Code."""
+        return f"{self.code} {self.enhanced} {self.text}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A complete (possibly multi-line) server reply."""
+
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def positive(self) -> bool:
+        return 200 <= self.code < 300
+
+    def result(self, recipient: str, host: str) -> RecipientResult:
+        """RFC 2034: an enhanced code leads each line when the server has them."""
+        match = _ENHANCED.match(self.lines[0])
+        if match and match.group(1) == str(self.code)[0]:
+            enhanced = ".".join(match.groups())
+            lines = [_ENHANCED.sub("", line, count=1) for line in self.lines]
+        else:
+            enhanced, lines = f"{self.code // 100}.0.0", list(self.lines)
+        return RecipientResult(recipient, self.code, enhanced, " ".join(lines).strip(), host)
+
+
+class SessionClosed(Exception):
+    """The connection ended, timed out or spoke gibberish; the text says which."""
+
+
+class _SetupFailed(DeliveryError):
+    """The host could not start a session: try the next address or MX host.
+
+    `tls` marks a failed handshake, after which "opportunistic" retries the
+    same address in plain text.
+    """
+
+    def __init__(self, enhanced: str, text: str, *, tls: bool = False) -> None:
+        super().__init__(text, code=451, enhanced=enhanced)
+        self.tls = tls
+
+
+@dataclass(frozen=True)
+class _Job:
+    mail_from: str
+    recipients: tuple[str, ...]
+    message_path: str
+
+
+class _ClientProtocol(LineReceiver):
+    """Reads replies (multi-line ones whole) and hands them out in order.
+
+    Replies are queued, so pipelined commands can be written at once and
+    their replies collected one by one (RFC 2920). One idle timer guards
+    every read and the body upload: any silence longer than the timeout
+    aborts the connection (RFC 5321 4.5.3.2).
+    """
+
+    delimiter = b"\n"  # and strip "\r": a sloppy server's bare LF still ends a line
+    MAX_LENGTH = 65536
+
+    def __init__(self, reactor: Any, timeout_seconds: float) -> None:
+        self._reactor, self._timeout_seconds = reactor, timeout_seconds
+        self._lines: list[str] = []
+        self._replies: deque[Reply] = deque()
+        self._waiting: Deferred[Reply] | None = None
+        self.error: SessionClosed | None = None
+        self._timer: Any = None
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        why = f"no answer within {self._timeout_seconds:g} s"
+        self._timer = self._reactor.callLater(self._timeout_seconds, self._abort, why)
+
+    def touch(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._timeout_seconds)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.touch()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        code, separator = text[:3], text[3:4]
+        if not (code.isdigit() and separator in ("-", " ", "")):
+            self._abort(f"malformed reply {text[:80]!r}")
+            return
+        self._lines.append(text[4:])
+        if separator == "-":
+            return
+        reply, self._lines = Reply(int(code), tuple(self._lines)), []
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            waiting.callback(reply)
+        else:
+            self._replies.append(reply)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._abort("reply line too long")
+
+    def _abort(self, why: str) -> None:
+        self.error = self.error or SessionClosed(why)
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self.error is None:
+            value = getattr(reason, "value", reason)
+            self.error = SessionClosed(f"connection lost: {type(value).__name__}: {value}")
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            waiting.errback(self.error)
+        self.closed.callback(None)
+
+    def read_reply(self) -> Deferred[Reply]:
+        if self._replies:
+            return succeed(self._replies.popleft())
+        if self.error is not None:
+            return fail(self.error)
+        self._waiting = Deferred()
+        return self._waiting
+
+    def send(self, *commands: str) -> None:
+        """Write commands in one write: with PIPELINING that is one TCP segment."""
+        if any(c in command for command in commands for c in "\r\n"):
+            raise ValueError(f"line end inside an SMTP command: {commands!r}")
+        self.touch()
+        self.transport.write("".join(f"{command}\r\n" for command in commands).encode("utf-8"))
+
+    async def close(self, *, abort: bool = False) -> None:
+        """Close and wait until the socket is really gone (trial checks; fds leak otherwise)."""
+        if not self.closed.called:
+            self.transport.abortConnection() if abort else self.transport.loseConnection()
+        await self.closed
+
+
+@implementer(IPullProducer)
+class _BodyProducer:
+    """Streams the message file as canonical, dot-stuffed CRLF, 64 KiB at a time.
+
+    A pull producer: the transport asks for the next block only when its
+    buffer has drained, so a 1 GB message never sits in memory, and each
+    block is converted with a few bytes.replace calls, never per line.
+    """
+
+    def __init__(self, handle: BinaryIO, protocol: _ClientProtocol) -> None:
+        self._handle, self._protocol = handle, protocol
+        self._crlf, self._dots = CRLFConverter(), DotStuffer()
+        self.done: Deferred[None] = Deferred()
+
+    def resumeProducing(self) -> None:
+        if self.done.called:
+            return
+        block = self._handle.read(BLOCK_SIZE)
+        self._protocol.touch()  # progress: the remote is still reading
+        transport = self._protocol.transport
+        if block:
+            transport.write(self._dots.feed(self._crlf.feed(block)))
+            return
+        transport.write(self._dots.feed(self._crlf.finish()) + self._dots.finish())
+        transport.unregisterProducer()
+        self.done.callback(None)
+
+    def stopProducing(self) -> None:
+        if not self.done.called:
+            error = self._protocol.error or SessionClosed("connection lost while sending the message")
+            self.done.errback(error)
+
+
+def wire_size(path: str) -> int:
+    """An upper bound of the CRLF size for SIZE= (RFC 1870): bytes plus line ends."""
+    newlines = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(BLOCK_SIZE):
+            newlines += block.count(b"\n")
+    return os.path.getsize(path) + newlines
+
+
+def _all(recipients: tuple[str, ...] | list[str], code: int, enhanced: str, text: str,
+         host: str | None = None) -> list[RecipientResult]:
+    return [RecipientResult(r, code, enhanced, text, host) for r in recipients]
+
+
+def _extensions(ehlo: Reply) -> dict[str, str]:
+    """EHLO keywords (upper case) -> their parameters; line 1 is the greeting."""
+    pairs = (line.strip().partition(" ") for line in ehlo.lines[1:])
+    return {keyword.upper(): params for keyword, _, params in pairs}
+
+
+class SMTPRelay:
+    """Delivers one message to one destination over ESMTP.
+
+    TLS: "none" never uses STARTTLS. "opportunistic" uses it when offered,
+    without checking the certificate (RFC 7435: encryption against passive
+    eavesdroppers only); if the handshake fails the same address is tried
+    once more in plain text, as other MTAs do, rather than deferring mail
+    for a broken TLS stack. "verify" requires STARTTLS and a certificate
+    valid for the MX host name (service-identity via optionsForClientTLS);
+    otherwise the host counts as failed (4.7.x) and the next one is tried.
+    `client_tls_options(hostname)` replaces the default client options in
+    both modes (tests pass a trust root for their self-signed certificate).
+    """
+
+    def __init__(self, reactor: Any, *, helo_name: str, tls_mode: str, resolver: MXResolver,
+                 mx_port: int = 25, timeout_seconds: float = 300, connect_timeout_seconds: float = 30,
+                 client_tls_options: Callable[[str], Any] | None = None) -> None:
+        if tls_mode not in TLS_MODES:
+            raise ValueError(f"tls_mode must be one of {TLS_MODES}, not {tls_mode!r}")
+        self._reactor, self._helo_name, self._tls_mode = reactor, helo_name, tls_mode
+        self._resolver, self._mx_port = resolver, mx_port
+        self._timeout_seconds, self._connect_timeout_seconds = timeout_seconds, connect_timeout_seconds
+        self._client_tls_options = client_tls_options
+
+    async def deliver_by_mx(self, domain: str, mail_from: str, recipients: list[str],
+                            message_path: str) -> list[RecipientResult]:
+        """Try the domain's MX hosts best first; the first host with a session decides."""
+        job = _Job(mail_from, tuple(recipients), message_path)
+        try:
+            hosts = await self._resolver.mx_hosts(domain)
+        except DeliveryError as error:
+            return _all(job.recipients, error.code, error.enhanced, error.reply)
+        return await self._guarded(job, hosts, self._mx_port)
+
+    async def deliver_to_host(self, host: str, port: int, mail_from: str, recipients: list[str],
+                              message_path: str) -> list[RecipientResult]:
+        """Smarthost and smtp:HOST:PORT routes: one host (a name or an address), no MX lookup."""
+        return await self._guarded(_Job(mail_from, tuple(recipients), message_path), [host], port)
+
+    async def _guarded(self, job: _Job, hosts: list[str], port: int) -> list[RecipientResult]:
+        """A bug here must defer the mail, not crash the queue or lose the message."""
+        if not job.recipients:
+            return []
+        try:
+            return await self._try_hosts(job, hosts, port)
+        except Exception as error:
+            log.failure("relay attempt to {hosts} crashed", hosts=hosts)
+            return _all(job.recipients, 451, "4.3.0", f"internal error: {type(error).__name__}")
+
+    async def _try_hosts(self, job: _Job, hosts: list[str], port: int) -> list[RecipientResult]:
+        failures: list[DeliveryError] = []
+        for host in hosts:
+            try:
+                addresses = await self._resolver.addresses(host)
+            except DeliveryError as error:
+                failures.append(error)
+                continue
+            for address in addresses:
+                try:
+                    return await self._attempt(job, host, address, port)
+                except _SetupFailed as failure:
+                    log.info("relay: {reply}", reply=failure.reply)
+                    failures.append(failure)
+        # Permanent only if every host was permanently unresolvable; else retry later.
+        temporary = [f for f in failures if not f.permanent] or failures
+        last = temporary[-1] if temporary else _SetupFailed("4.4.1", "no host to connect to")
+        return _all(job.recipients, last.code, last.enhanced, last.reply)
+
+    async def _attempt(self, job: _Job, host: str, address: str, port: int) -> list[RecipientResult]:
+        use_tls = self._tls_mode != "none"
+        try:
+            return await self._connect_and_run(job, host, address, port, use_tls)
+        except _SetupFailed as failure:
+            if not (failure.tls and self._tls_mode == "opportunistic"):
+                raise
+            log.info("relay: {reply}; retrying without TLS", reply=failure.reply)
+            return await self._connect_and_run(job, host, address, port, False)
+
+    async def _connect_and_run(self, job: _Job, host: str, address: str, port: int,
+                               use_tls: bool) -> list[RecipientResult]:
+        endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+        endpoint = endpoint_type(self._reactor, address, port, timeout=self._connect_timeout_seconds)
+        protocol = _ClientProtocol(self._reactor, self._timeout_seconds)
+        where = f"{host}[{address}]:{port}"
+        try:
+            await connectProtocol(endpoint, protocol)
+        except Exception as error:
+            raise _SetupFailed("4.4.1", f"{where}: connection failed: {error}") from error
+        try:
+            results = await self._session(protocol, job, host, where, use_tls)
+        except _SetupFailed:
+            await protocol.close()  # flushes the QUIT
+            raise
+        except BaseException:
+            await protocol.close(abort=True)
+            raise
+        await protocol.close()
+        return results
+
+    async def _session(self, protocol: _ClientProtocol, job: _Job, host: str, where: str,
+                       use_tls: bool) -> list[RecipientResult]:
+        """Setup problems move on to the next host; once MAIL is sent, this host answers."""
+        try:
+            extensions = await self._open(protocol, host, where, use_tls)
+        except SessionClosed as error:
+            raise _SetupFailed("4.4.2", f"{where}: {error}") from error
+        except _SetupFailed:
+            if not protocol.closed.called:
+                protocol.send("QUIT")  # polite even when giving up; the reply doesn't matter
+            raise
+        try:
+            results = await self._transaction(protocol, job, host, extensions)
+        except SessionClosed as error:
+            return _all(job.recipients, 451, "4.4.2", f"{where}: {error}", host)
+        try:
+            protocol.send("QUIT")
+            await protocol.read_reply()
+        except SessionClosed:
+            pass  # results are known; a rude goodbye changes nothing
+        return results
+
+    async def _open(self, protocol: _ClientProtocol, host: str, where: str,
+                    use_tls: bool) -> dict[str, str]:
+        """Greeting, EHLO and STARTTLS: everything before the mail transaction."""
+        greeting = await protocol.read_reply()
+        if not greeting.positive:
+            raise _SetupFailed("4.4.1", f"{where}: greeting: {greeting.code} {' '.join(greeting.lines)}")
+        extensions = await self._hello(protocol, where)
+        if not use_tls:
+            return extensions
+        if "STARTTLS" not in extensions:
+            return self._without_tls(extensions, where, "STARTTLS not offered")
+        protocol.send("STARTTLS")
+        reply = await protocol.read_reply()
+        if reply.code != 220:
+            return self._without_tls(extensions, where, f"STARTTLS refused: {reply.code}")
+        protocol.transport.startTLS(self._tls_options(host))
+        try:
+            return await self._hello(protocol, where)
+        except SessionClosed as error:
+            raise _SetupFailed("4.7.5", f"{where}: TLS failed: {error}", tls=True) from error
+
+    def _without_tls(self, extensions: dict[str, str], where: str, why: str) -> dict[str, str]:
+        """RFC 3207: plain text is fine unless relay.tls = "verify" demands TLS."""
+        if self._tls_mode == "verify":
+            raise _SetupFailed("4.7.4", f"{where}: {why} (relay.tls = verify)")
+        return extensions
+
+    def _tls_options(self, host: str) -> Any:
+        if self._client_tls_options is not None:
+            return self._client_tls_options(host)
+        if self._tls_mode == "verify":
+            return optionsForClientTLS(host)
+        return CertificateOptions()  # verify=False: opportunistic encryption
+
+    async def _hello(self, protocol: _ClientProtocol, where: str) -> dict[str, str]:
+        """EHLO, or HELO for an old server that rejects EHLO with 5xx (RFC 5321 3.2)."""
+        protocol.send(f"EHLO {self._helo_name}")
+        reply = await protocol.read_reply()
+        if reply.positive:
+            return _extensions(reply)
+        if reply.code >= 500:
+            protocol.send(f"HELO {self._helo_name}")
+            reply = await protocol.read_reply()
+            if reply.positive:
+                return {}
+        raise _SetupFailed("4.4.1", f"{where}: hello: {reply.code} {' '.join(reply.lines)}")
+
+    async def _transaction(self, protocol: _ClientProtocol, job: _Job, host: str,
+                           extensions: dict[str, str]) -> list[RecipientResult]:
+        """MAIL, RCPTs, DATA (all in one write with PIPELINING), body, final reply."""
+        params = [f"SIZE={wire_size(job.message_path)}"] if "SIZE" in extensions else []
+        params += ["BODY=8BITMIME"] if "8BITMIME" in extensions else []
+        mail = " ".join([f"MAIL FROM:<{job.mail_from}>", *params])
+        rcpts = [f"RCPT TO:<{recipient}>" for recipient in job.recipients]
+        if "PIPELINING" in extensions:
+            protocol.send(mail, *rcpts, "DATA")  # RFC 2920: DATA may end the batch
+            mail_reply = await protocol.read_reply()
+            rcpt_replies = [await protocol.read_reply() for _ in rcpts]
+            data_reply: Reply | None = await protocol.read_reply()
+        else:
+            mail_reply, rcpt_replies, data_reply = await self._lockstep(protocol, mail, rcpts)
+        if not mail_reply.positive:
+            await self._abandon(protocol, data_reply)
+            return [mail_reply.result(r, host) for r in job.recipients]
+        if not any(reply.positive for reply in rcpt_replies):
+            await self._abandon(protocol, data_reply)
+            return [reply.result(r, host) for r, reply in zip(job.recipients, rcpt_replies)]
+        final = await self._data(protocol, job, data_reply)
+        return [(final if reply.positive else reply).result(r, host)
+                for r, reply in zip(job.recipients, rcpt_replies)]
+
+    async def _lockstep(self, protocol: _ClientProtocol, mail: str,
+                        rcpts: list[str]) -> tuple[Reply, list[Reply], Reply | None]:
+        """Without PIPELINING: one command, one reply; DATA only if someone was accepted."""
+        protocol.send(mail)
+        mail_reply = await protocol.read_reply()
+        if not mail_reply.positive:
+            return mail_reply, [], None
+        rcpt_replies = []
+        for rcpt in rcpts:
+            protocol.send(rcpt)
+            rcpt_replies.append(await protocol.read_reply())
+        if not any(reply.positive for reply in rcpt_replies):
+            return mail_reply, rcpt_replies, None
+        protocol.send("DATA")
+        return mail_reply, rcpt_replies, await protocol.read_reply()
+
+    async def _data(self, protocol: _ClientProtocol, job: _Job, data_reply: Reply | None) -> Reply:
+        """Send the body after 354 and return the final reply (or DATA's refusal)."""
+        assert data_reply is not None
+        if data_reply.code != 354:
+            if data_reply.code >= 400:
+                return data_reply
+            return Reply(451, (f"4.5.0 unexpected reply to DATA: {data_reply.code}",))
+        with open(job.message_path, "rb") as handle:
+            producer = _BodyProducer(handle, protocol)
+            protocol.transport.registerProducer(producer, False)
+            await producer.done
+        return await protocol.read_reply()
+
+    async def _abandon(self, protocol: _ClientProtocol, data_reply: Reply | None) -> None:
+        """Nobody to deliver to: end a DATA the server wrongly accepted, then RSET."""
+        if data_reply is not None and data_reply.code == 354:
+            protocol.transport.write(b".\r\n")  # RFC 2920 3.1: an empty message, rejected
+            await protocol.read_reply()
+        protocol.send("RSET")
+        await protocol.read_reply()
