@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mailgate import users
+from mailgate.cli_queue import CommandError, add_queue_commands
 from mailgate.config import ConfigError, GatewayConfig, load_config
 
 DEFAULT_CONFIG = "etc/mailgate.toml"
@@ -20,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except users.UserError as e:
+    except (users.UserError, CommandError) as e:
         return _fail(str(e))
     except ConfigError as e:
         for problem in e.problems:
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_user_commands(commands, common)
     _add_check_config_command(commands, common)
-    # `queue` commands go here, each a function adding its subparsers.
+    add_queue_commands(commands, common)
     return parser
 
 

@@ -1,78 +1,71 @@
-"""Delivery of one accepted message along the routes its recipients were given."""
+"""Delivery of one accepted message: local recipients into Maildirs, the rest into the queue."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from twisted.logger import Logger
 
 from mailgate.envelope import Envelope
-from mailgate.errors import DeliveryError, TemporaryFailure
+from mailgate.errors import TemporaryFailure
 from mailgate.maildir import MaildirStore, StoredMessage
-from mailgate.plugins import first_answer
+from mailgate.routing import Refusal, route_recipient
 
 log = Logger()
 
-# Route schemes whose built-in delivery has not landed yet (outbound queue).
-PENDING_SCHEMES = frozenset({"mx", "smtp", "webhook"})
-
-
-def route_scheme(route: str) -> str:
-    return route.partition(":")[0]
-
 
 class Deliverer:
-    """Hands a message to the local store and to plugins' `mailgate_deliver`.
+    """Makes an accepted message durable before the client hears 250.
 
-    Plugin routes go first: they are the ones that may refuse, and a refusal
-    must come before anything is stored, so a client told 4xx never makes a
-    duplicate by retrying.
+    The queue entry is written first and released only once the local
+    copies are stored too: if the Maildir write fails, the entry is removed
+    again and the client hears 451, so its retry makes no duplicate.
     """
 
-    def __init__(self, store: MaildirStore, hooks: Any) -> None:
+    def __init__(self, store: MaildirStore, queue: Any, hooks: Any) -> None:
         self._store = store
+        self._queue = queue  # mailgate.outbound.OutboundQueue
         self._hooks = hooks
 
-    async def deliver(self, envelope: Envelope, message: StoredMessage) -> None:
-        """Deliver everything or raise DeliveryError; returns once durable."""
-        local, plugin_routes = self._split(envelope)
-        for route, recipients in plugin_routes.items():
-            await self._deliver_by_plugin(route, envelope, recipients, message)
-        if local:
-            try:
-                await self._store.deliver(local, message)
-            except OSError as exc:
-                raise TemporaryFailure(
-                    "Local delivery failed, try again later", reason=f"maildir: {exc}"
-                ) from exc
-
-    @staticmethod
-    def _split(envelope: Envelope) -> tuple[list[str], dict[str, list[str]]]:
-        local: list[str] = []
-        plugin_routes: dict[str, list[str]] = defaultdict(list)
-        for recipient, route in envelope.routes.items():
-            scheme, _, argument = route.partition(":")
-            if scheme == "local":
-                local.append(argument or recipient)
-            elif scheme != "discard":
-                plugin_routes[route].append(recipient)
-        return local, plugin_routes
-
-    async def _deliver_by_plugin(
-        self, route: str, envelope: Envelope, recipients: list[str], message: StoredMessage
-    ) -> None:
-        wire = message.header[message.header.index(b"\n") + 1 :]  # drop Return-Path
-        payload = (wire + b"".join(message.body)).replace(b"\n", b"\r\n")
-        scoped = Envelope(**{**vars(envelope), "rcpt_to": recipients})
+    async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
+        """Deliver or queue everything, or raise DeliveryError having kept nothing."""
+        local, queued = split_routes(envelope.routes)
         try:
-            answer = await first_answer(
-                self._hooks.mailgate_deliver, route=route, envelope=scoped, message=payload
-            )
-        except DeliveryError:
-            raise
-        except Exception as exc:  # fail closed: a crashing plugin means "try later"
-            log.failure("plugin delivery crashed for route {route}", route=route)
-            raise TemporaryFailure(reason=f"{route}: {exc!r}") from exc
-        if answer is None:
-            raise TemporaryFailure(reason=f"no plugin delivers route {route!r}")
+            if queued:
+                await self._queue.add(queue_id, envelope, queued, message)
+        except OSError as exc:
+            raise TemporaryFailure("Queue write failed, try again later", reason=f"queue: {exc}") from exc
+        try:
+            if local:
+                await self._store.deliver(local, message)
+        except OSError as exc:
+            if queued:
+                await self._queue.cancel(queue_id)
+            raise TemporaryFailure("Local delivery failed, try again later", reason=f"maildir: {exc}") from exc
+        if queued:
+            self._queue.release(queue_id)
+
+    async def inject(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
+        """Deliver a message mailgate wrote itself (a bounce): routed like any other."""
+        for recipient in envelope.rcpt_to:
+            route = await route_recipient(self._hooks, recipient, envelope)
+            if isinstance(route, Refusal):
+                log.warn("{id}: cannot deliver to {rcpt}: {code} {text}",
+                         id=queue_id, rcpt=recipient, code=route.code, text=route.text)
+                continue
+            envelope.routes[recipient] = route
+        if envelope.routes:
+            await self.deliver(envelope, message, queue_id)
+
+
+def split_routes(routes: dict[str, str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Local mailbox addresses, and (recipient, route) pairs for the queue; discards vanish."""
+    local: list[str] = []
+    queued: list[tuple[str, str]] = []
+    for recipient, route in routes.items():
+        scheme, _, argument = route.partition(":")
+        if scheme == "local":
+            local.append(argument or recipient)
+        elif scheme != "discard":
+            queued.append((recipient, route))
+    return local, queued

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from typing import Any, Callable
@@ -11,6 +12,8 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -19,7 +22,11 @@ from twisted.python.threadpool import ThreadPool
 from mailgate.auth import AuthThrottle, build_portal
 from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.delivery import Deliverer
+from mailgate.dns import MXResolver, make_resolver
 from mailgate.maildir import MaildirStore
+from mailgate.outbound import OutboundQueue
+from mailgate.queue import QueueStore
+from mailgate.relay import SMTPRelay
 from mailgate.smtp_server import SMTPFactory
 from mailgate.users import Accounts
 
@@ -27,6 +34,7 @@ log = Logger()
 
 DISK_THREADS = 32  # fsync waits on the disk, not the CPU: many may overlap
 SHUTDOWN_GRACE_SECONDS = 10.0
+REQUEST_POLL_SECONDS = 1.0  # how soon `mailgate queue flush|delete` is noticed
 
 
 class GatewayService(MultiService):
@@ -48,6 +56,8 @@ class GatewayService(MultiService):
         self.reactor = reactor
         self.threadpool = ThreadPool(minthreads=0, maxthreads=DISK_THREADS, name="mailgate-disk")
         self.factories: list[Any] = []
+        self.outbound: OutboundQueue | None = None
+        self._requests: LoopingCall | None = None
         self.ports: dict[str, Any] = {}  # listener name -> IListeningPort, once bound
 
     def privilegedStartService(self) -> None:
@@ -66,7 +76,9 @@ class GatewayService(MultiService):
         store = MaildirStore(
             self.config.store.maildir_root, self.config.server.hostname, self.reactor, self.threadpool
         )
-        deliverer = Deliverer(store, self.plugin_manager.hook)
+        self.outbound = self._outbound_queue()
+        deliverer = Deliverer(store, self.outbound, self.plugin_manager.hook)
+        self.outbound.inject = deliverer.inject  # bounces are delivered like any message
         self.accounts = Accounts(self.config.users.file)
         self.portal = build_portal(self.accounts, self.reactor)
         self.throttle = AuthThrottle(self.reactor)
@@ -76,6 +88,37 @@ class GatewayService(MultiService):
             if listener.tls == "implicit":
                 factory = TLSMemoryBIOFactory(tls_options, False, factory)
             self._listen(index, listener, factory)
+        if self.running:  # configured late: startService has already run
+            self._start_queue()
+
+    def _outbound_queue(self) -> OutboundQueue:
+        relay_config = self.config.relay
+        relay = SMTPRelay(
+            self.reactor,
+            helo_name=self.config.server.hostname,
+            tls_mode=relay_config.tls,
+            resolver=MXResolver(make_resolver(relay_config.nameservers, self.reactor)),
+            mx_port=relay_config.port,
+        )
+        store = QueueStore(os.path.join(self.config.server.state_dir, "queue"))
+        return OutboundQueue(
+            self.config, store, relay, self.plugin_manager.hook, self.reactor,
+            lambda f, *a: deferToThreadPool(self.reactor, self.threadpool, f, *a),
+        )
+
+    def _start_queue(self) -> None:
+        """Lock the spool, resume what is queued, and serve the CLI's requests."""
+        store = self.outbound.store
+        if not store.lock():
+            log.critical("server.state_dir: {dir} is in use by another running mailgate", dir=store.directory)
+            self.reactor.stop()
+            return
+        Deferred.fromCoroutine(self.outbound.start()).addErrback(
+            lambda f: log.failure("queue: could not resume the spool", f)
+        )
+        self._requests = LoopingCall(self.outbound.serve_requests)
+        self._requests.clock = self.reactor
+        self._requests.start(REQUEST_POLL_SECONDS, now=False)
 
     def _tls_options(self) -> Any:
         if all(listener.tls == "none" for listener in self.config.listen):
@@ -134,6 +177,8 @@ class GatewayService(MultiService):
 
     def startService(self) -> None:
         self.threadpool.start()
+        if self.outbound is not None:
+            self._start_queue()
         super().startService()
         log.info("mailgate started: {count} listener(s)", count=len(self.config.listen))
 
@@ -154,6 +199,11 @@ class GatewayService(MultiService):
         await sessions_done
         if timer.active():
             timer.cancel()
+        if self._requests is not None and self._requests.running:
+            self._requests.stop()
+        if self.outbound is not None:
+            await self.outbound.stop()
+            self.outbound.store.unlock()
         self.threadpool.stop()
         log.info("mailgate stopped cleanly")
 

@@ -13,8 +13,6 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import format_datetime
 from ipaddress import ip_address
 from typing import Any, Awaitable
 
@@ -26,14 +24,15 @@ from twisted.protocols.policies import TimeoutMixin
 
 from mailgate.addresses import AddressError, normalize_mailbox, parse_command_path
 from mailgate.config import GatewayConfig, ListenConfig
-from mailgate.delivery import PENDING_SCHEMES, Deliverer, route_scheme
+from mailgate.delivery import Deliverer
 from mailgate.envelope import Envelope
 from mailgate.errors import DeliveryError
 from mailgate.maildir import StoredMessage
-from mailgate.plugins import first_answer
+from mailgate.routing import Refusal, route_recipient
 from mailgate.smtp_auth import SMTPAuthCommand
 from mailgate.smtp_data import DataReader
 from mailgate.tls import is_tls
+from mailgate.trace import trace_header
 
 log = Logger()
 
@@ -386,10 +385,9 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
         return None
 
     async def _route(self, recipient: str, envelope: Envelope) -> Reply:
-        route = await first_answer(self.factory.hooks.mailgate_route, recipient=recipient, envelope=envelope)
-        reply = route_refusal(route)
-        if reply is not None:
-            return reply
+        route = await route_recipient(self.factory.hooks, recipient, envelope)
+        if isinstance(route, Refusal):
+            return Reply(route.code, route.text)
         if envelope is self._envelope and recipient not in envelope.routes:
             envelope.rcpt_to.append(recipient)
             envelope.routes[recipient] = route
@@ -423,7 +421,7 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
         header = self._trace_header(envelope, queue_id)
         message = StoredMessage.build(header, reader.chunks, reader.size, reader.lines)
         try:
-            await self.factory.deliverer.deliver(envelope, message)
+            await self.factory.deliverer.deliver(envelope, message, queue_id)
         except DeliveryError as exc:
             log.warn("{id}: delivery failed: {reason}", id=queue_id, reason=exc.reason)
             code, text = exc.smtp_reply()
@@ -435,18 +433,14 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
         return Reply(250, f"2.0.0 Ok: queued as {queue_id}")
 
     def _trace_header(self, envelope: Envelope, queue_id: str) -> bytes:
-        """Return-Path and Received (RFC 5321 4.4), in the stored LF form."""
         protocol = "ESMTP" if self._esmtp else "SMTP"
         protocol += "S" if self._secure() else ""
         protocol += "A" if self._authenticated_as else ""
-        recipient = f"\n\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else ""
-        stamp = format_datetime(datetime.now(timezone.utc))
-        return (
-            f"Return-Path: <{envelope.mail_from}>\n"
-            f"Received: from {self._helo} ([{self._client_ip}])\n"
-            f"\tby {self.factory.config.server.hostname} (mailgate) with {protocol} id {queue_id}"
-            f"{recipient};\n\t{stamp}\n"
-        ).encode("utf-8", "replace")
+        return trace_header(
+            mail_from=envelope.mail_from, hostname=self.factory.config.server.hostname,
+            queue_id=queue_id, protocol=protocol, recipients=envelope.rcpt_to,
+            helo=self._helo, client_ip=self._client_ip,
+        )
 
     def smtp_RSET(self, argument: str) -> None:
         self._envelope = None
@@ -487,21 +481,6 @@ def owned_senders(config: GatewayConfig) -> dict[str, frozenset[str]]:
         if not rule.match.startswith("*@"):
             owners[rule.match] = owners.get(rule.match, frozenset()) | frozenset(rule.to)
     return owners
-
-
-def route_refusal(route: str | None) -> Reply | None:
-    """The reply refusing a recipient for its route, or None to accept it."""
-    if route is None:
-        return Reply(550, "5.1.1 Recipient address rejected: User unknown")
-    scheme, _, argument = route.partition(":")
-    if scheme == "reject":
-        code, _, text = argument.partition(" ")
-        if len(code) == 3 and code.isdigit() and code[0] in "45":
-            return Reply(int(code), text or "5.7.1 Rejected")
-        return Reply(550, "5.7.1 Rejected")
-    if route_scheme(route) in PENDING_SCHEMES:
-        return Reply(451, "4.3.2 Delivery to this destination is not available yet")
-    return None
 
 
 def data_refusal(reader: DataReader, bare_newline_policy: str) -> Reply | None:

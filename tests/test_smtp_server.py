@@ -41,7 +41,7 @@ class RecordingDeliverer:
         self.error: Exception | None = None
         self.gate: Deferred[None] | None = None  # when set, delivery waits for it
 
-    async def deliver(self, envelope: Envelope, message: StoredMessage) -> None:
+    async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
         if self.gate is not None:
             await self.gate
         if self.error is not None:
@@ -329,13 +329,14 @@ def test_remote_recipient_is_not_relayed_for_strangers(client: Client) -> None:
     assert reply.startswith("554 5.7.1 ")
 
 
-def test_remote_recipient_from_allowed_network_is_not_available_yet(make_server: Callable[..., Server]) -> None:
+def test_remote_recipient_from_allowed_network_is_relayed_by_mx(make_server: Callable[..., Server]) -> None:
     server = make_server(relay={"allowed_networks": ["127.0.0.0/8"]})
     c = server.connect()
     c.send(b"EHLO client.test\r\n")
-    [_, reply] = c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<carol@remote.test>\r\n")
-    assert reply.startswith("451 4.3.2 ")
-    assert "not available yet" in reply
+    c.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<carol@remote.test>\r\nDATA\r\n")
+    assert c.send(b"Subject: out\r\n\r\nhi\r\n.\r\n")[0].startswith("250 ")
+    [(envelope, _)] = server.deliverer.calls
+    assert envelope.routes == {"carol@remote.test": "mx"}
     other = server.connect(ip="192.0.2.7")  # outside the allowed network
     other.send(b"EHLO client.test\r\n")
     assert other.send(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<carol@remote.test>\r\n")[1].startswith("554 5.7.1 ")
@@ -674,7 +675,7 @@ class MaildirRoundTripTests(TestCase):
 
         store.deliver = deliver  # type: ignore[method-assign]
         manager_hooks = self.server.factory.hooks
-        self.server.factory.deliverer = Deliverer(store, manager_hooks)
+        self.server.factory.deliverer = Deliverer(store, None, manager_hooks)
         self.root = root
 
     def test_message_reaches_both_maildirs(self) -> Deferred:

@@ -1,0 +1,322 @@
+"""Outbound delivery: when each queued message is tried, along which routes, and its bounce.
+
+Timing lives in one heap keyed by next attempt and one timer for its head:
+nothing ever scans the queue after start-up, so a hundred thousand deferred
+messages cost a heap entry each and nothing per new message.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Sequence
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from mailgate.config import GatewayConfig
+from mailgate.dsn import RecipientStatus, build_dsn
+from mailgate.envelope import Envelope
+from mailgate.errors import DeliveryError
+from mailgate.maildir import StoredMessage
+from mailgate.plugins import first_answer
+from mailgate.durable import unlink_quietly
+from mailgate.queue import DELIVERED, FAILED, QueuedMessage, QueueStore, RecipientState
+from mailgate.relay import RecipientResult
+from mailgate.retry import RetryPolicy
+from mailgate.trace import trace_header
+from mailgate.wire import CRLFConverter
+
+log = Logger()
+
+MAX_CONCURRENT_ATTEMPTS = 20
+Blocking = Callable[..., Deferred]
+Inject = Callable[[Envelope, StoredMessage, str], Awaitable[None]]
+
+
+class OutboundQueue:
+    """Schedules and attempts queued messages; owns nothing on disk but through QueueStore."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: QueueStore,
+        relay: Any,  # mailgate.relay.SMTPRelay
+        hooks: Any,
+        clock: Any,
+        run_blocking: Blocking,
+        inject: Inject | None = None,
+    ) -> None:
+        self._config = config
+        self.store = store
+        self._relay = relay
+        self._hooks = hooks
+        self._clock = clock
+        self._run = run_blocking
+        self.inject = inject  # how bounces are delivered; the service points it at the Deliverer
+        self._policy = RetryPolicy.from_config(config.relay)
+        self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}  # id -> its live heap time; stale heap entries skipped
+        self._running: dict[str, Deferred] = {}
+        self._deleted: set[str] = set()
+        self._timer: Any = None
+        self._stopping = False
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume everything a previous run left queued (the one full read)."""
+        entries = await self._run(self._load_all)
+        for queue_id, next_attempt in entries:
+            self.schedule(queue_id, next_attempt)
+        if entries:
+            log.info("queue: resumed {count} queued message(s)", count=len(entries))
+
+    def _load_all(self) -> list[tuple[str, float]]:
+        self.store.prepare()
+        return [(entry.id, entry.next_attempt) for entry in self.store.entries()]
+
+    async def stop(self) -> None:
+        """Stop starting attempts and wait for those in flight."""
+        self._stopping = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        await DeferredList(list(self._running.values()), consumeErrors=True)
+
+    # --- accepting -----------------------------------------------------------
+
+    async def add(
+        self, queue_id: str, envelope: Envelope, recipients: Sequence[tuple[str, str]], message: StoredMessage
+    ) -> None:
+        """Store durably; the caller calls release() once the client may hear 250."""
+        entry = QueuedMessage(
+            id=queue_id,
+            sender=envelope.mail_from,
+            arrived=self._clock.seconds(),
+            recipients=[RecipientState(address, route) for address, route in recipients],
+        )
+        await self._run(self.store.add, entry, message)
+
+    def release(self, queue_id: str) -> None:
+        self.schedule(queue_id, self._clock.seconds())
+
+    async def cancel(self, queue_id: str) -> None:
+        """Undo add() when the rest of the transaction failed (no 250 was sent)."""
+        await self._run(self.store.remove, queue_id)
+
+    # --- scheduling ----------------------------------------------------------
+
+    def schedule(self, queue_id: str, at: float) -> None:
+        self._due[queue_id] = at
+        heapq.heappush(self._heap, (at, queue_id))
+        self._arm()
+
+    def flush(self) -> None:
+        """Everything waiting is due now (`mailgate queue flush`)."""
+        now = self._clock.seconds()
+        for queue_id in list(self._due):
+            self.schedule(queue_id, now)
+
+    def delete(self, queue_id: str) -> Deferred:
+        """Remove an entry (`mailgate queue delete`); an attempt in flight drops its result."""
+        self._due.pop(queue_id, None)
+        self._deleted.add(queue_id)
+        return self._run(self.store.remove, queue_id)
+
+    def serve_requests(self) -> None:
+        """Act on the CLI's flush and delete requests (a LoopingCall, once a second).
+
+        The CLI waits for its request file to vanish, so it is removed only
+        once the request is carried out.
+        """
+        for path, action, queue_id in self.store.requests():
+            done = self.delete(queue_id) if action == "delete" else None
+            if action == "flush":
+                self.flush()
+            if done is None:
+                unlink_quietly(path)
+            else:
+                done.addBoth(lambda _, p=path: unlink_quietly(p))
+
+    def _arm(self) -> None:
+        """Keep one timer, set for the earliest live entry."""
+        while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+        if self._stopping or not self._heap:
+            return
+        delay = max(0.0, self._heap[0][0] - self._clock.seconds())
+        if self._timer is not None and self._timer.active():
+            if abs(self._timer.getTime() - self._heap[0][0]) < 0.001:
+                return
+            self._timer.cancel()
+        self._timer = self._clock.callLater(delay, self._start_due)
+
+    def _start_due(self) -> None:
+        now = self._clock.seconds()
+        while self._heap and len(self._running) < MAX_CONCURRENT_ATTEMPTS and not self._stopping:
+            at, queue_id = self._heap[0]
+            if self._due.get(queue_id) != at:
+                heapq.heappop(self._heap)
+                continue
+            if at > now:
+                break
+            heapq.heappop(self._heap)
+            del self._due[queue_id]
+            if queue_id not in self._running:
+                self._start(queue_id)
+        self._timer = None
+        self._arm()
+
+    def _start(self, queue_id: str) -> None:
+        d = Deferred.fromCoroutine(self.attempt(queue_id))
+        d.addErrback(self._crashed, queue_id)
+        self._running[queue_id] = d
+        d.addBoth(self._finished, queue_id)
+
+    def _crashed(self, failure: Any, queue_id: str) -> None:
+        log.failure("queue: attempt for {id} crashed; retrying later", failure, id=queue_id)
+        self.schedule(queue_id, self._clock.seconds() + self._policy.delay(1))
+
+    def _finished(self, result: Any, queue_id: str) -> None:
+        self._running.pop(queue_id, None)
+        self._start_due()
+
+    # --- attempts ------------------------------------------------------------
+
+    async def attempt(self, queue_id: str) -> None:
+        """Try every pending recipient once, record the results, bounce or reschedule."""
+        if queue_id in self._deleted:
+            await self._run(self.store.remove, queue_id)  # in case a save raced the delete
+            return
+        entry = await self._run(self.store.load, queue_id)
+        if entry is None:
+            return
+        groups = self._groups(entry)
+        outcomes = await DeferredList(
+            [Deferred.fromCoroutine(self._deliver_group(entry, key, rcpts)) for key, rcpts in groups.items()],
+            consumeErrors=True,
+        )
+        results = {r.recipient: r for ok, found in outcomes if ok for r in found}
+        self._record(entry, results)
+        await self._settle(entry)
+
+    def _groups(self, entry: QueuedMessage) -> dict[tuple[str, ...], list[RecipientState]]:
+        """One connection per destination: by domain for MX, by host for smarthost and smtp:."""
+        groups: dict[tuple[str, ...], list[RecipientState]] = defaultdict(list)
+        smarthost = self._config.relay.smarthost
+        for recipient in entry.pending():
+            scheme, _, argument = recipient.route.partition(":")
+            if scheme == "mx" and smarthost:
+                groups[("host", smarthost)].append(recipient)
+            elif scheme == "mx":
+                groups[("mx", recipient.address.rpartition("@")[2])].append(recipient)
+            elif scheme == "smtp":
+                groups[("host", argument)].append(recipient)
+            else:
+                groups[("plugin", recipient.route)].append(recipient)
+        return groups
+
+    async def _deliver_group(
+        self, entry: QueuedMessage, key: tuple[str, ...], recipients: list[RecipientState]
+    ) -> list[RecipientResult]:
+        addresses = [r.address for r in recipients]
+        path = self.store.message_path(entry.id)
+        kind, target = key
+        if kind == "mx":
+            return await self._relay.deliver_by_mx(target, entry.sender, addresses, path)
+        if kind == "host":
+            host, _, port = target.rpartition(":")
+            return await self._relay.deliver_to_host(host.strip("[]"), int(port), entry.sender, addresses, path)
+        return await self._deliver_by_plugin(entry, target, addresses, path)
+
+    async def _deliver_by_plugin(
+        self, entry: QueuedMessage, route: str, addresses: list[str], path: str
+    ) -> list[RecipientResult]:
+        message = await self._run(_read_wire_form, path)
+        envelope = Envelope(mail_from=entry.sender, rcpt_to=addresses)
+        try:
+            answer = await first_answer(self._hooks.mailgate_deliver, route=route, envelope=envelope, message=message)
+        except DeliveryError as exc:
+            return _same_result(addresses, exc.code, exc.enhanced, exc.reply)
+        except Exception as exc:  # fail closed: a crashing plugin means "try later"
+            log.failure("plugin delivery crashed for route {route}", route=route)
+            return _same_result(addresses, 451, "4.3.0", f"plugin error: {exc!r}")
+        if answer is None:
+            return _same_result(addresses, 451, "4.3.5", f"no plugin delivers route {route}")
+        return _same_result(addresses, 250, "2.0.0", "delivered by plugin")
+
+    def _record(self, entry: QueuedMessage, results: dict[str, RecipientResult]) -> None:
+        now = self._clock.seconds()
+        entry.attempts += 1
+        for recipient in entry.pending():
+            result = results.get(recipient.address)
+            if result is None:
+                result = RecipientResult(recipient.address, 451, "4.3.0", "delivery attempt failed", None)
+            recipient.code, recipient.enhanced = result.code, result.enhanced
+            recipient.diagnostic, recipient.remote_mta = result.text, result.remote_mta
+            if 200 <= result.code < 300:
+                recipient.status = DELIVERED
+            elif result.code >= 500:
+                recipient.status = FAILED
+            else:
+                entry.last_error = f"{result.code} {result.enhanced} {result.text}"
+        if entry.pending() and self._policy.expired(entry.arrived, now):
+            for recipient in entry.pending():
+                recipient.status = FAILED
+                recipient.enhanced = "4.4.7"
+                recipient.diagnostic = f"message expired in queue; last error: {recipient.diagnostic}"
+        entry.next_attempt = now + self._policy.delay(entry.attempts)
+        log.info(
+            "{id}: attempt {n}: {delivered} delivered, {failed} failed, {pending} deferred",
+            id=entry.id, n=entry.attempts, delivered=sum(r.status == DELIVERED for r in entry.recipients),
+            failed=len(entry.failed()), pending=len(entry.pending()),
+        )
+
+    async def _settle(self, entry: QueuedMessage) -> None:
+        if entry.id in self._deleted:
+            return
+        if entry.pending():
+            await self._run(self.store.save, entry)
+            self.schedule(entry.id, entry.next_attempt)
+            return
+        if entry.failed() and entry.sender:
+            await self._bounce(entry)
+        await self._run(self.store.remove, entry.id)
+
+    async def _bounce(self, entry: QueuedMessage) -> None:
+        """An RFC 3464 report to the sender, sent from <> so bounces never loop."""
+        statuses = [
+            RecipientStatus(
+                recipient=r.address, action="failed", status=r.enhanced or "5.0.0",
+                diagnostic=f"{r.code or ''} {r.diagnostic or ''}".strip(), remote_mta=r.remote_mta,
+            )
+            for r in entry.failed()
+        ]
+        hostname = self._config.server.hostname
+        report = await self._run(
+            lambda: build_dsn(
+                reporting_mta=hostname, sender=entry.sender, statuses=statuses,
+                original=self.store.message_path(entry.id),
+                arrival=datetime.fromtimestamp(entry.arrived, timezone.utc), queue_id=entry.id,
+            )
+        )
+        bounce_id = f"{entry.id}B"
+        envelope = Envelope(mail_from="", rcpt_to=[entry.sender], may_relay=True)
+        header = trace_header(
+            mail_from="", hostname=hostname, queue_id=bounce_id, protocol="local", recipients=[entry.sender]
+        )
+        message = StoredMessage.build(header, [report], len(report), report.count(b"\n"))
+        assert self.inject is not None, "OutboundQueue.inject must be set before bounces"
+        await self.inject(envelope, message, bounce_id)
+
+
+def _same_result(addresses: list[str], code: int, enhanced: str, text: str) -> list[RecipientResult]:
+    return [RecipientResult(address, code, enhanced, text, None) for address in addresses]
+
+
+def _read_wire_form(path: str) -> bytes:
+    """The stored message in CRLF form, for plugins (`mailgate_deliver` gets bytes)."""
+    converter = CRLFConverter()
+    with open(path, "rb") as handle:
+        return converter.feed(handle.read()) + converter.finish()

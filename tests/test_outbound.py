@@ -1,0 +1,223 @@
+"""OutboundQueue: scheduling with a Clock, per-recipient results, retries, expiry, bounces."""
+
+from __future__ import annotations
+
+import email
+from email import policy
+from pathlib import Path
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from mailgate import hookimpl
+from mailgate.config import parse_config
+from mailgate.envelope import Envelope
+from mailgate.errors import TemporaryFailure
+from mailgate.maildir import StoredMessage
+from mailgate.outbound import OutboundQueue
+from mailgate.plugins import build_plugin_manager
+from mailgate.queue import QueueStore
+from mailgate.relay import RecipientResult
+
+BODY = b"Subject: hello\n\nline one\n.dot line\n"
+
+
+class ScriptedRelay:
+    """Answers each delivery from a script of reply codes per recipient; records calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.codes: dict[str, list[int]] = {}  # recipient -> codes for successive attempts
+
+    def _answer(self, recipients: list[str]) -> list[RecipientResult]:
+        results = []
+        for rcpt in recipients:
+            script = self.codes.get(rcpt, [250])
+            code = script.pop(0) if len(script) > 1 else script[0]
+            enhanced = {2: "2.0.0", 4: "4.2.0", 5: "5.1.1"}[code // 100]
+            results.append(RecipientResult(rcpt, code, enhanced, f"{code} scripted", "mx.remote.test"))
+        return results
+
+    async def deliver_by_mx(self, domain, mail_from, recipients, message_path):
+        self.calls.append(("mx", domain, mail_from, list(recipients), Path(message_path).read_bytes()))
+        return self._answer(recipients)
+
+    async def deliver_to_host(self, host, port, mail_from, recipients, message_path):
+        self.calls.append(("host", f"{host}:{port}", mail_from, list(recipients)))
+        return self._answer(recipients)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, relay_settings: dict | None = None, plugins: tuple = ()) -> None:
+        self.config = parse_config({
+            "server": {"hostname": "mx.example.test"},
+            "listen": [{"name": "mx", "protocol": "smtp", "endpoint": "tcp:2525"}],
+            "domains": {"local": ["example.test"]},
+            "relay": {"retry_intervals": ["1m", "5m"], "max_queue_time": "1h", **(relay_settings or {})},
+        })
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.relay = ScriptedRelay()
+        self.store = QueueStore(str(tmp_path / "queue"))
+        self.injected: list[tuple[Envelope, bytes, str]] = []
+        self.manager = build_plugin_manager(self.config, plugins)
+        self.queue = self.new_queue()
+
+    def new_queue(self) -> OutboundQueue:
+        queue = OutboundQueue(
+            self.config, self.store, self.relay, self.manager.hook, self.clock,
+            lambda f, *a: succeed(f(*a)), inject=self.inject,
+        )
+        Deferred.fromCoroutine(queue.start())
+        return queue
+
+    async def inject(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
+        self.injected.append((envelope, message.header + b"".join(message.body), queue_id))
+
+    def submit(self, recipients: list[tuple[str, str]], sender: str = "alice@example.test", queue_id: str = "Q1") -> None:
+        header = b"Return-Path: <x>\nReceived: by mx.example.test (mailgate) id Q1;\n\tdate\n"
+        message = StoredMessage.build(header, [BODY], len(BODY), BODY.count(b"\n"))
+        envelope = Envelope(mail_from=sender, rcpt_to=[r for r, _ in recipients])
+        Deferred.fromCoroutine(self.queue.add(queue_id, envelope, recipients, message))
+        self.queue.release(queue_id)
+        self.clock.advance(0)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_recipients_of_one_domain_share_one_delivery(harness: Harness) -> None:
+    harness.submit([("b@remote.test", "mx"), ("c@remote.test", "mx"), ("d@other.test", "mx")])
+    calls = sorted((c[1], tuple(c[3])) for c in harness.relay.calls)
+    assert calls == [("other.test", ("d@other.test",)), ("remote.test", ("b@remote.test", "c@remote.test"))]
+    stored = harness.relay.calls[0][4]
+    assert stored.startswith(b"Received: ") and stored.endswith(BODY)  # no Return-Path in the queue
+    assert harness.store.load("Q1") is None
+    assert harness.injected == []
+
+
+def test_temporary_failure_is_retried_after_the_interval(harness: Harness) -> None:
+    harness.relay.codes["b@remote.test"] = [451, 250]
+    harness.submit([("b@remote.test", "mx")])
+    entry = harness.store.load("Q1")
+    assert (entry.attempts, entry.last_error) == (1, "451 4.2.0 451 scripted")
+    assert 60 <= entry.next_attempt - harness.clock.seconds() <= 66
+    harness.clock.advance(59)
+    assert len(harness.relay.calls) == 1
+    harness.clock.advance(8)
+    assert len(harness.relay.calls) == 2
+    assert harness.store.load("Q1") is None
+
+
+def test_only_deferred_recipients_are_tried_again(harness: Harness) -> None:
+    harness.relay.codes["b@remote.test"] = [451, 250]
+    harness.submit([("b@remote.test", "mx"), ("c@remote.test", "mx")])
+    harness.clock.advance(70)
+    assert [c[3] for c in harness.relay.calls] == [["b@remote.test", "c@remote.test"], ["b@remote.test"]]
+
+
+def test_permanent_failure_bounces_to_the_sender_from_null(harness: Harness) -> None:
+    harness.relay.codes["b@remote.test"] = [550]
+    harness.submit([("b@remote.test", "mx"), ("c@remote.test", "mx")])
+    [(envelope, report, bounce_id)] = harness.injected
+    assert (envelope.mail_from, envelope.rcpt_to, bounce_id) == ("", ["alice@example.test"], "Q1B")
+    assert report.startswith(b"Return-Path: <>\n")
+    parsed = email.message_from_bytes(report, policy=policy.default)
+    assert parsed.get_content_type() == "multipart/report"
+    assert b"Final-Recipient: rfc822; b@remote.test" in report
+    assert b"c@remote.test" not in report.split(b"Content-Type: message/delivery-status")[1].split(b"\n\n--")[0]
+    assert harness.store.load("Q1") is None
+
+
+def test_null_sender_is_never_bounced_to(harness: Harness) -> None:
+    harness.relay.codes["b@remote.test"] = [550]
+    harness.submit([("b@remote.test", "mx")], sender="")
+    assert harness.injected == []
+    assert harness.store.load("Q1") is None
+
+
+def test_expiry_fails_and_bounces(harness: Harness) -> None:
+    harness.relay.codes["b@remote.test"] = [451]
+    harness.submit([("b@remote.test", "mx")])
+    for _ in range(20):
+        harness.clock.advance(330)
+    assert harness.store.load("Q1") is None
+    [(_, report, _)] = harness.injected
+    assert b"Status: 4.4.7" in report
+    attempts = len(harness.relay.calls)
+    assert 10 <= attempts <= 14  # 1m, then 5m repeating, within the hour
+
+
+def test_smarthost_takes_all_mx_mail(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, {"smarthost": "127.0.0.1:2526"})
+    harness.submit([("b@remote.test", "mx"), ("c@other.test", "mx")])
+    assert harness.relay.calls == [("host", "127.0.0.1:2526", "alice@example.test", ["b@remote.test", "c@other.test"])]
+
+
+def test_smtp_route_goes_to_its_host(harness: Harness) -> None:
+    harness.submit([("b@legacy.test", "smtp:127.0.0.1:2626")])
+    assert harness.relay.calls == [("host", "127.0.0.1:2626", "alice@example.test", ["b@legacy.test"])]
+
+
+class PluginGateway:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, list[str], bytes]] = []
+        self.fail_first = True
+
+    @hookimpl
+    def mailgate_deliver(self, route, envelope, message):
+        if not route.startswith("ticket:"):
+            return None
+        self.seen.append((route, envelope.rcpt_to, message))
+        if self.fail_first:
+            self.fail_first = False
+            raise TemporaryFailure("ticket system busy")
+        return True
+
+
+def test_plugin_scheme_gets_crlf_message_and_temporary_failure_retries(tmp_path: Path) -> None:
+    plugin = PluginGateway()
+    harness = Harness(tmp_path, plugins=(plugin,))
+    harness.submit([("b@hooks.test", "ticket:support")])
+    [(route, rcpts, message)] = plugin.seen
+    assert (route, rcpts) == ("ticket:support", ["b@hooks.test"])
+    assert message.endswith(b"Subject: hello\r\n\r\nline one\r\n.dot line\r\n")
+    assert b"\n" not in message.replace(b"\r\n", b"")
+    assert harness.store.load("Q1").attempts == 1
+    harness.clock.advance(70)
+    assert len(plugin.seen) == 2 and harness.store.load("Q1") is None
+
+
+def test_unknown_scheme_defers(harness: Harness) -> None:
+    harness.submit([("b@x.test", "nosuch:thing")])
+    entry = harness.store.load("Q1")
+    assert entry.pending() and "no plugin delivers" in entry.last_error
+
+
+def test_restart_resumes_queued_mail(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    harness.relay.codes["b@remote.test"] = [451, 250]
+    harness.submit([("b@remote.test", "mx")])
+    harness.queue = harness.new_queue()  # as after a crash: a fresh queue over the same spool
+    harness.clock.advance(70)
+    assert harness.store.load("Q1") is None
+    assert len(harness.relay.calls) >= 2
+
+
+def test_flush_and_delete_requests(harness: Harness) -> None:
+    harness.relay.codes["b@remote.test"] = [451, 451, 250]
+    harness.relay.codes["c@remote.test"] = [451]
+    harness.submit([("b@remote.test", "mx")])
+    harness.submit([("c@remote.test", "mx")], queue_id="Q2")
+    flush = harness.store.request("flush")
+    harness.queue.serve_requests()
+    harness.clock.advance(0)
+    assert not Path(flush).exists()
+    assert len([c for c in harness.relay.calls if c[3] == ["b@remote.test"]]) == 2
+    delete = harness.store.request("delete", "Q2")
+    harness.queue.serve_requests()
+    assert not Path(delete).exists()
+    assert harness.store.load("Q2") is None
