@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.logger import Logger
@@ -9,6 +10,7 @@ from twisted.logger import Logger
 from mailgate.envelope import Envelope
 from mailgate.errors import TemporaryFailure
 from mailgate.maildir import MaildirStore, StoredMessage
+from mailgate.plugins import first_answer
 from mailgate.routing import Refusal, route_recipient
 
 log = Logger()
@@ -30,6 +32,8 @@ class Deliverer:
     async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
         """Deliver or queue everything, or raise DeliveryError having kept nothing."""
         local, queued = split_routes(envelope.routes)
+        if queued:
+            queued = await self._deliver_inline(envelope, message, queued)
         try:
             if queued:
                 await self._queue.add(queue_id, envelope, queued, message)
@@ -44,6 +48,30 @@ class Deliverer:
             raise TemporaryFailure("Local delivery failed, try again later", reason=f"maildir: {exc}") from exc
         if queued:
             self._queue.release(queue_id)
+
+    async def _deliver_inline(
+        self, envelope: Envelope, message: StoredMessage, queued: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """Offer each queued route to `mailgate_deliver_inline`; return those left to queue.
+
+        A DeliveryError raised here propagates before anything is stored, so
+        the client's reply is that error and nothing is kept.
+        """
+        by_route: dict[str, list[str]] = {}
+        for recipient, route in queued:
+            by_route.setdefault(route, []).append(recipient)
+        wire: bytes | None = None
+        remaining: list[tuple[str, str]] = []
+        for route, recipients in by_route.items():
+            if wire is None:
+                wire = message.wire_form()
+            scoped = replace(envelope, rcpt_to=recipients)
+            answer = await first_answer(
+                self._hooks.mailgate_deliver_inline, route=route, envelope=scoped, message=wire
+            )
+            if answer is None:
+                remaining.extend((recipient, route) for recipient in recipients)
+        return remaining
 
     async def inject(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
         """Deliver a message mailgate wrote itself (a bounce): routed like any other."""

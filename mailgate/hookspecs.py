@@ -90,6 +90,22 @@ def mailgate_verify(address: str) -> Maybe:
 
 
 @hookspec(firstresult=True)
+def mailgate_deliver_inline(route: str, envelope: Envelope, message: bytes) -> Maybe:
+    """Deliver while the client waits at the end of DATA, instead of queueing.
+
+    Called once per non-local route of an accepted message, before anything
+    is stored or queued. Return None to let the route be queued as usual
+    (then `mailgate_deliver` handles it later), or True once delivered.
+    Raising `mailgate.TemporaryFailure` or `mailgate.PermanentFailure`
+    makes the whole transaction fail with that error's SMTP reply, so the
+    sending server keeps (4xx) or bounces (5xx) the message itself. The
+    first non-None answer wins. Used by webhooks in `sync` mode.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
 def mailgate_deliver(route: str, envelope: Envelope, message: bytes) -> Maybe:
     """Deliver one message along a route whose scheme no built-in owns.
 

@@ -34,6 +34,18 @@ class StoredMessage:
     size: int  # octets on disk
     lines: int  # LF count, so POP3 sizes (CRLF) need no re-read
 
+    @property
+    def transit_header(self) -> bytes:
+        """The header without Return-Path, for mail still in transit: only the
+        final delivery adds Return-Path (RFC 5321 4.4)."""
+        if self.header.startswith(b"Return-Path:"):
+            return self.header[self.header.index(b"\n") + 1 :]
+        return self.header
+
+    def wire_form(self) -> bytes:
+        """The message as plugins get it: CRLF line ends, no Return-Path."""
+        return (self.transit_header + b"".join(self.body)).replace(b"\n", b"\r\n")
+
     @classmethod
     def build(cls, header: bytes, body: Sequence[bytes], body_size: int, body_lines: int) -> "StoredMessage":
         return cls(header, body, len(header) + body_size, header.count(b"\n") + body_lines)

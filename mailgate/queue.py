@@ -98,7 +98,7 @@ class QueueStore:
     def add(self, entry: QueuedMessage, message: StoredMessage) -> None:
         """Queue a new message durably (see the module docstring)."""
         tmp_msg = os.path.join(self._tmp, entry.id + ".msg")
-        write_durably(tmp_msg, [_without_return_path(message.header), *message.body])
+        write_durably(tmp_msg, [message.transit_header, *message.body])
         os.rename(tmp_msg, self.message_path(entry.id))
         fsync_dir(self._msg)
         self.save(entry)
@@ -175,11 +175,3 @@ class QueueStore:
         except FileNotFoundError:
             return []
         return [(os.path.join(self._control, n), *n.split(".", 2)[:2]) for n in names]
-
-
-def _without_return_path(header: bytes) -> bytes:
-    """The queue keeps the message as it will be sent: Return-Path is added
-    only by the final delivery (RFC 5321 4.4)."""
-    if header.startswith(b"Return-Path:"):
-        return header[header.index(b"\n") + 1 :]
-    return header
