@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import weakref
 from collections import deque
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from mailgate.auth import (
     AccountsChecker,
@@ -25,10 +25,10 @@ from mailgate.auth import (
     PasswordStore,
     thread_runner,
 )
-from mailgate.mailbox import BLOCK_SIZE, MessageInfo, commit, list_messages
+from mailgate.mailbox import MessageInfo, commit, list_messages
 from mailgate.maildir import mailbox_path
+from mailgate.pop3_stream import ConnectionAbortedDuringSend, MessageSender
 from mailgate.tls import is_tls
-from mailgate.wire import CRLFConverter, DotStuffer
 
 log = Logger()
 
@@ -38,6 +38,26 @@ SYS_TEMP = b"-ERR [SYS/TEMP] Internal error occurred. Refer to server log for mo
 PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed."
 TOO_MANY_FAILURES = b"-ERR [AUTH] Too many authentication failures, try again later."
+
+
+class MailboxLocks(set):  # type: ignore[type-arg]
+    """Addresses with a POP3 session past login, for one store (a set that can be weakly referenced)."""
+
+
+_LOCKS_BY_STORE: weakref.WeakValueDictionary[str, MailboxLocks] = weakref.WeakValueDictionary()
+
+
+def shared_locks(maildir_root: str) -> MailboxLocks:
+    """The lock table of one Maildir store, shared by every POP3 listener over it.
+
+    A gateway has a factory per listener (STLS and implicit TLS); a lock per
+    factory would let one session on each delete under the other's feet.
+    """
+    key = os.path.realpath(maildir_root)
+    locks = _LOCKS_BY_STORE.get(key)
+    if locks is None:
+        locks = _LOCKS_BY_STORE[key] = MailboxLocks()
+    return locks
 
 
 class POP3Factory(ServerFactory):
@@ -70,7 +90,7 @@ class POP3Factory(ServerFactory):
                 raise ValueError("POP3Factory needs accounts or a portal")
             portal = Portal(AddressRealm(), [AccountsChecker(accounts, self.run_blocking)])
         self.portal = portal
-        self._locked: set[str] = set()
+        self._locked = shared_locks(maildir_root)
 
     def buildProtocol(self, addr: Any) -> POP3Session:
         session = POP3Session()
@@ -94,100 +114,6 @@ def message_number(arg: bytes) -> int | None:
     if not text.isdigit() or len(text) > 9:
         return None
     return int(text)
-
-
-class TopLimiter:
-    """Pass the headers, the blank line and then `body_lines` lines (TOP, RFC 1939)."""
-
-    def __init__(self, body_lines: int) -> None:
-        self._in_headers = True
-        self._tail = b"\r\n"  # a message starting with an empty line has no headers
-        self._left = body_lines
-
-    def feed(self, data: bytes) -> tuple[bytes, bool]:
-        """CRLF data in; what to send and whether the limit is reached."""
-        head = b""
-        if self._in_headers:
-            window = self._tail + data
-            index = window.find(b"\r\n\r\n")
-            if index < 0:
-                self._tail = window[-3:]  # the separator may straddle blocks
-                return data, False
-            end = index + 4 - len(self._tail)
-            self._in_headers = False
-            head, data = data[:end], data[end:]
-        if self._left <= 0:
-            return head, True
-        parts = data.split(b"\n", self._left)  # one C call, not one per line
-        if len(parts) <= self._left:
-            self._left -= len(parts) - 1
-            return head + data, False
-        return head + data[: len(data) - len(parts[-1])], True
-
-
-@implementer(IPullProducer)
-class MessageSender:
-    """Stream one message file as a POP3 multi-line response, a block at a time.
-
-    Never holds the message in memory: each pull reads BLOCK_SIZE bytes,
-    converts line ends, applies the TOP limit and dot-stuffs with bytes
-    methods, so the cost is per block, not per line.
-    """
-
-    def __init__(self, handle: IO[bytes], top_lines: int | None, on_progress: Callable[[], None]) -> None:
-        self._handle = handle
-        self._converter = CRLFConverter()
-        self._limiter = TopLimiter(top_lines) if top_lines is not None else None
-        self._stuffer = DotStuffer()
-        self._on_progress = on_progress
-        self._consumer: Any = None
-        self._done: Deferred[None] = Deferred()
-
-    def begin(self, consumer: Any) -> Deferred[None]:
-        self._consumer = consumer
-        consumer.registerProducer(self, False)
-        return self._done
-
-    def resumeProducing(self) -> None:
-        # Loop until something is written: a pull producer that writes
-        # nothing is never asked again and the session would hang.
-        while self._consumer is not None:
-            try:
-                block = self._handle.read(BLOCK_SIZE)
-            except OSError:
-                self._finish(Failure())
-                return
-            data = self._converter.feed(block) if block else self._converter.finish()
-            limit_reached = False
-            if self._limiter is not None:
-                data, limit_reached = self._limiter.feed(data)
-            out = self._stuffer.feed(data)
-            if not block or limit_reached:
-                self._consumer.write(out + self._stuffer.finish())
-                self._finish(None)
-                return
-            if out:
-                self._consumer.write(out)
-                self._on_progress()
-                return
-
-    def stopProducing(self) -> None:
-        self._finish(Failure(ConnectionAbortedDuringSend()))
-
-    def _finish(self, failure: Failure | None) -> None:
-        if self._consumer is None:
-            return
-        consumer, self._consumer = self._consumer, None
-        self._handle.close()
-        consumer.unregisterProducer()
-        if failure is None:
-            self._done.callback(None)
-        else:
-            self._done.errback(failure)
-
-
-class ConnectionAbortedDuringSend(Exception):
-    """The transport stopped the producer: the client went away mid-message."""
 
 
 class POP3Session(Protocol):

@@ -14,17 +14,12 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
-from mailgate import mailbox, pop3_server
+from mailgate import mailbox, pop3_stream
 from mailgate.auth import AuthThrottle
 from mailgate.maildir import StoredMessage, deliver_durably
 from mailgate.wire import DotStuffer
-from mailgate.pop3_server import (
-    PLAINTEXT_REFUSED,
-    TOO_MANY_FAILURES,
-    MessageSender,
-    POP3Factory,
-    TopLimiter,
-)
+from mailgate.pop3_server import PLAINTEXT_REFUSED, TOO_MANY_FAILURES, POP3Factory
+from mailgate.pop3_stream import MessageSender, TopLimiter
 
 ALICE = "alice@example.test"
 PASSWORD = "correct horse"
@@ -513,7 +508,7 @@ class StreamingTests(SynchronousTestCase):
     def stream(self, data: bytes, top: int | None, block: int) -> bytes:
         import io
 
-        self.patch(pop3_server, "BLOCK_SIZE", block)
+        self.patch(pop3_stream, "BLOCK_SIZE", block)
         consumer = StringTransport()
         progress: list[None] = []
         done = MessageSender(io.BytesIO(data), top, lambda: progress.append(None)).begin(consumer)
