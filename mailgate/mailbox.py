@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Iterable
 from mailgate.wire import CRLFConverter
@@ -38,7 +39,7 @@ def base_name(name: str) -> str:
 def uid_for(name: str) -> str:
     """A UIDL value: RFC 1939 allows 1-70 printable characters, no space."""
     unique = base_name(name)
-    if 0 < len(unique) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in unique):
+    if 0 < len(unique) <= 70 and unique.isascii() and unique.isprintable() and " " not in unique:
         return unique
     return hashlib.sha1(unique.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -77,10 +78,16 @@ def list_messages(directory: str) -> list[MessageInfo]:
     return _unique_uids(messages)
 
 
-def _delivery_order(message: MessageInfo) -> tuple[int, str]:
-    """qmail names start with delivery seconds; numeric so 999 sorts before 1000."""
-    seconds = message.name.split(".", 1)[0]
-    return (int(seconds) if seconds.isdigit() else 0, message.name)
+_QMAIL_TIME = re.compile(r"(\d+)\.(?:M(\d+))?")
+
+
+def _delivery_order(message: MessageInfo) -> tuple[int, int, str]:
+    """qmail names start with seconds then M<microseconds>: compared as numbers,
+    since neither is zero-padded (999 must sort before 1000)."""
+    match = _QMAIL_TIME.match(message.name)
+    if match is None:
+        return (0, 0, message.name)
+    return (int(match.group(1)), int(match.group(2) or 0), message.name)
 
 
 def _unique_uids(messages: list[MessageInfo]) -> list[MessageInfo]:

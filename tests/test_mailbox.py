@@ -184,3 +184,12 @@ def _rmtree(path: str) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def test_messages_of_one_second_sort_by_microseconds_as_numbers(tmp_path) -> None:
+    directory = make_maildir(str(tmp_path))
+    later = "1700000000.M100000P1Q2.host,S=2,W=3"
+    earlier = "1700000000.M99999P1Q1.host,S=2,W=3"
+    put(directory, "new", later, b"b\n")
+    put(directory, "new", earlier, b"a\n")
+    assert [m.name for m in list_messages(directory)] == [earlier, later]
