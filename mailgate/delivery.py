@@ -11,7 +11,9 @@ from mailgate.envelope import Envelope
 from mailgate.errors import TemporaryFailure
 from mailgate.maildir import MaildirStore, StoredMessage
 from mailgate.plugins import first_answer
-from mailgate.routing import Refusal, route_recipient
+from mailgate.builtin.lists import bounce_address, list_id
+from mailgate.routing import Refusal, expand_list, resolve, route_recipient
+from mailgate.trace import trace_header
 
 log = Logger()
 
@@ -24,14 +26,23 @@ class Deliverer:
     again and the client hears 451, so its retry makes no duplicate.
     """
 
-    def __init__(self, store: MaildirStore, queue: Any, hooks: Any) -> None:
+    def __init__(self, store: MaildirStore, queue: Any, hooks: Any, hostname: str = "localhost") -> None:
         self._store = store
+        self._hostname = hostname
         self._queue = queue  # mailgate.outbound.OutboundQueue
         self._hooks = hooks
 
-    async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
-        """Deliver or queue everything, or raise DeliveryError having kept nothing."""
-        local, queued = split_routes(envelope.routes)
+    async def deliver(
+        self, envelope: Envelope, message: StoredMessage, queue_id: str, *, expand_lists: bool = True
+    ) -> None:
+        """Deliver or queue everything, or raise DeliveryError having kept nothing.
+
+        List copies are made first: each is a message of its own (its own
+        envelope sender and List-Id), stored before the original's copies.
+        """
+        local, queued, lists = split_routes(envelope.routes)
+        for index, list_address in enumerate(lists if expand_lists else ()):
+            await self._deliver_list_copy(list_address, envelope, message, f"{queue_id}L{index}")
         if queued:
             queued = await self._deliver_inline(envelope, message, queued)
         try:
@@ -73,6 +84,29 @@ class Deliverer:
                 remaining.extend((recipient, route) for recipient in recipients)
         return remaining
 
+    async def _deliver_list_copy(
+        self, list_address: str, envelope: Envelope, message: StoredMessage, queue_id: str
+    ) -> None:
+        """One copy for the list's members, from the list's bounce address, so
+        members' bounces reach the list and not the poster (RFC 2919 List-Id)."""
+        sender = bounce_address(list_address)
+        copy_envelope = Envelope(mail_from=sender, may_relay=True, helo=envelope.helo, client_ip=envelope.client_ip)
+        for member in await expand_list(self._hooks, list_address):
+            resolved = await resolve(self._hooks, member, copy_envelope)
+            if isinstance(resolved, Refusal):
+                log.warn("{id}: list {list}: member {member} refused: {code} {text}", id=queue_id,
+                         list=list_address, member=member, code=resolved.code, text=resolved.text)
+                continue
+            copy_envelope.rcpt_to.append(member)
+            copy_envelope.routes.update(resolved)
+        if not copy_envelope.routes:
+            return
+        header = trace_header(
+            mail_from=sender, hostname=self._hostname, queue_id=queue_id, protocol="list",
+            recipients=copy_envelope.rcpt_to,
+        ) + f"List-Id: {list_id(list_address)}\n".encode() + message.transit_header
+        await self.deliver(copy_envelope, message.with_header(header), queue_id, expand_lists=False)
+
     async def inject(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
         """Deliver a message mailgate wrote itself (a bounce): routed like any other."""
         for recipient in envelope.rcpt_to:
@@ -86,14 +120,18 @@ class Deliverer:
             await self.deliver(envelope, message, queue_id)
 
 
-def split_routes(routes: dict[str, str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Local mailbox addresses, and (recipient, route) pairs for the queue; discards vanish."""
+def split_routes(routes: dict[str, str]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """Local mailbox addresses, (recipient, route) pairs for the queue, and list
+    addresses to expand; discarded recipients vanish."""
     local: list[str] = []
     queued: list[tuple[str, str]] = []
+    lists: list[str] = []
     for recipient, route in routes.items():
         scheme, _, argument = route.partition(":")
         if scheme == "local":
             local.append(argument or recipient)
+        elif scheme == "list":
+            lists.append(argument or recipient)
         elif scheme != "discard":
             queued.append((recipient, route))
-    return local, queued
+    return local, queued, lists

@@ -42,6 +42,12 @@ class StoredMessage:
             return self.header[self.header.index(b"\n") + 1 :]
         return self.header
 
+    def with_header(self, header: bytes) -> "StoredMessage":
+        """The same body under other header lines (a list copy); the body is shared, not copied."""
+        body_size = self.size - len(self.header)
+        body_lines = self.lines - self.header.count(b"\n")
+        return StoredMessage.build(header, self.body, body_size, body_lines)
+
     def wire_form(self) -> bytes:
         """The message as plugins get it: CRLF line ends, no Return-Path."""
         return (self.transit_header + b"".join(self.body)).replace(b"\n", b"\r\n")

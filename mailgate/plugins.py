@@ -16,9 +16,12 @@ from mailgate.config import ConfigError, GatewayConfig
 
 def builtin_plugins(config: GatewayConfig) -> list[object]:
     """The default plugins, in registration order (asked last to first)."""
-    from mailgate.builtin import local, relay, transport
+    from mailgate.builtin import forward, lists, local, relay, transport
 
-    return [relay.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable()]
+    return [
+        relay.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(),
+        lists.MailingLists(), forward.ForwardRules(),
+    ]
 
 
 def build_plugin_manager(

@@ -77,7 +77,7 @@ class GatewayService(MultiService):
             self.config.store.maildir_root, self.config.server.hostname, self.reactor, self.threadpool
         )
         self.outbound = self._outbound_queue()
-        deliverer = Deliverer(store, self.outbound, self.plugin_manager.hook)
+        deliverer = Deliverer(store, self.outbound, self.plugin_manager.hook, self.config.server.hostname)
         self.outbound.inject = deliverer.inject  # bounces are delivered like any message
         self.accounts = Accounts(self.config.users.file)
         self.portal = build_portal(self.accounts, self.reactor)

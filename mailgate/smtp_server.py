@@ -28,7 +28,8 @@ from mailgate.delivery import Deliverer
 from mailgate.envelope import Envelope
 from mailgate.errors import DeliveryError
 from mailgate.maildir import StoredMessage
-from mailgate.routing import Refusal, route_recipient
+from mailgate.routing import Refusal, expand_list, resolve
+from mailgate.plugins import first_answer
 from mailgate.smtp_auth import SMTPAuthCommand
 from mailgate.smtp_data import DataReader
 from mailgate.tls import is_tls
@@ -37,6 +38,7 @@ from mailgate.trace import trace_header
 log = Logger()
 
 MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
+MAX_RECEIVED_HEADERS = 50  # more means a mail loop (RFC 5321 6.3); Postfix uses 50 too
 _ids = itertools.count(1)
 
 
@@ -385,12 +387,12 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
         return None
 
     async def _route(self, recipient: str, envelope: Envelope) -> Reply:
-        route = await route_recipient(self.factory.hooks, recipient, envelope)
-        if isinstance(route, Refusal):
-            return Reply(route.code, route.text)
-        if envelope is self._envelope and recipient not in envelope.routes:
+        resolved = await resolve(self.factory.hooks, recipient, envelope)
+        if isinstance(resolved, Refusal):
+            return Reply(resolved.code, resolved.text)
+        if envelope is self._envelope and recipient not in envelope.rcpt_to:
             envelope.rcpt_to.append(recipient)
-            envelope.routes[recipient] = route
+            envelope.routes.update(resolved)
         return Reply(250, "2.1.5 Ok")
 
     def smtp_DATA(self, argument: str) -> None:
@@ -455,11 +457,49 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
     def smtp_HELP(self, argument: str) -> None:
         self._send(214, "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY")
 
-    def smtp_VRFY(self, argument: str) -> None:
-        self._send(252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+    def smtp_VRFY(self, argument: str) -> Awaitable[Reply] | None:
+        if not self._policy_allows(self.factory.config.security.vrfy):
+            return self._send(252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+        address = self._query_address(argument)
+        if address is None:
+            return self._send(501, "5.5.4 Syntax: VRFY address")
+        return self._verify(address)
 
-    def smtp_EXPN(self, argument: str) -> None:
-        self._send(502, "5.5.1 EXPN not available")
+    async def _verify(self, address: str) -> Reply:
+        known = await first_answer(self.factory.hooks.mailgate_verify, address=address)
+        if known is None:
+            return Reply(252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+        if known:
+            return Reply(250, f"2.1.5 <{address}>")
+        return Reply(550, "5.1.1 User unknown")
+
+    def smtp_EXPN(self, argument: str) -> Awaitable[Reply] | None:
+        policy = self.factory.config.security.expn
+        if policy == "off":
+            return self._send(502, "5.5.1 EXPN not available")
+        if not self._policy_allows(policy):
+            return self._send(550, "5.7.1 EXPN not allowed")
+        address = self._query_address(argument)
+        if address is None:
+            return self._send(501, "5.5.4 Syntax: EXPN list")
+        return self._expand(address)
+
+    async def _expand(self, address: str) -> Reply:
+        members = await expand_list(self.factory.hooks, address)
+        if not members:
+            return Reply(550, "5.1.1 Not a mailing list")
+        return Reply(250, "\n".join(f"2.1.5 <{member}>" for member in members))
+
+    def _policy_allows(self, policy: str) -> bool:
+        """security.vrfy / security.expn: off | authenticated | all."""
+        return policy == "all" or (policy == "authenticated" and self._authenticated_as is not None)
+
+    @staticmethod
+    def _query_address(argument: str) -> str | None:
+        try:
+            return normalize_mailbox(argument.strip().removeprefix("<").removesuffix(">"))
+        except AddressError:
+            return None
 
 
 def _printable(text: str) -> bool:
@@ -491,4 +531,6 @@ def data_refusal(reader: DataReader, bare_newline_policy: str) -> Reply | None:
         return Reply(500, "5.5.2 Line too long")
     if reader.bare_newline and bare_newline_policy == "reject":
         return Reply(550, "5.5.2 Message contains bare CR or LF characters")
+    if reader.received_headers() > MAX_RECEIVED_HEADERS:
+        return Reply(554, "5.4.6 Too many Received headers: mail loop detected")
     return None
