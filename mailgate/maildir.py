@@ -12,13 +12,12 @@ import itertools
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+from twisted.python.failure import Failure
 
-from mailgate.durable import fsync_dir, write_durably
+from mailgate.durable import fsync_dir, sync_paths, write_durably
 
 _counter = itertools.count(1)  # next() is atomic under the GIL: safe across threads
 _SUBDIRS = ("tmp", "new", "cur")
@@ -105,32 +104,72 @@ def _makedirs_durably(path: str) -> bool:
 
 
 def deliver_durably(mailboxes: Sequence[str], message: StoredMessage, hostname: str) -> list[str]:
-    """Store one copy of `message` in each Maildir; return the paths in new/.
+    """Store one copy of `message` in each Maildir; return the paths in new/."""
+    [result] = deliver_batch([(mailboxes, message)], hostname)
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
-    The data is written and fsynced once, then hard-linked into every new/
-    (a copy where a link cannot cross file systems), and each new/ is fsynced
-    before returning: after this, a crash loses nothing. On failure every
-    link already made is removed, so a client told 4xx never gets duplicates
-    and no partial file is ever visible in new/.
+
+def deliver_batch(
+    jobs: Sequence[tuple[Sequence[str], StoredMessage]], hostname: str
+) -> list[list[str] | BaseException]:
+    """Store many messages with one group commit; per job, its new/ paths or its error.
+
+    Every message is written to tmp/, then one sync makes all the data
+    durable; only then are the messages hard-linked into each new/ (a copy
+    where a link cannot cross file systems), and a second sync makes those
+    entries durable. A crash at any point leaves no partial file in new/,
+    and nothing is reported stored before it would survive one. A job that
+    fails has every link it made removed, so a client told 4xx never gets
+    duplicates.
     """
-    name = unique_name(hostname, message)
+    results: list[list[str] | BaseException] = [[] for _ in jobs]
+    written = []
+    for index, (mailboxes, message) in enumerate(jobs):
+        try:
+            written.append((index, _write_tmp(mailboxes, message, hostname)))
+        except Exception as exc:
+            results[index] = exc
+    try:
+        sync_paths(tmp for _, tmp in written)
+        for index, tmp in written:
+            results[index] = _link_everywhere(tmp, *jobs[index])
+        placed = [path for result in results if isinstance(result, list) for path in result]
+        sync_paths({os.path.dirname(path) for path in placed})
+    except Exception as exc:  # a failed sync: nothing of this batch is known durable
+        for index, result in enumerate(results):
+            if isinstance(result, list):
+                _remove_all(result)
+                results[index] = exc
+    finally:
+        _remove_all(tmp for _, tmp in written)
+    return results
+
+
+def _write_tmp(mailboxes: Sequence[str], message: StoredMessage, hostname: str) -> str:
     for mailbox in mailboxes:
         ensure_maildir(mailbox)
-    tmp = os.path.join(mailboxes[0], "tmp", name)
+    tmp = os.path.join(mailboxes[0], "tmp", unique_name(hostname, message))
+    try:
+        write_durably(tmp, [message.header, *message.body], fsync=False)
+    except BaseException:
+        _remove_all([tmp])
+        raise
+    return tmp
+
+
+def _link_everywhere(tmp: str, mailboxes: Sequence[str], message: StoredMessage) -> list[str] | BaseException:
+    name = os.path.basename(tmp)
     placed: list[str] = []
     try:
-        _write_file(tmp, message)
         for mailbox in mailboxes:
             target = os.path.join(mailbox, "new", name)
             _link_or_copy(tmp, target, message)
             placed.append(target)
-        for directory in {os.path.dirname(p) for p in placed}:
-            fsync_dir(directory)
-    except BaseException:
+    except Exception as exc:
         _remove_all(placed)
-        raise
-    finally:
-        _remove_all([tmp])
+        return exc
     return placed
 
 
@@ -166,18 +205,45 @@ def _remove_all(paths: Iterable[str]) -> None:
 class MaildirStore:
     """Local mailboxes under `store.maildir_root`, written off the reactor thread."""
 
-    def __init__(self, root: str, hostname: str, reactor: object, threadpool: ThreadPool) -> None:
+    def __init__(self, root: str, hostname: str, run_blocking: Callable[..., Deferred]) -> None:
         self.root = root
         self._hostname = hostname
-        self._reactor = reactor
-        self._threadpool = threadpool
+        self._run = run_blocking  # runs a blocking call in the disk thread pool
+        self._pending: list[tuple[list[str], StoredMessage, Deferred]] = []
+        self._committing = False
 
     def path_for(self, address: str) -> str:
         return mailbox_path(self.root, address)
 
     def deliver(self, addresses: Sequence[str], message: StoredMessage) -> "Deferred[list[str]]":
-        """Store one copy per distinct mailbox; fires once everything is durable."""
+        """Store one copy per distinct mailbox; fires once everything is durable.
+
+        Deliveries that arrive while a batch is being committed wait and go
+        together in the next one: under load, many transactions share each
+        sync; alone, a message is committed at once.
+        """
         mailboxes = list(dict.fromkeys(self.path_for(a) for a in addresses))
-        return deferToThreadPool(
-            self._reactor, self._threadpool, deliver_durably, mailboxes, message, self._hostname
-        )
+        done: Deferred = Deferred()
+        self._pending.append((mailboxes, message, done))
+        if not self._committing:
+            self._commit_next()
+        return done
+
+    def _commit_next(self) -> None:
+        batch, self._pending = self._pending, []
+        self._committing = True
+        jobs = [(mailboxes, message) for mailboxes, message, _ in batch]
+        d = self._run(deliver_batch, jobs, self._hostname)
+        d.addBoth(self._committed, [done for _, _, done in batch])
+
+    def _committed(self, results: Any, waiting: list[Deferred]) -> None:
+        self._committing = False
+        if isinstance(results, Failure):
+            results = [results.value] * len(waiting)
+        for done, result in zip(waiting, results):
+            if isinstance(result, BaseException):
+                done.errback(Failure(result))
+            else:
+                done.callback(result)
+        if self._pending:
+            self._commit_next()

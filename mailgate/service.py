@@ -60,6 +60,10 @@ class GatewayService(MultiService):
         self._requests: LoopingCall | None = None
         self.ports: dict[str, Any] = {}  # listener name -> IListeningPort, once bound
 
+    def run_blocking(self, function: Any, *args: Any) -> Deferred:
+        """Run a call that blocks on the disk in the disk thread pool."""
+        return deferToThreadPool(self.reactor, self.threadpool, function, *args)
+
     def privilegedStartService(self) -> None:
         if self._configured.called:
             self._build_listeners()  # children bound by super(), before privileges drop
@@ -73,9 +77,7 @@ class GatewayService(MultiService):
 
     def _build_listeners(self) -> None:
         tls_options = self._tls_options()
-        store = MaildirStore(
-            self.config.store.maildir_root, self.config.server.hostname, self.reactor, self.threadpool
-        )
+        store = MaildirStore(self.config.store.maildir_root, self.config.server.hostname, self.run_blocking)
         self.outbound = self._outbound_queue()
         deliverer = Deliverer(store, self.outbound, self.plugin_manager.hook, self.config.server.hostname)
         self.outbound.inject = deliverer.inject  # bounces are delivered like any message
@@ -103,7 +105,7 @@ class GatewayService(MultiService):
         store = QueueStore(os.path.join(self.config.server.state_dir, "queue"))
         return OutboundQueue(
             self.config, store, relay, self.plugin_manager.hook, self.reactor,
-            lambda f, *a: deferToThreadPool(self.reactor, self.threadpool, f, *a),
+            self.run_blocking,
         )
 
     def _start_queue(self) -> None:

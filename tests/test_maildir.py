@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
@@ -151,26 +153,44 @@ def test_cross_device_copy_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert entries(second / "tmp") == []
 
 
-def test_fsync_order_file_then_link_then_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    events: list[tuple[str, str]] = []
-    real_fsync, real_link = os.fsync, os.link
+def test_sync_order_data_then_link_then_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data is durable before the link exists; the link is durable before returning."""
+    events: list[tuple[str, object]] = []
+    real_sync, real_link = maildir.sync_paths, os.link
 
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
+    def sync_paths(paths) -> None:
+        paths = sorted(paths)
+        events.append(("sync", paths))
+        real_sync(paths)
 
     def link(source: str, target: str) -> None:
         events.append(("link", target))
         real_link(source, target)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(maildir, "sync_paths", sync_paths)
     monkeypatch.setattr(os, "link", link)
     box = tmp_path / "box"
     ensure_maildir(str(box))
-    events.clear()
     [placed] = deliver_durably([str(box)], message(), "h")
     tmp_file = str(box / "tmp" / Path(placed).name)
-    assert events == [("fsync", tmp_file), ("link", placed), ("fsync", str(box / "new"))]
+    assert events == [("sync", [tmp_file]), ("link", placed), ("sync", [str(box / "new")])]
+
+
+def test_a_batch_shares_its_syncs_and_isolates_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    syncs: list[list[str]] = []
+    real_sync = maildir.sync_paths
+    monkeypatch.setattr(maildir, "sync_paths", lambda paths: (syncs.append(sorted(paths)), real_sync(paths)))
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    ensure_maildir(str(bad))
+    (bad / "new").rmdir()
+    (bad / "new").write_text("not a directory")  # linking into it fails
+    results = maildir.deliver_batch(
+        [([str(good)], message(body=[b"one\n"])), ([str(bad)], message(body=[b"two\n"])), ([str(good)], message(body=[b"three\n"]))], "h"
+    )
+    assert isinstance(results[1], OSError)
+    assert [len(os.listdir(good / "new")), len(syncs)] == [2, 2]  # two messages, one data sync, one entry sync
+    assert sorted(Path(p).read_bytes().splitlines()[-1] for p in results[0] + results[2]) == [b"one", b"three"]
+    assert os.listdir(good / "tmp") == [] and os.listdir(bad / "tmp") == []
 
 
 def test_new_maildir_creation_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,7 +232,7 @@ class MaildirStoreTests(TestCase):
         self.addCleanup(self.pool.stop)
         self.root = Path(tempfile.mkdtemp()) / "mail"  # not trial's mktemp: that writes below the cwd
         self.addCleanup(shutil.rmtree, self.root.parent)
-        self.store = MaildirStore(str(self.root), "mx.example.test", reactor, self.pool)
+        self.store = MaildirStore(str(self.root), "mx.example.test", lambda f, *a: deferToThreadPool(reactor, self.pool, f, *a))
 
     def test_deliver_fires_with_paths_once_stored(self):
         d = self.store.deliver(["alice@example.test", "alice@example.test", "bob@example.test"], message())
@@ -240,3 +260,34 @@ class MaildirStoreTests(TestCase):
         d = self.store.deliver(["alice@example.test"], message())
         self.assertFailure(d, OSError)
         return d.addCallback(lambda _: self.assertEqual(entries(box / "tmp"), []))
+
+
+def test_deliveries_during_a_commit_share_the_next_one(tmp_path: Path) -> None:
+    """Group commit: one batch at a time; what arrives meanwhile waits and goes together."""
+    commits: list[tuple[list, Deferred]] = []
+
+    def run_blocking(function, jobs, hostname):
+        d: Deferred = Deferred()
+        commits.append((jobs, d))
+        return d
+
+    store = MaildirStore(str(tmp_path), "h", run_blocking)
+    first = store.deliver(["a@x.test"], message())
+    second = store.deliver(["b@x.test"], message())
+    third = store.deliver(["c@x.test"], message())
+    assert [len(jobs) for jobs, _ in commits] == [1]
+    commits[0][1].callback(maildir.deliver_batch(commits[0][0], "h"))
+    assert len(result_of(first)) == 1
+    assert [len(jobs) for jobs, _ in commits] == [1, 2]
+    jobs, pending = commits[1]
+    pending.callback([["p2"], OSError(28, "No space left on device")])
+    assert result_of(second) == ["p2"]
+    assert result_of(third).value.errno == 28  # a Failure wrapping the OSError
+
+
+def result_of(d: Deferred) -> object:
+    """What a fired Deferred holds (a Failure when it failed), consumed."""
+    results: list[object] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    return results[0]
