@@ -114,6 +114,13 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
+class PipeConfig:
+    name: str
+    command: tuple[str, ...]  # argv, run without a shell; the message on stdin
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class SenderRate:
     messages: int
     per_seconds: float
@@ -126,6 +133,9 @@ class LimitsConfig:
     max_connections_per_ip: int = 20
     command_timeout_seconds: float = 300.0
     sender_rate: SenderRate | None = SenderRate(100, 3600.0)
+    data_timeout_seconds: float = 1800.0  # the whole DATA phase, however the bytes trickle
+    max_bad_commands: int = 20  # then 421 and close, as Postfix's smtpd_hard_error_limit
+    connection_rate: SenderRate | None = SenderRate(120, 60.0)  # new connections per client IP
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,7 @@ class GatewayConfig:
     lists: Mapping[str, MailingList] = field(default_factory=lambda: MappingProxyType({}))
     relay: RelayConfig = RelayConfig()
     webhook: tuple[WebhookConfig, ...] = ()
+    pipe: Mapping[str, PipeConfig] = field(default_factory=lambda: MappingProxyType({}))
     limits: LimitsConfig = LimitsConfig()
     plugins: PluginsConfig = PluginsConfig()
     plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
@@ -360,6 +371,7 @@ def _matching(pattern: re.Pattern, what: str, convert: Callable[[str], str] = st
 _domain = _matching(_DOMAIN, "a domain name", str.lower)
 _address = _matching(_ADDRESS, "an address (local@domain)", str.lower)
 _module_name = _matching(_MODULE, "a module name")
+_pipe_name = _matching(re.compile(r"[\w.-]+"), "a pipe name (letters, digits, _ . -)")
 
 
 def _pattern(value: Any) -> str:
@@ -462,7 +474,7 @@ def _sender_rate(value: Any) -> SenderRate | None:
     return SenderRate(messages, float(seconds))
 
 
-def _route(webhooks: Collection[str]) -> Checker:
+def _route(webhooks: Collection[str], pipes: Collection[str] = ()) -> Checker:
     """Route strings, shared by relay.transport and mailgate_route (SPEC)."""
     def check(value: Any) -> str:
         scheme, colon, args = _string(value).partition(":")
@@ -476,10 +488,25 @@ def _route(webhooks: Collection[str]) -> Checker:
             _host_port(args)
         elif scheme == "webhook" and args not in webhooks:
             raise ValueError(f"no [[webhook]] is named {args!r}")
+        elif scheme == "pipe" and args not in pipes:
+            raise ValueError(f"no [pipe.NAME] table is named {args!r}")
         elif scheme == "reject" and not _REJECT.fullmatch(args):
             raise ValueError(f'expected "reject:CODE TEXT" with a 4xx or 5xx code, got {value!r}')
         return value
     return check
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    """An argv list: a program, then its arguments, each passed as it is (no shell)."""
+    argv = _list_of(_string, non_empty=True)(value)
+    if not argv[0].strip():
+        raise ValueError("the program (the first item) must not be empty")
+    return argv
+
+
+def _pipes(value: Any) -> Mapping[str, PipeConfig]:
+    tables = _mapping_of(_pipe_name, _table_of(dict, _PIPE))(value)
+    return MappingProxyType({name: PipeConfig(name, **table) for name, table in tables.items()})
 
 
 def _default_auth(values: dict) -> dict:
@@ -529,12 +556,19 @@ _WEBHOOK = {
     "mode": _Key(_choice("queued", "sync")),
     "timeout": _Key(_duration, "timeout_seconds"),
 }
+_PIPE = {
+    "command": _Key(_command, required=True),
+    "timeout": _Key(_duration, "timeout_seconds"),
+}
 _LIMITS = {
     "max_message_size": _Key(_size),
     "max_recipients": _Key(_positive_int),
     "max_connections_per_ip": _Key(_positive_int),
     "command_timeout": _Key(_duration, "command_timeout_seconds"),
     "sender_rate": _Key(_sender_rate),
+    "data_timeout": _Key(_duration, "data_timeout_seconds"),
+    "max_bad_commands": _Key(_positive_int),
+    "connection_rate": _Key(_sender_rate),
 }
 _SECURITY = {
     "plaintext_auth": _Key(_choice("tls", "always")),
@@ -555,6 +589,7 @@ _DOCUMENT = {
     "forward": _Key(_list_of(_table_of(ForwardRule, _FORWARD))),
     "lists": _Key(_lists),
     "webhook": _Key(_list_of(_table_of(WebhookConfig, _WEBHOOK), unique="name")),
+    "pipe": _Key(_pipes),
     "limits": _Key(_table_of(LimitsConfig, _LIMITS)),
     "plugins": _Key(_table_of(PluginsConfig, _PLUGINS)),
     # [plugin.NAME] belongs to the plugin: only its shape is checked here.
@@ -563,8 +598,10 @@ _DOCUMENT = {
 
 
 def _document_schema(data: Mapping[str, Any]) -> dict[str, _Key]:
-    """The whole file; webhook: routes in relay.transport must name a [[webhook]] it defines."""
+    """The whole file; webhook: and pipe: routes in relay.transport must name a
+    [[webhook]] or [pipe.NAME] it defines."""
     webhooks = data.get("webhook") if isinstance(data.get("webhook"), list) else []
     names = {table.get("name") for table in webhooks if isinstance(table, Mapping)}
-    relay = {**_RELAY, "transport": _Key(_mapping_of(_domain, _route(names)))}
+    pipes = data.get("pipe") if isinstance(data.get("pipe"), Mapping) else {}
+    relay = {**_RELAY, "transport": _Key(_mapping_of(_domain, _route(names, set(pipes))))}
     return {**_DOCUMENT, "relay": _Key(_table_of(RelayConfig, relay))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import replace
 from typing import Any
 
@@ -33,7 +34,8 @@ class Deliverer:
         self._hooks = hooks
 
     async def deliver(
-        self, envelope: Envelope, message: StoredMessage, queue_id: str, *, expand_lists: bool = True
+        self, envelope: Envelope, message: StoredMessage, queue_id: str, *,
+        expand_lists: bool = True, inline: bool = True,
     ) -> None:
         """Deliver or queue everything, or raise DeliveryError having kept nothing.
 
@@ -43,20 +45,20 @@ class Deliverer:
         local, queued, lists = split_routes(envelope.routes)
         for index, list_address in enumerate(lists if expand_lists else ()):
             await self._deliver_list_copy(list_address, envelope, message, f"{queue_id}L{index}")
-        if queued:
+        if queued and inline:
             queued = await self._deliver_inline(envelope, message, queued)
         try:
             if queued:
                 await self._queue.add(queue_id, envelope, queued, message)
         except OSError as exc:
-            raise TemporaryFailure("Queue write failed, try again later", reason=f"queue: {exc}") from exc
+            raise storage_failure(exc, "queue") from exc
         try:
             if local:
                 await self._store.deliver(local, message)
         except OSError as exc:
             if queued:
                 await self._queue.cancel(queue_id)
-            raise TemporaryFailure("Local delivery failed, try again later", reason=f"maildir: {exc}") from exc
+            raise storage_failure(exc, "maildir") from exc
         if queued:
             self._queue.release(queue_id)
 
@@ -116,8 +118,16 @@ class Deliverer:
                          id=queue_id, rcpt=recipient, code=route.code, text=route.text)
                 continue
             envelope.routes[recipient] = route
-        if envelope.routes:
-            await self.deliver(envelope, message, queue_id)
+        if envelope.routes:  # queued, never inline: nobody waits on a bounce's reply
+            await self.deliver(envelope, message, queue_id, inline=False)
+
+
+def storage_failure(exc: OSError, where: str) -> TemporaryFailure:
+    """A full disk or quota is 452 4.3.1 (RFC 3463: mail system full); the
+    client keeps the message and retries, and mail already accepted is kept."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TemporaryFailure("Insufficient system storage", code=452, enhanced="4.3.1", reason=f"{where}: {exc}")
+    return TemporaryFailure("Local delivery failed, try again later", reason=f"{where}: {exc}")
 
 
 def split_routes(routes: dict[str, str]) -> tuple[list[str], list[tuple[str, str]], list[str]]:

@@ -9,6 +9,7 @@ goes to `mailgate.smtp_data.DataReader` in bulk.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.delivery import Deliverer
 from mailgate.envelope import Envelope
 from mailgate.errors import DeliveryError
+from mailgate.limits import RateLimiter
 from mailgate.maildir import StoredMessage
 from mailgate.routing import Refusal, expand_list, resolve
 from mailgate.plugins import first_answer
@@ -38,6 +40,7 @@ from mailgate.trace import trace_header
 log = Logger()
 
 MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
+DATA_PROGRESS_BYTES = 1024  # DATA must advance this much per command_timeout
 MAX_RECEIVED_HEADERS = 50  # more means a mail loop (RFC 5321 6.3); Postfix uses 50 too
 _ids = itertools.count(1)
 
@@ -80,6 +83,8 @@ class SMTPFactory(Factory):
         self.owned_senders = owned_senders(config)
         self.sessions: set[SMTPSession] = set()
         self.per_ip: Counter[str] = Counter()
+        self.sender_rate = RateLimiter(config.limits.sender_rate, clock)
+        self.connection_rate = RateLimiter(config.limits.connection_rate, clock)
         self.stopping = False
 
     def buildProtocol(self, addr: Any) -> SMTPSession:
@@ -113,6 +118,9 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
         self._closed: Deferred | None = None
         self._line_waiter: Deferred | None = None  # an AUTH exchange waiting for its next line
         self._processing = False  # _process is on the stack: replies must not re-enter it
+        self._bad_commands = 0
+        self._data_deadline: Any = None  # the DATA phase's own timer (limits.data_timeout)
+        self._data_progress = 0  # bytes since the idle timer was last reset in DATA
 
     # --- connection ----------------------------------------------------------
 
@@ -127,13 +135,21 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
             self.transport.setTcpNoDelay(True)  # replies are small; Nagle would add 40 ms each
         if factory.per_ip[self._client_ip] > factory.config.limits.max_connections_per_ip:
             return self._close(421, "4.7.0 Too many connections from your address")
+        if factory.connection_rate.take(self._client_ip):
+            return self._close(421, "4.7.0 Too many connections from your address, slow down")
         if factory.stopping:
             return self._close(421, "4.3.2 Service shutting down")
         self.setTimeout(factory.config.limits.command_timeout_seconds)
         self._send(220, f"{factory.config.server.hostname} ESMTP mailgate")
 
+    def _cancel_data_deadline(self) -> None:
+        if self._data_deadline is not None and self._data_deadline.active():
+            self._data_deadline.cancel()
+        self._data_deadline = None
+
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
+        self._cancel_data_deadline()
         factory = self.factory
         factory.sessions.discard(self)
         factory.per_ip[self._client_ip] -= 1
@@ -165,7 +181,8 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self.resetTimeout()
+        if self._reader is not None:
+            self._note_data_progress(len(data))
         if self._reader is not None and not self._buffer:
             rest = self._reader.feed(data)
             if rest is not None:
@@ -189,6 +206,14 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
         finally:
             self._processing = False
 
+    def _note_data_progress(self, size: int) -> None:
+        """In DATA the idle timer restarts only per KiB received: a client
+        trickling a byte at a time cannot keep the session alive."""
+        self._data_progress += size
+        if self._data_progress >= DATA_PROGRESS_BYTES:
+            self._data_progress = 0
+            self.resetTimeout()
+
     def _process_lines(self) -> None:
         while not self._closing and (not self._busy or self._line_waiter is not None):
             if self._reader is not None:
@@ -205,6 +230,7 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
                     self._skipping_long_line = True
                 return
             line, self._buffer = self._buffer[:newline].rstrip(b"\r"), self._buffer[newline + 1 :]
+            self.resetTimeout()  # per whole line: a trickled line counts as idle
             if self._skipping_long_line or len(line) + 2 > MAX_COMMAND_LINE:
                 self._skipping_long_line = False
                 self._send(500, "5.5.2 Line too long")
@@ -260,6 +286,12 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
         return Reply(code, text)
 
     def _send(self, code: int, text: str) -> None:
+        if code in (500, 501, 502, 503, 504, 555) and not self._closing:
+            self._bad_commands += 1  # Postfix's smtpd_hard_error_limit: a probe or a bot
+            if self._bad_commands > self.factory.config.limits.max_bad_commands:
+                self._closing = True
+                code, text = 421, "4.7.0 Too many errors, closing connection"
+                self.transport.loseConnection()
         lines = text.split("\n")
         out = [f"{code}-{line}\r\n" for line in lines[:-1]]
         out.append(f"{code} {lines[-1]}\r\n")
@@ -324,6 +356,7 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
             sender = normalize_mailbox(path) if path else ""
             self._check_mail_params(params)
             self._check_sender_owned(sender)
+            self._check_sender_rate()
         except AddressError as exc:
             return self._send(501, f"5.5.4 {exc}")
         except _Refused as refusal:
@@ -348,6 +381,14 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
                 continue
             else:
                 raise _Refused(555, f"5.5.4 Unsupported parameter {name}")
+
+    def _check_sender_rate(self) -> None:
+        """limits.sender_rate: messages per authenticated user, counted at MAIL."""
+        if self._authenticated_as is None:
+            return
+        wait = self.factory.sender_rate.take(self._authenticated_as)
+        if wait:
+            raise _Refused(450, f"4.7.1 Sender rate limit exceeded, try again in {math.ceil(wait)} seconds")
 
     def _check_sender_owned(self, sender: str) -> None:
         """An authenticated user sends as itself or its aliases, not as anyone."""
@@ -406,9 +447,14 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
             max_size=self.factory.config.limits.max_message_size,
             normalize_bare_newlines=self.factory.config.security.bare_newline == "normalize",
         )
+        self._data_progress = 0
+        self._data_deadline = self.factory.clock.callLater(
+            self.factory.config.limits.data_timeout_seconds, self.timeoutConnection
+        )
         self._send(354, "End data with <CR><LF>.<CR><LF>")
 
     def _end_data(self, rest: bytes) -> None:
+        self._cancel_data_deadline()
         reader, envelope = self._reader, self._envelope
         self._reader, self._envelope = None, None
         self._buffer = rest + self._buffer

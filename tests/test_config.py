@@ -391,3 +391,57 @@ def test_parse_size(text: str | int, size: int) -> None:
 def test_parse_size_rejects(text: Any) -> None:
     with pytest.raises(ValueError, match="size"):
         parse_size(text)
+
+
+# --- [pipe.NAME]: the program gateway ---------------------------------------------
+
+
+def test_pipe_tables_become_pipe_configs() -> None:
+    from mailgate.config import PipeConfig
+
+    config = parse_config(with_sections(
+        pipe={"crm": {"command": ["/usr/local/bin/crm", "--queue", "mail"], "timeout": "2m"},
+              "true": {"command": ["true"]}},
+        relay={"transport": {"legacy.test": "pipe:crm"}},
+    ))
+    assert config.pipe["crm"] == PipeConfig("crm", ("/usr/local/bin/crm", "--queue", "mail"), 120.0)
+    assert config.pipe["true"].timeout_seconds == 60.0
+    assert config.relay.transport["legacy.test"] == "pipe:crm"
+    assert dict(parse_config(MINIMAL).pipe) == {}
+
+
+def test_pipe_problems_name_their_keys() -> None:
+    problems = problems_of(with_sections(pipe={
+        "empty": {"command": []},
+        "none": {"timeout": "5s"},
+        "typed": {"command": ["/bin/prog", 7], "timeout": "soon", "user": "nobody"},
+        "blank": {"command": [" ", "x"]},
+        "bad name!": {"command": ["true"]},
+    }))
+    assert problems == [
+        "pipe.empty.command: must not be empty",
+        "pipe.none.command: missing",
+        "pipe.typed.command[1]: expected a string, got an integer",
+        'pipe.typed.timeout: not a duration (like "30s", "5m", "2h", "5d"): \'soon\'',
+        "pipe.typed.user: unknown key",
+        "pipe.blank.command: the program (the first item) must not be empty",
+        "pipe.\"bad name!\": not a pipe name (letters, digits, _ . -): 'bad name!'",
+    ]
+
+
+def test_a_pipe_route_must_name_a_defined_pipe() -> None:
+    problems = problems_of(with_sections(
+        pipe={"crm": {"command": ["true"]}},
+        relay={"transport": {"ok.test": "pipe:crm", "legacy.test": "pipe:nope"}},
+    ))
+    assert problems == ["relay.transport.\"legacy.test\": no [pipe.NAME] table is named 'nope'"]
+
+
+def test_default_file_documents_the_pipe_example() -> None:
+    text = DEFAULT_FILE.read_text()
+    assert "# [pipe.crm]" in text and re.search(r"(?m)^# command = .*#", text)
+    config = parse_config(tomllib.loads(uncommented_default()))
+    assert config.pipe["crm"].command[0] == "/usr/local/bin/crm-import"
+    assert config.pipe["crm"].timeout_seconds == 60.0
+    assert config.relay.transport["crm.example.test"] == "pipe:crm"
+    assert dict(load_config(str(DEFAULT_FILE)).pipe) == {}

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import pytest
 from twisted.internet import reactor
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
@@ -663,7 +664,7 @@ class MaildirRoundTripTests(TestCase):
         self.pool = ThreadPool(minthreads=1, maxthreads=2, name="smtp-test")
         self.pool.start()
         self.addCleanup(self.pool.stop)
-        store = MaildirStore(str(root / "mail"), HOSTNAME, reactor, self.pool)
+        store = MaildirStore(str(root / "mail"), HOSTNAME, lambda f, *a: deferToThreadPool(reactor, self.pool, f, *a))
         self.stored: list[Deferred] = []  # the session awaits these; they fire after its reply
         self.placed: list[str] = []
         real_deliver = store.deliver
