@@ -16,11 +16,11 @@ from mailgate.config import ConfigError, GatewayConfig
 
 def builtin_plugins(config: GatewayConfig) -> list[object]:
     """The default plugins, in registration order (asked last to first)."""
-    from mailgate.builtin import forward, lists, local, relay, transport
+    from mailgate.builtin import forward, lists, local, pipe, relay, transport, webhook
 
     return [
-        relay.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(),
-        lists.MailingLists(), forward.ForwardRules(),
+        relay.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(), webhook.WebhookGateway(),
+        lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(),
     ]
 
 
@@ -30,14 +30,18 @@ def build_plugin_manager(
     """Register built-ins, entry points, `plugins.enable` modules, then `extra`.
 
     Later registrations are asked first, so users' plugins can override the
-    built-ins. A misspelt hook name fails here, at start-up.
+    built-ins; `plugins.enable` is registered last entry first, so its first
+    entry is asked first, as an operator reading the list would expect. A
+    misspelt hook name fails here, at start-up.
     """
     manager = PluginManager("mailgate")
     manager.add_hookspecs(hookspecs)
     for plugin in builtin_plugins(config):
         manager.register(plugin, name=f"builtin.{type(plugin).__name__}")
     manager.load_setuptools_entrypoints("mailgate")
-    for index, module in enumerate(_import_enabled(config.plugins.paths, config.plugins.enable)):
+    _refuse_duplicates(config.plugins.enable)
+    enabled = list(enumerate(_import_enabled(config.plugins.paths, config.plugins.enable)))
+    for index, module in reversed(enabled):
         try:
             manager.register(module, name=config.plugins.enable[index])
         except (PluginValidationError, ValueError) as exc:  # bad hookimpl arguments; listed twice
@@ -49,6 +53,12 @@ def build_plugin_manager(
     except Exception as exc:  # pluggy's PluginValidationError
         raise ConfigError([f"plugins.enable: {exc}"]) from None
     return manager
+
+
+def _refuse_duplicates(names: Sequence[str]) -> None:
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ConfigError([f"plugins.enable[{index}]: {name!r} is listed twice"])
 
 
 def _import_enabled(paths: Sequence[str], names: Sequence[str]) -> list[object]:

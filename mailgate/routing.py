@@ -10,10 +10,6 @@ from mailgate.plugins import first_answer
 
 MAX_FORWARD_DEPTH = 10
 LOOP = "5.4.6 Mail forwarding loop detected"
-# Route schemes whose built-in delivery has not landed yet (the webhook gateway).
-PENDING_SCHEMES = frozenset({"webhook"})
-# Route schemes delivered at once into local Maildirs or dropped; the rest are queued.
-IMMEDIATE_SCHEMES = frozenset({"local", "discard"})
 
 
 @dataclass(frozen=True)
@@ -104,6 +100,4 @@ def refusal_for(route: str | None) -> Refusal | None:
         if len(code) == 3 and code.isdigit() and code[0] in "45":
             return Refusal(int(code), text or "5.7.1 Rejected")
         return Refusal(550, "5.7.1 Rejected")
-    if scheme in PENDING_SCHEMES:
-        return Refusal(451, "4.3.2 Delivery to this destination is not available yet")
     return None

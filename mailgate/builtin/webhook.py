@@ -1,0 +1,217 @@
+"""Built-in plugin: `[[webhook]]`, mail for matching addresses POSTed to an HTTP endpoint."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent, HTTPConnectionPool, RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived,
+)
+
+from mailgate import __version__, hookimpl
+from mailgate.config import GatewayConfig, WebhookConfig
+from mailgate.envelope import Envelope
+from mailgate.errors import DeliveryError, PermanentFailure, TemporaryFailure
+from mailgate.webhook_payload import delivery_id, json_body, signature_headers
+
+log = Logger()
+
+SCHEME = "webhook"
+MAX_PERSISTENT_PER_HOST = 10  # concurrent queue attempts to one receiver reuse these
+IDLE_CONNECTION_SECONDS = 60
+RETRIED_STATUSES = frozenset({408, 429})  # client errors that mean "later", not "never"
+BUILD_IN_THREAD_BYTES = 256_000  # parsing a big message would stall every session meanwhile
+# A pooled connection the receiver closed just as it was reused: POST is not
+# retried by the Agent (not idempotent); receivers dedupe on webhook-id, so we can.
+_STALE_CONNECTION = (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
+class WebhookGateway:
+    """Routes matching recipients to `webhook:NAME` and delivers them by HTTP POST.
+
+    `queued` webhooks are delivered by the outbound queue (`mailgate_deliver`),
+    with its retries and bounces; `sync` ones while the client waits at the
+    end of DATA (`mailgate_deliver_inline`), the HTTP answer becoming the
+    SMTP reply. `reactor` and `http` (anything with treq's `post`, such as
+    `treq.testing.StubTreq`) are for tests; by default the global reactor
+    and a pooled treq client are used.
+    """
+
+    def __init__(self, reactor: Any = None, http: Any = None) -> None:
+        self._reactor = reactor
+        self._http = http
+        self._pool: HTTPConnectionPool | None = None
+        self._webhooks: dict[str, WebhookConfig] = {}
+
+    @hookimpl
+    def mailgate_configure(self, config: GatewayConfig) -> None:
+        self._webhooks = {webhook.name: webhook for webhook in config.webhook}
+        if not self._webhooks:
+            return
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        if self._http is None:
+            self._pool = HTTPConnectionPool(self._reactor, persistent=True)
+            self._pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+            self._pool.cachedConnectionTimeout = IDLE_CONNECTION_SECONDS
+            self._http = HTTPClient(Agent(self._reactor, pool=self._pool))
+            self._reactor.addSystemEventTrigger("before", "shutdown", self.close)
+
+    def close(self) -> Deferred | None:
+        """Drop idle pooled connections (at shutdown, and for tests)."""
+        return self._pool.closeCachedConnections() if self._pool is not None else None
+
+    # --- routing ---------------------------------------------------------
+
+    def _match(self, address: str) -> WebhookConfig | None:
+        address = address.lower()
+        wildcard = "*@" + address.rpartition("@")[2]
+        for webhook in self._webhooks.values():
+            if address in webhook.match or wildcard in webhook.match:
+                return webhook
+        return None
+
+    @hookimpl
+    def mailgate_route(self, recipient: str) -> str | None:
+        webhook = self._match(recipient)
+        return f"{SCHEME}:{webhook.name}" if webhook is not None else None
+
+    @hookimpl
+    def mailgate_verify(self, address: str) -> bool | None:
+        return True if self._match(address) is not None else None
+
+    # --- delivery --------------------------------------------------------
+
+    def _webhook_for(self, route: str) -> WebhookConfig | None:
+        """The webhook a `webhook:NAME` route names; None for other schemes."""
+        scheme, _, name = route.partition(":")
+        if scheme != SCHEME:
+            return None
+        webhook = self._webhooks.get(name)
+        if webhook is None:  # renamed or removed while mail for it waited in the queue
+            raise PermanentFailure(
+                "No such webhook", code=550, enhanced="5.3.5", reason=f"route {route}: no [[webhook]] named {name!r}"
+            )
+        return webhook
+
+    @hookimpl
+    async def mailgate_deliver(self, route: str, envelope: Envelope, message: bytes) -> bool | None:
+        """Queued mode. A `sync` webhook's routes never reach the queue, except
+        mail queued before its mode was changed: that is delivered too."""
+        webhook = self._webhook_for(route)
+        if webhook is None:
+            return None
+        return await self._post(webhook, route, envelope, message)
+
+    @hookimpl
+    async def mailgate_deliver_inline(self, route: str, envelope: Envelope, message: bytes) -> bool | None:
+        """Sync mode. An unknown name is left to the queue, which bounces that
+        recipient alone rather than refusing the whole transaction."""
+        scheme, _, name = route.partition(":")
+        webhook = self._webhooks.get(name) if scheme == SCHEME else None
+        if webhook is None or webhook.mode != "sync":
+            return None
+        return await self._post(webhook, route, envelope, message)
+
+    async def _post(self, webhook: WebhookConfig, route: str, envelope: Envelope, message: bytes) -> bool:
+        """One POST; True on 2xx, else the DeliveryError its status means.
+
+    Replies name the HTTP status (it reaches the sender, in a bounce or at
+    DATA) but not the webhook or its URL, which only the log is told.
+    """
+        delivery = delivery_id(message, route, envelope.rcpt_to)
+        if webhook.format == "raw":
+            body, content_type = message, "message/rfc822"
+        else:
+            body, content_type = await self._json_body(message, envelope, delivery), "application/json"
+        headers = {
+            "Content-Type": content_type,
+            "User-Agent": f"mailgate/{__version__}",
+            **signature_headers(delivery, int(self._reactor.seconds()), body, webhook.secrets),
+        }
+        exchange = Deferred.fromCoroutine(self._exchange(webhook.url, headers, body))
+        try:
+            status, phrase = await _within(exchange, webhook.timeout_seconds, self._reactor)
+        except Exception as exc:  # timeout, refused, reset, DNS: the receiver may be back later
+            error = _temporary(webhook, "unreachable", f"{delivery}: {type(exc).__name__}: {exc}")
+            log.info("{reason}", reason=error.reason)  # the queue logs only counts
+            raise error from None
+        try:
+            return _verdict(webhook, delivery, status, phrase)
+        except DeliveryError as error:
+            log.info("{reason}", reason=error.reason)
+            raise
+
+    async def _json_body(self, message: bytes, envelope: Envelope, delivery: str) -> bytes:
+        pool = getattr(self._reactor, "getThreadPool", None)
+        if len(message) < BUILD_IN_THREAD_BYTES or pool is None:
+            return json_body(message, envelope, delivery)
+        return await deferToThreadPool(self._reactor, pool(), json_body, message, envelope, delivery)
+
+    async def _exchange(self, url: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+        try:
+            response = await self._http.post(url, data=body, headers=headers, allow_redirects=False)
+        except _STALE_CONNECTION:
+            response = await self._http.post(url, data=body, headers=headers, allow_redirects=False)
+        # Read (and drop) the whole body so the connection goes back to the pool.
+        await treq.collect(response, lambda chunk: None)
+        phrase = response.phrase.decode("latin-1") if isinstance(response.phrase, bytes) else str(response.phrase)
+        return response.code, _UNPRINTABLE.sub(" ", phrase).strip()[:80]
+
+
+def _within(work: Deferred, seconds: float, clock: Any) -> Deferred:
+    """`work`'s result, or TimeoutError after `seconds`; `work` is then cancelled.
+
+    Unlike Deferred.addTimeout, the answer does not wait for the cancellation
+    to finish: an SMTP client waiting at DATA hears 451 on time regardless.
+    """
+    outcome: Deferred = Deferred()
+
+    def expire() -> None:
+        outcome.errback(TimeoutError(f"no answer within {seconds:g}s"))
+        work.cancel()
+
+    timer = clock.callLater(seconds, expire)
+
+    def settle(result: Any) -> None:
+        if not timer.active():
+            return  # expired: the late result (the cancellation) is dropped
+        timer.cancel()
+        if isinstance(result, Failure):
+            outcome.errback(result)
+        else:
+            outcome.callback(result)
+
+    work.addBoth(settle)
+    return outcome
+
+
+def _verdict(webhook: WebhookConfig, delivery: str, status: int, phrase: str) -> bool:
+    """2xx delivered; 408, 429, 5xx (and anything odd, like 3xx) later; other 4xx never."""
+    answer = f"HTTP {status} {phrase}".strip()
+    if 200 <= status < 300:
+        log.info("webhook {name}: {id} delivered ({answer})", name=webhook.name, id=delivery, answer=answer)
+        return True
+    if 400 <= status < 500 and status not in RETRIED_STATUSES:
+        raise PermanentFailure(
+            f"Webhook refused the message ({answer})",
+            code=550, enhanced="5.7.1", reason=f"webhook {webhook.name}: {delivery} refused: {answer}",
+        )
+    raise _temporary(webhook, f"unavailable ({answer})", f"{delivery} answered {answer}")
+
+
+def _temporary(webhook: WebhookConfig, what: str, detail: str) -> TemporaryFailure:
+    return TemporaryFailure(
+        f"Webhook {what}, try again later",
+        code=451, enhanced="4.4.1", reason=f"webhook {webhook.name}: {detail}",
+    )
