@@ -109,6 +109,8 @@ def mailgate_deliver_inline(route: str, envelope: Envelope, message: bytes) -> M
 def mailgate_deliver(route: str, envelope: Envelope, message: bytes) -> Maybe:
     """Deliver one message along a route whose scheme no built-in owns.
 
+    Called by the outbound queue on each delivery attempt, once per message
+    and route, with that route's pending recipients in `envelope.rcpt_to`.
     `message` is the whole message, headers included, with CRLF line ends.
     Return None if the route's scheme is not this plugin's, True once the
     message is delivered; raise `mailgate.TemporaryFailure` to have it
