@@ -62,6 +62,7 @@ class OutboundQueue:
         self._deleted: set[str] = set()
         self._timer: Any = None
         self._stopping = False
+        self._abandoned = False
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -77,12 +78,27 @@ class OutboundQueue:
         self.store.prepare()
         return [(entry.id, entry.next_attempt) for entry in self.store.entries()]
 
-    async def stop(self) -> None:
-        """Stop starting attempts and wait for those in flight."""
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop starting attempts; wait for those in flight, but not past the grace.
+
+        An attempt still running then is abandoned, not recorded: its message
+        stays queued as it was and is tried again after the restart (a remote
+        server that stalls must not hold up a SIGTERM for minutes).
+        """
         self._stopping = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        await DeferredList(list(self._running.values()), consumeErrors=True)
+        if not self._running:
+            return
+        done = DeferredList(list(self._running.values()), consumeErrors=True)
+        waiting: Deferred = Deferred()
+        timer = self._clock.callLater(grace_seconds, waiting.callback, None)
+        done.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        done.addBoth(lambda _: None if waiting.called else waiting.callback(None))
+        await waiting
+        self._abandoned = bool(self._running)
+        if self._running:
+            log.warn("queue: abandoned {count} attempt(s) in flight at shutdown", count=len(self._running))
 
     # --- accepting -----------------------------------------------------------
 
@@ -94,6 +110,7 @@ class OutboundQueue:
             id=queue_id,
             sender=envelope.mail_from,
             arrived=self._clock.seconds(),
+            next_attempt=self._clock.seconds(),
             recipients=[RecipientState(address, route) for address, route in recipients],
         )
         await self._run(self.store.add, entry, message)
@@ -198,8 +215,10 @@ class OutboundQueue:
             consumeErrors=True,
         )
         results = {r.recipient: r for ok, found in outcomes if ok for r in found}
-        self._record(entry, results)
-        await self._settle(entry)
+        failed_now = self._record(entry, results)
+        if self._abandoned:
+            return  # stop() gave up waiting: leave the entry as it was
+        await self._settle(entry, failed_now)
 
     def _groups(self, entry: QueuedMessage) -> dict[tuple[str, ...], list[RecipientState]]:
         """One connection per destination: by domain for MX, by host for smarthost and smtp:."""
@@ -238,6 +257,7 @@ class OutboundQueue:
         try:
             answer = await first_answer(self._hooks.mailgate_deliver, route=route, envelope=envelope, message=message)
         except DeliveryError as exc:
+            log.info("{id}: route {route}: {code} {reason}", id=entry.id, route=route, code=exc.code, reason=exc.reason)
             return _same_result(addresses, exc.code, exc.enhanced, exc.reply)
         except Exception as exc:  # fail closed: a crashing plugin means "try later"
             log.failure("plugin delivery crashed for route {route}", route=route)
@@ -246,9 +266,11 @@ class OutboundQueue:
             return _same_result(addresses, 451, "4.3.5", f"no plugin delivers route {route}")
         return _same_result(addresses, 250, "2.0.0", "delivered by plugin")
 
-    def _record(self, entry: QueuedMessage, results: dict[str, RecipientResult]) -> None:
+    def _record(self, entry: QueuedMessage, results: dict[str, RecipientResult]) -> list[RecipientState]:
+        """Apply one attempt's results; return the recipients that failed for good now."""
         now = self._clock.seconds()
         entry.attempts += 1
+        was_pending = entry.pending()
         for recipient in entry.pending():
             result = results.get(recipient.address)
             if result is None:
@@ -272,26 +294,31 @@ class OutboundQueue:
             id=entry.id, n=entry.attempts, delivered=sum(r.status == DELIVERED for r in entry.recipients),
             failed=len(entry.failed()), pending=len(entry.pending()),
         )
+        return [r for r in was_pending if r.status == FAILED]
 
-    async def _settle(self, entry: QueuedMessage) -> None:
+    async def _settle(self, entry: QueuedMessage, failed_now: list[RecipientState]) -> None:
+        """Bounce what failed in this attempt at once (as Postfix does: a sender
+        hears of a hard failure without waiting for other recipients' retries),
+        then keep the entry for what is still pending, or drop it."""
         if entry.id in self._deleted:
             return
+        if failed_now and entry.sender:
+            await self._bounce(entry, failed_now)
         if entry.pending():
             await self._run(self.store.save, entry)
             self.schedule(entry.id, entry.next_attempt)
             return
-        if entry.failed() and entry.sender:
-            await self._bounce(entry)
         await self._run(self.store.remove, entry.id)
 
-    async def _bounce(self, entry: QueuedMessage) -> None:
+    async def _bounce(self, entry: QueuedMessage, failed: list[RecipientState]) -> None:
         """An RFC 3464 report to the sender, sent from <> so bounces never loop."""
         statuses = [
             RecipientStatus(
                 recipient=r.address, action="failed", status=r.enhanced or "5.0.0",
-                diagnostic=f"{r.code or ''} {r.diagnostic or ''}".strip(), remote_mta=r.remote_mta,
+                diagnostic=" ".join(str(part) for part in (r.code, r.enhanced, r.diagnostic) if part),
+                remote_mta=r.remote_mta,
             )
-            for r in entry.failed()
+            for r in failed
         ]
         hostname = self._config.server.hostname
         report = await self._run(
