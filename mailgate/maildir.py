@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -21,6 +22,8 @@ from mailgate.durable import fsync_dir, sync_paths, write_durably
 
 _counter = itertools.count(1)  # next() is atomic under the GIL: safe across threads
 _SUBDIRS = ("tmp", "new", "cur")
+TMP_MAX_AGE_SECONDS = 36 * 3600  # qmail's rule for files left in tmp/
+_swept: set[str] = set()  # mailboxes whose tmp/ this process has cleaned
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,16 @@ class StoredMessage:
 def unique_name(hostname: str, message: StoredMessage) -> str:
     """A qmail-style unique name with Dovecot's S= (disk) and W= (CRLF) sizes."""
     now = time.time()
-    host = hostname.replace("/", r"\057").replace(":", r"\072")
+    host = _safe_host(hostname)
     return (
         f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{host}"
         f",S={message.size},W={message.size + message.lines}"
     )
+
+
+def _safe_host(hostname: str) -> str:
+    """The host part of a unique name: '/' and ':' escaped as qmail does."""
+    return hostname.replace("/", r"\057").replace(":", r"\072")
 
 
 def mailbox_path(root: str, address: str) -> str:
@@ -73,6 +81,33 @@ def mailbox_path(root: str, address: str) -> str:
     if not local or not domain or "/" in address or local.startswith(".") or domain.startswith("."):
         raise ValueError(f"unsafe mailbox address {address!r}")
     return os.path.join(root, domain, local)
+
+
+def sweep_tmp(mailbox: str, hostname: str, now: float | None = None) -> int:
+    """Remove what a crash left in tmp/; return how many files went.
+
+    Our own leftovers (this host, another process id) are garbage at once;
+    anything else only after 36 hours, the Maildir rule, since another
+    program may be writing it right now. Run once per mailbox per process,
+    on its first delivery, so start-up never walks every mailbox.
+    """
+    tmp, removed = os.path.join(mailbox, "tmp"), 0
+    now = time.time() if now is None else now
+    ours = re.compile(rf"\d+\.M\d+P(\d+)Q\d+\.{re.escape(_safe_host(hostname))},")
+    try:
+        entries = list(os.scandir(tmp))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        match = ours.match(entry.name)
+        stale = match is not None and int(match.group(1)) != os.getpid()
+        try:
+            if stale or now - entry.stat().st_mtime > TMP_MAX_AGE_SECONDS:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def ensure_maildir(path: str) -> None:
@@ -150,6 +185,9 @@ def deliver_batch(
 def _write_tmp(mailboxes: Sequence[str], message: StoredMessage, hostname: str) -> str:
     for mailbox in mailboxes:
         ensure_maildir(mailbox)
+        if mailbox not in _swept:
+            _swept.add(mailbox)
+            sweep_tmp(mailbox, hostname)
     tmp = os.path.join(mailboxes[0], "tmp", unique_name(hostname, message))
     try:
         write_durably(tmp, [message.header, *message.body], fsync=False)

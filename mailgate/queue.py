@@ -98,16 +98,14 @@ class QueueStore:
     def add(self, entry: QueuedMessage, message: StoredMessage) -> None:
         """Queue a new message durably (see the module docstring)."""
         tmp_msg = os.path.join(self._tmp, entry.id + ".msg")
-        write_durably(tmp_msg, [message.transit_header, *message.body])
-        os.rename(tmp_msg, self.message_path(entry.id))
+        _write_replacing(tmp_msg, self.message_path(entry.id), [message.transit_header, *message.body])
         fsync_dir(self._msg)
         self.save(entry)
 
     def save(self, entry: QueuedMessage) -> None:
         """Replace an entry's state atomically and durably."""
         tmp_env = os.path.join(self._tmp, entry.id + ".env")
-        write_durably(tmp_env, [entry.to_json()])
-        os.rename(tmp_env, os.path.join(self._env, entry.id))
+        _write_replacing(tmp_env, os.path.join(self._env, entry.id), [entry.to_json()])
         fsync_dir(self._env)
 
     def load(self, queue_id: str) -> QueuedMessage | None:
@@ -175,3 +173,15 @@ class QueueStore:
         except FileNotFoundError:
             return []
         return [(os.path.join(self._control, n), *n.split(".", 2)[:2]) for n in names]
+
+
+def _write_replacing(tmp: str, target: str, chunks: list[bytes]) -> None:
+    """Write `tmp` durably and rename it onto `target`; on failure (a full
+    disk) remove `tmp`, so it neither keeps the space nor blocks the next try."""
+    unlink_quietly(tmp)  # a leftover from an earlier failure would make O_EXCL fail
+    try:
+        write_durably(tmp, chunks)
+        os.rename(tmp, target)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise

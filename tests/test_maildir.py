@@ -291,3 +291,25 @@ def result_of(d: Deferred) -> object:
     d.addBoth(results.append)
     assert results, "the Deferred has not fired"
     return results[0]
+
+
+def test_sweep_removes_our_crash_leftovers_and_old_foreign_files(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    ensure_maildir(str(box))
+    leftover = box / "tmp" / f"1700000000.M5P{os.getpid() + 1}Q1.h,S=1,W=1"
+    in_flight = box / "tmp" / f"1700000000.M5P{os.getpid()}Q2.h,S=1,W=1"
+    foreign_new, foreign_old = box / "tmp" / "procmail.123", box / "tmp" / "procmail.456"
+    for path in (leftover, in_flight, foreign_new, foreign_old):
+        path.write_bytes(b"x")
+    os.utime(foreign_old, (1, 1))
+    assert maildir.sweep_tmp(str(box), "h") == 2
+    assert sorted(p.name for p in (box / "tmp").iterdir()) == sorted([in_flight.name, foreign_new.name])
+
+
+def test_first_delivery_to_a_mailbox_sweeps_its_tmp(tmp_path: Path) -> None:
+    box = tmp_path / "swept"
+    ensure_maildir(str(box))
+    leftover = box / "tmp" / f"1700000000.M5P{os.getpid() + 1}Q1.h,S=1,W=1"
+    leftover.write_bytes(b"half a message")
+    deliver_durably([str(box)], message(), "h")
+    assert not leftover.exists()

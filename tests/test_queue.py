@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from mailgate.maildir import StoredMessage
 from mailgate.queue import DELIVERED, PENDING, QueuedMessage, QueueStore, RecipientState
 from mailgate.retry import RetryPolicy
@@ -101,3 +103,26 @@ def test_retry_policy_intervals_and_last_repeats() -> None:
     assert policy.delay(1, lambda: 1.0) == 66.0
     assert not policy.expired(1000.0, 4599.0)
     assert policy.expired(1000.0, 4600.0)
+
+
+def test_failed_write_leaves_no_tmp_and_the_next_save_works(tmp_path: Path, monkeypatch) -> None:
+    import mailgate.queue as queue_module
+
+    s = store(tmp_path)
+    s.add(entry(), message())
+    real = queue_module.write_durably
+
+    def full_disk(path, chunks, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(queue_module, "write_durably", full_disk)
+    changed = s.load("Q1")
+    changed.attempts = 5
+    with pytest.raises(OSError):
+        s.save(changed)
+    assert os.listdir(tmp_path / "queue" / "tmp") == []
+    monkeypatch.setattr(queue_module, "write_durably", real)
+    s.save(changed)
+    assert s.load("Q1").attempts == 5
