@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -17,6 +17,30 @@ import pytest
 
 BIN = Path(sys.executable).parent
 STARTUP_DEADLINE_SECONDS = 30.0
+
+
+def client_tls() -> ssl.SSLContext:
+    """A client TLS context that accepts the gateway's self-signed certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def eventually(predicate: Callable[[], object], what: str, seconds: float = 15.0) -> object:
+    """Poll `predicate` without blocking the reactor (trial tests whose fakes
+    live in it) until it returns something truthy, or fail at the deadline."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = time.monotonic() + seconds
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+        await deferLater(reactor, 0.05, lambda: None)
 
 
 def free_port() -> int:

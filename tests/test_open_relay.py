@@ -12,13 +12,12 @@ come from the policy, not from a server that refuses everything.
 from __future__ import annotations
 
 import smtplib
-import ssl
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from tests.conftest import Gateway, free_port
+from tests.conftest import Gateway, client_tls, free_port
 
 ALICE, PASSWORD = "alice@example.test", "correct horse"
 STRANGER = "stranger@remote.test"
@@ -55,11 +54,6 @@ SMUGGLED = [
 # --- helpers -------------------------------------------------------------------
 
 
-def client_tls() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the gateway made itself a self-signed certificate
-    return context
 
 
 def anonymous(gateway: Gateway) -> smtplib.SMTP:

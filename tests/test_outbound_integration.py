@@ -13,27 +13,24 @@ from __future__ import annotations
 
 import email
 import json
-import os
 import shutil
 import signal
 import smtplib
 import socket
 import subprocess
 import tempfile
-import time
 from datetime import datetime
 from email import policy
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import pytest
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from mailgate.queue import QueuedMessage, QueueStore
-from tests.conftest import BIN, STARTUP_DEADLINE_SECONDS, Gateway, free_port, gateway_config
+from tests.conftest import BIN, Gateway, STARTUP_DEADLINE_SECONDS, eventually, free_port, gateway_config
 from tests.fake_dns import FakeDNSServer
 from tests.fake_smtp import FakeSMTPServer
 
@@ -48,7 +45,6 @@ BOB, CAROL = "bob@remote.test", "carol@remote.test"
 HOSTNAME = "mx.example.test"  # tests.conftest.gateway_config's server.hostname
 DEFER = "451 4.2.1 mailbox busy, try later"
 ACCEPT = "250 2.1.5 recipient ok"
-POLL_SECONDS = 0.05
 SHUTDOWN_GRACE_SECONDS = 10.0  # mailgate.service's grace for inbound sessions on SIGTERM
 
 
@@ -115,16 +111,6 @@ class RawSMTP:
         self.sock.close()
 
 
-async def eventually(predicate: Callable[[], Any], what: str, seconds: float = 15.0) -> Any:
-    """Poll `predicate` without blocking the reactor until it returns something truthy."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
-        await deferLater(reactor, POLL_SECONDS, lambda: None)
 
 
 async def pause(seconds: float) -> None:

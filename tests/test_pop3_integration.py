@@ -7,13 +7,12 @@ import poplib
 import shutil
 import smtplib
 import socket
-import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Gateway, free_port, wait_for
+from tests.conftest import Gateway, client_tls, free_port, wait_for
 
 ALICE, PASSWORD = "alice@example.test", "correct horse"
 SENDER = "bob@remote.test"
@@ -26,11 +25,6 @@ BODY = (
 ).encode("utf-8")
 
 
-def client_tls() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the gateway made itself a self-signed certificate
-    return context
 
 
 @pytest.fixture

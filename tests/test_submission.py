@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import smtplib
-import ssl
 
 import pytest
 
-from tests.conftest import Gateway, free_port
+from tests.conftest import Gateway, client_tls, free_port
 
 ALICE, PASSWORD = "alice@example.test", "correct horse"
 
 
-def client_tls() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the gateway made itself a self-signed certificate
-    return context
 
 
 @pytest.fixture

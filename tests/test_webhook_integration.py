@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from standardwebhooks import Webhook
 from twisted.internet import reactor
@@ -29,12 +29,11 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from tests.conftest import BIN, STARTUP_DEADLINE_SECONDS, Gateway, free_port, gateway_config
+from tests.conftest import BIN, Gateway, STARTUP_DEADLINE_SECONDS, eventually, free_port, gateway_config
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ALICE = "alice@example.test"  # a local user: sends, and receives the bounces
 TICKETS = "new@hooks.example.test"
-POLL_SECONDS = 0.05
 
 MESSAGE = (
     "From: =?utf-8?q?Alice_Lid=C3=A9l?= <alice@example.test>\r\n"
@@ -106,16 +105,6 @@ class TrackingSite(Site):
         return channel
 
 
-async def eventually(predicate: Callable[[], Any], what: str, seconds: float = 15.0) -> Any:
-    """Poll `predicate` without blocking the reactor until it returns something truthy."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
-        await deferLater(reactor, POLL_SECONDS, lambda: None)
 
 
 def send(port: int, recipients: list[str], message: bytes = MESSAGE, sender: str = ALICE) -> tuple[int, bytes]:
