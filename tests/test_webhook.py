@@ -382,3 +382,45 @@ class BrokenClient:
         from twisted.internet.error import ConnectionRefusedError
 
         return fail(ConnectionRefusedError("127.0.0.1:9"))
+
+
+class FlakyHTTP:
+    """An HTTP client whose every POST fails the way Twisted reports `failure`."""
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure, self.posts = failure, 0
+
+    def post(self, *args: Any, **kwargs: Any) -> Deferred:
+        self.posts += 1
+        d: Deferred = Deferred()
+        d.errback(self.failure)
+        return d
+
+
+class StaleConnectionTests(SynchronousTestCase):
+    def attempt(self, failure: Exception) -> tuple[FlakyHTTP, Any]:
+        config = parse_config({"listen": [{"name": "mx", "protocol": "smtp", "endpoint": "tcp:2525"}],
+                               "webhook": [{"name": "tickets", "match": ["support@example.test"],
+                                            "url": "http://receiver.test/inbound", "secret": WHSEC}]})
+        http = FlakyHTTP(failure)
+        plugin = WebhookGateway(reactor=Clock(), http=http)
+        plugin.mailgate_configure(config)
+        d = Deferred.fromCoroutine(plugin.mailgate_deliver("webhook:tickets", ENVELOPE, MESSAGE))
+        return http, self.failureResultOf(d, TemporaryFailure)
+
+    def test_a_dead_pooled_connection_is_retried_once(self) -> None:
+        from twisted.python.failure import Failure
+        from twisted.web._newclient import ResponseNeverReceived
+
+        http, _ = self.attempt(ResponseNeverReceived([Failure(ConnectionResetError())]))
+        self.assertEqual(http.posts, 2)
+
+    def test_our_own_timeout_is_never_retried(self) -> None:
+        """A cancelled request looks like a dead connection; posting again would
+        deliver twice to a receiver that is merely slow."""
+        from twisted.internet.defer import CancelledError
+        from twisted.python.failure import Failure
+        from twisted.web._newclient import ResponseNeverReceived
+
+        http, _ = self.attempt(ResponseNeverReceived([Failure(CancelledError())]))
+        self.assertEqual(http.posts, 1)

@@ -7,7 +7,7 @@ from typing import Any
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -161,12 +161,19 @@ class WebhookGateway:
     async def _exchange(self, url: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
         try:
             response = await self._http.post(url, data=body, headers=headers, allow_redirects=False)
-        except _STALE_CONNECTION:
+        except _STALE_CONNECTION as exc:
+            if _cancelled(exc):
+                raise  # our own timeout: a second POST now would reach a slow receiver twice
             response = await self._http.post(url, data=body, headers=headers, allow_redirects=False)
         # Read (and drop) the whole body so the connection goes back to the pool.
         await treq.collect(response, lambda chunk: None)
         phrase = response.phrase.decode("latin-1") if isinstance(response.phrase, bytes) else str(response.phrase)
         return response.code, _UNPRINTABLE.sub(" ", phrase).strip()[:80]
+
+
+def _cancelled(exc: Exception) -> bool:
+    """Twisted reports a cancelled request as ResponseNeverReceived([CancelledError])."""
+    return any(reason.check(CancelledError) for reason in getattr(exc, "reasons", ()))
 
 
 def _within(work: Deferred, seconds: float, clock: Any) -> Deferred:
