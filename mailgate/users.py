@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
+import hmac
 import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 import bcrypt
 
 BCRYPT_ROUNDS = 12  # tests lower this in-process; files written by the CLI use 12
-BCRYPT_MAX_BYTES = 72  # bcrypt ignores anything longer; bcrypt>=5 raises instead
+BCRYPT_MAX_BYTES = 72
+AUTH_CACHE_SECONDS = 300.0  # a verified password is trusted again for this long
+AUTH_CACHE_ENTRIES = 10_000  # bcrypt ignores anything longer; bcrypt>=5 raises instead
 
 _LOCAL_PART = re.compile(r"[!-~]+")  # printable ASCII, no spaces; ':' and '@' checked apart
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
@@ -97,11 +102,14 @@ def parse_users(text: str) -> dict[str, str]:
 class Accounts:
     """The accounts in one users file, re-read whenever the file changes."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, cache_seconds: float = AUTH_CACHE_SECONDS) -> None:
         self._path = path
         self._lock = threading.Lock()  # verify() runs in reactor threads
         self._stamp: Stamp | None = None
         self._hashes: dict[str, str] = {}
+        self._cache_seconds = cache_seconds
+        self._cache_key = os.urandom(32)
+        self._verified: dict[bytes, float] = {}  # digest -> when bcrypt said yes
 
     def exists(self, address: str) -> bool:
         return address.lower() in self._current()
@@ -116,7 +124,32 @@ class Accounts:
             # Spend a hash's worth of time so response times don't reveal who exists.
             check_password(password, _dummy_hash(BCRYPT_ROUNDS))
             return False
-        return check_password(password, hashed)
+        if not check_password(password, hashed):
+            return False
+        with self._lock:
+            self._verified[self._digest(address, hashed, password)] = time.monotonic()
+            while len(self._verified) > AUTH_CACHE_ENTRIES:
+                del self._verified[next(iter(self._verified))]
+        return True
+
+    def verified_recently(self, address: str, password: str) -> bool:
+        """True if this exact password was verified within the cache period.
+
+        Cheap (no bcrypt), so a client that logs in every minute, as POP3
+        clients do, pays the hash once, like Dovecot's auth cache. The entry
+        is a keyed digest that includes the stored hash: a password change
+        or a deleted user makes it miss at once.
+        """
+        hashed = self._current().get(address.lower())
+        if hashed is None or self._cache_seconds <= 0:
+            return False
+        with self._lock:
+            when = self._verified.get(self._digest(address, hashed, password))
+        return when is not None and time.monotonic() - when < self._cache_seconds
+
+    def _digest(self, address: str, hashed: str, password: str) -> bytes:
+        material = "\0".join((address.lower(), hashed, password)).encode("utf-8", "surrogatepass")
+        return hmac.new(self._cache_key, material, hashlib.sha256).digest()
 
     def _current(self) -> dict[str, str]:
         with self._lock:

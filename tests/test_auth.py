@@ -59,6 +59,17 @@ class CheckerTests(SynchronousTestCase):
         d = self.checker.requestAvatarId(UsernamePassword(b"alice@example.test", b"nope"))
         self.failureResultOf(d, UnauthorizedLogin)
 
+    def test_a_recent_success_skips_the_thread_and_bcrypt(self) -> None:
+        calls: list[Any] = []
+        checker = AccountsChecker(self.accounts, lambda f, *a: calls.append(f) or run_now(f, *a))
+        credentials = UsernamePassword(b"alice@example.test", b"s3cret pw")
+        self.successResultOf(checker.requestAvatarId(credentials))
+        self.assertEqual(self.successResultOf(checker.requestAvatarId(credentials)), "alice@example.test")
+        self.assertEqual(len(calls), 1)
+        self.failureResultOf(checker.requestAvatarId(UsernamePassword(b"alice@example.test", b"x")),
+                             UnauthorizedLogin)
+        self.assertEqual(len(calls), 2)
+
     def test_unknown_user(self) -> None:
         d = self.checker.requestAvatarId(UsernamePassword(b"bob@example.test", b"s3cret pw"))
         self.failureResultOf(d, UnauthorizedLogin)

@@ -240,3 +240,29 @@ def test_concurrent_adds_in_processes_lose_nothing(path: str) -> None:
     ]
     assert [proc.wait(timeout=60) for proc in procs] == [0, 0, 0, 0]
     assert len(Accounts(path).addresses()) == 40
+
+
+def test_verified_password_is_cached_until_it_changes(path: str) -> None:
+    users.add_user(path, "alice@example.test", "old")
+    accounts = users.Accounts(path)
+    assert not accounts.verified_recently("alice@example.test", "old")  # nothing verified yet
+    assert accounts.verify("alice@example.test", "old")
+    assert accounts.verified_recently("Alice@Example.test", "old")
+    assert not accounts.verified_recently("alice@example.test", "wrong")
+    users.set_password(path, "alice@example.test", "new")
+    assert not accounts.verified_recently("alice@example.test", "old")
+    users.delete_user(path, "alice@example.test")
+    assert not accounts.verified_recently("alice@example.test", "new")
+
+
+def test_cache_expires(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    users.add_user(path, "alice@example.test", "pw")
+    accounts = users.Accounts(path, cache_seconds=300)
+    now = [1000.0]
+    monkeypatch.setattr(users.time, "monotonic", lambda: now[0])
+    assert accounts.verify("alice@example.test", "pw")
+    now[0] += 299
+    assert accounts.verified_recently("alice@example.test", "pw")
+    now[0] += 2
+    assert not accounts.verified_recently("alice@example.test", "pw")
+    assert not users.Accounts(path, cache_seconds=0).verified_recently("alice@example.test", "pw")
