@@ -9,7 +9,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import Interface, implementer
@@ -67,6 +67,9 @@ class AccountsChecker:
             return fail(UnauthorizedLogin("credentials are not UTF-8"))
         if not address or "\x00" in address or "\x00" in password:
             return fail(UnauthorizedLogin("empty user name or NUL in credentials"))
+        recently = getattr(self._accounts, "verified_recently", None)
+        if recently is not None and recently(address, password):
+            return succeed(address.lower())
         d = self._run_blocking(self._accounts.verify, address, password)
         d.addCallback(self._avatar_id, address)
         return d
