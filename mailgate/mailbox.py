@@ -52,42 +52,49 @@ def wire_size_from_name(name: str) -> int | None:
     return None
 
 
-def list_messages(directory: str) -> list[MessageInfo]:
-    """All messages of new/ and cur/, oldest first; missing directories are empty.
-
-    One scandir per directory and no open(): sizes come from W= in the name.
-    Only files from other tools without W= are read, to count their lines.
-    """
-    messages = []
-    for subdir in ("new", "cur"):
-        path = os.path.join(directory, subdir)
-        try:
-            entries = list(os.scandir(path))
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue  # Maildir readers skip dot files
-            size = wire_size_from_name(entry.name)
-            if size is None:
-                if not entry.is_file():
-                    continue
-                size = wire_size_of_file(entry.path)
-            messages.append(MessageInfo(uid_for(entry.name), subdir, entry.name, size))
-    messages.sort(key=_delivery_order)
-    return _unique_uids(messages)
-
-
+# The names mailgate writes: seconds.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<size>[:2,flags].
+_OWN_NAME = re.compile(r"(((\d+)\.M(\d+))P\d+Q\d+\.[^,:/\s]+),S=\d+,W=(\d+)(?::2,[!-~]*)?")
 _QMAIL_TIME = re.compile(r"(\d+)\.(?:M(\d+))?")
 
 
-def _delivery_order(message: MessageInfo) -> tuple[int, int, str]:
-    """qmail names start with seconds then M<microseconds>: compared as numbers,
-    since neither is zero-padded (999 must sort before 1000)."""
-    match = _QMAIL_TIME.match(message.name)
-    if match is None:
-        return (0, 0, message.name)
-    return (int(match.group(1)), int(match.group(2) or 0), message.name)
+def list_messages(directory: str) -> list[MessageInfo]:
+    """All messages of new/ and cur/, oldest first; missing directories are empty.
+
+    One listdir per directory and no open(): sizes come from W= in the name,
+    and the names mailgate writes are parsed by one regex match each. Only
+    files from other tools without W= are read, to count their lines.
+    """
+    rows: list[tuple[int, int, str, str, str, int]] = []
+    for subdir in ("new", "cur"):
+        path = os.path.join(directory, subdir)
+        try:
+            names = os.listdir(path)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            own = _OWN_NAME.fullmatch(name)
+            if own is not None and len(own.group(1)) <= 70:
+                uid, _, seconds, micros, size = own.groups()
+                rows.append((int(seconds), int(micros), name, subdir, uid, int(size)))
+            elif not name.startswith("."):  # Maildir readers skip dot files
+                row = _foreign_row(path, subdir, name)
+                if row is not None:
+                    rows.append(row)
+    rows.sort()
+    return _unique_uids([MessageInfo(uid, subdir, name, size) for _, _, name, subdir, uid, size in rows])
+
+
+def _foreign_row(path: str, subdir: str, name: str) -> tuple[int, int, str, str, str, int] | None:
+    """A file another program delivered: its size may need reading."""
+    size = wire_size_from_name(name)
+    if size is None:
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            return None
+        size = wire_size_of_file(full)
+    when = _QMAIL_TIME.match(name)  # numbers, not text: 999 sorts before 1000
+    seconds, micros = (int(when.group(1)), int(when.group(2) or 0)) if when else (0, 0)
+    return (seconds, micros, name, subdir, uid_for(name), size)
 
 
 def _unique_uids(messages: list[MessageInfo]) -> list[MessageInfo]:
