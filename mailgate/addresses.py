@@ -59,7 +59,7 @@ def _parse_params(words: list[str]) -> dict[str, str | None]:
     for word in words:
         match = _PARAM.fullmatch(word)
         if not match:
-            raise AddressError(f"Bad parameter syntax: {word[:40]}")
+            raise AddressError(f"Bad parameter syntax: {_printable(word[:40])}")
         params[match.group(1).upper()] = match.group(2)
     return params
 
@@ -85,3 +85,8 @@ def normalize_mailbox(path: str) -> str:
     if local.startswith('"') and ("/" in local or "\\" in local):
         raise AddressError("Bad address syntax")
     return f"{local}@{domain}".lower()
+
+
+def _printable(text: str) -> str:
+    """What a reply may echo of client input: printable ASCII only."""
+    return "".join(char if " " <= char <= "~" else "?" for char in text)

@@ -78,7 +78,8 @@ def mailbox_path(root: str, address: str) -> str:
     """`<root>/<domain>/<localpart>`, for an address already validated by
     `mailgate.addresses`, which refuses '/' and leading dots."""
     local, _, domain = address.rpartition("@")
-    if not local or not domain or "/" in address or local.startswith(".") or domain.startswith("."):
+    unsafe = "/" in address or any(char < " " or char == "\x7f" for char in address)
+    if not local or not domain or unsafe or local.startswith(".") or domain.startswith("."):
         raise ValueError(f"unsafe mailbox address {address!r}")
     return os.path.join(root, domain, local)
 

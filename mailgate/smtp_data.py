@@ -32,6 +32,7 @@ class DataReader:
     lines: int = 0  # LF count
     too_big: bool = False
     bare_newline: bool = False
+    nul_byte: bool = False  # NUL is never text (RFC 5321 2.3.8); "\0." could end data downstream
     line_too_long: bool = False
     _carry: bytes = b""
     _after_crlf: bool = True  # the DATA command line ended with CRLF
@@ -60,6 +61,9 @@ class DataReader:
         self._after_crlf = block.endswith(b"\r\n")
         self._check_lines(block)
         text = block.replace(b"\r\n", b"\n")
+        if b"\0" in text:
+            self.nul_byte = True
+            text = text.replace(b"\0", b"") if self.normalize_bare_newlines else text
         if b"\r" in text:
             self.bare_newline = True
             text = text.replace(b"\r", b"\n") if self.normalize_bare_newlines else text
