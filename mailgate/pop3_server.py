@@ -1,18 +1,20 @@
-"""POP3 over the Maildir store: RFC 1939, CAPA (RFC 2449), STLS (RFC 2595), SASL PLAIN (RFC 5034)."""
+"""The POP3 listener over the Maildir store: one session per connection, RFC 1939 with pipelining.
+
+A session owns its command queue, CAPA (RFC 2449), the maildrop lock and
+UPDATE; the commands of the other two states are mixed in from
+`mailgate.pop3_auth` (AUTHORIZATION: USER/PASS, SASL PLAIN, STLS) and
+`mailgate.pop3_transaction` (TRANSACTION).
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import weakref
 from collections import deque
 from typing import Any, Callable
 
-from twisted.cred.credentials import UsernamePassword
-from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -21,13 +23,14 @@ from mailgate.auth import (
     AccountsChecker,
     AddressRealm,
     AuthThrottle,
-    IMailAccount,
     PasswordStore,
     thread_runner,
 )
 from mailgate.mailbox import MessageInfo, commit, list_messages
 from mailgate.maildir import mailbox_path
-from mailgate.pop3_stream import ConnectionAbortedDuringSend, MessageSender
+from mailgate.pop3_auth import POP3AuthCommands
+from mailgate.pop3_stream import MessageSender
+from mailgate.pop3_transaction import POP3TransactionCommands
 from mailgate.tls import is_tls
 
 log = Logger()
@@ -35,9 +38,6 @@ log = Logger()
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
 
 SYS_TEMP = b"-ERR [SYS/TEMP] Internal error occurred. Refer to server log for more information."
-PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
-AUTH_FAILED = b"-ERR [AUTH] Authentication failed."
-TOO_MANY_FAILURES = b"-ERR [AUTH] Too many authentication failures, try again later."
 
 
 class MailboxLocks(set):  # type: ignore[type-arg]
@@ -108,15 +108,7 @@ class POP3Factory(ServerFactory):
         self._locked.discard(address)
 
 
-def message_number(arg: bytes) -> int | None:
-    """A 1-based message number argument, or None when it isn't one."""
-    text = arg.strip()
-    if not text.isdigit() or len(text) > 9:
-        return None
-    return int(text)
-
-
-class POP3Session(Protocol):
+class POP3Session(POP3AuthCommands, POP3TransactionCommands, Protocol):
     """One POP3 connection: a command queue so pipelined commands run in order.
 
     Commands that wait (password check, listing, streaming, commit) set
@@ -281,13 +273,7 @@ class POP3Session(Protocol):
             return
         self._reply(reply)
 
-    # AUTHORIZATION state
-
-    def _plaintext_allowed(self) -> bool:
-        return self.factory.plaintext_auth == "always" or self._secure
-
-    def _stls_available(self) -> bool:
-        return self.factory.tls_options is not None and not self._secure
+    # CAPA and QUIT, in either state
 
     def do_CAPA(self, arg: bytes) -> None:
         lines = [b"+OK", b"CAPA", b"TOP", b"UIDL", b"RESP-CODES", b"PIPELINING", b"AUTH-RESP-CODE"]
@@ -299,81 +285,6 @@ class POP3Session(Protocol):
         lines += [b"IMPLEMENTATION mailgate", b"."]
         self.transport.write(b"\r\n".join(lines) + b"\r\n")
 
-    def do_USER(self, arg: bytes) -> None:
-        if not self._plaintext_allowed():
-            self._reply(PLAINTEXT_REFUSED)
-            return
-        if not arg.strip():
-            self._reply(b"-ERR Missing user name.")
-            return
-        self._user = arg.strip()
-        self._reply(b"+OK")
-
-    def do_PASS(self, arg: bytes) -> None:
-        if not self._plaintext_allowed():
-            self._reply(PLAINTEXT_REFUSED)
-            return
-        if self._user is None:
-            self._reply(b"-ERR No user name given.")
-            return
-        user, self._user = self._user, None
-        self._login(user, arg)  # the whole rest of the line: passwords may hold spaces
-
-    def do_AUTH(self, arg: bytes) -> None:
-        mechanism, _, initial = arg.strip().partition(b" ")
-        if not mechanism:
-            self.transport.write(b"+OK\r\n" + (b"PLAIN\r\n" if self._plaintext_allowed() else b"") + b".\r\n")
-            return
-        if mechanism.upper() != b"PLAIN":
-            self._reply(b"-ERR Unsupported authentication mechanism.")
-            return
-        if not self._plaintext_allowed():
-            self._reply(PLAINTEXT_REFUSED)
-            return
-        if initial:
-            self._sasl_plain(initial)
-            return
-        self._sasl_continuation = self._sasl_plain
-        self.transport.write(b"+ \r\n")
-
-    def _sasl_plain(self, response: bytes) -> None:
-        """RFC 4616: authzid NUL authcid NUL passwd; "=" is an empty initial response."""
-        response = response.strip()
-        if response == b"*":
-            self._reply(b"-ERR Authentication aborted.")
-            return
-        try:
-            decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
-        except (binascii.Error, ValueError):
-            self._reply(b"-ERR [AUTH] Invalid base64 data.")
-            return
-        parts = decoded.split(b"\x00")
-        if len(parts) != 3:
-            self._reply(b"-ERR [AUTH] Invalid PLAIN response.")
-            return
-        authzid, authcid, password = parts
-        if authzid and authzid.lower() != authcid.lower():
-            self._reply(b"-ERR [AUTH] Authorization identity not permitted.")
-            return
-        self._login(authcid, password)
-
-    def do_STLS(self, arg: bytes) -> None:
-        if self._secure:
-            self._reply(b"-ERR TLS is already active.")
-            return
-        start_tls = getattr(self.transport, "startTLS", None)
-        if self.factory.tls_options is None or start_tls is None:
-            self._reply(b"-ERR TLS support isn't enabled.")
-            return
-        self._reply(b"+OK Begin TLS negotiation now.")
-        # RFC 2595 section 4: forget everything from before TLS, including
-        # commands a man in the middle may have pipelined after STLS.
-        self._pending.clear()
-        self._buffer = b""
-        self._user = None
-        start_tls(self.factory.tls_options)
-        self._secure = True
-
     def do_QUIT(self, arg: bytes) -> None:
         if self.state == TRANSACTION:
             self._update()
@@ -381,25 +292,9 @@ class POP3Session(Protocol):
         self._reply(b"+OK Logging out.")
         self._close()
 
-    # logging in
+    # opening the maildrop, after login
 
-    def _login(self, user: bytes, password: bytes) -> None:
-        throttle = self.factory.throttle
-        if throttle.should_disconnect(self._ip):
-            self._reply(TOO_MANY_FAILURES)
-            self._close()
-            return
-        self._start_wait()
-        d = maybeDeferred(self.factory.portal.login, UsernamePassword(user, password), None, IMailAccount)
-        d.addCallbacks(self._authenticated, self._login_failed)
-        d.addErrback(self._crashed)
-
-    def _authenticated(self, result: tuple[Any, str, Callable[[], None]]) -> None:
-        _, address, logout = result
-        logout()
-        if not self._connected:
-            return
-        self.factory.throttle.record_success(self._ip)
+    def _open_mailbox(self, address: str) -> None:
         try:
             directory = mailbox_path(self.factory.maildir_root, address)
         except ValueError:
@@ -432,127 +327,10 @@ class POP3Session(Protocol):
         self._reply(SYS_TEMP)
         self._done()
 
-    def _login_failed(self, failure: Failure) -> None:
-        if not failure.check(UnauthorizedLogin, UnhandledCredentials):
-            log.failure("POP3 password check failed", failure)
-            self._reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")
-            self._done()
-            return
-        throttle = self.factory.throttle
-        throttle.record_failure(self._ip)
-        delay, disconnect = throttle.delay_seconds(self._ip), throttle.should_disconnect(self._ip)
-        if self._connected:
-            self._delayed = self.factory.clock.callLater(delay, self._answer_failure, disconnect)
-
-    def _answer_failure(self, disconnect: bool) -> None:
-        self._delayed = None
-        if disconnect:
-            self._reply(TOO_MANY_FAILURES)
-            self._close()
-            return
-        self._reply(AUTH_FAILED)
-        self._done()
-
     def _crashed(self, failure: Failure) -> None:
         log.failure("POP3 session error", failure)
         self._reply(SYS_TEMP)
         self._done()
-
-    # TRANSACTION state
-
-    def _message(self, arg: bytes) -> int | None:
-        """Index of a live message for arg, or None after replying -ERR."""
-        number = message_number(arg)
-        if number is None:
-            self._reply(b"-ERR Invalid message number.")
-            return None
-        if not 1 <= number <= len(self._messages):
-            self._reply(b"-ERR There's no message %d." % number)
-            return None
-        if number - 1 in self._deleted:
-            self._reply(b"-ERR Message is deleted.")
-            return None
-        return number - 1
-
-    def _live(self) -> list[tuple[int, MessageInfo]]:
-        return [(i, m) for i, m in enumerate(self._messages) if i not in self._deleted]
-
-    def do_STAT(self, arg: bytes) -> None:
-        live = self._live()
-        self._reply(b"+OK %d %d" % (len(live), sum(m.size for _, m in live)))
-
-    def do_LIST(self, arg: bytes) -> None:
-        self._scan_listing(arg, lambda m: b"%d" % m.size)
-
-    def do_UIDL(self, arg: bytes) -> None:
-        self._scan_listing(arg, lambda m: m.uid.encode("ascii"))
-
-    def _scan_listing(self, arg: bytes, value: Callable[[MessageInfo], bytes]) -> None:
-        if arg.strip():
-            index = self._message(arg)
-            if index is not None:
-                self._reply(b"+OK %d %s" % (index + 1, value(self._messages[index])))
-            return
-        live = self._live()
-        lines = [b"+OK %d messages:" % len(live)]
-        lines += [b"%d %s" % (i + 1, value(m)) for i, m in live]
-        self.transport.write(b"\r\n".join(lines) + b"\r\n.\r\n")
-
-    def do_RETR(self, arg: bytes) -> None:
-        index = self._message(arg)
-        if index is not None:
-            self._send(index, None, b"+OK %d octets" % self._messages[index].size)
-
-    def do_TOP(self, arg: bytes) -> None:
-        number, _, lines = arg.strip().partition(b" ")
-        count = message_number(lines)
-        if count is None:
-            self._reply(b"-ERR Invalid arguments: TOP msg lines.")
-            return
-        index = self._message(number)
-        if index is not None:
-            self._send(index, count, b"+OK")
-
-    def _send(self, index: int, top_lines: int | None, first_line: bytes) -> None:
-        try:
-            handle = open(self._messages[index].path(self._directory), "rb")
-        except OSError as error:
-            log.warn("POP3 cannot open message: {error}", error=error)
-            self._reply(b"-ERR [SYS/TEMP] Message is not available.")
-            return
-        self._reply(first_line)
-        self._start_wait()
-        self._sender = MessageSender(handle, top_lines, self._reset_idle)
-        d = self._sender.begin(self.transport)
-        d.addCallbacks(self._sent, self._send_failed, callbackArgs=(index, top_lines is None))
-
-    def _sent(self, _: None, index: int, retrieved: bool) -> None:
-        self._sender = None
-        if retrieved:
-            self._retrieved.add(index)  # moved to cur/ at QUIT
-        self._done()
-
-    def _send_failed(self, failure: Failure) -> None:
-        self._sender = None
-        if not failure.check(ConnectionAbortedDuringSend):
-            log.failure("POP3 reading a message failed", failure)
-        # The "+OK" is out and a "-ERR" would read as message text: only
-        # closing tells the client this copy is incomplete.
-        if self._connected:
-            self.transport.loseConnection()
-
-    def do_DELE(self, arg: bytes) -> None:
-        index = self._message(arg)
-        if index is not None:
-            self._deleted.add(index)
-            self._reply(b"+OK Marked to be deleted.")
-
-    def do_NOOP(self, arg: bytes) -> None:
-        self._reply(b"+OK")
-
-    def do_RSET(self, arg: bytes) -> None:
-        self._deleted.clear()
-        self._reply(b"+OK %d messages." % len(self._messages))
 
     # UPDATE state
 

@@ -8,25 +8,18 @@ timeouts, TLS failures and surprises all become per-recipient 4xx/5xx results.
 
 from __future__ import annotations
 
-import os
 import re
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IPullProducer
 from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
-from zope.interface import implementer
 
 from mailgate.dns import MXResolver
 from mailgate.errors import DeliveryError
-from mailgate.wire import CRLFConverter, DotStuffer
+from mailgate.smtp_client import BodyProducer, ClientProtocol, Reply, SessionClosed, wire_size
 
-BLOCK_SIZE = 64 * 1024
 TLS_MODES = ("none", "opportunistic", "verify")
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 log = Logger()
@@ -60,31 +53,16 @@ class RecipientResult:
         """One line for logs, `last_error` and a DSN's Diagnostic-Code."""
         return f"{self.code} {self.enhanced} {self.text}"
 
-
-@dataclass(frozen=True)
-class Reply:
-    """A complete (possibly multi-line) server reply."""
-
-    code: int
-    lines: tuple[str, ...]
-
-    @property
-    def positive(self) -> bool:
-        return 200 <= self.code < 300
-
-    def result(self, recipient: str, host: str) -> RecipientResult:
+    @classmethod
+    def from_reply(cls, reply: Reply, recipient: str, host: str) -> RecipientResult:
         """RFC 2034: an enhanced code leads each line when the server has them."""
-        match = _ENHANCED.match(self.lines[0])
-        if match and match.group(1) == str(self.code)[0]:
+        match = _ENHANCED.match(reply.lines[0])
+        if match and match.group(1) == str(reply.code)[0]:
             enhanced = ".".join(match.groups())
-            lines = [_ENHANCED.sub("", line, count=1) for line in self.lines]
+            lines = [_ENHANCED.sub("", line, count=1) for line in reply.lines]
         else:
-            enhanced, lines = f"{self.code // 100}.0.0", list(self.lines)
-        return RecipientResult(recipient, self.code, enhanced, " ".join(lines).strip(), host)
-
-
-class SessionClosed(Exception):
-    """The connection ended, timed out or spoke gibberish; the text says which."""
+            enhanced, lines = f"{reply.code // 100}.0.0", list(reply.lines)
+        return cls(recipient, reply.code, enhanced, " ".join(lines).strip(), host)
 
 
 class _SetupFailed(DeliveryError):
@@ -104,137 +82,6 @@ class _Job:
     mail_from: str
     recipients: tuple[str, ...]
     message_path: str
-
-
-class _ClientProtocol(LineReceiver):
-    """Reads replies (multi-line ones whole) and hands them out in order.
-
-    Replies are queued, so pipelined commands can be written at once and
-    their replies collected one by one (RFC 2920). One idle timer guards
-    every read and the body upload: any silence longer than the timeout
-    aborts the connection (RFC 5321 4.5.3.2).
-    """
-
-    delimiter = b"\n"  # and strip "\r": a sloppy server's bare LF still ends a line
-    MAX_LENGTH = 65536
-
-    def __init__(self, reactor: Any, timeout_seconds: float) -> None:
-        self._reactor, self._timeout_seconds = reactor, timeout_seconds
-        self._lines: list[str] = []
-        self._replies: deque[Reply] = deque()
-        self._waiting: Deferred[Reply] | None = None
-        self.error: SessionClosed | None = None
-        self._timer: Any = None
-        self.closed: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        why = f"no answer within {self._timeout_seconds:g} s"
-        self._timer = self._reactor.callLater(self._timeout_seconds, self._abort, why)
-
-    def touch(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._timeout_seconds)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.touch()
-        super().dataReceived(data)
-
-    def lineReceived(self, line: bytes) -> None:
-        text = line.rstrip(b"\r").decode("utf-8", "replace")
-        code, separator = text[:3], text[3:4]
-        if not (code.isdigit() and separator in ("-", " ", "")):
-            self._abort(f"malformed reply {text[:80]!r}")
-            return
-        self._lines.append(text[4:])
-        if separator == "-":
-            return
-        reply, self._lines = Reply(int(code), tuple(self._lines)), []
-        if self._waiting is not None:
-            waiting, self._waiting = self._waiting, None
-            waiting.callback(reply)
-        else:
-            self._replies.append(reply)
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._abort("reply line too long")
-
-    def _abort(self, why: str) -> None:
-        self.error = self.error or SessionClosed(why)
-        self.transport.abortConnection()
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        if self.error is None:
-            value = getattr(reason, "value", reason)
-            self.error = SessionClosed(f"connection lost: {type(value).__name__}: {value}")
-        if self._waiting is not None:
-            waiting, self._waiting = self._waiting, None
-            waiting.errback(self.error)
-        self.closed.callback(None)
-
-    def read_reply(self) -> Deferred[Reply]:
-        if self._replies:
-            return succeed(self._replies.popleft())
-        if self.error is not None:
-            return fail(self.error)
-        self._waiting = Deferred()
-        return self._waiting
-
-    def send(self, *commands: str) -> None:
-        """Write commands in one write: with PIPELINING that is one TCP segment."""
-        if any(c in command for command in commands for c in "\r\n"):
-            raise ValueError(f"line end inside an SMTP command: {commands!r}")
-        self.touch()
-        self.transport.write("".join(f"{command}\r\n" for command in commands).encode("utf-8"))
-
-    async def close(self, *, abort: bool = False) -> None:
-        """Close and wait until the socket is really gone (trial checks; fds leak otherwise)."""
-        if not self.closed.called:
-            self.transport.abortConnection() if abort else self.transport.loseConnection()
-        await self.closed
-
-
-@implementer(IPullProducer)
-class _BodyProducer:
-    """Streams the message file as canonical, dot-stuffed CRLF, 64 KiB at a time.
-
-    A pull producer: the transport asks for the next block only when its
-    buffer has drained, so a 1 GB message never sits in memory, and each
-    block is converted with a few bytes.replace calls, never per line.
-    """
-
-    def __init__(self, handle: BinaryIO, protocol: _ClientProtocol) -> None:
-        self._handle, self._protocol = handle, protocol
-        self._crlf, self._dots = CRLFConverter(), DotStuffer()
-        self.done: Deferred[None] = Deferred()
-
-    def resumeProducing(self) -> None:
-        if self.done.called:
-            return
-        block = self._handle.read(BLOCK_SIZE)
-        self._protocol.touch()  # progress: the remote is still reading
-        transport = self._protocol.transport
-        if block:
-            transport.write(self._dots.feed(self._crlf.feed(block)))
-            return
-        transport.write(self._dots.feed(self._crlf.finish()) + self._dots.finish())
-        transport.unregisterProducer()
-        self.done.callback(None)
-
-    def stopProducing(self) -> None:
-        if not self.done.called:
-            error = self._protocol.error or SessionClosed("connection lost while sending the message")
-            self.done.errback(error)
-
-
-def wire_size(path: str) -> int:
-    """An upper bound of the CRLF size for SIZE= (RFC 1870): bytes plus line ends."""
-    newlines = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(BLOCK_SIZE):
-            newlines += block.count(b"\n")
-    return os.path.getsize(path) + newlines
 
 
 def _all(recipients: tuple[str, ...] | list[str], code: int, enhanced: str, text: str,
@@ -330,7 +177,7 @@ class SMTPRelay:
                                use_tls: bool) -> list[RecipientResult]:
         endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         endpoint = endpoint_type(self._reactor, address, port, timeout=self._connect_timeout_seconds)
-        protocol = _ClientProtocol(self._reactor, self._timeout_seconds)
+        protocol = ClientProtocol(self._reactor, self._timeout_seconds)
         where = f"{host}[{address}]:{port}"
         try:
             await connectProtocol(endpoint, protocol)
@@ -347,7 +194,7 @@ class SMTPRelay:
         await protocol.close()
         return results
 
-    async def _session(self, protocol: _ClientProtocol, job: _Job, host: str, where: str,
+    async def _session(self, protocol: ClientProtocol, job: _Job, host: str, where: str,
                        use_tls: bool) -> list[RecipientResult]:
         """Setup problems move on to the next host; once MAIL is sent, this host answers."""
         try:
@@ -369,7 +216,7 @@ class SMTPRelay:
             pass  # results are known; a rude goodbye changes nothing
         return results
 
-    async def _open(self, protocol: _ClientProtocol, host: str, where: str,
+    async def _open(self, protocol: ClientProtocol, host: str, where: str,
                     use_tls: bool) -> dict[str, str]:
         """Greeting, EHLO and STARTTLS: everything before the mail transaction."""
         greeting = await protocol.read_reply()
@@ -403,7 +250,7 @@ class SMTPRelay:
             return optionsForClientTLS(host)
         return CertificateOptions()  # verify=False: opportunistic encryption
 
-    async def _hello(self, protocol: _ClientProtocol, where: str) -> dict[str, str]:
+    async def _hello(self, protocol: ClientProtocol, where: str) -> dict[str, str]:
         """EHLO, or HELO for an old server that rejects EHLO with 5xx (RFC 5321 3.2)."""
         protocol.send(f"EHLO {self._helo_name}")
         reply = await protocol.read_reply()
@@ -416,7 +263,7 @@ class SMTPRelay:
                 return {}
         raise _SetupFailed("4.4.1", f"{where}: hello: {reply.code} {' '.join(reply.lines)}")
 
-    async def _transaction(self, protocol: _ClientProtocol, job: _Job, host: str,
+    async def _transaction(self, protocol: ClientProtocol, job: _Job, host: str,
                            extensions: dict[str, str]) -> list[RecipientResult]:
         """MAIL, RCPTs, DATA (all in one write with PIPELINING), body, final reply."""
         params = [f"SIZE={wire_size(job.message_path)}"] if "SIZE" in extensions else []
@@ -432,15 +279,16 @@ class SMTPRelay:
             mail_reply, rcpt_replies, data_reply = await self._lockstep(protocol, mail, rcpts)
         if not mail_reply.positive:
             await self._abandon(protocol, data_reply)
-            return [mail_reply.result(r, host) for r in job.recipients]
+            return [RecipientResult.from_reply(mail_reply, r, host) for r in job.recipients]
         if not any(reply.positive for reply in rcpt_replies):
             await self._abandon(protocol, data_reply)
-            return [reply.result(r, host) for r, reply in zip(job.recipients, rcpt_replies)]
+            return [RecipientResult.from_reply(reply, r, host)
+                    for r, reply in zip(job.recipients, rcpt_replies)]
         final = await self._data(protocol, job, data_reply)
-        return [(final if reply.positive else reply).result(r, host)
+        return [RecipientResult.from_reply(final if reply.positive else reply, r, host)
                 for r, reply in zip(job.recipients, rcpt_replies)]
 
-    async def _lockstep(self, protocol: _ClientProtocol, mail: str,
+    async def _lockstep(self, protocol: ClientProtocol, mail: str,
                         rcpts: list[str]) -> tuple[Reply, list[Reply], Reply | None]:
         """Without PIPELINING: one command, one reply; DATA only if someone was accepted."""
         protocol.send(mail)
@@ -456,7 +304,7 @@ class SMTPRelay:
         protocol.send("DATA")
         return mail_reply, rcpt_replies, await protocol.read_reply()
 
-    async def _data(self, protocol: _ClientProtocol, job: _Job, data_reply: Reply | None) -> Reply:
+    async def _data(self, protocol: ClientProtocol, job: _Job, data_reply: Reply | None) -> Reply:
         """Send the body after 354 and return the final reply (or DATA's refusal)."""
         assert data_reply is not None
         if data_reply.code != 354:
@@ -464,12 +312,12 @@ class SMTPRelay:
                 return data_reply
             return Reply(451, (f"4.5.0 unexpected reply to DATA: {data_reply.code}",))
         with open(job.message_path, "rb") as handle:
-            producer = _BodyProducer(handle, protocol)
+            producer = BodyProducer(handle, protocol)
             protocol.transport.registerProducer(producer, False)
             await producer.done
         return await protocol.read_reply()
 
-    async def _abandon(self, protocol: _ClientProtocol, data_reply: Reply | None) -> None:
+    async def _abandon(self, protocol: ClientProtocol, data_reply: Reply | None) -> None:
         """Nobody to deliver to: end a DATA the server wrongly accepted, then RSET."""
         if data_reply is not None and data_reply.code == 354:
             protocol.transport.write(b".\r\n")  # RFC 2920 3.1: an empty message, rejected

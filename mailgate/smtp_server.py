@@ -4,17 +4,16 @@ Commands are read as lines and answered in order; a command that waits on
 plugins or the disk pauses reading until its reply is written, which is
 what makes PIPELINING safe. DATA bypasses line handling altogether and
 goes to `mailgate.smtp_data.DataReader` in bulk.
+
+The session owns the command loop; MAIL (`mailgate.smtp_sender`), AUTH
+(`mailgate.smtp_auth`), DATA (`mailgate.smtp_message`) and VRFY/EXPN
+(`mailgate.smtp_verify`) are mixed in.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import os
-import time
 from collections import Counter
 from dataclasses import dataclass
-from ipaddress import ip_address
 from typing import Any, Awaitable
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -27,27 +26,18 @@ from mailgate.addresses import AddressError, normalize_mailbox, parse_command_pa
 from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.delivery import Deliverer
 from mailgate.envelope import Envelope
-from mailgate.errors import DeliveryError
 from mailgate.limits import RateLimiter
-from mailgate.maildir import StoredMessage
-from mailgate.routing import Refusal, expand_list, resolve
-from mailgate.plugins import first_answer
+from mailgate.routing import Refusal, resolve
 from mailgate.smtp_auth import SMTPAuthCommand
 from mailgate.smtp_data import DataReader
+from mailgate.smtp_message import SMTPDataCommand
+from mailgate.smtp_sender import SMTPMailCommand, owned_senders
+from mailgate.smtp_verify import SMTPVerifyCommands
 from mailgate.tls import is_tls
-from mailgate.trace import trace_header
 
 log = Logger()
 
 MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
-DATA_PROGRESS_BYTES = 1024  # DATA must advance this much per command_timeout
-MAX_RECEIVED_HEADERS = 50  # more means a mail loop (RFC 5321 6.3); Postfix uses 50 too
-_ids = itertools.count(1)
-
-
-def transaction_id() -> str:
-    """A short id for logs and the "queued as" reply, unique within a host."""
-    return f"{time.time_ns() // 1000:X}{os.getpid():X}{next(_ids):X}"
 
 
 @dataclass
@@ -99,7 +89,8 @@ class SMTPFactory(Factory):
         return DeferredList(closing, consumeErrors=True)
 
 
-class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
+class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyCommands,
+                  Protocol, TimeoutMixin):
     """One SMTP connection."""
 
     factory: SMTPFactory
@@ -141,11 +132,6 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
             return self._close(421, "4.3.2 Service shutting down")
         self.setTimeout(factory.config.limits.command_timeout_seconds)
         self._send(220, f"{factory.config.server.hostname} ESMTP mailgate")
-
-    def _cancel_data_deadline(self) -> None:
-        if self._data_deadline is not None and self._data_deadline.active():
-            self._data_deadline.cancel()
-        self._data_deadline = None
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
@@ -205,14 +191,6 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
             self._process_lines()
         finally:
             self._processing = False
-
-    def _note_data_progress(self, size: int) -> None:
-        """In DATA the idle timer restarts only per KiB received: a client
-        trickling a byte at a time cannot keep the session alive."""
-        self._data_progress += size
-        if self._data_progress >= DATA_PROGRESS_BYTES:
-            self._data_progress = 0
-            self.resetTimeout()
 
     def _process_lines(self) -> None:
         while not self._closing and (not self._busy or self._line_waiter is not None):
@@ -344,69 +322,6 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
         self._helo, self._esmtp, self._envelope = "", False, None
         self._authenticated_as = None
 
-    def smtp_MAIL(self, argument: str) -> Awaitable[Reply] | None:
-        if not self._helo:
-            return self._send(503, "5.5.1 Send HELO/EHLO first")
-        if self._envelope is not None:
-            return self._send(503, "5.5.1 Nested MAIL command")
-        if self.factory.listener.auth == "required" and self._authenticated_as is None:
-            return self._send(530, "5.7.0 Authentication required")
-        try:
-            path, params = parse_command_path(argument, "FROM")
-            sender = normalize_mailbox(path) if path else ""
-            self._check_mail_params(params)
-            self._check_sender_owned(sender)
-            self._check_sender_rate()
-        except AddressError as exc:
-            return self._send(501, f"5.5.4 {exc}")
-        except _Refused as refusal:
-            return self._send(refusal.code, refusal.text)
-        self._envelope = Envelope(
-            mail_from=sender,
-            helo=self._helo,
-            client_ip=self._client_ip,
-            authenticated_as=self._authenticated_as,
-            may_relay=self._may_relay(),
-            listener=self.factory.listener.name,
-        )
-        self._send(250, "2.1.0 Ok")
-        return None
-
-    def _check_mail_params(self, params: dict[str, str | None]) -> None:
-        for name, value in params.items():
-            if name == "SIZE" and value and value.isdigit():
-                if int(value) > self.factory.config.limits.max_message_size:
-                    raise _Refused(552, "5.3.4 Message size exceeds fixed limit")
-            elif name == "BODY" and value and value.upper() in ("7BIT", "8BITMIME"):
-                continue
-            else:
-                raise _Refused(555, f"5.5.4 Unsupported parameter {name}")
-
-    def _check_sender_rate(self) -> None:
-        """limits.sender_rate: messages per authenticated user, counted at MAIL."""
-        if self._authenticated_as is None:
-            return
-        wait = self.factory.sender_rate.take(self._authenticated_as)
-        if wait:
-            raise _Refused(450, f"4.7.1 Sender rate limit exceeded, try again in {math.ceil(wait)} seconds")
-
-    def _check_sender_owned(self, sender: str) -> None:
-        """An authenticated user sends as itself or its aliases, not as anyone."""
-        user = self._authenticated_as
-        if user is None or not sender or self.factory.config.security.sender_login == "any":
-            return
-        if sender != user and user not in self.factory.owned_senders.get(sender, ()):
-            raise _Refused(553, "5.7.1 Sender address not owned by the authenticated user")
-
-    def _may_relay(self) -> bool:
-        if self._authenticated_as is not None:
-            return True
-        try:
-            client = ip_address(self._client_ip)
-        except ValueError:
-            return False
-        return any(client in net for net in self.factory.config.relay.allowed_networks)
-
     def smtp_RCPT(self, argument: str) -> Awaitable[Reply] | None:
         if self._envelope is None:
             return self._send(503, "5.5.1 Need MAIL command")
@@ -436,60 +351,6 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
             envelope.routes.update(resolved)
         return Reply(250, "2.1.5 Ok")
 
-    def smtp_DATA(self, argument: str) -> None:
-        if argument:
-            return self._send(501, "5.5.4 Syntax: DATA")
-        if self._envelope is None:
-            return self._send(503, "5.5.1 Need MAIL command")
-        if not self._envelope.rcpt_to:
-            return self._send(554, "5.5.1 No valid recipients")
-        self._reader = DataReader(
-            max_size=self.factory.config.limits.max_message_size,
-            normalize_bare_newlines=self.factory.config.security.bare_newline == "normalize",
-        )
-        self._data_progress = 0
-        self._data_deadline = self.factory.clock.callLater(
-            self.factory.config.limits.data_timeout_seconds, self.timeoutConnection
-        )
-        self._send(354, "End data with <CR><LF>.<CR><LF>")
-
-    def _end_data(self, rest: bytes) -> None:
-        self._cancel_data_deadline()
-        reader, envelope = self._reader, self._envelope
-        self._reader, self._envelope = None, None
-        self._buffer = rest + self._buffer
-        assert reader is not None and envelope is not None
-        self._wait_for(self._finish_message(reader, envelope))
-
-    async def _finish_message(self, reader: DataReader, envelope: Envelope) -> Reply:
-        refusal = data_refusal(reader, self.factory.config.security.bare_newline)
-        if refusal is not None:
-            return refusal
-        queue_id = transaction_id()
-        header = self._trace_header(envelope, queue_id)
-        message = StoredMessage.build(header, reader.chunks, reader.size, reader.lines)
-        try:
-            await self.factory.deliverer.deliver(envelope, message, queue_id)
-        except DeliveryError as exc:
-            log.warn("{id}: delivery failed: {reason}", id=queue_id, reason=exc.reason)
-            code, text = exc.smtp_reply()
-            return Reply(code, text)
-        log.info(
-            "{id}: from=<{sender}> to={rcpts} size={size} delivered",
-            id=queue_id, sender=envelope.mail_from, rcpts=len(envelope.rcpt_to), size=message.size,
-        )
-        return Reply(250, f"2.0.0 Ok: queued as {queue_id}")
-
-    def _trace_header(self, envelope: Envelope, queue_id: str) -> bytes:
-        protocol = "ESMTP" if self._esmtp else "SMTP"
-        protocol += "S" if self._secure() else ""
-        protocol += "A" if self._authenticated_as else ""
-        return trace_header(
-            mail_from=envelope.mail_from, hostname=self.factory.config.server.hostname,
-            queue_id=queue_id, protocol=protocol, recipients=envelope.rcpt_to,
-            helo=self._helo, client_ip=self._client_ip,
-        )
-
     def smtp_RSET(self, argument: str) -> None:
         self._envelope = None
         self._send(250, "2.0.0 Ok")
@@ -503,80 +364,7 @@ class SMTPSession(SMTPAuthCommand, Protocol, TimeoutMixin):
     def smtp_HELP(self, argument: str) -> None:
         self._send(214, "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY")
 
-    def smtp_VRFY(self, argument: str) -> Awaitable[Reply] | None:
-        if not self._policy_allows(self.factory.config.security.vrfy):
-            return self._send(252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
-        address = self._query_address(argument)
-        if address is None:
-            return self._send(501, "5.5.4 Syntax: VRFY address")
-        return self._verify(address)
-
-    async def _verify(self, address: str) -> Reply:
-        known = await first_answer(self.factory.hooks.mailgate_verify, address=address)
-        if known is None:
-            return Reply(252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
-        if known:
-            return Reply(250, f"2.1.5 <{address}>")
-        return Reply(550, "5.1.1 User unknown")
-
-    def smtp_EXPN(self, argument: str) -> Awaitable[Reply] | None:
-        policy = self.factory.config.security.expn
-        if policy == "off":
-            return self._send(502, "5.5.1 EXPN not available")
-        if not self._policy_allows(policy):
-            return self._send(550, "5.7.1 EXPN not allowed")
-        address = self._query_address(argument)
-        if address is None:
-            return self._send(501, "5.5.4 Syntax: EXPN list")
-        return self._expand(address)
-
-    async def _expand(self, address: str) -> Reply:
-        members = await expand_list(self.factory.hooks, address)
-        if not members:
-            return Reply(550, "5.1.1 Not a mailing list")
-        return Reply(250, "\n".join(f"2.1.5 <{member}>" for member in members))
-
-    def _policy_allows(self, policy: str) -> bool:
-        """security.vrfy / security.expn: off | authenticated | all."""
-        return policy == "all" or (policy == "authenticated" and self._authenticated_as is not None)
-
-    @staticmethod
-    def _query_address(argument: str) -> str | None:
-        try:
-            return normalize_mailbox(argument.strip().removeprefix("<").removesuffix(">"))
-        except AddressError:
-            return None
-
 
 def _printable(text: str) -> bool:
     """Non-empty printable ASCII: a HELO name is copied into Received: headers."""
     return bool(text) and all(" " <= char <= "~" for char in text)
-
-
-class _Refused(Exception):
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(text)
-        self.code, self.text = code, text
-
-
-def owned_senders(config: GatewayConfig) -> dict[str, frozenset[str]]:
-    """Sender address -> the users who may use it besides itself: the targets of an
-    exact forward rule (an alias delivering to them)."""
-    owners: dict[str, frozenset[str]] = {}
-    for rule in config.forward:
-        if not rule.match.startswith("*@"):
-            owners[rule.match] = owners.get(rule.match, frozenset()) | frozenset(rule.to)
-    return owners
-
-
-def data_refusal(reader: DataReader, bare_newline_policy: str) -> Reply | None:
-    """The reply refusing a received message, or None to deliver it."""
-    if reader.too_big:
-        return Reply(552, "5.3.4 Message size exceeds fixed limit")
-    if reader.line_too_long:
-        return Reply(500, "5.5.2 Line too long")
-    if reader.bare_newline and bare_newline_policy == "reject":
-        return Reply(550, "5.5.2 Message contains bare CR or LF characters")
-    if reader.received_headers() > MAX_RECEIVED_HEADERS:
-        return Reply(554, "5.4.6 Too many Received headers: mail loop detected")
-    return None

@@ -18,7 +18,8 @@ from mailgate import mailbox, pop3_stream
 from mailgate.auth import AuthThrottle
 from mailgate.maildir import StoredMessage, deliver_durably
 from mailgate.wire import DotStuffer
-from mailgate.pop3_server import PLAINTEXT_REFUSED, TOO_MANY_FAILURES, POP3Factory
+from mailgate.pop3_auth import PLAINTEXT_REFUSED, TOO_MANY_FAILURES
+from mailgate.pop3_server import POP3Factory
 from mailgate.pop3_stream import MessageSender, TopLimiter
 
 ALICE = "alice@example.test"

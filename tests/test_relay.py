@@ -12,7 +12,8 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailgate.dns import MXResolver, make_resolver
-from mailgate.relay import BLOCK_SIZE, RecipientResult, Reply, SMTPRelay
+from mailgate.relay import RecipientResult, SMTPRelay
+from mailgate.smtp_client import BLOCK_SIZE, Reply
 from tests.fake_dns import FakeDNSServer
 from tests.fake_smtp import FakeSMTPServer, self_signed_tls_options
 
@@ -387,6 +388,6 @@ class FailureTests(RelayTestCase):
 
 class ReplyTests(SynchronousTestCase):
     def test_enhanced_code_must_match_class(self) -> None:
-        self.assertEqual(Reply(550, ("4.1.1 odd",)).result("x", "h").enhanced, "5.0.0")
-        result = Reply(250, ("2.0.0 first", "2.0.0 second")).result("x", "h")
+        self.assertEqual(RecipientResult.from_reply(Reply(550, ("4.1.1 odd",)), "x", "h").enhanced, "5.0.0")
+        result = RecipientResult.from_reply(Reply(250, ("2.0.0 first", "2.0.0 second")), "x", "h")
         self.assertEqual((result.enhanced, result.text), ("2.0.0", "first second"))

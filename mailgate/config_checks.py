@@ -1,0 +1,312 @@
+"""Typed value checkers for the configuration: each returns the converted value or raises ValueError.
+
+A checker takes a raw TOML value. Containers raise Invalid, carrying every
+problem inside them under its sub-path ("[1].endpoint"), so paths compose
+as tables nest.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from types import MappingProxyType
+from typing import Any, Callable, Collection, Mapping
+from urllib.parse import urlsplit
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Checker = Callable[[Any], Any]
+_DOMAIN = re.compile(r"(?:[\w-]+\.)*[\w-]+")
+_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@" + _DOMAIN.pattern)
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[\w.-]+):(\d{1,5})")
+_MODULE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_REJECT = re.compile(r"[45]\d\d(?: .*)?")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_BYTES = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_ROUTES = "local, local:ADDRESS, mx, smtp:HOST:PORT, webhook:NAME, reject:CODE TEXT, discard or SCHEME:ARGS"
+
+
+def parse_duration(text: str | int | float) -> float:
+    """"30s", "5m", "2h", "5d" (or a bare number of seconds) -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if not math.isfinite(text) or text < 0:
+            raise ValueError(f"not a duration: {text!r}")
+        return float(text)
+    match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f'not a duration (like "30s", "5m", "2h", "5d"): {text!r}')
+    return float(match[1]) * _SECONDS[match[2].lower()]
+
+
+def parse_size(text: str | int) -> int:
+    """"512KB", "25MB", "1MiB" (KB/MB powers of 1000, KiB/MiB of 1024), or bytes -> bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"not a size: {text!r}")
+        return text
+    match = _SIZE.fullmatch(text.strip()) if isinstance(text, str) else None
+    size = Fraction(match[1]) * _BYTES[(match[2] or "").lower()] if match else None
+    if size is None or size.denominator != 1:
+        raise ValueError(f'not a size (like "512KB", "25MB", "1MiB" or bytes): {text!r}')
+    return int(size)
+
+
+class Invalid(ValueError):
+    """Problems inside one value, each as (sub-path, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+
+def _located(prefix: str, error: ValueError) -> list[tuple[str, str]]:
+    if isinstance(error, Invalid):
+        return [(prefix + where, message) for where, message in error.problems]
+    return [(prefix, str(error))]
+
+
+def _dot(key: str) -> str:
+    """".key" the way TOML spells it, quoting keys like addresses."""
+    return "." + (key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key))
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array"}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a table"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class Key:
+    """How one TOML key is checked, and the dataclass field (if named otherwise) it fills."""
+
+    check: Checker
+    field: str | None = None
+    required: bool = False
+
+
+def table_of(build: Callable[..., Any], schema: Mapping[str, Key],
+             prepare: Callable[[dict], dict] = dict) -> Checker:
+    """A table whose keys are all in `schema`, built into a dataclass."""
+    def check(value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected a table, got {_kind(value)}")
+        values, problems = {}, []
+        for key, item in value.items():
+            if key not in schema:
+                problems.append((_dot(key), "unknown key"))
+                continue
+            try:
+                values[schema[key].field or key] = schema[key].check(item)
+            except ValueError as error:
+                problems += _located(_dot(key), error)
+        problems += [(_dot(key), "missing") for key in schema if schema[key].required and key not in value]
+        if problems:
+            raise Invalid(problems)
+        return build(**prepare(values))
+    return check
+
+
+def list_of(check: Checker, non_empty: bool = False, unique: str | None = None) -> Checker:
+    """An array whose items all pass `check`; items' attribute `unique` must differ."""
+    def check_all(value: Any) -> tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected an array, got {_kind(value)}")
+        if non_empty and not value:
+            raise ValueError("must not be empty")
+        items, seen, problems = [], set(), []
+        for i, item in enumerate(value):
+            try:
+                items.append(check(item))
+            except ValueError as error:
+                problems += _located(f"[{i}]", error)
+                continue
+            name = getattr(items[-1], unique) if unique else i
+            if name in seen:
+                problems.append((f"[{i}].{unique}", f"duplicate {unique} {name!r}"))
+            seen.add(name)
+        if problems:
+            raise Invalid(problems)
+        return tuple(items)
+    return check_all
+
+
+def mapping_of(check_key: Checker, check_value: Checker) -> Checker:
+    """A table of checked keys and values, frozen; keys equal once checked clash."""
+    def check_all(value: Any) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected a table, got {_kind(value)}")
+        items, problems = {}, []
+        for key, item in value.items():
+            try:
+                name, checked = check_key(key), check_value(item)
+            except ValueError as error:
+                problems += _located(_dot(key), error)
+                continue
+            if name in items:
+                problems.append((_dot(key), "duplicate key (ignoring case)"))
+            items[name] = checked
+        if problems:
+            raise Invalid(problems)
+        return MappingProxyType(items)
+    return check_all
+
+
+def _typed(*types: type) -> Checker:
+    def check(value: Any) -> Any:
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            raise ValueError(f"expected {' or '.join(_TYPE_NAMES[t] for t in types)}, got {_kind(value)}")
+        return value
+    return check
+
+
+string, boolean, integer, _text_or_number = _typed(str), _typed(bool), _typed(int), _typed(str, int, float)
+
+
+def text(value: Any) -> str:
+    if not string(value).strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _matching(regex: re.Pattern, what: str, convert: Callable[[str], str] = str) -> Checker:
+    def check(value: Any) -> str:
+        if not regex.fullmatch(string(value)):
+            raise ValueError(f"not {what}: {value!r}")
+        return convert(value)
+    return check
+
+
+domain = _matching(_DOMAIN, "a domain name", str.lower)
+address = _matching(_ADDRESS, "an address (local@domain)", str.lower)
+module_name = _matching(_MODULE, "a module name")
+pipe_name = _matching(re.compile(r"[\w.-]+"), "a pipe name (letters, digits, _ . -)")
+
+
+def pattern(value: Any) -> str:
+    """An address, or "*@domain" for a whole domain."""
+    return "*@" + domain(value[2:]) if string(value).startswith("*@") else address(value)
+
+
+def choice(*options: str) -> Checker:
+    def check(value: Any) -> str:
+        if string(value) not in options:
+            raise ValueError(f"expected one of {' | '.join(options)}, got {value!r}")
+        return value
+    return check
+
+
+def positive(parse: Callable[[Any], float]) -> Checker:
+    """Zero is never meant: a zero timeout or limit would refuse everything."""
+    def check(value: Any) -> Any:
+        result = parse(_text_or_number(value))
+        if result <= 0:
+            raise ValueError(f"must be positive, got {value!r}")
+        return result
+    return check
+
+
+def port(value: Any) -> int:
+    if not 0 < integer(value) < 65536:
+        raise ValueError(f"not a port number: {value}")
+    return value
+
+
+def host_port(value: Any) -> str:
+    """"host:port", IPv6 as "[::1]:port"; kept as written."""
+    match = _HOST_PORT.fullmatch(string(value))
+    if not match or not 0 < int(match[1]) < 65536:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return value
+
+
+def nameserver(value: Any) -> str:
+    """"host:port", or a bare host or IPv6 address meaning port 53."""
+    host = string(value)
+    if host.count(":") > 1 and not host.startswith("["):
+        host = f"[{host}]"
+    if not _HOST_PORT.fullmatch(host + ":53"):
+        host_port(host)
+    return value
+
+
+def endpoint(value: Any) -> str:
+    """A Twisted server endpoint string; parsing on a MemoryReactor binds nothing."""
+    try:
+        serverFromString(MemoryReactor(), string(value))
+    except Exception as error:
+        raise ValueError(f"not a server endpoint ({error}): {value!r}") from None
+    return value
+
+
+def network(value: Any) -> Network:
+    try:
+        return ipaddress.ip_network(string(value), strict=False)
+    except ValueError:
+        raise ValueError(f"not a network (CIDR): {value!r}") from None
+
+
+def url(value: Any) -> str:
+    parts = urlsplit(string(value))
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _secret(value: Any) -> str:
+    """whsec_ secrets are base64 (Standard Webhooks): catch a bad paste at start-up."""
+    if text(value).startswith("whsec_"):
+        try:
+            base64.b64decode(value[6:], validate=True)
+        except binascii.Error:
+            raise ValueError("a whsec_ secret must be base64 after the prefix") from None
+    return value
+
+
+def secrets(value: Any) -> tuple[str, ...]:
+    return list_of(_secret, non_empty=True)(value) if isinstance(value, list) else (_secret(value),)
+
+
+def route(webhooks: Collection[str], pipes: Collection[str] = ()) -> Checker:
+    """Route strings, shared by relay.transport and mailgate_route (SPEC)."""
+    def check(value: Any) -> str:
+        scheme, colon, args = string(value).partition(":")
+        if scheme in ("local", "mx", "discard") and not colon:
+            return value
+        if not colon or not _SCHEME.fullmatch(scheme) or scheme in ("mx", "discard"):
+            raise ValueError(f"not a route ({_ROUTES}): {value!r}")
+        if scheme == "local":
+            address(args)
+        elif scheme == "smtp":
+            host_port(args)
+        elif scheme == "webhook" and args not in webhooks:
+            raise ValueError(f"no [[webhook]] is named {args!r}")
+        elif scheme == "pipe" and args not in pipes:
+            raise ValueError(f"no [pipe.NAME] table is named {args!r}")
+        elif scheme == "reject" and not _REJECT.fullmatch(args):
+            raise ValueError(f'expected "reject:CODE TEXT" with a 4xx or 5xx code, got {value!r}')
+        return value
+    return check
+
+
+def command(value: Any) -> tuple[str, ...]:
+    """An argv list: a program, then its arguments, each passed as it is (no shell)."""
+    argv = list_of(string, non_empty=True)(value)
+    if not argv[0].strip():
+        raise ValueError("the program (the first item) must not be empty")
+    return argv
