@@ -328,7 +328,7 @@ def _document_schema(data: Mapping[str, Any]) -> dict[str, Key]:
     """The whole file; webhook: and pipe: routes in relay.transport must name a
     [[webhook]] or [pipe.NAME] it defines."""
     webhooks = data.get("webhook") if isinstance(data.get("webhook"), list) else []
-    names = {table.get("name") for table in webhooks if isinstance(table, Mapping)}
+    names = {table.get("name") for table in webhooks if isinstance(table, Mapping) and isinstance(table.get("name"), str)}
     pipes = data.get("pipe") if isinstance(data.get("pipe"), Mapping) else {}
     relay = {**_RELAY, "transport": Key(mapping_of(domain, route(names, set(pipes))))}
     return {**_DOCUMENT, "relay": Key(table_of(RelayConfig, relay))}

@@ -47,7 +47,10 @@ def parse_duration(text: str | int | float) -> float:
     match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f'not a duration (like "30s", "5m", "2h", "5d"): {text!r}')
-    return float(match[1]) * _SECONDS[match[2].lower()]
+    seconds = float(match[1]) * _SECONDS[match[2].lower()]
+    if not math.isfinite(seconds):  # 400 digits overflow to inf: "never" is not a duration
+        raise ValueError(f"duration too long: {text!r}")
+    return seconds
 
 
 def parse_size(text: str | int) -> int:

@@ -111,6 +111,8 @@ def data_refusal(reader: DataReader, bare_newline_policy: str) -> tuple[int, str
         return 500, "5.5.2 Line too long"
     if reader.bare_newline and bare_newline_policy == "reject":
         return 550, "5.5.2 Message contains bare CR or LF characters"
+    if reader.nul_byte and bare_newline_policy == "reject":
+        return 550, "5.5.2 Message contains NUL characters"
     if reader.received_headers() > MAX_RECEIVED_HEADERS:
         return 554, "5.4.6 Too many Received headers: mail loop detected"
     return None

@@ -197,3 +197,13 @@ def test_long_line_in_the_last_block() -> None:
     result = read([b"y" * 2000 + b"\r\n.\r\n"])
     assert result.line_too_long
     assert result.rest == b""
+
+
+def test_nul_bytes_are_flagged_and_stripped_only_when_normalizing() -> None:
+    strict = DataReader(10**6)
+    assert strict.feed(b"a\r\n\x00.\r\nb\r\n.\r\n") == b""
+    assert strict.nul_byte and b"\x00" in b"".join(strict.chunks)
+    lenient = DataReader(10**6, normalize_bare_newlines=True)
+    assert lenient.feed(b"a\r\n\x00.\r\nb\r\n.\r\n") == b""
+    # Stripped first, "\0." is a dot line like any other: unstuffed, never the end of data.
+    assert lenient.nul_byte and b"".join(lenient.chunks) == b"a\n\nb\n"

@@ -34,13 +34,6 @@ SEQUENCES = {
 }
 SMUGGLED = (b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
             b"Subject: smuggled\r\n\r\nevil\r\n.\r\n")
-NUL_REASON = (
-    "BUG: a NUL in DATA is accepted and stored (and would be relayed) as it is: mailgate/smtp_data.py "
-    "DataReader flags bare CR/LF only, so `\\r\\n\\x00.\\r\\n` passes the reject policy; a next hop that "
-    "drops NULs reads it as CRLF.CRLF"
-)
-
-
 def start_gateway(root: Path, extra: str = "") -> Gateway:
     """Like conftest's make_gateway(("smtp",)), once per module: each start is a twistd process."""
     ports = {"smtp": free_port()}
@@ -141,7 +134,7 @@ def test_at_most_one_message_with_normalize_policy(normalizing: Gateway, name: s
 
 @pytest.mark.parametrize("name", [
     *[n for n in SEQUENCES if n != "crlf-nul-dot-crlf"],
-    pytest.param("crlf-nul-dot-crlf", marks=pytest.mark.xfail(strict=True, reason=NUL_REASON)),
+    "crlf-nul-dot-crlf",
 ])
 def test_default_policy_refuses_the_message_and_stores_nothing(rejecting: Gateway, name: str) -> None:
     lines, stored = send_smuggling(rejecting, name)
