@@ -116,6 +116,7 @@ class RelayConfig:
     nameservers: tuple[str, ...] = ()  # "host:port" or "host"
     retry_intervals_seconds: tuple[float, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)
     max_queue_seconds: float = 5 * 86400
+    delay_warning_seconds: float = 0.0  # tell the sender mail is delayed after this long; 0 = never
     tls: str = "opportunistic"  # none | opportunistic | verify
     transport: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -272,6 +273,7 @@ _RELAY = {
     "nameservers": Key(list_of(nameserver)),
     "retry_intervals": Key(list_of(_duration, non_empty=True), "retry_intervals_seconds"),
     "max_queue_time": Key(_duration, "max_queue_seconds"),
+    "delay_warning": Key(_duration, "delay_warning_seconds"),
     "tls": Key(choice("none", "opportunistic", "verify")),
 }
 _WEBHOOK = {

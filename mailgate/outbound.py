@@ -303,22 +303,34 @@ class OutboundQueue:
         if entry.id in self._deleted:
             return
         if failed_now and entry.sender:
-            await self._bounce(entry, failed_now)
+            await self._report(entry, failed_now, "failed")
+        if self._delay_warning_due(entry):
+            entry.warned = True
+            await self._report(entry, entry.pending(), "delayed")
         if entry.pending():
             await self._run(self.store.save, entry)
             self.schedule(entry.id, entry.next_attempt)
             return
         await self._run(self.store.remove, entry.id)
 
-    async def _bounce(self, entry: QueuedMessage, failed: list[RecipientState]) -> None:
-        """An RFC 3464 report to the sender, sent from <> so bounces never loop."""
+    def _delay_warning_due(self, entry: QueuedMessage) -> bool:
+        """relay.delay_warning: once per message, as Postfix's delay_warning_time."""
+        after = self._config.relay.delay_warning_seconds
+        waited = self._clock.seconds() - entry.arrived
+        return bool(after and entry.sender and entry.pending() and not entry.warned and waited >= after)
+
+    async def _report(self, entry: QueuedMessage, recipients: list[RecipientState], action: str) -> None:
+        """An RFC 3464 report to the sender ("failed": a bounce; "delayed": a
+        warning), sent from <> so reports never loop."""
+        retry_until = datetime.fromtimestamp(entry.arrived + self._policy.max_queue_seconds, timezone.utc)
         statuses = [
             RecipientStatus(
-                recipient=r.address, action="failed", status=r.enhanced or "5.0.0",
+                recipient=r.address, action=action,
+                status=r.enhanced or ("5.0.0" if action == "failed" else "4.0.0"),
                 diagnostic=" ".join(str(part) for part in (r.code, r.enhanced, r.diagnostic) if part),
-                remote_mta=r.remote_mta,
+                remote_mta=r.remote_mta, will_retry_until=retry_until if action == "delayed" else None,
             )
-            for r in failed
+            for r in recipients
         ]
         hostname = self._config.server.hostname
         report = await self._run(
@@ -328,7 +340,7 @@ class OutboundQueue:
                 arrival=datetime.fromtimestamp(entry.arrived, timezone.utc), queue_id=entry.id,
             )
         )
-        bounce_id = f"{entry.id}B"
+        bounce_id = f"{entry.id}{'B' if action == 'failed' else 'W'}"
         envelope = Envelope(mail_from="", rcpt_to=[entry.sender], may_relay=True)
         header = trace_header(
             mail_from="", hostname=hostname, queue_id=bounce_id, protocol="local", recipients=[entry.sender]

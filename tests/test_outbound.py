@@ -221,3 +221,27 @@ def test_flush_and_delete_requests(harness: Harness) -> None:
     harness.queue.serve_requests()
     assert not Path(delete).exists()
     assert harness.store.load("Q2") is None
+
+
+def test_delay_warning_is_sent_once(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, {"delay_warning": "4m"})
+    harness.relay.codes["b@remote.test"] = [451]
+    harness.submit([("b@remote.test", "mx")])
+    assert harness.injected == []  # not yet four minutes
+    for _ in range(4):
+        harness.clock.advance(330)
+    [(envelope, report, report_id)] = harness.injected
+    assert (envelope.mail_from, envelope.rcpt_to, report_id) == ("", ["alice@example.test"], "Q1W")
+    assert b"Action: delayed" in report and b"Will-Retry-Until: " in report
+    assert b"Delayed Mail" in report
+    assert harness.store.load("Q1").warned
+    harness.clock.advance(330)
+    assert len(harness.injected) == 1  # once only
+
+
+def test_no_delay_warning_by_default(harness: Harness) -> None:
+    harness.relay.codes["b@remote.test"] = [451, 451, 451, 250]
+    harness.submit([("b@remote.test", "mx")])
+    for _ in range(4):
+        harness.clock.advance(330)
+    assert harness.injected == []
