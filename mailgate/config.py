@@ -273,7 +273,7 @@ _RELAY = {
     "nameservers": Key(list_of(nameserver)),
     "retry_intervals": Key(list_of(_duration, non_empty=True), "retry_intervals_seconds"),
     "max_queue_time": Key(_duration, "max_queue_seconds"),
-    "delay_warning": Key(_duration, "delay_warning_seconds"),
+    "delay_warning": Key(parse_duration, "delay_warning_seconds"),  # "0s" turns it off
     "tls": Key(choice("none", "opportunistic", "verify")),
 }
 _WEBHOOK = {
