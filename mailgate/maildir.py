@@ -13,11 +13,11 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
+from mailgate.batching import Batcher
 from mailgate.durable import fsync_dir, sync_paths, write_durably
 
 _counter = itertools.count(1)  # next() is atomic under the GIL: safe across threads
@@ -246,10 +246,7 @@ class MaildirStore:
 
     def __init__(self, root: str, hostname: str, run_blocking: Callable[..., Deferred]) -> None:
         self.root = root
-        self._hostname = hostname
-        self._run = run_blocking  # runs a blocking call in the disk thread pool
-        self._pending: list[tuple[list[str], StoredMessage, Deferred]] = []
-        self._committing = False
+        self._batcher: Batcher = Batcher(run_blocking, lambda jobs: deliver_batch(jobs, hostname))
 
     def path_for(self, address: str) -> str:
         return mailbox_path(self.root, address)
@@ -257,32 +254,8 @@ class MaildirStore:
     def deliver(self, addresses: Sequence[str], message: StoredMessage) -> "Deferred[list[str]]":
         """Store one copy per distinct mailbox; fires once everything is durable.
 
-        Deliveries that arrive while a batch is being committed wait and go
-        together in the next one: under load, many transactions share each
-        sync; alone, a message is committed at once.
+        Deliveries share group commits (`mailgate.batching`): under load many
+        transactions share each sync; alone, a message is committed at once.
         """
         mailboxes = list(dict.fromkeys(self.path_for(a) for a in addresses))
-        done: Deferred = Deferred()
-        self._pending.append((mailboxes, message, done))
-        if not self._committing:
-            self._commit_next()
-        return done
-
-    def _commit_next(self) -> None:
-        batch, self._pending = self._pending, []
-        self._committing = True
-        jobs = [(mailboxes, message) for mailboxes, message, _ in batch]
-        d = self._run(deliver_batch, jobs, self._hostname)
-        d.addBoth(self._committed, [done for _, _, done in batch])
-
-    def _committed(self, results: Any, waiting: list[Deferred]) -> None:
-        self._committing = False
-        if isinstance(results, Failure):
-            results = [results.value] * len(waiting)
-        for done, result in zip(waiting, results):
-            if isinstance(result, BaseException):
-                done.errback(Failure(result))
-            else:
-                done.callback(result)
-        if self._pending:
-            self._commit_next()
+        return self._batcher.submit((mailboxes, message))

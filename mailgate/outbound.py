@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
+from mailgate.batching import Batcher
 from mailgate.config import GatewayConfig
 from mailgate.dsn import RecipientStatus, build_dsn
 from mailgate.envelope import Envelope
@@ -54,6 +55,10 @@ class OutboundQueue:
         self._hooks = hooks
         self._clock = clock
         self._run = run_blocking
+        # Writes to the spool share group commits, as Maildir deliveries do.
+        self._adds: Batcher = Batcher(run_blocking, store.add_batch)
+        self._saves: Batcher = Batcher(run_blocking, store.save_batch)
+        self._removes: Batcher = Batcher(run_blocking, store.remove_batch)
         self.inject = inject  # how bounces are delivered; the service points it at the Deliverer
         self._policy = RetryPolicy.from_config(config.relay)
         self._heap: list[tuple[float, str]] = []
@@ -113,14 +118,14 @@ class OutboundQueue:
             next_attempt=self._clock.seconds(),
             recipients=[RecipientState(address, route) for address, route in recipients],
         )
-        await self._run(self.store.add, entry, message)
+        await self._adds.submit((entry, message))
 
     def release(self, queue_id: str) -> None:
         self.schedule(queue_id, self._clock.seconds())
 
     async def cancel(self, queue_id: str) -> None:
         """Undo add() when the rest of the transaction failed (no 250 was sent)."""
-        await self._run(self.store.remove, queue_id)
+        await self._removes.submit(queue_id)
 
     # --- scheduling ----------------------------------------------------------
 
@@ -139,7 +144,7 @@ class OutboundQueue:
         """Remove an entry (`mailgate queue delete`); an attempt in flight drops its result."""
         self._due.pop(queue_id, None)
         self._deleted.add(queue_id)
-        return self._run(self.store.remove, queue_id)
+        return self._removes.submit(queue_id)
 
     def serve_requests(self) -> None:
         """Act on the CLI's flush and delete requests (a LoopingCall, once a second).
@@ -204,7 +209,7 @@ class OutboundQueue:
     async def attempt(self, queue_id: str) -> None:
         """Try every pending recipient once, record the results, bounce or reschedule."""
         if queue_id in self._deleted:
-            await self._run(self.store.remove, queue_id)  # in case a save raced the delete
+            await self._removes.submit(queue_id)  # in case a save raced the delete
             return
         entry = await self._run(self.store.load, queue_id)
         if entry is None:
@@ -308,10 +313,10 @@ class OutboundQueue:
             entry.warned = True
             await self._report(entry, entry.pending(), "delayed")
         if entry.pending():
-            await self._run(self.store.save, entry)
+            await self._saves.submit(entry)
             self.schedule(entry.id, entry.next_attempt)
             return
-        await self._run(self.store.remove, entry.id)
+        await self._removes.submit(entry.id)
 
     def _delay_warning_due(self, entry: QueuedMessage) -> bool:
         """relay.delay_warning: once per message, as Postfix's delay_warning_time."""

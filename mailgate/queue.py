@@ -23,9 +23,9 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
-from mailgate.durable import fsync_dir, unlink_quietly, write_durably
+from mailgate.durable import sync_paths, unlink_quietly, write_durably
 from mailgate.maildir import StoredMessage
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -87,26 +87,72 @@ class QueueStore:
             os.makedirs(path, mode=0o700, exist_ok=True)
         for name in os.listdir(self._tmp):
             unlink_quietly(os.path.join(self._tmp, name))
-        queued = set(os.listdir(self._env))
-        for name in os.listdir(self._msg):
-            if name not in queued:  # never acknowledged: its env/ never landed
-                unlink_quietly(os.path.join(self._msg, name))
+        queued, stored = set(os.listdir(self._env)), set(os.listdir(self._msg))
+        for name in stored - queued:  # never acknowledged: its env/ never landed
+            unlink_quietly(os.path.join(self._msg, name))
+        for name in queued - stored:  # never acknowledged: 250 waits for both renames' sync
+            unlink_quietly(os.path.join(self._env, name))
 
     def message_path(self, queue_id: str) -> str:
         return os.path.join(self._msg, queue_id)
 
     def add(self, entry: QueuedMessage, message: StoredMessage) -> None:
         """Queue a new message durably (see the module docstring)."""
-        tmp_msg = os.path.join(self._tmp, entry.id + ".msg")
-        _write_replacing(tmp_msg, self.message_path(entry.id), [message.transit_header, *message.body])
-        fsync_dir(self._msg)
-        self.save(entry)
+        _raise_first(self.add_batch([(entry, message)]))
 
     def save(self, entry: QueuedMessage) -> None:
         """Replace an entry's state atomically and durably."""
-        tmp_env = os.path.join(self._tmp, entry.id + ".env")
-        _write_replacing(tmp_env, os.path.join(self._env, entry.id), [entry.to_json()])
-        fsync_dir(self._env)
+        _raise_first(self.save_batch([entry]))
+
+    def remove(self, queue_id: str) -> bool:
+        """Drop an entry; False if it was already gone."""
+        [result] = self.remove_batch([queue_id])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def add_batch(self, jobs: Sequence[tuple[QueuedMessage, StoredMessage]]) -> list[BaseException | None]:
+        """Queue many messages with one group commit: every file is written,
+        one sync makes them durable, they are renamed into msg/ and env/, and
+        a second sync makes the names durable before anyone hears 250."""
+        writes = []
+        for entry, message in jobs:
+            writes.append([
+                (self._tmp_path(entry.id, ".msg"), self.message_path(entry.id),
+                 [message.transit_header, *message.body]),
+                (self._tmp_path(entry.id, ".env"), os.path.join(self._env, entry.id), [entry.to_json()]),
+            ])
+        return _commit(writes, {self._msg, self._env})
+
+    def save_batch(self, entries: Sequence[QueuedMessage]) -> list[BaseException | None]:
+        """Replace many entries' state with one group commit."""
+        writes = [[(self._tmp_path(e.id, ".env"), os.path.join(self._env, e.id), [e.to_json()])] for e in entries]
+        return _commit(writes, {self._env})
+
+    def remove_batch(self, queue_ids: Sequence[str]) -> list[BaseException | bool]:
+        """Drop entries: env/ first, synced, then msg/, so a crash in between
+        leaves an orphan message that prepare() cleans, never a live entry
+        without its message."""
+        results: list[BaseException | bool] = []
+        for queue_id in queue_ids:
+            try:
+                os.unlink(os.path.join(self._env, queue_id))
+                results.append(True)
+            except FileNotFoundError:
+                results.append(False)
+            except OSError as exc:
+                results.append(exc)
+        try:
+            sync_paths([self._env])
+        except OSError as exc:
+            return [exc] * len(queue_ids)
+        for queue_id, result in zip(queue_ids, results):
+            if result is True:
+                unlink_quietly(self.message_path(queue_id))
+        return results
+
+    def _tmp_path(self, queue_id: str, suffix: str) -> str:
+        return os.path.join(self._tmp, queue_id + suffix)
 
     def load(self, queue_id: str) -> QueuedMessage | None:
         """The entry, or None if it is gone (delivered, or deleted by the CLI)."""
@@ -115,17 +161,6 @@ class QueueStore:
                 return QueuedMessage.from_json(handle.read())
         except FileNotFoundError:
             return None
-
-    def remove(self, queue_id: str) -> bool:
-        """Drop an entry: env/ first, so a crash in between leaves an orphan
-        message that prepare() cleans, never an entry without its message."""
-        try:
-            os.unlink(os.path.join(self._env, queue_id))
-        except FileNotFoundError:
-            return False
-        fsync_dir(self._env)
-        unlink_quietly(self.message_path(queue_id))
-        return True
 
     def ids(self) -> list[str]:
         try:
@@ -175,13 +210,56 @@ class QueueStore:
         return [(os.path.join(self._control, n), *n.split(".", 2)[:2]) for n in names]
 
 
-def _write_replacing(tmp: str, target: str, chunks: list[bytes]) -> None:
-    """Write `tmp` durably and rename it onto `target`; on failure (a full
-    disk) remove `tmp`, so it neither keeps the space nor blocks the next try."""
-    unlink_quietly(tmp)  # a leftover from an earlier failure would make O_EXCL fail
+Write = tuple[str, str, list[bytes]]  # temp path, final path, content
+
+
+def _commit(jobs: Sequence[list[Write]], directories: set[str]) -> list[BaseException | None]:
+    """Write each job's files, sync once, rename them in order, sync the
+    directories once; per job, None or the error that stopped it. A job
+    that fails leaves no temp file behind (it would hold the space, and
+    block its next try on O_EXCL)."""
+    results: list[BaseException | None] = [None] * len(jobs)
+    for index, writes in enumerate(jobs):
+        try:
+            for tmp, _, chunks in writes:
+                unlink_quietly(tmp)  # a leftover from an earlier failure
+                write_durably(tmp, chunks, fsync=False)
+        except OSError as exc:
+            results[index] = exc
+            for tmp, _, _ in writes:
+                unlink_quietly(tmp)
+    written = [writes for writes, result in zip(jobs, results) if result is None]
     try:
-        write_durably(tmp, chunks)
-        os.rename(tmp, target)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
+        sync_paths(tmp for writes in written for tmp, _, _ in writes)
+        for index, writes in enumerate(jobs):
+            if results[index] is None:
+                results[index] = _rename_all(writes)
+        sync_paths(sorted(directories))
+    except OSError as exc:
+        for writes in jobs:
+            for tmp, _, _ in writes:
+                unlink_quietly(tmp)
+        return [exc] * len(jobs)
+    return results
+
+
+def _rename_all(writes: list[Write]) -> BaseException | None:
+    """Rename one job's files in order; on failure undo the new names it made."""
+    done: list[str] = []
+    try:
+        for tmp, final, _ in writes:
+            os.rename(tmp, final)
+            done.append(final)
+    except OSError as exc:
+        for final in done:
+            unlink_quietly(final)
+        for tmp, _, _ in writes:
+            unlink_quietly(tmp)
+        return exc
+    return None
+
+
+def _raise_first(results: Sequence[BaseException | None]) -> None:
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

@@ -266,7 +266,7 @@ def test_deliveries_during_a_commit_share_the_next_one(tmp_path: Path) -> None:
     """Group commit: one batch at a time; what arrives meanwhile waits and goes together."""
     commits: list[tuple[list, Deferred]] = []
 
-    def run_blocking(function, jobs, hostname):
+    def run_blocking(function, jobs):
         d: Deferred = Deferred()
         commits.append((jobs, d))
         return d

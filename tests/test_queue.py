@@ -126,3 +126,27 @@ def test_failed_write_leaves_no_tmp_and_the_next_save_works(tmp_path: Path, monk
     monkeypatch.setattr(queue_module, "write_durably", real)
     s.save(changed)
     assert s.load("Q1").attempts == 5
+
+
+def test_prepare_drops_an_entry_whose_message_never_landed(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.add(entry("KEEP"), message())
+    os.unlink(s.message_path("KEEP"))  # as after a crash between the renames, before any 250
+    s.prepare()
+    assert s.ids() == []
+
+
+def test_a_batch_shares_syncs_and_isolates_a_failing_job(tmp_path: Path, monkeypatch) -> None:
+    import mailgate.queue as queue_module
+
+    s = store(tmp_path)
+    syncs: list[list[str]] = []
+    real = queue_module.sync_paths
+    monkeypatch.setattr(queue_module, "sync_paths", lambda paths: (syncs.append(sorted(paths)), real(paths)))
+    (tmp_path / "queue" / "env" / "BAD").mkdir()  # renaming onto a directory fails
+    results = s.add_batch([(entry("Q1"), message()), (entry("BAD"), message()), (entry("Q3"), message())])
+    assert results[0] is None and results[2] is None and isinstance(results[1], OSError)
+    assert len(syncs) == 2  # one for the data, one for the names
+    assert s.load("Q1").id == "Q1" and s.load("Q3").id == "Q3"
+    assert not Path(s.message_path("BAD")).exists()  # its half-done rename was undone
+    assert os.listdir(tmp_path / "queue" / "tmp") == []
