@@ -1,3 +1,4 @@
+# ruff: noqa: F401, F811  -- pytest fixtures are imported from test_smtp_server and named as arguments
 """Limits and abuse resistance in the SMTP session: rates, error counts, trickling, full disks."""
 
 from __future__ import annotations
