@@ -1,0 +1,1 @@
+"""Benchmarks of mailgate; `python -m bench --help` runs the harness (bench/harness.py)."""
