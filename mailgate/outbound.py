@@ -162,19 +162,27 @@ class OutboundQueue:
                 done.addBoth(lambda _, p=path: unlink_quietly(p))
 
     def _arm(self) -> None:
-        """Keep one timer, set for the earliest live entry."""
+        """Keep one timer, set for the earliest live entry, while an attempt may start.
+
+        With every slot busy there is no timer at all: `_finished` starts the
+        next due entry. A timer then could start nothing and would only re-arm
+        itself, spinning the reactor for as long as the backlog lasts.
+        """
         while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
             heapq.heappop(self._heap)
-        if self._stopping or not self._heap:
+        idle = self._stopping or not self._heap or len(self._running) >= MAX_CONCURRENT_ATTEMPTS
+        active = self._timer is not None and self._timer.active()
+        if active and not idle and abs(self._timer.getTime() - self._heap[0][0]) < 0.001:
             return
-        delay = max(0.0, self._heap[0][0] - self._clock.seconds())
-        if self._timer is not None and self._timer.active():
-            if abs(self._timer.getTime() - self._heap[0][0]) < 0.001:
-                return
+        if active:
             self._timer.cancel()
-        self._timer = self._clock.callLater(delay, self._start_due)
+        self._timer = None
+        if not idle:
+            delay = max(0.0, self._heap[0][0] - self._clock.seconds())
+            self._timer = self._clock.callLater(delay, self._start_due)
 
     def _start_due(self) -> None:
+        """Start due entries while slots are free; by the timer or when an attempt ends."""
         now = self._clock.seconds()
         while self._heap and len(self._running) < MAX_CONCURRENT_ATTEMPTS and not self._stopping:
             at, queue_id = self._heap[0]
@@ -187,7 +195,6 @@ class OutboundQueue:
             del self._due[queue_id]
             if queue_id not in self._running:
                 self._start(queue_id)
-        self._timer = None
         self._arm()
 
     def _start(self, queue_id: str) -> None:

@@ -245,3 +245,47 @@ def test_no_delay_warning_by_default(harness: Harness) -> None:
     for _ in range(4):
         harness.clock.advance(330)
     assert harness.injected == []
+
+
+class CountingClock(Clock):
+    """A Clock that counts its timers and refuses to be driven into a busy loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timers_set = 0
+
+    def callLater(self, delay, callable, *args, **kw):
+        self.timers_set += 1
+        assert self.timers_set < 1000, "the queue keeps re-arming its timer"
+        return super().callLater(delay, callable, *args, **kw)
+
+
+def test_a_full_set_of_attempts_sets_no_timer_until_one_ends(tmp_path: Path) -> None:
+    from mailgate.outbound import MAX_CONCURRENT_ATTEMPTS
+
+    harness = Harness(tmp_path)
+    harness.clock = CountingClock()
+    harness.queue = harness.new_queue()
+    held: list[Deferred] = []
+
+    async def hang(domain, mail_from, recipients, message_path):
+        waiting: Deferred = Deferred()
+        held.append(waiting)
+        return await waiting
+
+    harness.relay.deliver_by_mx = hang
+    waiting_count = MAX_CONCURRENT_ATTEMPTS + 10
+    for n in range(waiting_count):
+        harness.submit([(f"r{n}@remote.test", "mx")], queue_id=f"Q{n}")
+    assert len(held) == MAX_CONCURRENT_ATTEMPTS
+    assert [c for c in harness.clock.getDelayedCalls() if c.active()] == []
+    before = harness.clock.timers_set
+    harness.clock.advance(0)
+    assert harness.clock.timers_set == before  # nothing re-armed while every slot is busy
+
+    answered = 0
+    while answered < len(held):  # each finished attempt starts the next due one
+        held[answered].callback([RecipientResult(f"r{answered}@remote.test", 250, "2.0.0", "ok", "mx")])
+        answered += 1
+    assert answered == waiting_count
+    assert list(harness.store.entries()) == []
