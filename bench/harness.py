@@ -639,6 +639,8 @@ def fill_queue(root: Path, count: int) -> None:
         for sub, data in (("msg", body), ("env", entry.to_json())):
             fd = os.open(queue / sub / queue_id, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.write(fd, data)
+            if sub == "env":
+                os.utime(fd, (entry.next_attempt, entry.next_attempt))  # the spool dates retries so
             os.close(fd)
     os.sync()
 

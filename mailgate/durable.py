@@ -7,16 +7,21 @@ import os
 from typing import Iterable
 
 
-def write_durably(path: str, chunks: Iterable[bytes], mode: int = 0o600, *, fsync: bool = True) -> None:
+def write_durably(
+    path: str, chunks: Iterable[bytes], mode: int = 0o600, *, fsync: bool = True, mtime: float | None = None
+) -> None:
     """Create `path` (it must not exist), write `chunks`, fsync before closing.
 
     With fsync=False the caller makes the data durable later, for a whole
-    batch at once (`sync_paths`).
+    batch at once (`sync_paths`). `mtime`, when given, is set before the
+    sync, so it is as durable as the data (the queue keeps a date there).
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with open(fd, "wb", buffering=0) as handle:
         for chunk in chunks:
             handle.write(chunk)
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
         if fsync:
             os.fsync(fd)
 

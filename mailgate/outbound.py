@@ -72,7 +72,7 @@ class OutboundQueue:
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume everything a previous run left queued (the one full read)."""
+        """Resume everything a previous run left queued (one listing of env/)."""
         entries = await self._run(self._load_all)
         for queue_id, next_attempt in entries:
             self.schedule(queue_id, next_attempt)
@@ -81,7 +81,7 @@ class OutboundQueue:
 
     def _load_all(self) -> list[tuple[str, float]]:
         self.store.prepare()
-        return [(entry.id, entry.next_attempt) for entry in self.store.entries()]
+        return self.store.next_attempts()
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop starting attempts; wait for those in flight, but not past the grace.

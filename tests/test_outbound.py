@@ -207,6 +207,21 @@ def test_restart_resumes_queued_mail(tmp_path: Path) -> None:
     assert len(harness.relay.calls) >= 2
 
 
+def test_restart_keeps_each_entry_s_next_attempt(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    harness.relay.codes["b@remote.test"] = [451, 250]
+    harness.submit([("b@remote.test", "mx")])
+    [(queue_id, next_attempt)] = harness.store.next_attempts()
+    assert next_attempt == pytest.approx(harness.store.load(queue_id).next_attempt, abs=0.001)
+    assert next_attempt - harness.clock.seconds() > 50  # retry_intervals[0], give or take its jitter
+    harness.queue = harness.new_queue()
+    harness.clock.advance(next_attempt - harness.clock.seconds() - 1)
+    assert len(harness.relay.calls) == 1  # not tried again before its time
+    harness.clock.advance(2)
+    assert len(harness.relay.calls) == 2
+    assert harness.store.load(queue_id) is None
+
+
 def test_flush_and_delete_requests(harness: Harness) -> None:
     harness.relay.codes["b@remote.test"] = [451, 451, 250]
     harness.relay.codes["c@remote.test"] = [451]
