@@ -34,6 +34,7 @@ from mailgate.smtp_message import SMTPDataCommand
 from mailgate.smtp_sender import SMTPMailCommand, owned_senders
 from mailgate.smtp_verify import SMTPVerifyCommands
 from mailgate.tls import is_tls
+from mailgate.write_through import write_through
 
 log = Logger()
 
@@ -109,6 +110,7 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
         self._closed: Deferred | None = None
         self._line_waiter: Deferred | None = None  # an AUTH exchange waiting for its next line
         self._processing = False  # _process is on the stack: replies must not re-enter it
+        self._outbox: list[bytes] = []  # replies to a batch of pipelined commands, sent together
         self._bad_commands = 0
         self._data_deadline: Any = None  # the DATA phase's own timer (limits.data_timeout)
         self._data_progress = 0  # bytes since the idle timer was last reset in DATA
@@ -160,6 +162,7 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
         self._closing = True
         self._reader = None
         self._send(code, text)
+        self._flush()
         self.transport.loseConnection()
 
     # --- input ---------------------------------------------------------------
@@ -191,6 +194,7 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
             self._process_lines()
         finally:
             self._processing = False
+            self._flush()
 
     def _process_lines(self) -> None:
         while not self._closing and (not self._busy or self._line_waiter is not None):
@@ -264,16 +268,24 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
         return Reply(code, text)
 
     def _send(self, code: int, text: str) -> None:
+        """Queue a reply; it leaves at once unless a batch of commands is being answered."""
         if code in (500, 501, 502, 503, 504, 555) and not self._closing:
             self._bad_commands += 1  # Postfix's smtpd_hard_error_limit: a probe or a bot
             if self._bad_commands > self.factory.config.limits.max_bad_commands:
-                self._closing = True
-                code, text = 421, "4.7.0 Too many errors, closing connection"
-                self.transport.loseConnection()
+                return self._close(421, "4.7.0 Too many errors, closing connection")
         lines = text.split("\n")
         out = [f"{code}-{line}\r\n" for line in lines[:-1]]
         out.append(f"{code} {lines[-1]}\r\n")
-        self.transport.write("".join(out).encode("ascii", "replace"))
+        self._outbox.append("".join(out).encode("ascii", "replace"))
+        if not self._processing:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the queued replies in one write, straight to the socket when it can take them."""
+        if self._outbox:
+            data = b"".join(self._outbox)
+            self._outbox.clear()
+            write_through(self.transport, data)
 
     # --- commands ------------------------------------------------------------
 
@@ -318,6 +330,7 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
             return self._send(502, "5.5.1 STARTTLS not available")
         self._buffer = b""  # RFC 3207 4.2: nothing pipelined before the handshake counts
         self._send(220, "2.0.0 Ready to start TLS")
+        self._flush()  # in the clear, before the handshake
         self.transport.startTLS(self.factory.tls_options)
         self._helo, self._esmtp, self._envelope = "", False, None
         self._authenticated_as = None
