@@ -19,12 +19,15 @@ from mailgate import __version__, hookimpl
 from mailgate.config import GatewayConfig, WebhookConfig
 from mailgate.envelope import Envelope
 from mailgate.errors import DeliveryError, PermanentFailure, TemporaryFailure
+from mailgate.outbound import MAX_CONCURRENT_ATTEMPTS
 from mailgate.webhook_payload import delivery_id, json_body, signature_headers
 
 log = Logger()
 
 SCHEME = "webhook"
-MAX_PERSISTENT_PER_HOST = 10  # concurrent queue attempts to one receiver reuse these
+# As many kept-alive connections as the queue runs attempts: with fewer, every
+# attempt past the pool's size opened and closed a connection of its own.
+MAX_PERSISTENT_PER_HOST = MAX_CONCURRENT_ATTEMPTS
 IDLE_CONNECTION_SECONDS = 60
 RETRIED_STATUSES = frozenset({408, 429})  # client errors that mean "later", not "never"
 BUILD_IN_THREAD_BYTES = 256_000  # parsing a big message would stall every session meanwhile
