@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import codecs
+import functools
 import hashlib
 import hmac
 import json
 import re
 from email import message_from_bytes, policy
 from email.header import decode_header, make_header
+from email.headerregistry import UnstructuredHeader
 from email.message import EmailMessage, Message
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
@@ -26,6 +28,12 @@ from mailgate.envelope import Envelope
 SECRET_PREFIX = "whsec_"
 ID_PREFIX = "msg_"
 _FOLD = re.compile(r"[ \t]*\r?\n[ \t]*")
+# Headers the email package parses for structure (addresses, dates, MIME
+# parameters); any other header is text, given back as it came unless it
+# holds an RFC 2047 encoded word or 8-bit bytes.
+_STRUCTURED = frozenset(
+    name for name, kind in policy.default.header_factory.registry.items() if not issubclass(kind, UnstructuredHeader)
+)
 _T = TypeVar("_T")
 
 
@@ -134,7 +142,9 @@ def _header_text(parsed: Message, name: str, raw: Any) -> str:
     """
     if isinstance(raw, str):
         raw = _FOLD.sub(" ", raw)
-    value = _attempt(lambda: str(parsed.policy.header_fetch_parse(name, raw)), None)
+        if raw.isascii() and "=?" not in raw and name.lower() not in _STRUCTURED:
+            return raw  # what the parser would return, without its cost (a class per header)
+    value = _attempt(lambda: str(_parse_header(parsed.policy, name, raw)), None)
     if value is None:
         value = _attempt(lambda: str(make_header(decode_header(str(raw)))), None)
     if value is None:
@@ -155,7 +165,7 @@ def _addresses(parsed: Message, name: str) -> list[str]:
     for key, raw in _attempt(parsed.raw_items, []):
         if key.lower() != name:
             continue
-        header = _attempt(lambda: parsed.policy.header_fetch_parse(key, raw), None)
+        header = _attempt(lambda: _parse_header(parsed.policy, key, raw), None)
         addresses = _attempt(lambda: [str(a) for a in header.addresses], None) if header is not None else None
         if addresses is None or (not addresses and str(raw).strip()):
             text = _header_text(parsed, key, raw)
@@ -164,17 +174,24 @@ def _addresses(parsed: Message, name: str) -> list[str]:
     return found
 
 
+@functools.lru_cache(maxsize=64)
+def _parse_header(header_policy: Any, name: str, raw: str) -> Any:
+    """A parsed header, once: json_body asks for From, To and Date twice each."""
+    return header_policy.header_fetch_parse(name, raw)
+
+
 def _format_pair(name: str, address: str) -> str:
     return f"{name} <{address}>" if name else address
 
 
 def _date(parsed: Message) -> str | None:
-    raw = _first_header(parsed, "date")
-    if not raw:
+    first = next(((key, raw) for key, raw in _attempt(parsed.raw_items, []) if key.lower() == "date"), None)
+    text = _header_text(parsed, *first).strip() if first is not None else None
+    if not text:
         return None
-    when = _attempt(lambda: parsed["date"].datetime, None)
+    when = _attempt(lambda: _parse_header(parsed.policy, *first).datetime, None)
     if when is None:
-        when = _attempt(lambda: parsedate_to_datetime(raw), None)
+        when = _attempt(lambda: parsedate_to_datetime(text), None)
     return when.isoformat() if when is not None else None
 
 

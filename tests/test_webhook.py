@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import email
 import hashlib
 import hmac
 import json
+import re
 import time
+from email import policy
 from typing import Any
 
 import pytest
@@ -424,3 +427,18 @@ class StaleConnectionTests(SynchronousTestCase):
 
         http, _ = self.attempt(ResponseNeverReceived([Failure(CancelledError())]))
         self.assertEqual(http.posts, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80).filter(lambda t: "=?" not in t))
+def test_plain_text_headers_read_as_the_email_package_reads_them(text: str) -> None:
+    """Text headers skip the parser (it costs a class per header); the result must not change."""
+    message = f"Received: {text}\r\nSubject: {text}\r\nX-Note: a\r\n b {text}\r\n\r\nbody\r\n".encode()
+    document = json.loads(json_body(message, Envelope(mail_from="a@example.test", rcpt_to=["b@x.test"]), "msg_x"))
+    reference = email.message_from_bytes(message, policy=policy.default)
+    expected = [
+        [name, str(policy.default.header_fetch_parse(name, re.sub(r"[ \t]*\r?\n[ \t]*", " ", raw)))]
+        for name, raw in reference.raw_items()
+    ]
+    assert document["headers"] == expected
+    assert document["subject"] == expected[1][1].strip()
