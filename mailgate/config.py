@@ -117,6 +117,7 @@ class RelayConfig:
     retry_intervals_seconds: tuple[float, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)
     max_queue_seconds: float = 5 * 86400
     delay_warning_seconds: float = 0.0  # tell the sender mail is delayed after this long; 0 = never
+    connection_cache_seconds: float = 2.0  # a clean session waits this long for the next message; 0 = never
     tls: str = "opportunistic"  # none | opportunistic | verify
     transport: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -274,6 +275,7 @@ _RELAY = {
     "retry_intervals": Key(list_of(_duration, non_empty=True), "retry_intervals_seconds"),
     "max_queue_time": Key(_duration, "max_queue_seconds"),
     "delay_warning": Key(parse_duration, "delay_warning_seconds"),  # "0s" turns it off
+    "connection_cache_time": Key(parse_duration, "connection_cache_seconds"),  # "0s" turns it off
     "tls": Key(choice("none", "opportunistic", "verify")),
 }
 _WEBHOOK = {

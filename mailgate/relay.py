@@ -16,6 +16,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, c
 from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
 from twisted.logger import Logger
 
+from mailgate.connection_cache import ConnectionCache
 from mailgate.dns import MXResolver
 from mailgate.errors import DeliveryError
 from mailgate.smtp_client import BodyProducer, ClientProtocol, Reply, SessionClosed, wire_size
@@ -107,17 +108,25 @@ class SMTPRelay:
     otherwise the host counts as failed (4.7.x) and the next one is tried.
     `client_tls_options(hostname)` replaces the default client options in
     both modes (tests pass a trust root for their self-signed certificate).
+    With `connection_cache_seconds`, a session that ended cleanly waits that
+    long for the next message to the same host (mailgate.connection_cache).
     """
 
     def __init__(self, reactor: Any, *, helo_name: str, tls_mode: str, resolver: MXResolver,
                  mx_port: int = 25, timeout_seconds: float = 300, connect_timeout_seconds: float = 30,
-                 client_tls_options: Callable[[str], Any] | None = None) -> None:
+                 client_tls_options: Callable[[str], Any] | None = None,
+                 connection_cache_seconds: float = 0.0) -> None:
         if tls_mode not in TLS_MODES:
             raise ValueError(f"tls_mode must be one of {TLS_MODES}, not {tls_mode!r}")
         self._reactor, self._helo_name, self._tls_mode = reactor, helo_name, tls_mode
         self._resolver, self._mx_port = resolver, mx_port
         self._timeout_seconds, self._connect_timeout_seconds = timeout_seconds, connect_timeout_seconds
         self._client_tls_options = client_tls_options
+        self._cache = ConnectionCache(reactor, connection_cache_seconds)
+
+    async def close_idle(self) -> None:
+        """Say QUIT on every cached session (the server is stopping)."""
+        await self._cache.close_all()
 
     async def deliver_by_mx(self, domain: str, mail_from: str, recipients: list[str],
                             message_path: str) -> list[RecipientResult]:
@@ -164,6 +173,9 @@ class SMTPRelay:
         return _all(job.recipients, last.code, last.enhanced, last.reply)
 
     async def _attempt(self, job: _Job, host: str, address: str, port: int) -> list[RecipientResult]:
+        reused = await self._on_cached_session(job, host, address, port)
+        if reused is not None:
+            return reused
         use_tls = self._tls_mode != "none"
         try:
             return await self._connect_and_run(job, host, address, port, use_tls)
@@ -184,19 +196,56 @@ class SMTPRelay:
         except Exception as error:
             raise _SetupFailed("4.4.1", f"{where}: connection failed: {error}") from error
         try:
-            results = await self._session(protocol, job, host, where, use_tls)
+            results = await self._session(protocol, job, (host, address, port), where, use_tls)
         except _SetupFailed:
             await protocol.close()  # flushes the QUIT
             raise
         except BaseException:
             await protocol.close(abort=True)
             raise
-        await protocol.close()
         return results
 
-    async def _session(self, protocol: ClientProtocol, job: _Job, host: str, where: str,
+    async def _on_cached_session(self, job: _Job, host: str, address: str,
+                                 port: int) -> list[RecipientResult] | None:
+        """The transaction on a session an earlier delivery left open; None: open a new one.
+
+        A cached session that turns out dead before its first reply is
+        dropped for the next (or a new connection): the body only ever
+        follows a 354, so nothing can have been delivered through it.
+        """
+        key = (host, address, port)
+        while (idle := self._cache.take(key)) is not None:
+            protocol, before = idle.protocol, idle.protocol.replies_received
+            try:
+                results = await self._transaction(protocol, job, host, idle.extensions)
+            except SessionClosed as error:
+                await protocol.close(abort=True)
+                if protocol.replies_received == before:
+                    continue
+                return _all(job.recipients, 451, "4.4.2", f"{host}[{address}]:{port}: {error}", host)
+            except BaseException:
+                await protocol.close(abort=True)
+                raise
+            await self._done_with(protocol, key, idle.extensions, idle.transactions + 1)
+            return results
+        return None
+
+    async def _done_with(self, protocol: ClientProtocol, key: tuple[str, str, int],
+                         extensions: dict[str, str], transactions: int) -> None:
+        """Cache a session after a clean transaction, or QUIT and close it."""
+        if self._cache.park(key, protocol, extensions, transactions):
+            return
+        try:
+            protocol.send("QUIT")
+            await protocol.read_reply()
+        except SessionClosed:
+            pass  # results are known; a rude goodbye changes nothing
+        await protocol.close()
+
+    async def _session(self, protocol: ClientProtocol, job: _Job, key: tuple[str, str, int], where: str,
                        use_tls: bool) -> list[RecipientResult]:
         """Setup problems move on to the next host; once MAIL is sent, this host answers."""
+        host = key[0]
         try:
             extensions = await self._open(protocol, host, where, use_tls)
         except SessionClosed as error:
@@ -208,12 +257,9 @@ class SMTPRelay:
         try:
             results = await self._transaction(protocol, job, host, extensions)
         except SessionClosed as error:
+            await protocol.close()
             return _all(job.recipients, 451, "4.4.2", f"{where}: {error}", host)
-        try:
-            protocol.send("QUIT")
-            await protocol.read_reply()
-        except SessionClosed:
-            pass  # results are known; a rude goodbye changes nothing
+        await self._done_with(protocol, key, extensions, 1)
         return results
 
     async def _open(self, protocol: ClientProtocol, host: str, where: str,

@@ -57,6 +57,7 @@ class GatewayService(MultiService):
         self.threadpool = ThreadPool(minthreads=0, maxthreads=DISK_THREADS, name="mailgate-disk")
         self.factories: list[Any] = []
         self.outbound: OutboundQueue | None = None
+        self.relay: SMTPRelay | None = None
         self._requests: LoopingCall | None = None
         self.ports: dict[str, Any] = {}  # listener name -> IListeningPort, once bound
 
@@ -101,7 +102,9 @@ class GatewayService(MultiService):
             tls_mode=relay_config.tls,
             resolver=MXResolver(make_resolver(relay_config.nameservers, self.reactor)),
             mx_port=relay_config.port,
+            connection_cache_seconds=relay_config.connection_cache_seconds,
         )
+        self.relay = relay
         store = QueueStore(os.path.join(self.config.server.state_dir, "queue"))
         return OutboundQueue(
             self.config, store, relay, self.plugin_manager.hook, self.reactor,
@@ -205,6 +208,8 @@ class GatewayService(MultiService):
             self._requests.stop()
         if self.outbound is not None:
             await self.outbound.stop()
+            if self.relay is not None:
+                await self.relay.close_idle()
             self.outbound.store.unlock()
         self.threadpool.stop()
         log.info("mailgate stopped cleanly")

@@ -54,6 +54,7 @@ class ClientProtocol(LineReceiver):
         self._reactor, self._timeout_seconds = reactor, timeout_seconds
         self._lines: list[str] = []
         self._replies: deque[Reply] = deque()
+        self.replies_received = 0  # a reused session that dies before any reply took nothing
         self._waiting: Deferred[Reply] | None = None
         self.error: SessionClosed | None = None
         self._timer: Any = None
@@ -81,6 +82,7 @@ class ClientProtocol(LineReceiver):
         if separator == "-":
             return
         reply, self._lines = Reply(int(code), tuple(self._lines)), []
+        self.replies_received += 1
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
             waiting.callback(reply)
@@ -104,6 +106,9 @@ class ClientProtocol(LineReceiver):
             waiting, self._waiting = self._waiting, None
             waiting.errback(self.error)
         self.closed.callback(None)
+
+    def has_unread_reply(self) -> bool:
+        return bool(self._replies or self._lines)
 
     def read_reply(self) -> Deferred[Reply]:
         if self._replies:

@@ -279,7 +279,9 @@ class DeliveryTests(GatewayTestCase):
         mail = session.commands[1]
         self.assertTrue(mail.startswith(f"MAIL FROM:<{ALICE}> SIZE="), mail)
         self.assertEqual(session.commands[2:5], [f"RCPT TO:<{BOB}>", f"RCPT TO:<{CAROL}>", "DATA"])
-        self.assertEqual(session.commands[-1], "QUIT")
+        self.assertNotIn("QUIT", session.commands)  # cached for the next message (relay.connection_cache_time)
+        await self.stop(gateway)
+        await eventually(lambda: session.commands[-1] == "QUIT", "QUIT on the cached session at shutdown")
         raw = primary.messages[0]
         self.assertTrue(no_bare_line_ends(raw))
         self.assertIn(b"\r\n\r\n..leading dot\r\n...two dots\r\n..\r\nlast line\r\n.\r\n", raw)
@@ -392,7 +394,8 @@ class RetryAndBounceTests(GatewayTestCase):
         await eventually(lambda: primary.messages, "delivery on a retry")
         await self.queue_empty()
         self.assertEqual(len(primary.messages), 1)
-        self.assertGreaterEqual(len(primary.sessions), 2)
+        mails = [c for session in primary.sessions for c in session.commands if c.startswith("MAIL FROM:")]
+        self.assertGreaterEqual(len(mails), 2)  # a second transaction, on the cached session or a new one
         self.assertEqual(await self.queue_list(gateway), [])
 
     async def test_550_bounces_to_local_sender(self) -> None:

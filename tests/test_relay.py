@@ -336,6 +336,70 @@ class TLSTests(RelayTestCase):
         return lambda host: optionsForClientTLS(host, trustRoot=root)
 
 
+class ConnectionCacheTests(RelayTestCase):
+    """relay.connection_cache_time: the next message to the same host takes the open session."""
+
+    def cached_relay(self, port: int, seconds: float = 30.0) -> SMTPRelay:
+        relay = self.relay(port, connection_cache_seconds=seconds)
+        self.addCleanup(relay.close_idle)  # runs before the servers' cleanups
+        return relay
+
+    async def test_a_second_message_reuses_the_session(self) -> None:
+        server = await self.serve(PRIMARY)
+        relay = self.cached_relay(server.port)
+        for _ in range(2):
+            results = await self.by_mx(relay)
+            self.assertTrue(all(r.delivered for r in results))
+        [session] = server.sessions
+        verbs = [command.split(" ")[0].split(":")[0] for command in session.commands]
+        self.assertEqual(verbs.count("EHLO"), 1)
+        self.assertEqual(verbs.count("MAIL"), 2)
+        self.assertNotIn("QUIT", verbs)
+        self.assertEqual(len(server.messages), 2)
+        [live] = server._live
+        await relay.close_idle()
+        await live.lost
+        self.assertEqual(session.commands[-1], "QUIT")
+
+    async def test_an_unused_session_says_quit_when_its_time_is_up(self) -> None:
+        server = await self.serve(PRIMARY)
+        relay = self.cached_relay(server.port, seconds=0.2)
+        await self.by_mx(relay)
+        [live] = server._live
+        await live.lost  # closed by the cache's timer, not by the test
+        self.assertEqual(server.sessions[0].commands[-1], "QUIT")
+
+    async def test_a_session_the_server_closed_is_replaced(self) -> None:
+        server = await self.serve(PRIMARY)
+        relay = self.cached_relay(server.port)
+        await self.by_mx(relay)
+        [live] = server._live
+        live.transport.loseConnection()  # the server's idle timeout
+        await live.lost
+        results = await self.by_mx(relay)
+        self.assertTrue(all(r.delivered for r in results))
+        self.assertEqual(len(server.sessions), 2)
+        self.assertEqual(len(server.messages), 2)
+
+    async def test_a_session_dying_under_its_first_command_is_replaced(self) -> None:
+        server = await self.serve(PRIMARY)
+        relay = self.cached_relay(server.port)
+        await self.by_mx(relay)
+        [live] = server._live
+        live.do_MAIL = lambda text: live.transport.abortConnection()  # closed before any reply
+        results = await self.by_mx(relay)
+        self.assertTrue(all(r.delivered for r in results))
+        self.assertEqual(len(server.sessions), 2)
+        self.assertEqual(len(server.messages), 2)
+
+    async def test_a_verified_session_is_only_reused_for_its_host(self) -> None:
+        server = await self.serve(PRIMARY)
+        relay = self.cached_relay(server.port)
+        await self.by_mx(relay)
+        await relay.deliver_to_host(PRIMARY, server.port, SENDER, ["x@other.test"], self.stored())
+        self.assertEqual(len(server.sessions), 2)  # same address, another name: a new session
+
+
 class FailureTests(RelayTestCase):
     async def test_silent_server_times_out(self) -> None:
         server = await self.serve("127.0.0.1", stall_on="CONNECT")

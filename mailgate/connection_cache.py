@@ -1,0 +1,103 @@
+"""Outbound SMTP sessions kept open for a moment, for the next message to the same host.
+
+A backlog for one destination (a smarthost, a busy MX) otherwise pays a
+TCP connection, a greeting, EHLO and often a TLS handshake per message. As
+Postfix's connection cache does (smtp_connection_cache_time_limit, 2 s),
+a session whose transaction ended cleanly waits briefly for the next
+message to the same host name, address and port; unused, it says QUIT.
+The key holds the host name because a verified TLS session is only good
+for the name its certificate was checked against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import DeferredList
+
+from mailgate.smtp_client import ClientProtocol
+
+MAX_IDLE_PER_DESTINATION = 20  # as many as the queue runs attempts at once
+MAX_TRANSACTIONS = 100  # then a fresh session: some servers count messages per session
+
+Key = tuple[str, str, int]  # host name, address, port
+
+
+@dataclass(eq=False)
+class IdleSession:
+    protocol: ClientProtocol
+    extensions: dict[str, str]  # what EHLO offered, so the next transaction skips it
+    transactions: int
+    timer: Any = None
+
+
+class ConnectionCache:
+    """Idle sessions by destination, each closed after `idle_seconds` unused (0: none kept)."""
+
+    def __init__(self, reactor: Any, idle_seconds: float) -> None:
+        self._reactor, self._idle_seconds = reactor, idle_seconds
+        self._idle: dict[Key, list[IdleSession]] = {}
+
+    def park(self, key: Key, protocol: ClientProtocol, extensions: dict[str, str], transactions: int) -> bool:
+        """Keep a session whose last transaction ended cleanly; False: the caller closes it."""
+        waiting = self._idle.setdefault(key, [])
+        if (
+            self._idle_seconds <= 0
+            or protocol.error is not None
+            or transactions >= MAX_TRANSACTIONS
+            or len(waiting) >= MAX_IDLE_PER_DESTINATION
+        ):
+            if not waiting:
+                del self._idle[key]
+            return False
+        session = IdleSession(protocol, extensions, transactions)
+        session.timer = self._reactor.callLater(self._idle_seconds, self._expire, key, session)
+        waiting.append(session)
+        return True
+
+    def take(self, key: Key) -> IdleSession | None:
+        """A live idle session for `key`, if any; dead ones met on the way are dropped.
+
+        A session the server closed, or that got a reply nobody asked for
+        (a 421 on an idle timeout), is not used: its next reply would be
+        mistaken for the answer to MAIL.
+        """
+        waiting = self._idle.get(key)
+        while waiting:
+            session = waiting.pop()
+            session.timer.cancel()
+            if session.protocol.error is None and not session.protocol.has_unread_reply():
+                self._forget_if_empty(key)
+                return session
+            session.protocol.transport.abortConnection()
+        self._forget_if_empty(key)
+        return None
+
+    async def close_all(self) -> None:
+        """QUIT every idle session (the server stops) and wait until they are gone."""
+        sessions = [session for waiting in self._idle.values() for session in waiting]
+        self._idle.clear()
+        for session in sessions:
+            session.timer.cancel()
+        await DeferredList([_quit(session.protocol) for session in sessions], consumeErrors=True)
+
+    def _expire(self, key: Key, session: IdleSession) -> None:
+        waiting = self._idle.get(key, [])
+        if session in waiting:
+            waiting.remove(session)
+            self._forget_if_empty(key)
+        _quit(session.protocol)
+
+    def _forget_if_empty(self, key: Key) -> None:
+        if key in self._idle and not self._idle[key]:
+            del self._idle[key]
+
+
+def _quit(protocol: ClientProtocol) -> Any:
+    """QUIT without waiting for its reply, then close (the write is flushed first)."""
+    if protocol.error is None:
+        protocol.send("QUIT")
+    if not protocol.closed.called:
+        protocol.transport.loseConnection()
+    return protocol.closed
