@@ -32,6 +32,7 @@ from mailgate.pop3_auth import POP3AuthCommands
 from mailgate.pop3_stream import MessageSender
 from mailgate.pop3_transaction import POP3TransactionCommands
 from mailgate.tls import is_tls
+from mailgate.write_through import write_through
 
 log = Logger()
 
@@ -183,7 +184,7 @@ class POP3Session(POP3AuthCommands, POP3TransactionCommands, Protocol):
 
     def _reply(self, line: bytes) -> None:
         if self._connected:
-            self.transport.write(line + b"\r\n")
+            write_through(self.transport, line + b"\r\n")
 
     def _close(self) -> None:
         self._pending.clear()

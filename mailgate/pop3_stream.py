@@ -11,6 +11,7 @@ from zope.interface import implementer
 
 from mailgate.mailbox import BLOCK_SIZE
 from mailgate.wire import CRLFConverter, DotStuffer
+from mailgate.write_through import write_through
 
 
 class TopLimiter:
@@ -58,10 +59,31 @@ class MessageSender:
         self._stuffer = DotStuffer()
         self._on_progress = on_progress
         self._consumer: Any = None
+        self._pending = b""  # the first block, read by begin()
         self._done: Deferred[None] = Deferred()
 
-    def begin(self, consumer: Any) -> Deferred[None]:
+    def begin(self, consumer: Any, first_line: bytes) -> Deferred[None]:
+        """Send the status line and the message.
+
+        A message within one block (most mail) goes out in one write with
+        its status line, at once: no producer, no reactor turn per message.
+        """
         self._consumer = consumer
+        try:
+            block = self._handle.read(BLOCK_SIZE)  # buffered: short only at the end of the file
+        except OSError:
+            consumer.write(first_line)
+            self._finish(Failure(), registered=False)
+            return self._done
+        if len(block) < BLOCK_SIZE:
+            data = self._converter.feed(block) + self._converter.finish()
+            if self._limiter is not None:
+                data, _ = self._limiter.feed(data)
+            write_through(consumer, first_line + self._stuffer.feed(data) + self._stuffer.finish())
+            self._finish(None, registered=False)
+            return self._done
+        consumer.write(first_line)
+        self._pending = block
         consumer.registerProducer(self, False)
         return self._done
 
@@ -70,7 +92,7 @@ class MessageSender:
         # nothing is never asked again and the session would hang.
         while self._consumer is not None:
             try:
-                block = self._handle.read(BLOCK_SIZE)
+                block, self._pending = self._pending or self._handle.read(BLOCK_SIZE), b""
             except OSError:
                 self._finish(Failure())
                 return
@@ -91,12 +113,13 @@ class MessageSender:
     def stopProducing(self) -> None:
         self._finish(Failure(ConnectionAbortedDuringSend()))
 
-    def _finish(self, failure: Failure | None) -> None:
+    def _finish(self, failure: Failure | None, registered: bool = True) -> None:
         if self._consumer is None:
             return
         consumer, self._consumer = self._consumer, None
         self._handle.close()
-        consumer.unregisterProducer()
+        if registered:
+            consumer.unregisterProducer()
         if failure is None:
             self._done.callback(None)
         else:

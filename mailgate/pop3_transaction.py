@@ -84,10 +84,9 @@ class POP3TransactionCommands:
             log.warn("POP3 cannot open message: {error}", error=error)
             self._reply(b"-ERR [SYS/TEMP] Message is not available.")
             return
-        self._reply(first_line)
         self._start_wait()
         self._sender = MessageSender(handle, top_lines, self._reset_idle)
-        d = self._sender.begin(self.transport)
+        d = self._sender.begin(self.transport, first_line + b"\r\n")
         d.addCallbacks(self._sent, self._send_failed, callbackArgs=(index, top_lines is None))
 
     def _sent(self: Any, _: None, index: int, retrieved: bool) -> None:

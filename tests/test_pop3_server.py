@@ -441,19 +441,37 @@ class TransactionTests(SessionTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.factory._locked, set())
 
-    def test_connection_lost_mid_message(self) -> None:
+    def big_message(self) -> bytes:
+        """A fourth message, larger than one block: streamed by a producer."""
+        self.deliver(*MESSAGES, b"Subject: big\n\n" + (b"x" * 99 + b"\n") * 2000)
+        self.send(b"QUIT\r\n")
+        self.protocol, self.transport = self.connect()
+        self.assertIn(b"+OK Logged in.", self.login())
+        return b"RETR 4\r\n"
+
+    def test_a_small_message_is_sent_whole_at_once(self) -> None:
         self.transport.clear()
-        self.protocol.dataReceived(b"RETR 1\r\n")
+        self.protocol.dataReceived(b"RETR 2\r\n")
+        self.assertIsNone(self.transport.producer)  # no producer was needed
+        self.assertEqual(self.transport.value(), b"+OK %d octets\r\n" % (len(MESSAGES[1]) + MESSAGES[1].count(b"\n"))
+                         + MESSAGES[1].replace(b"\n", b"\r\n") + b".\r\n")
+
+    def test_connection_lost_mid_message(self) -> None:
+        retr = self.big_message()
+        self.transport.clear()
+        self.protocol.dataReceived(retr)
         sender = self.transport.producer
         self.assertIsNotNone(sender)
         self.protocol.connectionLost(None)
         self.assertIsNone(self.transport.producer)
         self.assertEqual(self.factory._locked, set())
         self.send(b"QUIT\r\n")  # nothing happens on a dead session
-        self.assertEqual(len(os.listdir(os.path.join(self.mailbox, "new"))), 3)
+        self.assertEqual(len(os.listdir(os.path.join(self.mailbox, "new"))), 4)
 
     def test_idle_timeout_mid_message_closes(self) -> None:
-        self.protocol.dataReceived(b"RETR 1\r\n")
+        retr = self.big_message()
+        self.protocol.dataReceived(retr)
+        self.assertIsNotNone(self.transport.producer)
         self.reactor.advance(600)
         self.assertIsNone(self.transport.producer)
         self.assertTrue(self.transport.disconnecting)
@@ -512,11 +530,13 @@ class StreamingTests(SynchronousTestCase):
         self.patch(pop3_stream, "BLOCK_SIZE", block)
         consumer = StringTransport()
         progress: list[None] = []
-        done = MessageSender(io.BytesIO(data), top, lambda: progress.append(None)).begin(consumer)
+        done = MessageSender(io.BytesIO(data), top, lambda: progress.append(None)).begin(consumer, b"+OK\r\n")
         while consumer.producer is not None:
             consumer.producer.resumeProducing()
         self.successResultOf(done)
-        return consumer.value()
+        status, _, rest = consumer.value().partition(b"\r\n")
+        self.assertEqual(status, b"+OK")  # once, first
+        return rest
 
     def test_matches_reference(self) -> None:
         for sample in self.SAMPLES:
