@@ -10,6 +10,7 @@ _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
 _LITERAL = r"\[[\x21-\x2e\x30-\x5a\x5e-\x7e]+\]"  # dcontent without "/", as _ATEXT
+_PLAIN_LOCAL = re.compile(_DOT_STRING)  # what needs no quotes: "alice" is alice
 _MAILBOX = re.compile(rf"(?P<local>{_DOT_STRING}|{_QUOTED})@(?P<domain>{_DOMAIN}|{_LITERAL})")
 _SOURCE_ROUTE = re.compile(rf"@{_DOMAIN}(?:,@{_DOMAIN})*:")
 _PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?")
@@ -84,6 +85,8 @@ def normalize_mailbox(path: str) -> str:
         raise AddressError("Local part too long")
     if local.startswith('"') and ("/" in local or "\\" in local):
         raise AddressError("Bad address syntax")
+    if local.startswith('"') and _PLAIN_LOCAL.fullmatch(local[1:-1]):
+        local = local[1:-1]  # RFC 5322 3.4.1: the same mailbox, quoted or not (Postfix does this too)
     return f"{local}@{domain}".lower()
 
 

@@ -162,8 +162,7 @@ def test_local_part_of_64_octets_is_syntax_the_limit_allows(gateway: Gateway) ->
     assert c.send_codes(b"RCPT TO:<" + b"a" * 64 + b"@example.test>\r\n") == [550]  # unknown, not malformed
 
 
-QUOTED_VALID = [b'<"..\"@example.test>', b'<"."@example.test>', b'<"a b"@example.test>', b'<""@example.test>',
-                b'<"Alice"@example.test>']
+QUOTED_VALID = [b'<"..\"@example.test>', b'<"."@example.test>', b'<"a b"@example.test>', b'<""@example.test>']
 
 
 @pytest.mark.parametrize("path", QUOTED_VALID)
@@ -177,7 +176,15 @@ def test_quoted_local_parts_are_unknown_users(gateway: Gateway, path: bytes) -> 
     assert gateway.mailbox_calls(calls) == [] and gateway.unexpected(calls) == []
 
 
-@pytest.mark.parametrize("path", [*QUOTED_VALID, b"<x@[..]>", b"<x@[.]>", b"<~@example.test>", b"<%@example.test>"])
+def test_quotes_around_a_plain_local_part_name_the_same_user(gateway: Gateway) -> None:
+    """RFC 5322 3.4.1: "Alice"@example.test is alice@example.test, as Postfix reads it."""
+    c = gateway.client()
+    c.send(b"MAIL FROM:<sender@remote.test>\r\n")
+    [reply] = c.send(b'RCPT TO:<"Alice"@example.test>\r\n')
+    assert reply.startswith("250 "), reply
+
+
+@pytest.mark.parametrize("path", [*QUOTED_VALID, b'<"Alice"@example.test>', b"<x@[..]>", b"<x@[.]>", b"<~@example.test>", b"<%@example.test>"])
 def test_a_permissive_route_still_writes_inside_maildir_root(tmp_path: Path, path: bytes) -> None:
     """Even when a plugin accepts any address, its mailbox is one directory below maildir_root/domain."""
     gateway = Gateway(tmp_path, CatchAll())

@@ -67,6 +67,17 @@ def test_quoted_local_part_may_hold_angle_bracket_and_spaces() -> None:
     assert normalize_mailbox(path) == '"a> b c"@example.test'
 
 
+@pytest.mark.parametrize(("path", "mailbox"), [
+    ('"alice"@Example.TEST', "alice@example.test"),
+    ('"first.last"@example.test', "first.last@example.test"),
+    ('"a b"@example.test', '"a b"@example.test'),  # needs its quotes
+    ('"a..b"@example.test', '"a..b"@example.test'),  # not a dot-atom
+    ('""@example.test', '""@example.test'),
+])
+def test_quotes_that_change_nothing_are_dropped(path: str, mailbox: str) -> None:
+    assert normalize_mailbox(path) == mailbox
+
+
 def test_escaped_quote_inside_quoted_local_part_does_not_end_it() -> None:
     path, _ = parse_command_path(r'TO:<"a\">"@example.test>', "TO")
     assert path == r'"a\">"@example.test'
