@@ -14,7 +14,7 @@ from collections import deque
 from typing import Any, Callable
 
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -92,6 +92,11 @@ class POP3Factory(ServerFactory):
             portal = Portal(AddressRealm(), [AccountsChecker(accounts, self.run_blocking)])
         self.portal = portal
         self._locked = shared_locks(maildir_root)
+        self.sessions: set[POP3Session] = set()
+
+    def shut_down(self) -> Deferred:
+        """Tell every session the server stops (after a message or commit in flight); wait for them."""
+        return DeferredList([session.shut_down() for session in list(self.sessions)], consumeErrors=True)
 
     def buildProtocol(self, addr: Any) -> POP3Session:
         session = POP3Session()
@@ -139,11 +144,13 @@ class POP3Session(POP3AuthCommands, POP3TransactionCommands, Protocol):
         self._sender: MessageSender | None = None
         self._bad_commands = 0
         self._ip = "unknown"
+        self._closed: Deferred | None = None  # fires when the connection is gone, once shut_down asked
 
     # connection life cycle
 
     def connectionMade(self) -> None:
         self._connected = True
+        self.factory.sessions.add(self)
         self._secure = is_tls(self.transport)
         self._ip = str(getattr(self.transport.getPeer(), "host", "unknown"))
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -157,6 +164,7 @@ class POP3Session(POP3AuthCommands, POP3TransactionCommands, Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._connected = False
+        self.factory.sessions.discard(self)
         for call in (self._idle_call, self._delayed):
             if call is not None and call.active():
                 call.cancel()
@@ -165,6 +173,23 @@ class POP3Session(POP3AuthCommands, POP3TransactionCommands, Protocol):
         if self._address is not None and not self._committing:
             self.factory.unlock(self._address)  # no UPDATE state: nothing deleted
             self._address = None
+        if self._closed is not None:
+            self._closed.callback(None)
+
+    def shut_down(self) -> Deferred:
+        """End the session for a server stop, as Dovecot does; nothing marked is deleted.
+
+        A message being sent or a QUIT being committed finishes first.
+        """
+        if self._closed is None:
+            self._closed = Deferred()
+            if not self._busy:
+                self._say_shutting_down()
+        return self._closed
+
+    def _say_shutting_down(self) -> None:
+        self._reply(b"-ERR [SYS/TEMP] Server shutting down.")
+        self._close()
 
     def _reset_idle(self) -> None:
         timeout = self.factory.idle_timeout_seconds
@@ -231,6 +256,8 @@ class POP3Session(POP3AuthCommands, POP3TransactionCommands, Protocol):
 
     def _done(self, _: object = None) -> None:
         self._busy = False
+        if self._closed is not None and not self._committing and self._connected:
+            return self._say_shutting_down()  # shut_down waited for this command
         self._drain()
 
     def _handle_line(self, line: bytes) -> None:

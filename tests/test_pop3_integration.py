@@ -245,6 +245,19 @@ def test_dele_then_dropped_connection_keeps_the_file(gateway: Gateway) -> None:
     assert stored(gateway) == before
 
 
+def test_server_stop_says_so_and_keeps_marked_messages(gateway: Gateway) -> None:
+    deliver(gateway, count=2)
+    client = login(gateway)
+    client.dele(1)
+    gateway.stop()  # SIGTERM: the session is told, not just dropped
+    # Read, don't write: a command sent to the closed socket would earn a reset
+    # that throws away the line waiting to be read.
+    assert client.file.readline() == b"-ERR [SYS/TEMP] Server shutting down.\r\n"
+    assert client.file.readline() == b""  # then the server closed the connection
+    client.close()
+    assert len(stored(gateway)) == 2  # no UPDATE state: DELE undone
+
+
 def try_login(gateway: Gateway) -> poplib.POP3 | None:
     client = poplib.POP3("127.0.0.1", gateway.ports["pop3"], timeout=30)
     client.stls(context=client_tls())

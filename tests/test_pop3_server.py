@@ -445,6 +445,7 @@ class TransactionTests(SessionTestCase):
         """A fourth message, larger than one block: streamed by a producer."""
         self.deliver(*MESSAGES, b"Subject: big\n\n" + (b"x" * 99 + b"\n") * 2000)
         self.send(b"QUIT\r\n")
+        self.protocol.connectionLost(None)
         self.protocol, self.transport = self.connect()
         self.assertIn(b"+OK Logged in.", self.login())
         return b"RETR 4\r\n"
@@ -467,6 +468,30 @@ class TransactionTests(SessionTestCase):
         self.assertEqual(self.factory._locked, set())
         self.send(b"QUIT\r\n")  # nothing happens on a dead session
         self.assertEqual(len(os.listdir(os.path.join(self.mailbox, "new"))), 4)
+
+    def test_server_stop_ends_an_idle_session_and_deletes_nothing(self) -> None:
+        self.send(b"DELE 1\r\n")
+        self.transport.clear()
+        stopped = self.factory.shut_down()
+        self.assertEqual(self.transport.value(), b"-ERR [SYS/TEMP] Server shutting down.\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertNoResult(stopped)
+        self.protocol.connectionLost(None)
+        self.successResultOf(stopped)
+        self.assertEqual(len(os.listdir(os.path.join(self.mailbox, "new"))), 3)
+
+    def test_server_stop_lets_a_message_in_flight_finish(self) -> None:
+        retr = self.big_message()
+        self.transport.clear()
+        self.protocol.dataReceived(retr)
+        stopped = self.factory.shut_down()
+        self.assertFalse(self.transport.disconnecting)
+        while self.transport.producer is not None:
+            self.transport.producer.resumeProducing()
+        self.assertTrue(self.transport.value().endswith(b"\r\n.\r\n-ERR [SYS/TEMP] Server shutting down.\r\n"))
+        self.assertTrue(self.transport.disconnecting)
+        self.protocol.connectionLost(None)
+        self.successResultOf(stopped)
 
     def test_idle_timeout_mid_message_closes(self) -> None:
         retr = self.big_message()
