@@ -25,11 +25,20 @@ log = Logger()
 DATA_PROGRESS_BYTES = 1024  # DATA must advance this much per command_timeout
 MAX_RECEIVED_HEADERS = 50  # more means a mail loop (RFC 5321 6.3); Postfix uses 50 too
 _ids = itertools.count(1)
+_pid = f"{os.getpid():X}"  # not a system call per message; twistd forks after import
+
+
+def _forked() -> None:
+    global _pid
+    _pid = f"{os.getpid():X}"
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def transaction_id() -> str:
     """A short id for logs and the "queued as" reply, unique within a host."""
-    return f"{time.time_ns() // 1000:X}{os.getpid():X}{next(_ids):X}"
+    return f"{time.time_ns() // 1000:X}{_pid}{next(_ids):X}"
 
 
 class SMTPDataCommand:

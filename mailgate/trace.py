@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from email.utils import format_datetime
+
+_stamp: tuple[int, str] = (0, "")  # the last second formatted: most messages share one
 
 
 def trace_header(
@@ -24,9 +27,18 @@ def trace_header(
     """
     source = f"from {helo} ([{client_ip}])\n\t" if helo else ""
     recipient = f"\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
-    stamp = format_datetime(datetime.now(timezone.utc))
+    stamp = _date_now()
     return (
         f"Return-Path: <{mail_from}>\n"
         f"Received: {source}by {hostname} (mailgate) with {protocol} id {queue_id}"
         f"{recipient};\n\t{stamp}\n"
     ).encode("utf-8", "replace")
+
+
+def _date_now() -> str:
+    """RFC 5322 date of this second, formatted once per second rather than per message."""
+    global _stamp
+    second = int(time.time())
+    if _stamp[0] != second:
+        _stamp = (second, format_datetime(datetime.fromtimestamp(second, timezone.utc)))
+    return _stamp[1]

@@ -713,3 +713,34 @@ class MaildirRoundTripTests(TestCase):
             self.assertEqual(list((box / "tmp").iterdir()), [])
 
         return self.stored[0].addBoth(lambda _: None).addCallback(check)
+
+
+def test_transaction_ids_name_the_process_that_made_them() -> None:
+    """The pid is cached, so it must be refreshed in a forked child (twistd daemonizes after import)."""
+    import os
+
+    from mailgate.smtp_message import transaction_id
+
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(writer, f"{os.getpid():X} {transaction_id()}".encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    pid, made = os.read(reader, 200).decode().split()
+    os.close(reader)
+    assert pid in made  # the child's own pid, not the cached one of its parent
+
+
+def test_received_date_is_this_second() -> None:
+    import time
+    from email.utils import parsedate_to_datetime
+
+    from mailgate.trace import trace_header
+
+    before = int(time.time())
+    header = trace_header(mail_from="a@b.test", hostname="mx.test", queue_id="Q", protocol="ESMTP", recipients=[])
+    after = time.time()
+    stamp = header.decode().rsplit("\n\t", 1)[1].strip()
+    assert before <= parsedate_to_datetime(stamp).timestamp() <= after
