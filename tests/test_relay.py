@@ -344,6 +344,11 @@ class ConnectionCacheTests(RelayTestCase):
         self.addCleanup(relay.close_idle)  # runs before the servers' cleanups
         return relay
 
+    async def delivered_on_a_new_session(self, server: FakeSMTPServer, relay: SMTPRelay) -> None:
+        results = await self.by_mx(relay)
+        self.assertTrue(all(r.delivered for r in results))
+        self.assertEqual((len(server.sessions), len(server.messages)), (2, 2))
+
     async def test_a_second_message_reuses_the_session(self) -> None:
         server = await self.serve(PRIMARY)
         relay = self.cached_relay(server.port)
@@ -376,10 +381,7 @@ class ConnectionCacheTests(RelayTestCase):
         [live] = server._live
         live.transport.loseConnection()  # the server's idle timeout
         await live.lost
-        results = await self.by_mx(relay)
-        self.assertTrue(all(r.delivered for r in results))
-        self.assertEqual(len(server.sessions), 2)
-        self.assertEqual(len(server.messages), 2)
+        await self.delivered_on_a_new_session(server, relay)
 
     async def test_a_session_dying_under_its_first_command_is_replaced(self) -> None:
         server = await self.serve(PRIMARY)
@@ -387,10 +389,7 @@ class ConnectionCacheTests(RelayTestCase):
         await self.by_mx(relay)
         [live] = server._live
         live.do_MAIL = lambda text: live.transport.abortConnection()  # closed before any reply
-        results = await self.by_mx(relay)
-        self.assertTrue(all(r.delivered for r in results))
-        self.assertEqual(len(server.sessions), 2)
-        self.assertEqual(len(server.messages), 2)
+        await self.delivered_on_a_new_session(server, relay)
 
     async def test_a_verified_session_is_only_reused_for_its_host(self) -> None:
         server = await self.serve(PRIMARY)
