@@ -59,31 +59,33 @@ class MessageSender:
         self._stuffer = DotStuffer()
         self._on_progress = on_progress
         self._consumer: Any = None
-        self._pending = b""  # the first block, read by begin()
         self._done: Deferred[None] = Deferred()
 
     def begin(self, consumer: Any, first_line: bytes) -> Deferred[None]:
         """Send the status line and the message.
 
-        A message within one block (most mail) goes out in one write with
-        its status line, at once: no producer, no reactor turn per message.
+        A message within one block (most mail), or a TOP that ends in it,
+        goes out in one write with its status line, at once: no producer,
+        no reactor turn per message.
         """
-        self._consumer = consumer
         try:
             block = self._handle.read(BLOCK_SIZE)  # buffered: short only at the end of the file
         except OSError:
             consumer.write(first_line)
-            self._finish(Failure(), registered=False)
+            self._handle.close()
+            self._done.errback(Failure())
             return self._done
-        if len(block) < BLOCK_SIZE:
-            data = self._converter.feed(block) + self._converter.finish()
-            if self._limiter is not None:
-                data, _ = self._limiter.feed(data)
-            write_through(consumer, first_line + self._stuffer.feed(data) + self._stuffer.finish())
-            self._finish(None, registered=False)
+        out, complete = self._convert(block)
+        if len(block) < BLOCK_SIZE and not complete:
+            tail, complete = self._convert(b"")
+            out += tail
+        if complete:
+            self._handle.close()
+            write_through(consumer, first_line + out)
+            self._done.callback(None)
             return self._done
-        consumer.write(first_line)
-        self._pending = block
+        consumer.write(first_line + out)
+        self._consumer = consumer
         consumer.registerProducer(self, False)
         return self._done
 
@@ -92,17 +94,13 @@ class MessageSender:
         # nothing is never asked again and the session would hang.
         while self._consumer is not None:
             try:
-                block, self._pending = self._pending or self._handle.read(BLOCK_SIZE), b""
+                block = self._handle.read(BLOCK_SIZE)
             except OSError:
                 self._finish(Failure())
                 return
-            data = self._converter.feed(block) if block else self._converter.finish()
-            limit_reached = False
-            if self._limiter is not None:
-                data, limit_reached = self._limiter.feed(data)
-            out = self._stuffer.feed(data)
-            if not block or limit_reached:
-                self._consumer.write(out + self._stuffer.finish())
+            out, complete = self._convert(block)
+            if complete:
+                self._consumer.write(out)
                 self._finish(None)
                 return
             if out:
@@ -110,16 +108,26 @@ class MessageSender:
                 self._on_progress()
                 return
 
+    def _convert(self, block: bytes) -> tuple[bytes, bool]:
+        """The wire form of the next block (b"": the file ended) and whether the response is complete."""
+        data = self._converter.feed(block) if block else self._converter.finish()
+        limit_reached = False
+        if self._limiter is not None:
+            data, limit_reached = self._limiter.feed(data)
+        out = self._stuffer.feed(data)
+        if not block or limit_reached:
+            return out + self._stuffer.finish(), True
+        return out, False
+
     def stopProducing(self) -> None:
         self._finish(Failure(ConnectionAbortedDuringSend()))
 
-    def _finish(self, failure: Failure | None, registered: bool = True) -> None:
+    def _finish(self, failure: Failure | None) -> None:
         if self._consumer is None:
             return
         consumer, self._consumer = self._consumer, None
         self._handle.close()
-        if registered:
-            consumer.unregisterProducer()
+        consumer.unregisterProducer()
         if failure is None:
             self._done.callback(None)
         else:
