@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 
 from mailgate.smtp_client import ClientProtocol
 
@@ -25,11 +25,13 @@ Key = tuple[str, str, int]  # host name, address, port
 
 
 @dataclass(eq=False)
-class IdleSession:
+class OpenSession:
+    """A session past EHLO (and STARTTLS), between transactions."""
+
     protocol: ClientProtocol
     extensions: dict[str, str]  # what EHLO offered, so the next transaction skips it
-    transactions: int
-    timer: Any = None
+    transactions: int = 0  # completed on this session
+    timer: Any = None  # while cached: its expiry
 
 
 class ConnectionCache:
@@ -37,26 +39,22 @@ class ConnectionCache:
 
     def __init__(self, reactor: Any, idle_seconds: float) -> None:
         self._reactor, self._idle_seconds = reactor, idle_seconds
-        self._idle: dict[Key, list[IdleSession]] = {}
+        self._idle: dict[Key, list[OpenSession]] = {}
 
-    def park(self, key: Key, protocol: ClientProtocol, extensions: dict[str, str], transactions: int) -> bool:
+    def park(self, key: Key, session: OpenSession) -> bool:
         """Keep a session whose last transaction ended cleanly; False: the caller closes it."""
-        waiting = self._idle.setdefault(key, [])
         if (
             self._idle_seconds <= 0
-            or protocol.error is not None
-            or transactions >= MAX_TRANSACTIONS
-            or len(waiting) >= MAX_IDLE_PER_DESTINATION
+            or session.protocol.error is not None
+            or session.transactions >= MAX_TRANSACTIONS
+            or len(self._idle.get(key, ())) >= MAX_IDLE_PER_DESTINATION
         ):
-            if not waiting:
-                del self._idle[key]
             return False
-        session = IdleSession(protocol, extensions, transactions)
         session.timer = self._reactor.callLater(self._idle_seconds, self._expire, key, session)
-        waiting.append(session)
+        self._idle.setdefault(key, []).append(session)
         return True
 
-    def take(self, key: Key) -> IdleSession | None:
+    def take(self, key: Key) -> OpenSession | None:
         """A live idle session for `key`, if any; dead ones met on the way are dropped.
 
         A session the server closed, or that got a reply nobody asked for
@@ -80,24 +78,20 @@ class ConnectionCache:
         self._idle.clear()
         for session in sessions:
             session.timer.cancel()
-        await DeferredList([_quit(session.protocol) for session in sessions], consumeErrors=True)
+        await DeferredList([_quit(session) for session in sessions], consumeErrors=True)
 
-    def _expire(self, key: Key, session: IdleSession) -> None:
+    def _expire(self, key: Key, session: OpenSession) -> None:
         waiting = self._idle.get(key, [])
         if session in waiting:
             waiting.remove(session)
             self._forget_if_empty(key)
-        _quit(session.protocol)
+        _quit(session)
 
     def _forget_if_empty(self, key: Key) -> None:
         if key in self._idle and not self._idle[key]:
             del self._idle[key]
 
 
-def _quit(protocol: ClientProtocol) -> Any:
-    """QUIT without waiting for its reply, then close (the write is flushed first)."""
-    if protocol.error is None:
-        protocol.send("QUIT")
-    if not protocol.closed.called:
-        protocol.transport.loseConnection()
-    return protocol.closed
+def _quit(session: OpenSession) -> Deferred:
+    """An unused session ends without waiting for the 221: the server may have stalled."""
+    return Deferred.fromCoroutine(session.protocol.quit(wait_for_reply=False))

@@ -16,7 +16,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, c
 from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
 from twisted.logger import Logger
 
-from mailgate.connection_cache import ConnectionCache
+from mailgate.connection_cache import ConnectionCache, Key, OpenSession
 from mailgate.dns import MXResolver
 from mailgate.errors import DeliveryError
 from mailgate.smtp_client import BodyProducer, ClientProtocol, Reply, SessionClosed, wire_size
@@ -88,6 +88,11 @@ class _Job:
 def _all(recipients: tuple[str, ...] | list[str], code: int, enhanced: str, text: str,
          host: str | None = None) -> list[RecipientResult]:
     return [RecipientResult(r, code, enhanced, text, host) for r in recipients]
+
+
+def _where(key: Key) -> str:
+    host, address, port = key
+    return f"{host}[{address}]:{port}"
 
 
 def _extensions(ehlo: Reply) -> dict[str, str]:
@@ -173,93 +178,67 @@ class SMTPRelay:
         return _all(job.recipients, last.code, last.enhanced, last.reply)
 
     async def _attempt(self, job: _Job, host: str, address: str, port: int) -> list[RecipientResult]:
-        reused = await self._on_cached_session(job, host, address, port)
-        if reused is not None:
-            return reused
+        key = (host, address, port)
+        while (cached := self._cache.take(key)) is not None:
+            # One that died while cached is dropped for the next, or a new connection.
+            reused = await self._transact(cached, job, key)
+            if reused is not None:
+                return reused
         use_tls = self._tls_mode != "none"
         try:
-            return await self._connect_and_run(job, host, address, port, use_tls)
+            return await self._connect_and_run(job, key, use_tls)
         except _SetupFailed as failure:
             if not (failure.tls and self._tls_mode == "opportunistic"):
                 raise
             log.info("relay: {reply}; retrying without TLS", reply=failure.reply)
-            return await self._connect_and_run(job, host, address, port, False)
+            return await self._connect_and_run(job, key, False)
 
-    async def _connect_and_run(self, job: _Job, host: str, address: str, port: int,
-                               use_tls: bool) -> list[RecipientResult]:
+    async def _connect_and_run(self, job: _Job, key: Key, use_tls: bool) -> list[RecipientResult]:
+        """Setup problems move on to the next host; once MAIL is sent, this host answers."""
+        host, address, port = key
         endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         endpoint = endpoint_type(self._reactor, address, port, timeout=self._connect_timeout_seconds)
         protocol = ClientProtocol(self._reactor, self._timeout_seconds)
-        where = f"{host}[{address}]:{port}"
         try:
             await connectProtocol(endpoint, protocol)
         except Exception as error:
-            raise _SetupFailed("4.4.1", f"{where}: connection failed: {error}") from error
+            raise _SetupFailed("4.4.1", f"{_where(key)}: connection failed: {error}") from error
         try:
-            results = await self._session(protocol, job, (host, address, port), where, use_tls)
+            extensions = await self._open(protocol, host, _where(key), use_tls)
+        except SessionClosed as error:
+            await protocol.close(abort=True)
+            raise _SetupFailed("4.4.2", f"{_where(key)}: {error}") from error
         except _SetupFailed:
-            await protocol.close()  # flushes the QUIT
+            await protocol.quit(wait_for_reply=False)  # polite even when giving up
             raise
         except BaseException:
             await protocol.close(abort=True)
             raise
+        results = await self._transact(OpenSession(protocol, extensions), job, key)
+        assert results is not None  # only a reused session can have died unused
         return results
 
-    async def _on_cached_session(self, job: _Job, host: str, address: str,
-                                 port: int) -> list[RecipientResult] | None:
-        """The transaction on a session an earlier delivery left open; None: open a new one.
+    async def _transact(self, session: OpenSession, job: _Job, key: Key) -> list[RecipientResult] | None:
+        """MAIL to the final reply on an open session, then cache it or QUIT.
 
-        A cached session that turns out dead before its first reply is
-        dropped for the next (or a new connection): the body only ever
-        follows a 354, so nothing can have been delivered through it.
+        None: a reused session died before its first reply. The body only
+        ever follows a 354, so nothing can have been delivered through it
+        and the message may go over another session at once.
         """
-        key = (host, address, port)
-        while (idle := self._cache.take(key)) is not None:
-            protocol, before = idle.protocol, idle.protocol.replies_received
-            try:
-                results = await self._transaction(protocol, job, host, idle.extensions)
-            except SessionClosed as error:
-                await protocol.close(abort=True)
-                if protocol.replies_received == before:
-                    continue
-                return _all(job.recipients, 451, "4.4.2", f"{host}[{address}]:{port}: {error}", host)
-            except BaseException:
-                await protocol.close(abort=True)
-                raise
-            await self._done_with(protocol, key, idle.extensions, idle.transactions + 1)
-            return results
-        return None
-
-    async def _done_with(self, protocol: ClientProtocol, key: tuple[str, str, int],
-                         extensions: dict[str, str], transactions: int) -> None:
-        """Cache a session after a clean transaction, or QUIT and close it."""
-        if self._cache.park(key, protocol, extensions, transactions):
-            return
+        protocol, before = session.protocol, session.protocol.replies_received
         try:
-            protocol.send("QUIT")
-            await protocol.read_reply()
-        except SessionClosed:
-            pass  # results are known; a rude goodbye changes nothing
-        await protocol.close()
-
-    async def _session(self, protocol: ClientProtocol, job: _Job, key: tuple[str, str, int], where: str,
-                       use_tls: bool) -> list[RecipientResult]:
-        """Setup problems move on to the next host; once MAIL is sent, this host answers."""
-        host = key[0]
-        try:
-            extensions = await self._open(protocol, host, where, use_tls)
+            results = await self._transaction(protocol, job, key[0], session.extensions)
         except SessionClosed as error:
-            raise _SetupFailed("4.4.2", f"{where}: {error}") from error
-        except _SetupFailed:
-            if not protocol.closed.called:
-                protocol.send("QUIT")  # polite even when giving up; the reply doesn't matter
+            await protocol.close(abort=True)
+            if session.transactions and protocol.replies_received == before:
+                return None
+            return _all(job.recipients, 451, "4.4.2", f"{_where(key)}: {error}", key[0])
+        except BaseException:
+            await protocol.close(abort=True)
             raise
-        try:
-            results = await self._transaction(protocol, job, host, extensions)
-        except SessionClosed as error:
-            await protocol.close()
-            return _all(job.recipients, 451, "4.4.2", f"{where}: {error}", host)
-        await self._done_with(protocol, key, extensions, 1)
+        session.transactions += 1
+        if not self._cache.park(key, session):
+            await protocol.quit()
         return results
 
     async def _open(self, protocol: ClientProtocol, host: str, where: str,

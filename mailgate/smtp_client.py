@@ -125,6 +125,22 @@ class ClientProtocol(LineReceiver):
         self.touch()
         self.transport.write("".join(f"{command}\r\n" for command in commands).encode("utf-8"))
 
+    async def quit(self, *, wait_for_reply: bool = True) -> None:
+        """Say QUIT (unless the session is already broken) and close.
+
+        After a transaction the 221 is awaited, so the server has the QUIT
+        before the socket goes; a session given up on, or closed at a
+        server stop, does not wait for a server that may have stalled.
+        """
+        if self.error is None and not self.closed.called:
+            self.send("QUIT")
+            if wait_for_reply:
+                try:
+                    await self.read_reply()
+                except SessionClosed:
+                    pass  # results are known; a rude goodbye changes nothing
+        await self.close()
+
     async def close(self, *, abort: bool = False) -> None:
         """Close and wait until the socket is really gone (trial checks; fds leak otherwise)."""
         if not self.closed.called:
