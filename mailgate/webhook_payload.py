@@ -152,11 +152,14 @@ def _header_text(parsed: Message, name: str, raw: Any) -> str:
     return _clean(_FOLD.sub(" ", value))
 
 
+def _first_raw(parsed: Message, name: str) -> tuple[str, Any] | None:
+    """The first `name` header as (name as written, raw value), or None."""
+    return next(((key, raw) for key, raw in _attempt(parsed.raw_items, []) if key.lower() == name), None)
+
+
 def _first_header(parsed: Message, name: str) -> str | None:
-    for key, raw in _attempt(parsed.raw_items, []):
-        if key.lower() == name:
-            return _header_text(parsed, key, raw).strip()
-    return None
+    first = _first_raw(parsed, name)
+    return _header_text(parsed, *first).strip() if first is not None else None
 
 
 def _addresses(parsed: Message, name: str) -> list[str]:
@@ -185,7 +188,7 @@ def _format_pair(name: str, address: str) -> str:
 
 
 def _date(parsed: Message) -> str | None:
-    first = next(((key, raw) for key, raw in _attempt(parsed.raw_items, []) if key.lower() == "date"), None)
+    first = _first_raw(parsed, "date")
     text = _header_text(parsed, *first).strip() if first is not None else None
     if not text:
         return None
