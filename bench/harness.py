@@ -20,6 +20,7 @@ default) into a marked block of bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -688,15 +689,27 @@ def queue_cell(ctx: Context) -> None:
 # POP3 and idle sessions: the other engineers' scripts, reused
 
 
-def pop3_retr_cell(ctx: Context) -> None:
+@contextlib.contextmanager
+def pop3_gateway(ctx: Context, name: str) -> Iterator[Any]:
+    """pop3_uidl.py's gateway with its user, in a scratch directory removed afterwards."""
     from bench import pop3_uidl
 
-    root = Path(tempfile.mkdtemp(prefix="mailgate-bench-pop3-", dir=ctx.scratch))
+    root = Path(tempfile.mkdtemp(prefix=f"mailgate-bench-{name}-", dir=ctx.scratch))
     gateway = pop3_uidl.Gateway(root)
-    count = ctx.args.retr_messages
     try:
         gateway.add_user(pop3_uidl.ALICE)
         gateway.start()
+        yield gateway
+    finally:
+        gateway.stop()
+        cleanup(ctx, root)
+
+
+def pop3_retr_cell(ctx: Context) -> None:
+    from bench import pop3_uidl
+
+    count = ctx.args.retr_messages
+    with pop3_gateway(ctx, "pop3") as gateway:
         for rep in range(1, ctx.args.reps + 1):
             pop3_uidl.fill(gateway.mailbox(pop3_uidl.ALICE), count, 10_240)
             time.sleep(ctx.args.settle)
@@ -707,20 +720,13 @@ def pop3_retr_cell(ctx: Context) -> None:
                    {"value": round(times["retr_per_second"], 1), "unit": "RETR msgs/s",
                     **{k: round(v, 4) for k, v in times.items()},
                     "server_cpu_ms_per_retr": round(1000 * cpu / count, 3)})
-    finally:
-        gateway.stop()
-        cleanup(ctx, root)
 
 
 def pop3_uidl_cell(ctx: Context) -> None:
     from bench import pop3_uidl
 
-    root = Path(tempfile.mkdtemp(prefix="mailgate-bench-uidl-", dir=ctx.scratch))
-    gateway = pop3_uidl.Gateway(root)
     count = ctx.args.uidl_messages
-    try:
-        gateway.add_user(pop3_uidl.ALICE)
-        gateway.start()
+    with pop3_gateway(ctx, "uidl") as gateway:
         pop3_uidl.fill(gateway.mailbox(pop3_uidl.ALICE), count, 10_240, mailgate_names=True)
         problem = pop3_uidl.drop_caches()
         for phase in ("cold", "warm"):
@@ -734,9 +740,6 @@ def pop3_uidl_cell(ctx: Context) -> None:
                        {"value": round(times["total"], 4), "unit": "s login+STAT+UIDL+QUIT",
                         **{k: round(v, 4) for k, v in times.items()},
                         "caches_not_dropped": problem if phase == "cold" else None})
-    finally:
-        gateway.stop()
-        cleanup(ctx, root)
 
 
 SPREAD = re.compile(r"([\d.]+) \(([\d.]+)–([\d.]+)\)")
