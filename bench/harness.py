@@ -155,7 +155,7 @@ def use_code(which: str, scratch: Path) -> str:
     git revision measures that commit (`git archive`, read-only); "worktree"
     imports the live tree. The copy goes first on PYTHONPATH, ahead of the
     editable install's path entry; twistd still finds the drop-in in
-    twisted/plugins/ of the checkout, which imports `mailgate.tap` from it.
+    twisted/plugins/ of the checkout, which imports `mailgate.app.tap` from it.
     """
     global CODE_ROOT
     if which == "worktree":
@@ -618,10 +618,10 @@ def webhook_cell(conc: int) -> Callable[[Context], None]:
 
 
 def fill_queue(root: Path, count: int) -> None:
-    """`count` deferred entries in mailgate.queue's on-disk format (its own dataclasses
+    """`count` deferred entries in mailgate.outbound.spool's on-disk format (its own dataclasses
     write the JSON), next attempt 30 days away; one sync at the end, not an fsync per file."""
     sys.path.insert(0, str(REPO))
-    from mailgate.queue import QueuedMessage, RecipientState
+    from mailgate.outbound.spool import QueuedMessage, RecipientState
 
     queue = root / "var" / "queue"
     for sub in ("msg", "env", "tmp", "control"):

@@ -78,7 +78,7 @@ def fill(maildir: Path, count: int, size: int, mailgate_names: bool = True) -> N
     """Empty the Maildir, write `count` messages into new/, then sync.
 
     Written directly (no fsync per file, one sync at the end) to save time;
-    names follow mailgate.maildir.unique_name: "SECONDS.MUSECSPPIDQN.HOST,S=disk,W=crlf".
+    names follow mailgate.store.maildir_writer.unique_name: "SECONDS.MUSECSPPIDQN.HOST,S=disk,W=crlf".
     """
     for sub in ("tmp", "new", "cur"):
         shutil.rmtree(maildir / sub, ignore_errors=True)

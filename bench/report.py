@@ -437,7 +437,7 @@ def queue_table(lines: list[str], rows: list[dict], meta: dict) -> None:
             f"{max(r['peak_rss_kb'] for r in rs) / 1024:.0f} | {rs[0].get('queued_after')} | "
             f"{spread([r.get('other_cpu_percent') for r in rs])} |")
     add("")
-    add("- The deferred entries are written before start in mailgate.queue's format (its dataclasses make the JSON), "
+    add("- The deferred entries are written before start in mailgate.outbound.spool's format (its dataclasses make the JSON), "
         "next attempt 30 days ahead; the load starts once the log says the queue is resumed"
         + (f", plus {meta['queue_settle']:g} s" if meta.get("queue_settle") else "") + ".")
     add("")

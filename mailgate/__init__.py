@@ -2,7 +2,7 @@
 
 import pluggy
 
-from mailgate.errors import PermanentFailure, TemporaryFailure
+from mailgate.core.errors import PermanentFailure, TemporaryFailure
 
 __version__ = "0.1.0"
 

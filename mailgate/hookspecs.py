@@ -1,7 +1,7 @@
 """Every hook mailgate calls, with when it is called and what it may return.
 
 Any hook may return a plain value, a Deferred or a coroutine: mailgate awaits
-them (see `mailgate.plugins`). Plugins registered later are asked first, so a
+them (see `mailgate.hooks.manager`). Plugins registered later are asked first, so a
 user's plugin is asked before the built-ins it may override.
 """
 
@@ -13,7 +13,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from mailgate.config import GatewayConfig
-    from mailgate.envelope import Envelope
+    from mailgate.core.envelope import Envelope
 
 hookspec = pluggy.HookspecMarker("mailgate")
 

@@ -32,12 +32,12 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mailgate import hookimpl
-from mailgate.addresses import AddressError, normalize_mailbox
+from mailgate.core.addresses import AddressError, normalize_mailbox
 from mailgate.config import GatewayConfig, parse_config
-from mailgate.envelope import Envelope
-from mailgate.errors import DeliveryError
-from mailgate.plugins import build_plugin_manager, call_all, first_answer
-from mailgate.routing import Refusal, resolve
+from mailgate.core.envelope import Envelope
+from mailgate.core.errors import DeliveryError
+from mailgate.hooks.manager import build_plugin_manager, call_all, first_answer
+from mailgate.inbound.routing import Refusal, resolve
 
 DEFAULT_MESSAGE = (
     b"From: sender@example.test\r\nTo: recipient@example.test\r\n"
@@ -67,7 +67,7 @@ class RecordingSink:
     routes with True (or raises `error`, e.g. `TemporaryFailure()`, to test
     retries and bounces) and returns None for every other scheme::
 
-        >>> from mailgate.envelope import Envelope
+        >>> from mailgate.core.envelope import Envelope
         >>> sink = RecordingSink("crm")
         >>> sink.mailgate_deliver("crm:tickets", Envelope("a@x.test", ["b@y.test"]), b"Subject: hi\\r\\n\\r\\n")
         True
@@ -224,7 +224,7 @@ async def route_message_async(
 
 
 async def _rcpt(hooks: Any, result: RoutingResult, address: str) -> None:
-    """One RCPT TO, as `mailgate.smtp_server` answers it."""
+    """One RCPT TO, as `mailgate.smtp.session` answers it."""
     try:
         recipient = normalize_mailbox(address)
     except AddressError as exc:

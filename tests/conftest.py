@@ -167,6 +167,6 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 @pytest.fixture
 def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     """bcrypt at cost 4 for in-process tests; files written by the CLI keep cost 12."""
-    import mailgate.users
+    import mailgate.accounts.users_file
 
-    monkeypatch.setattr(mailgate.users, "BCRYPT_ROUNDS", 4)
+    monkeypatch.setattr(mailgate.accounts.users_file, "BCRYPT_ROUNDS", 4)

@@ -41,7 +41,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
-from mailgate.tls import ensure_certificate, server_tls_options
+from mailgate.net.tls import ensure_certificate, server_tls_options
 
 END_OF_DATA = b"\r\n.\r\n"
 

@@ -21,8 +21,8 @@ from twisted.internet.defer import maybeDeferred
 
 import mailgate
 from mailgate import hookimpl
-from mailgate.delivery import Deliverer
-from mailgate.maildir import MaildirStore, mailbox_path
+from mailgate.inbound.transaction import Deliverer
+from mailgate.store.maildir_writer import MaildirStore, mailbox_path
 from tests.test_smtp_server import HOSTNAME, Client, Server, cheap_bcrypt  # noqa: F401  (fixture)
 
 # --- recording file system calls -------------------------------------------------

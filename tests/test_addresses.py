@@ -1,10 +1,10 @@
-"""Tests for mailgate.addresses: MAIL FROM / RCPT TO paths into safe, lower-cased addresses."""
+"""Tests for mailgate.core.addresses: MAIL FROM / RCPT TO paths into safe, lower-cased addresses."""
 
 from __future__ import annotations
 
 import pytest
 
-from mailgate.addresses import MAX_LOCAL_PART, AddressError, normalize_mailbox, parse_command_path
+from mailgate.core.addresses import MAX_LOCAL_PART, AddressError, normalize_mailbox, parse_command_path
 
 
 def mailbox(argument: str, prefix: str = "TO") -> str:

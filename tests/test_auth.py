@@ -1,4 +1,4 @@
-"""Tests for mailgate.auth: the cred checker over the users file, the portal and AuthThrottle."""
+"""Tests for mailgate.accounts.cred: the cred checker over the users file, the portal and AuthThrottle."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mailgate import users
-from mailgate.auth import AccountsChecker, AuthThrottle, IMailAccount, build_portal
-from mailgate.users import Accounts
+from mailgate.accounts import users_file as users
+from mailgate.accounts.cred import AccountsChecker, AuthThrottle, IMailAccount, build_portal
+from mailgate.accounts.users_file import Accounts
 
 
 def run_now(function: Callable[..., Any], *args: Any) -> Deferred[Any]:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mailgate import cli, users
-from mailgate.users import Accounts
+from mailgate.cli import main as cli
+
+from mailgate.accounts import users_file as users
+from mailgate.accounts.users_file import Accounts
 
 MAILGATE = os.path.join(os.path.dirname(sys.executable), "mailgate")
 

@@ -21,9 +21,8 @@ from mailgate.config import (
     SenderRate,
     load_config,
     parse_config,
-    parse_duration,
-    parse_size,
 )
+from mailgate.config.checks import parse_duration, parse_size
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "etc" / "mailgate.toml"
 MINIMAL: dict[str, Any] = {

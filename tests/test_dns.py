@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mailgate.dns import (
+from mailgate.net.dns import (
     MXResolver,
     PermanentDNSError,
     TemporaryDNSError,
@@ -13,7 +13,7 @@ from mailgate.dns import (
     make_resolver,
     parse_nameserver,
 )
-from mailgate.errors import DeliveryError
+from mailgate.core.errors import DeliveryError
 from tests.fake_dns import FakeDNSServer
 
 ZONE = {

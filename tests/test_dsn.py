@@ -1,4 +1,4 @@
-"""Tests for mailgate.dsn: RFC 3464 bounces and delay warnings, parsed back as a mail client would."""
+"""Tests for mailgate.outbound.dsn: RFC 3464 bounces and delay warnings, parsed back as a mail client would."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.dsn import RecipientStatus, build_dsn
+from mailgate.outbound.dsn import RecipientStatus, build_dsn
 
 MTA = "mx.example.org"
 SENDER = "alice@example.org"

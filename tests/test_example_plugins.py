@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from mailgate.config import ConfigError
-from mailgate.plugins import build_plugin_manager
+from mailgate.hooks.manager import build_plugin_manager
 from mailgate.testing import as_config, route_message
 from tests.conftest import wait_for
 

@@ -9,11 +9,11 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 
 from mailgate.config import parse_config
-from mailgate.delivery import Deliverer
-from mailgate.envelope import Envelope
-from mailgate.maildir import StoredMessage
-from mailgate.plugins import build_plugin_manager
-from mailgate.routing import LOOP, Refusal, expand_list, resolve
+from mailgate.inbound.transaction import Deliverer
+from mailgate.core.envelope import Envelope
+from mailgate.store.maildir_writer import StoredMessage
+from mailgate.hooks.manager import build_plugin_manager
+from mailgate.inbound.routing import LOOP, Refusal, expand_list, resolve
 from tests.conftest import Gateway
 
 SETTINGS = {
@@ -42,7 +42,7 @@ def resolved(hooks, recipient: str, **envelope) -> list[tuple[str, str]] | Refus
 
 @pytest.fixture
 def hooks(tmp_path: Path, fast_hashes, monkeypatch):
-    from mailgate import users
+    from mailgate.accounts import users_file as users
 
     users_file = tmp_path / "users"
     for name in ("alice", "bob", "kept", "dave"):

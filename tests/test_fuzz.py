@@ -31,12 +31,12 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import globalLogPublisher
 
-from mailgate.addresses import AddressError, normalize_mailbox, parse_command_path
-from mailgate.auth import AccountsChecker, AddressRealm, AuthThrottle
+from mailgate.core.addresses import AddressError, normalize_mailbox, parse_command_path
+from mailgate.accounts.cred import AccountsChecker, AddressRealm, AuthThrottle
 from mailgate.config import ConfigError, parse_config
-from mailgate.maildir import mailbox_path
-from mailgate.pop3_server import POP3Factory
-from mailgate.users import Accounts
+from mailgate.store.maildir_writer import mailbox_path
+from mailgate.pop3.session import POP3Factory
+from mailgate.accounts.users_file import Accounts
 from tests.test_pop3_server import (
     FakeAccounts,
     FakeReactor,

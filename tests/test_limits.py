@@ -11,8 +11,8 @@ import pytest
 from twisted.internet.task import Clock
 
 from mailgate.config import SenderRate
-from mailgate.delivery import storage_failure
-from mailgate.limits import RateLimiter
+from mailgate.inbound.transaction import storage_failure
+from mailgate.limits.rate import RateLimiter
 from tests.test_smtp_server import (  # noqa: F401  (fixtures)
     ALICE, TIMEOUT, Client, Server, cheap_bcrypt, client, make_server, server, transaction,
 )

@@ -1,4 +1,4 @@
-"""Tests for mailgate.mailbox: listing without reading, stable UIDs, CRLF sizes, commit."""
+"""Tests for mailgate.store.maildir_reader: listing without reading, stable UIDs, CRLF sizes, commit."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailgate import mailbox
-from mailgate.mailbox import base_name, commit, list_messages, uid_for, wire_size_from_name
-from mailgate.wire import CRLFConverter
+from mailgate.store import maildir_reader as mailbox
+from mailgate.store.maildir_reader import base_name, commit, list_messages, uid_for, wire_size_from_name
+from mailgate.core.wire import CRLFConverter
 
 NAME = "1700000000.M123456P42Q7.mx.example.test"
 

@@ -1,4 +1,4 @@
-"""Tests for mailgate.maildir: durable delivery into real Maildirs in temporary directories."""
+"""Tests for mailgate.store.maildir_writer: durable delivery into real Maildirs in temporary directories."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
-from mailgate import maildir
-from mailgate.maildir import MaildirStore, StoredMessage, deliver_durably, ensure_maildir, mailbox_path
+from mailgate.store import maildir_writer as maildir
+from mailgate.store.maildir_writer import MaildirStore, StoredMessage, deliver_durably, ensure_maildir, mailbox_path
 
 HEADER = b"Return-Path: <bob@remote.test>\nReceived: from x\n"
 BODY = [b"Subject: hi\n\n", b"line one\n", b"line two\n"]

@@ -12,13 +12,13 @@ from twisted.internet.task import Clock
 
 from mailgate import hookimpl
 from mailgate.config import parse_config
-from mailgate.envelope import Envelope
-from mailgate.errors import TemporaryFailure
-from mailgate.maildir import StoredMessage
-from mailgate.outbound import OutboundQueue
-from mailgate.plugins import build_plugin_manager
-from mailgate.queue import QueueStore
-from mailgate.relay import RecipientResult
+from mailgate.core.envelope import Envelope
+from mailgate.core.errors import TemporaryFailure
+from mailgate.store.maildir_writer import StoredMessage
+from mailgate.outbound.scheduler import OutboundQueue
+from mailgate.hooks.manager import build_plugin_manager
+from mailgate.outbound.spool import QueueStore
+from mailgate.outbound.smtp_transport import RecipientResult
 
 BODY = b"Subject: hello\n\nline one\n.dot line\n"
 
@@ -276,7 +276,7 @@ class CountingClock(Clock):
 
 
 def test_a_full_set_of_attempts_sets_no_timer_until_one_ends(tmp_path: Path) -> None:
-    from mailgate.outbound import MAX_CONCURRENT_ATTEMPTS
+    from mailgate.outbound.scheduler import MAX_CONCURRENT_ATTEMPTS
 
     harness = Harness(tmp_path)
     harness.clock = CountingClock()

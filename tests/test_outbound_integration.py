@@ -29,7 +29,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from mailgate.queue import QueuedMessage, QueueStore
+from mailgate.outbound.spool import QueuedMessage, QueueStore
 from tests.conftest import BIN, Gateway, STARTUP_DEADLINE_SECONDS, eventually, free_port, gateway_config
 from tests.fake_dns import FakeDNSServer
 from tests.fake_smtp import FakeSMTPServer
@@ -45,7 +45,7 @@ BOB, CAROL = "bob@remote.test", "carol@remote.test"
 HOSTNAME = "mx.example.test"  # tests.conftest.gateway_config's server.hostname
 DEFER = "451 4.2.1 mailbox busy, try later"
 ACCEPT = "250 2.1.5 recipient ok"
-SHUTDOWN_GRACE_SECONDS = 10.0  # mailgate.service's grace for inbound sessions on SIGTERM
+SHUTDOWN_GRACE_SECONDS = 10.0  # mailgate.app.service's grace for inbound sessions on SIGTERM
 
 
 # --- helpers -------------------------------------------------------------------

@@ -26,8 +26,8 @@ from twisted.trial.unittest import TestCase
 
 from mailgate.builtin.pipe import DIAGNOSTIC_MAX_CHARS, PipeGateway, one_line
 from mailgate.config import parse_config
-from mailgate.envelope import Envelope
-from mailgate.errors import PermanentFailure, TemporaryFailure
+from mailgate.core.envelope import Envelope
+from mailgate.core.errors import PermanentFailure, TemporaryFailure
 from tests.conftest import wait_for
 
 MESSAGE = b"From: alice@example.test\r\nSubject: ticket\r\n\r\nHello,\r\nline two\r\n"

@@ -1,4 +1,4 @@
-"""Tests for mailgate.plugins: loading plugins and calling hooks that may be async."""
+"""Tests for mailgate.hooks.manager: loading plugins and calling hooks that may be async."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailgate import hookimpl, hookspecs
 from mailgate.config import ConfigError, GatewayConfig, parse_config
-from mailgate.envelope import Envelope
-from mailgate.plugins import build_plugin_manager, call_all, first_answer, settle
+from mailgate.core.envelope import Envelope
+from mailgate.hooks.manager import build_plugin_manager, call_all, first_answer, settle
 
 LISTEN = [{"name": "mx", "protocol": "smtp", "endpoint": "tcp:2525:interface=127.0.0.1"}]
 _names = itertools.count()

@@ -1,4 +1,4 @@
-"""Tests for mailgate.pop3_server: the session state machine over StringTransport and Clock."""
+"""Tests for mailgate.pop3.session: the session state machine over StringTransport and Clock."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
-from mailgate import mailbox, pop3_stream
-from mailgate.auth import AuthThrottle
-from mailgate.maildir import StoredMessage, deliver_durably
-from mailgate.wire import DotStuffer
-from mailgate.pop3_auth import PLAINTEXT_REFUSED, TOO_MANY_FAILURES
-from mailgate.pop3_server import POP3Factory
-from mailgate.pop3_stream import MessageSender, TopLimiter
+from mailgate.store import maildir_reader as mailbox
+from mailgate.pop3 import streaming as pop3_stream
+from mailgate.accounts.cred import AuthThrottle
+from mailgate.store.maildir_writer import StoredMessage, deliver_durably
+from mailgate.core.wire import DotStuffer
+from mailgate.pop3.auth_commands import PLAINTEXT_REFUSED, TOO_MANY_FAILURES
+from mailgate.pop3.session import POP3Factory
+from mailgate.pop3.streaming import MessageSender, TopLimiter
 
 ALICE = "alice@example.test"
 PASSWORD = "correct horse"
@@ -503,7 +504,7 @@ class TransactionTests(SessionTestCase):
 
 
 class LeadMaildirTests(SessionTestCase):
-    """Files written by mailgate.maildir: W= must agree with what RETR sends."""
+    """Files written by mailgate.store.maildir_writer: W= must agree with what RETR sends."""
 
     def test_delivered_message_sizes(self) -> None:
         header = b"Return-Path: <a@example.test>\nReceived: from x by mail.example.test\n"

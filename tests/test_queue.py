@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.maildir import StoredMessage
-from mailgate.queue import DELIVERED, PENDING, QueuedMessage, QueueStore, RecipientState
-from mailgate.retry import RetryPolicy
+from mailgate.store.maildir_writer import StoredMessage
+from mailgate.outbound.spool import DELIVERED, PENDING, QueuedMessage, QueueStore, RecipientState
+from mailgate.outbound.retry import RetryPolicy
 
 HEADER = b"Return-Path: <a@x.test>\nReceived: by mx (mailgate) id Q1;\n\tMon, 1 Jan 2026 00:00:00 +0000\n"
 
@@ -106,7 +106,7 @@ def test_retry_policy_intervals_and_last_repeats() -> None:
 
 
 def test_failed_write_leaves_no_tmp_and_the_next_save_works(tmp_path: Path, monkeypatch) -> None:
-    import mailgate.queue as queue_module
+    import mailgate.outbound.spool as queue_module
 
     s = store(tmp_path)
     s.add(entry(), message())
@@ -137,7 +137,7 @@ def test_prepare_drops_an_entry_whose_message_never_landed(tmp_path: Path) -> No
 
 
 def test_a_batch_shares_syncs_and_isolates_a_failing_job(tmp_path: Path, monkeypatch) -> None:
-    import mailgate.queue as queue_module
+    import mailgate.outbound.spool as queue_module
 
     s = store(tmp_path)
     syncs: list[list[str]] = []

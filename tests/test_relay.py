@@ -11,9 +11,9 @@ from twisted.internet import reactor
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mailgate.dns import MXResolver, make_resolver
-from mailgate.relay import RecipientResult, SMTPRelay
-from mailgate.smtp_client import BLOCK_SIZE, Reply
+from mailgate.net.dns import MXResolver, make_resolver
+from mailgate.outbound.smtp_transport import RecipientResult, SMTPRelay
+from mailgate.outbound.smtp_client import BLOCK_SIZE, Reply
 from tests.fake_dns import FakeDNSServer
 from tests.fake_smtp import FakeSMTPServer, self_signed_tls_options
 

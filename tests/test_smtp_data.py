@@ -1,4 +1,4 @@
-"""Tests for mailgate.smtp_data.DataReader: end of data, unstuffing, bare newlines, limits."""
+"""Tests for mailgate.smtp.data_reader.DataReader: end of data, unstuffing, bare newlines, limits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from mailgate.smtp_data import DataReader
+from mailgate.smtp.data_reader import DataReader
 
 BIG = 10_000_000
 

@@ -1,4 +1,4 @@
-"""Tests for mailgate.smtp_server: the SMTP session driven over StringTransport, time on a Clock."""
+"""Tests for mailgate.smtp.session: the SMTP session driven over StringTransport, time on a Clock."""
 
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import directlyProvides
 
-from mailgate import hookimpl, users
+from mailgate import hookimpl
+
+from mailgate.accounts import users_file as users
 from mailgate.config import GatewayConfig, parse_config
-from mailgate.delivery import Deliverer
-from mailgate.envelope import Envelope
-from mailgate.errors import TemporaryFailure
-from mailgate.maildir import MaildirStore, StoredMessage
-from mailgate.plugins import build_plugin_manager
-from mailgate.smtp_server import SMTPFactory, SMTPSession
+from mailgate.inbound.transaction import Deliverer
+from mailgate.core.envelope import Envelope
+from mailgate.core.errors import TemporaryFailure
+from mailgate.store.maildir_writer import MaildirStore, StoredMessage
+from mailgate.hooks.manager import build_plugin_manager
+from mailgate.smtp.session import SMTPFactory, SMTPSession
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 HOSTNAME = "mx.example.test"
@@ -719,7 +721,7 @@ def test_transaction_ids_name_the_process_that_made_them() -> None:
     """The pid is cached, so it must be refreshed in a forked child (twistd daemonizes after import)."""
     import os
 
-    from mailgate.smtp_message import transaction_id
+    from mailgate.smtp.data_command import transaction_id
 
     reader, writer = os.pipe()
     child = os.fork()
@@ -737,7 +739,7 @@ def test_received_date_is_this_second() -> None:
     import time
     from email.utils import parsedate_to_datetime
 
-    from mailgate.trace import trace_header
+    from mailgate.core.trace import trace_header
 
     before = int(time.time())
     header = trace_header(mail_from="a@b.test", hostname="mx.test", queue_id="Q", protocol="ESMTP", recipients=[])

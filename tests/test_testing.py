@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 import mailgate.testing
 from mailgate import PermanentFailure, TemporaryFailure, hookimpl
 from mailgate.config import parse_config
-from mailgate.envelope import Envelope
+from mailgate.core.envelope import Envelope
 from mailgate.testing import RecordingSink, as_config, route_message, route_message_async
 
 LOCAL = {"domains": {"local": ["example.test"]}}

@@ -1,4 +1,4 @@
-"""Tests for mailgate.tls, and POP3 over real TLS on loopback (STLS and implicit TLS)."""
+"""Tests for mailgate.net.tls, and POP3 over real TLS on loopback (STLS and implicit TLS)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import directlyProvides
 
-from mailgate import users
-from mailgate.maildir import StoredMessage, deliver_durably
-from mailgate.pop3_server import POP3Factory
-from mailgate.tls import ensure_certificate, is_tls, server_tls_options
-from mailgate.users import Accounts
+from mailgate.accounts import users_file as users
+from mailgate.store.maildir_writer import StoredMessage, deliver_durably
+from mailgate.pop3.session import POP3Factory
+from mailgate.net.tls import ensure_certificate, is_tls, server_tls_options
+from mailgate.accounts.users_file import Accounts
 
 ALICE, PASSWORD = "alice@example.test", "pa ss"
 BODY = [b"Subject: over TLS\n\n.dotted line\n", (b"y" * 999 + b"\n") * 100, b"bye\n"]  # poplib: lines < 2048

@@ -1,4 +1,4 @@
-"""Tests for mailgate.users: parsing, reload on change, atomic locked rewrites, passwords."""
+"""Tests for mailgate.accounts.users_file: parsing, reload on change, atomic locked rewrites, passwords."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from mailgate import users
-from mailgate.users import Accounts, UserError, add_user, delete_user, set_password
+from mailgate.accounts import users_file as users
+from mailgate.accounts.users_file import Accounts, UserError, add_user, delete_user, set_password
 
 
 @pytest.fixture(autouse=True)
@@ -230,7 +230,7 @@ def test_concurrent_adds_in_threads_lose_nothing(path: str) -> None:
 def test_concurrent_adds_in_processes_lose_nothing(path: str) -> None:
     script = (
         "import sys\n"
-        "from mailgate import users\n"
+        "from mailgate.accounts import users_file as users\n"
         "users.BCRYPT_ROUNDS = 4\n"
         "for n in range(10):\n"
         "    users.add_user(sys.argv[1], f'p{sys.argv[2]}-{n}@example.test', 'pw')\n"

@@ -25,9 +25,9 @@ from twisted.web.server import NOT_DONE_YET
 
 from mailgate.builtin.webhook import WebhookGateway
 from mailgate.config import parse_config
-from mailgate.envelope import Envelope
-from mailgate.errors import PermanentFailure, TemporaryFailure
-from mailgate.webhook_payload import delivery_id, json_body, signature_headers
+from mailgate.core.envelope import Envelope
+from mailgate.core.errors import PermanentFailure, TemporaryFailure
+from mailgate.builtin.webhook_payload import delivery_id, json_body, signature_headers
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ENVELOPE = Envelope(mail_from="bob@remote.test", rcpt_to=["support@example.test"])

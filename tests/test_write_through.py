@@ -10,7 +10,7 @@ from twisted.internet import reactor, tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 
-from mailgate.write_through import write_through
+from mailgate.net.write_through import write_through
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from typing import Mapping
 
 from mailgate import hookimpl
 from mailgate.config import GatewayConfig, MailingList
-from mailgate.envelope import Envelope
+from mailgate.core.envelope import Envelope
 
 BOUNCE_SUFFIX = "-bounces"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mailgate import hookimpl
 from mailgate.config import GatewayConfig
-from mailgate.users import Accounts
+from mailgate.accounts.users_file import Accounts
 
 
 class LocalMailboxes:

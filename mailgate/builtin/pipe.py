@@ -24,8 +24,8 @@ from twisted.python.failure import Failure
 
 from mailgate import hookimpl
 from mailgate.config import GatewayConfig, PipeConfig
-from mailgate.envelope import Envelope
-from mailgate.errors import PermanentFailure, TemporaryFailure
+from mailgate.core.envelope import Envelope
+from mailgate.core.errors import PermanentFailure, TemporaryFailure
 
 log = Logger()
 

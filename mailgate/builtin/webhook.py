@@ -17,10 +17,10 @@ from twisted.web.client import (
 
 from mailgate import __version__, hookimpl
 from mailgate.config import GatewayConfig, WebhookConfig
-from mailgate.envelope import Envelope
-from mailgate.errors import DeliveryError, PermanentFailure, TemporaryFailure
-from mailgate.outbound import MAX_CONCURRENT_ATTEMPTS
-from mailgate.webhook_payload import delivery_id, json_body, signature_headers
+from mailgate.core.envelope import Envelope
+from mailgate.core.errors import DeliveryError, PermanentFailure, TemporaryFailure
+from mailgate.outbound.scheduler import MAX_CONCURRENT_ATTEMPTS
+from mailgate.builtin.webhook_payload import delivery_id, json_body, signature_headers
 
 log = Logger()
 

@@ -3,5 +3,5 @@
 from twisted.application.service import ServiceMaker
 
 mailgate = ServiceMaker(
-    "mailgate", "mailgate.tap", "Pluggable mail gateway: SMTP, POP3, Maildir, relay", "mailgate"
+    "mailgate", "mailgate.app.tap", "Pluggable mail gateway: SMTP, POP3, Maildir, relay", "mailgate"
 )

@@ -1,0 +1,1 @@
+"""Accounts: the users file and password checking through twisted.cred."""

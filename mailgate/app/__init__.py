@@ -1,0 +1,1 @@
+"""The running gateway: twistd options, the service and its wiring."""

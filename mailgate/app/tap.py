@@ -1,0 +1,51 @@
+"""`twistd mailgate`: command-line options and the service they build (wiring only)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred
+from twisted.python import usage
+
+from mailgate.config import ConfigError, GatewayConfig, load_config
+from mailgate.hooks.manager import build_plugin_manager, call_all
+
+DEFAULT_CONFIG = "etc/mailgate.toml"
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    optParameters = [["config", "c", DEFAULT_CONFIG, "the mailgate TOML configuration file"]]
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    try:
+        config = load_config(options["config"])
+        return build_service(config, reactor)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def build_service(config: GatewayConfig, reactor: Any, extra_plugins: tuple = ()) -> IService:
+    """Load plugins, let them configure, and build the gateway service.
+
+    mailgate_configure runs here, before any port is bound, so a plugin's
+    ConfigError stops start-up like a bad key does. A plugin that must wait
+    on the network answers with a Deferred; listeners then open once it fires.
+    """
+    from mailgate.app.service import GatewayService
+
+    manager = build_plugin_manager(config, extra_plugins)
+    configured = Deferred.fromCoroutine(call_all(manager.hook.mailgate_configure, config=config))
+    if configured.called:  # every plugin answered synchronously: errors surface now
+        failures: list[Any] = []
+        configured.addErrback(failures.append)
+        if failures:
+            failures[0].raiseException()
+    return GatewayService(config, manager, reactor, configured)

@@ -1,0 +1,1 @@
+"""The `mailgate` command-line tool."""

@@ -1,0 +1,48 @@
+"""The configuration: etc/mailgate.toml turned into frozen, validated dataclasses.
+
+`mailgate.config.ConfigError` and the dataclasses are public names plugins use.
+"""
+
+from mailgate.config.model import (
+    ConfigError,
+    ServerConfig,
+    ListenConfig,
+    TLSConfig,
+    SecurityConfig,
+    DomainsConfig,
+    StoreConfig,
+    UsersConfig,
+    ForwardRule,
+    MailingList,
+    RelayConfig,
+    WebhookConfig,
+    PipeConfig,
+    SenderRate,
+    LimitsConfig,
+    PluginsConfig,
+    GatewayConfig,
+    load_config,
+    parse_config,
+)
+
+__all__ = [
+    "ConfigError",
+    "ServerConfig",
+    "ListenConfig",
+    "TLSConfig",
+    "SecurityConfig",
+    "DomainsConfig",
+    "StoreConfig",
+    "UsersConfig",
+    "ForwardRule",
+    "MailingList",
+    "RelayConfig",
+    "WebhookConfig",
+    "PipeConfig",
+    "SenderRate",
+    "LimitsConfig",
+    "PluginsConfig",
+    "GatewayConfig",
+    "load_config",
+    "parse_config",
+]

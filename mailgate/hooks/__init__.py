@@ -1,0 +1,1 @@
+"""The plugin manager and the calling of hooks that may be async."""

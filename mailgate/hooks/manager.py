@@ -1,0 +1,104 @@
+"""The plugin manager: loading plugins and calling hooks that may be async."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from typing import Any, Iterable, Sequence
+
+from pluggy import HookCaller, PluginManager, PluginValidationError
+from twisted.internet.defer import Deferred
+
+from mailgate import hookspecs
+from mailgate.config import ConfigError, GatewayConfig
+
+
+def builtin_plugins(config: GatewayConfig) -> list[object]:
+    """The default plugins, in registration order (asked last to first)."""
+    from mailgate.builtin import forward, lists, local, pipe, relay_policy, transport, webhook
+
+    return [
+        relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(), webhook.WebhookGateway(),
+        lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(),
+    ]
+
+
+def build_plugin_manager(
+    config: GatewayConfig, extra: Iterable[object] = ()
+) -> PluginManager:
+    """Register built-ins, entry points, `plugins.enable` modules, then `extra`.
+
+    Later registrations are asked first, so users' plugins can override the
+    built-ins; `plugins.enable` is registered last entry first, so its first
+    entry is asked first, as an operator reading the list would expect. A
+    misspelt hook name fails here, at start-up.
+    """
+    manager = PluginManager("mailgate")
+    manager.add_hookspecs(hookspecs)
+    for plugin in builtin_plugins(config):
+        manager.register(plugin, name=f"builtin.{type(plugin).__name__}")
+    manager.load_setuptools_entrypoints("mailgate")
+    _refuse_duplicates(config.plugins.enable)
+    enabled = list(enumerate(_import_enabled(config.plugins.paths, config.plugins.enable)))
+    for index, module in reversed(enabled):
+        try:
+            manager.register(module, name=config.plugins.enable[index])
+        except (PluginValidationError, ValueError) as exc:  # bad hookimpl arguments; listed twice
+            raise ConfigError([f"plugins.enable[{index}]: {' '.join(str(exc).split())}"]) from None
+    for plugin in extra:
+        manager.register(plugin)
+    try:
+        manager.check_pending()
+    except Exception as exc:  # pluggy's PluginValidationError
+        raise ConfigError([f"plugins.enable: {exc}"]) from None
+    return manager
+
+
+def _refuse_duplicates(names: Sequence[str]) -> None:
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ConfigError([f"plugins.enable[{index}]: {name!r} is listed twice"])
+
+
+def _import_enabled(paths: Sequence[str], names: Sequence[str]) -> list[object]:
+    """Import each enabled module from the configured directories."""
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    modules, problems = [], []
+    for index, name in enumerate(names):
+        try:
+            modules.append(importlib.import_module(name))
+        except Exception as exc:
+            problems.append(f"plugins.enable[{index}]: cannot import {name!r}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return modules
+
+
+async def settle(result: object) -> Any:
+    """Await a Deferred or coroutine; pass a plain value through."""
+    if isinstance(result, Deferred) or inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def call_all(hook: HookCaller, **kwargs: object) -> list[Any]:
+    """Call every implementation and await each answer, in pluggy's order."""
+    return [await settle(result) for result in hook(**kwargs)]
+
+
+async def first_answer(hook: HookCaller, **kwargs: object) -> Any | None:
+    """The first non-None answer, awaiting each before asking the next.
+
+    pluggy's own firstresult would stop at an unawaited coroutine (which is
+    not None), letting the first async plugin win unheard.
+    """
+    for impl in reversed(hook.get_hookimpls()):  # pluggy's call order
+        if impl.hookwrapper or impl.wrapper:
+            continue
+        answer = await settle(impl.function(*(kwargs[name] for name in impl.argnames)))
+        if answer is not None:
+            return answer
+    return None

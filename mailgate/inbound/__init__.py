@@ -1,0 +1,1 @@
+"""What happens to an accepted message: routing its recipients and the delivery transaction."""

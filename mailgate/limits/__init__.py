@@ -1,0 +1,1 @@
+"""Limits on clients: rates per key on an injected clock."""

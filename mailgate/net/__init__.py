@@ -1,0 +1,1 @@
+"""Networking helpers: TLS contexts, DNS resolution, writing replies straight to the socket."""

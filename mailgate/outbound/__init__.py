@@ -1,0 +1,1 @@
+"""The outbound queue: spool, scheduler, retries, bounces (DSN) and the SMTP transport."""

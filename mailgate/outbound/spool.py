@@ -1,0 +1,290 @@
+"""The durable outbound queue: one message file and one envelope file per queued message.
+
+Layout under `<state_dir>/queue/`:
+
+    msg/<id>    the message, LF line ends, trace headers included; never rewritten
+    env/<id>    JSON: sender, arrival, attempts and every recipient's state;
+                its mtime is the next attempt (as Postfix dates deferred files)
+    tmp/        files being written; anything here after a crash is garbage
+    control/    requests from `mailgate queue flush|delete` to the running server
+    lock        held (flock) by the running server, so the CLI knows to ask it
+
+A message is queued when its env/ file is renamed into place, after the
+message file and both directories are fsynced; only then is the client told
+250. State changes rewrite env/<id> the same way (temp, fsync, rename), so a
+crash leaves the old state or the new, never half of one: at worst one
+recipient is tried again. Every function here blocks on the disk: callers
+run them in a thread pool.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+from mailgate.store.durable import sync_paths, unlink_quietly, write_durably
+from mailgate.store.maildir_writer import StoredMessage
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+@dataclass
+class RecipientState:
+    address: str
+    route: str
+    status: str = PENDING
+    code: int | None = None  # the last reply's code, for the DSN
+    enhanced: str | None = None
+    diagnostic: str | None = None  # the last reply's text or our reason
+    remote_mta: str | None = None
+
+
+@dataclass
+class QueuedMessage:
+    id: str
+    sender: str  # "" for the null sender: never bounced to
+    arrived: float  # unix seconds
+    recipients: list[RecipientState]
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_error: str | None = None
+    warned: bool = False  # a delay warning was sent
+    extra: dict = field(default_factory=dict)  # room for plugins' bookkeeping
+
+    def pending(self) -> list[RecipientState]:
+        return [r for r in self.recipients if r.status == PENDING]
+
+    def failed(self) -> list[RecipientState]:
+        return [r for r in self.recipients if r.status == FAILED]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "QueuedMessage":
+        raw = json.loads(data)
+        raw["recipients"] = [RecipientState(**r) for r in raw["recipients"]]
+        return cls(**raw)
+
+
+class QueueStore:
+    """The spool directory; see the module docstring for the layout."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._msg = os.path.join(directory, "msg")
+        self._env = os.path.join(directory, "env")
+        self._tmp = os.path.join(directory, "tmp")
+        self._control = os.path.join(directory, "control")
+        self._lock_fd: int | None = None
+
+    def prepare(self) -> None:
+        """Create the directories and clear what a crash left half-written."""
+        for path in (self._msg, self._env, self._tmp, self._control):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        for name in os.listdir(self._tmp):
+            unlink_quietly(os.path.join(self._tmp, name))
+        queued, stored = set(os.listdir(self._env)), set(os.listdir(self._msg))
+        for name in stored - queued:  # never acknowledged: its env/ never landed
+            unlink_quietly(os.path.join(self._msg, name))
+        for name in queued - stored:  # never acknowledged: 250 waits for both renames' sync
+            unlink_quietly(os.path.join(self._env, name))
+
+    def message_path(self, queue_id: str) -> str:
+        return os.path.join(self._msg, queue_id)
+
+    def add(self, entry: QueuedMessage, message: StoredMessage) -> None:
+        """Queue a new message durably (see the module docstring)."""
+        _raise_first(self.add_batch([(entry, message)]))
+
+    def save(self, entry: QueuedMessage) -> None:
+        """Replace an entry's state atomically and durably."""
+        _raise_first(self.save_batch([entry]))
+
+    def remove(self, queue_id: str) -> bool:
+        """Drop an entry; False if it was already gone."""
+        [result] = self.remove_batch([queue_id])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def add_batch(self, jobs: Sequence[tuple[QueuedMessage, StoredMessage]]) -> list[BaseException | None]:
+        """Queue many messages with one group commit: every file is written,
+        one sync makes them durable, they are renamed into msg/ and env/, and
+        a second sync makes the names durable before anyone hears 250."""
+        writes = []
+        for entry, message in jobs:
+            writes.append([
+                (self._tmp_path(entry.id, ".msg"), self.message_path(entry.id),
+                 [message.transit_header, *message.body], None),
+                self._env_write(entry),
+            ])
+        return _commit(writes, {self._msg, self._env})
+
+    def save_batch(self, entries: Sequence[QueuedMessage]) -> list[BaseException | None]:
+        """Replace many entries' state with one group commit."""
+        writes = [[self._env_write(entry)] for entry in entries]
+        return _commit(writes, {self._env})
+
+    def remove_batch(self, queue_ids: Sequence[str]) -> list[BaseException | bool]:
+        """Drop entries: env/ first, synced, then msg/, so a crash in between
+        leaves an orphan message that prepare() cleans, never a live entry
+        without its message."""
+        results: list[BaseException | bool] = []
+        for queue_id in queue_ids:
+            try:
+                os.unlink(os.path.join(self._env, queue_id))
+                results.append(True)
+            except FileNotFoundError:
+                results.append(False)
+            except OSError as exc:
+                results.append(exc)
+        try:
+            sync_paths([self._env])
+        except OSError as exc:
+            return [exc] * len(queue_ids)
+        for queue_id, result in zip(queue_ids, results):
+            if result is True:
+                unlink_quietly(self.message_path(queue_id))
+        return results
+
+    def _env_write(self, entry: QueuedMessage) -> Write:
+        """An env/ file whose mtime is its next attempt: start-up reads dates, not files."""
+        tmp = self._tmp_path(entry.id, ".env")
+        return (tmp, os.path.join(self._env, entry.id), [entry.to_json()], entry.next_attempt)
+
+    def _tmp_path(self, queue_id: str, suffix: str) -> str:
+        return os.path.join(self._tmp, queue_id + suffix)
+
+    def load(self, queue_id: str) -> QueuedMessage | None:
+        """The entry, or None if it is gone (delivered, or deleted by the CLI)."""
+        try:
+            with open(os.path.join(self._env, queue_id), "rb") as handle:
+                return QueuedMessage.from_json(handle.read())
+        except FileNotFoundError:
+            return None
+
+    def ids(self) -> list[str]:
+        try:
+            return os.listdir(self._env)
+        except FileNotFoundError:  # nothing was ever queued
+            return []
+
+    def next_attempts(self) -> list[tuple[str, float]]:
+        """Every entry's id and next attempt, from env/ mtimes alone.
+
+        Start-up reads no entry: 100,000 deferred messages cost a directory
+        listing and one stat each, not 100,000 file reads that leave the
+        disk busy after the listener is already accepting mail.
+        """
+        found = []
+        try:
+            with os.scandir(self._env) as listing:
+                for item in listing:
+                    try:
+                        found.append((item.name, item.stat().st_mtime))
+                    except FileNotFoundError:  # removed meanwhile (the CLI)
+                        continue
+        except FileNotFoundError:  # nothing was ever queued
+            pass
+        return found
+
+    def entries(self) -> Iterator[QueuedMessage]:
+        """Every entry, read from disk: for start-up and `mailgate queue list`."""
+        for queue_id in self.ids():
+            entry = self.load(queue_id)
+            if entry is not None:
+                yield entry
+
+
+    # --- the running server's lock and the CLI's requests ------------------
+
+    def lock(self) -> bool:
+        """Take the spool for this process; False if a running server has it."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self.directory, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def request(self, action: str, queue_id: str = "") -> str:
+        """File a request for the running server; returns its path, gone once served."""
+        path = os.path.join(self._control, f"{action}.{queue_id}.{os.getpid()}.{time.time_ns()}")
+        write_durably(path, [])
+        return path
+
+    def requests(self) -> list[tuple[str, str, str]]:
+        """(path, action, queue id) of every request waiting, oldest first."""
+        try:
+            names = sorted(os.listdir(self._control), key=lambda n: n.rsplit(".", 1)[-1])
+        except FileNotFoundError:
+            return []
+        return [(os.path.join(self._control, n), *n.split(".", 2)[:2]) for n in names]
+
+
+Write = tuple[str, str, list[bytes], "float | None"]  # temp path, final path, content, mtime
+
+
+def _commit(jobs: Sequence[list[Write]], directories: set[str]) -> list[BaseException | None]:
+    """Write each job's files, sync once, rename them in order, sync the
+    directories once; per job, None or the error that stopped it. A job
+    that fails leaves no temp file behind (it would hold the space, and
+    block its next try on O_EXCL)."""
+    results: list[BaseException | None] = [None] * len(jobs)
+    for index, writes in enumerate(jobs):
+        try:
+            for tmp, _, chunks, mtime in writes:
+                unlink_quietly(tmp)  # a leftover from an earlier failure
+                write_durably(tmp, chunks, fsync=False, mtime=mtime)
+        except OSError as exc:
+            results[index] = exc
+            for tmp, *_ in writes:
+                unlink_quietly(tmp)
+    written = [writes for writes, result in zip(jobs, results) if result is None]
+    try:
+        sync_paths(tmp for writes in written for tmp, *_ in writes)
+        for index, writes in enumerate(jobs):
+            if results[index] is None:
+                results[index] = _rename_all(writes)
+        sync_paths(sorted(directories))
+    except OSError as exc:
+        for writes in jobs:
+            for tmp, *_ in writes:
+                unlink_quietly(tmp)
+        return [exc] * len(jobs)
+    return results
+
+
+def _rename_all(writes: list[Write]) -> BaseException | None:
+    """Rename one job's files in order; on failure undo the new names it made."""
+    done: list[str] = []
+    try:
+        for tmp, final, _, _ in writes:
+            os.rename(tmp, final)
+            done.append(final)
+    except OSError as exc:
+        for final in done:
+            unlink_quietly(final)
+        for tmp, *_ in writes:
+            unlink_quietly(tmp)
+        return exc
+    return None
+
+
+def _raise_first(results: Sequence[BaseException | None]) -> None:
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

@@ -1,0 +1,1 @@
+"""The SMTP server: sessions, their commands, the DATA reader and AUTH."""

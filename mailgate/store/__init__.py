@@ -1,0 +1,1 @@
+"""Local mailboxes on disk: Maildir writing and reading, durable primitives, group commit."""
