@@ -37,13 +37,13 @@ from mailgate.config import ConfigError, parse_config
 from mailgate.store.maildir_writer import mailbox_path
 from mailgate.pop3.session import POP3Factory
 from mailgate.accounts.users_file import Accounts
-from tests.test_pop3_server import (
+from tests.support.pop3_session import (
     FakeAccounts,
     FakeReactor,
     TLSCapableTransport,
     message_name,
 )
-from tests.test_smtp_server import Client, Server, TLSStringTransport
+from tests.support.smtp_session import Client, Server, TLSStringTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(deadline=None, database=None,

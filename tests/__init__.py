@@ -1,0 +1,1 @@
+"""mailgate's tests; their layout mirrors mailgate/."""

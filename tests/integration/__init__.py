@@ -1,0 +1,1 @@
+"""Whole-server tests: a real `twistd mailgate` on loopback, real clients."""

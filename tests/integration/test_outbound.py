@@ -1,0 +1,577 @@
+"""Outbound delivery end to end: a real `twistd mailgate` relaying to fake MX servers.
+
+The gateway runs as a subprocess in a temporary directory. The fake DNS server
+(127.0.0.1) and the fake remote SMTP servers (127.0.0.2 = primary MX,
+127.0.0.3 = backup MX or smarthost) run in this process, on the reactor, so
+these are trial TestCases and every wait is an asynchronous poll: blocking the
+reactor would silence the fakes the gateway is talking to. Mail is submitted
+with short blocking smtplib calls (mailgate queues without talking to the
+fakes before it answers 250); `mailgate queue ...` runs in a thread.
+"""
+
+from __future__ import annotations
+
+import email
+import json
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import tempfile
+from datetime import datetime
+from email import policy
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from mailgate.outbound.spool import QueuedMessage, QueueStore
+from tests.support.gateway import BIN, Gateway, STARTUP_DEADLINE_SECONDS, eventually, free_port, gateway_config
+from tests.support.fake_dns import FakeDNSServer
+from tests.support.fake_smtp import FakeSMTPServer
+
+PRIMARY, BACKUP = "127.0.0.2", "127.0.0.3"
+ZONE = {
+    "remote.test": {"MX": [(10, "mx1.remote.test"), (20, "mx2.remote.test")]},
+    "mx1.remote.test": {"A": [PRIMARY]},
+    "mx2.remote.test": {"A": [BACKUP]},
+}
+ALICE = "alice@example.test"  # a local user: bounces to her land in her Maildir
+BOB, CAROL = "bob@remote.test", "carol@remote.test"
+HOSTNAME = "mx.example.test"  # tests.conftest.gateway_config's server.hostname
+DEFER = "451 4.2.1 mailbox busy, try later"
+ACCEPT = "250 2.1.5 recipient ok"
+SHUTDOWN_GRACE_SECONDS = 10.0  # mailgate.app.service's grace for inbound sessions on SIGTERM
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def toml_table(name: str, values: dict[str, Any]) -> str:
+    """One TOML table; JSON spells strings, integers and lists of them as TOML does."""
+    lines = [f"[{name}]"] + [f"{json.dumps(key)} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def no_bare_line_ends(raw: bytes) -> bool:
+    """True when every CR and every LF in `raw` belongs to a CRLF pair."""
+    rest = raw.replace(b"\r\n", b"")
+    return b"\r" not in rest and b"\n" not in rest
+
+
+def queued_id(reply: bytes) -> str:
+    """The id in mailgate's "250 2.0.0 Ok: queued as ID" reply."""
+    text = reply.decode()
+    assert "queued as " in text, text
+    return text.rsplit("queued as ", 1)[1].strip()
+
+
+def submit(gateway: Gateway, sender: str, recipients: list[str], body: bytes) -> str:
+    """Send one message with smtplib (brief, blocking) and return mailgate's queue id."""
+    with smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=10) as client:
+        client.ehlo("client.test")
+        code, reply = client.mail(sender)
+        assert code == 250, (code, reply)
+        for recipient in recipients:
+            code, reply = client.rcpt(recipient)
+            assert code == 250, (recipient, code, reply)
+        code, reply = client.data(body)
+        assert code == 250, (code, reply)
+        return queued_id(reply)
+
+
+class RawSMTP:
+    """A line-at-a-time SMTP client on a plain socket, for bytes smtplib would clean up."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+
+    def reply(self) -> tuple[int, str]:
+        lines = []
+        while True:
+            while b"\r\n" not in self.buffer:
+                chunk = self.sock.recv(4096)
+                assert chunk, "connection closed"
+                self.buffer += chunk
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            lines.append(line.decode())
+            if line[3:4] != b"-":
+                return int(lines[0][:3]), "\n".join(item[4:] for item in lines)
+
+    def command(self, line: bytes) -> tuple[int, str]:
+        self.sock.sendall(line + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+
+
+async def pause(seconds: float) -> None:
+    """Let the reactor (and so the fakes) run for a while."""
+    await deferLater(reactor, seconds, lambda: None)
+
+
+# --- the test case base ----------------------------------------------------------
+
+
+class GatewayTestCase(TestCase):
+    """A fresh directory, a fake DNS server serving ZONE, and helpers for the rest."""
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        # Not self.mktemp(): under pytest it writes into the working tree.
+        self.root = Path(tempfile.mkdtemp(prefix="mailgate-outbound-"))
+        self.addCleanup(shutil.rmtree, self.root, True)
+        (self.root / "etc").mkdir()
+        self.dns = FakeDNSServer(ZONE).start()
+        self.addCleanup(self.dns.stop)
+        self.queue = QueueStore(str(self.root / "var" / "queue"))
+
+    async def serve(self, interface: str, port: int = 0, **knobs: Any) -> FakeSMTPServer:
+        """A fake remote SMTP server on `interface`, stopped after the test."""
+        server = FakeSMTPServer(**knobs)
+        await server.start(interface, port)
+        self.addCleanup(server.stop)
+        return server
+
+    async def two_mx(self, **knobs: Any) -> tuple[FakeSMTPServer, FakeSMTPServer]:
+        """Primary and backup MX on the same port (relay.port is one number for all MX hosts)."""
+        backup = await self.serve(BACKUP, **knobs)
+        primary = await self.serve(PRIMARY, backup.port, **knobs)
+        return primary, backup
+
+    def gateway(self, mx_port: int, relay: dict[str, Any] | None = None, extra: str = "") -> Gateway:
+        """Write the configuration (not started): relaying allowed from loopback, short retries."""
+        settings: dict[str, Any] = {
+            "allowed_networks": ["127.0.0.0/8"],
+            "nameservers": [self.dns.nameserver],
+            "port": mx_port,
+            "retry_intervals": ["1s", "2s"],
+        }
+        settings.update(relay or {})
+        transport = settings.pop("transport", None)
+        text = toml_table("relay", settings)
+        if transport:
+            text += toml_table("relay.transport", transport)
+        ports = {"smtp": free_port()}
+        config = self.root / "mailgate.toml"
+        config.write_text(gateway_config(ports, text + extra))
+        gateway = Gateway(self.root, config, ports)
+        self.addCleanup(self.stop, gateway)  # runs before the fakes stop (cleanups are LIFO)
+        return gateway
+
+    async def start(self, gateway: Gateway) -> Gateway:
+        """Gateway.start() without blocking the reactor: queued mail may go out during start-up."""
+        runs_before = gateway.log().count("mailgate started")
+        gateway.process = subprocess.Popen(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(gateway.log_path),
+             "mailgate", "--config", str(gateway.config)],
+            cwd=gateway.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+
+        def started() -> bool:
+            if gateway.process.poll() is not None:
+                output = gateway.process.stdout.read().decode()
+                raise AssertionError(f"twistd exited {gateway.process.returncode}: {output}\n{gateway.log()}")
+            if gateway.log().count("mailgate started") <= runs_before:
+                return False
+            return gateway._started()  # and every port accepts connections
+
+        await eventually(started, "mailgate to start", STARTUP_DEADLINE_SECONDS)
+        return gateway
+
+    async def stop(self, gateway: Gateway, sig: int = signal.SIGTERM, seconds: float = 20.0) -> None:
+        """Signal the gateway and wait, without blocking the reactor, until it is gone."""
+        process = gateway.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                await eventually(lambda: process.poll() is not None, "mailgate to stop", seconds)
+            except AssertionError:
+                process.kill()
+                process.wait()
+                raise
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def kill_at_cleanup(self, gateway: Gateway) -> None:
+        """SIGKILL before the SIGTERM cleanup, for a gateway that may hang on SIGTERM."""
+        def kill() -> None:
+            if gateway.process is not None and gateway.process.poll() is None:
+                gateway.process.kill()
+        self.addCleanup(kill)  # cleanups run last-in first-out: this one comes first
+
+    async def cli(self, gateway: Gateway, *args: str) -> subprocess.CompletedProcess:
+        """`mailgate --config ... ARGS` in a thread: the reactor keeps serving the fakes meanwhile."""
+        command = [str(BIN / "mailgate"), "--config", str(gateway.config), *args]
+        return await deferToThread(
+            subprocess.run, command, cwd=gateway.root, capture_output=True, text=True, timeout=60
+        )
+
+    async def queue_list(self, gateway: Gateway) -> list[dict[str, Any]]:
+        done = await self.cli(gateway, "queue", "list", "--json")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return json.loads(done.stdout)
+
+    def entry(self, queue_id: str) -> QueuedMessage | None:
+        """The queue entry as on disk (env/ files are replaced atomically, so always whole)."""
+        return self.queue.load(queue_id)
+
+    async def attempted(self, queue_id: str, times: int = 1) -> QueuedMessage:
+        """Wait until the queue has recorded `times` failed attempts for `queue_id`."""
+        return await eventually(
+            lambda: (e := self.entry(queue_id)) is not None and e.attempts >= times and e,
+            f"{times} recorded attempt(s) for {queue_id}",
+        )
+
+    async def queue_empty(self) -> None:
+        await eventually(lambda: not self.queue.ids(), "the queue to empty")
+
+    def all_mail(self) -> list[Path]:
+        """Every file in any Maildir of the gateway."""
+        mail = self.root / "var" / "mail"
+        return [path for path in mail.rglob("*") if path.is_file()] if mail.exists() else []
+
+    async def bounce_for(self, gateway: Gateway, address: str, seconds: float = 15.0) -> tuple[bytes, Any]:
+        """Wait for one message in `address`'s Maildir: (raw bytes, parsed message)."""
+        [path] = await eventually(lambda: gateway.new_messages(address), f"a bounce to {address}", seconds)
+        raw = path.read_bytes()
+        return raw, email.message_from_bytes(raw, policy=policy.default)
+
+    def assertReport(self, raw: bytes, parsed: Any) -> bytes:
+        """An RFC 3464 bounce sent from <>; returns its message/delivery-status part."""
+        self.assertTrue(raw.startswith(b"Return-Path: <>\n"), raw[:200])
+        self.assertEqual(parsed.get_content_type(), "multipart/report")
+        self.assertEqual(parsed.get_param("report-type"), "delivery-status")
+        parts = list(parsed.iter_parts())
+        self.assertEqual([p.get_content_type() for p in parts][:2], ["text/plain", "message/delivery-status"])
+        return parts[1].as_bytes()
+
+
+# --- delivery --------------------------------------------------------------------
+
+
+class DeliveryTests(GatewayTestCase):
+    async def test_delivery_by_mx(self) -> None:
+        """Mail for remote.test reaches its best MX (127.0.0.2): the right envelope in one
+        connection, canonical CRLF, dot-stuffing undone by nobody but the receiver, and
+        mailgate's Received header on top (no Return-Path: that is the final MTA's job)."""
+        primary, backup = await self.two_mx()
+        gateway = await self.start(self.gateway(primary.port))
+        body = (b"From: alice@example.test\r\nSubject: dots\r\n\r\n.leading dot\r\n..two dots\r\n"
+                b".\r\nlast line\r\n")
+        queue_id = submit(gateway, ALICE, [BOB, CAROL], body)
+        await eventually(lambda: primary.messages, "the primary MX to receive the message")
+        await self.queue_empty()
+
+        [session] = primary.sessions
+        self.assertEqual(session.commands[0], f"EHLO {HOSTNAME}")
+        mail = session.commands[1]
+        self.assertTrue(mail.startswith(f"MAIL FROM:<{ALICE}> SIZE="), mail)
+        self.assertEqual(session.commands[2:5], [f"RCPT TO:<{BOB}>", f"RCPT TO:<{CAROL}>", "DATA"])
+        self.assertNotIn("QUIT", session.commands)  # cached for the next message (relay.connection_cache_time)
+        await self.stop(gateway)
+        await eventually(lambda: session.commands[-1] == "QUIT", "QUIT on the cached session at shutdown")
+        raw = primary.messages[0]
+        self.assertTrue(no_bare_line_ends(raw))
+        self.assertIn(b"\r\n\r\n..leading dot\r\n...two dots\r\n..\r\nlast line\r\n.\r\n", raw)
+        [received] = primary.message_bodies()
+        self.assertTrue(received.startswith(
+            b"Received: from client.test ([127.0.0.1])\r\n\tby mx.example.test (mailgate) with ESMTP id "
+            + queue_id.encode() + b";\r\n\t"), received[:200])
+        self.assertNotIn(b"Return-Path:", received)
+        self.assertTrue(received.endswith(body))
+        self.assertEqual(int(mail.split("SIZE=")[1].split()[0]), len(received))
+        self.assertEqual(backup.sessions, [])
+
+    async def test_primary_down_backup_mx_gets_it(self) -> None:
+        """Nothing listens on the primary MX (127.0.0.2): the backup MX (127.0.0.3) gets the mail."""
+        backup = await self.serve(BACKUP)
+        gateway = await self.start(self.gateway(backup.port))
+        submit(gateway, ALICE, [BOB], b"Subject: via backup\r\n\r\nhello\r\n")
+        await eventually(lambda: backup.messages, "the backup MX to receive the message")
+        await self.queue_empty()
+        self.assertIn(("mx1.remote.test", "A"), self.dns.queries)  # the primary was tried first
+        self.assertEqual(backup.sessions[0].commands[2], f"RCPT TO:<{BOB}>")
+        self.assertTrue(backup.message_bodies()[0].endswith(b"Subject: via backup\r\n\r\nhello\r\n"))
+
+    async def test_smarthost_takes_all_remote_mail_without_dns(self) -> None:
+        """relay.smarthost: every remote recipient, whatever its domain, goes to that host; no
+        DNS question is asked (the MX port is closed, so MX delivery could not succeed)."""
+        smarthost = await self.serve(BACKUP)
+        gateway = await self.start(self.gateway(free_port(), {"smarthost": f"{BACKUP}:{smarthost.port}"}))
+        submit(gateway, ALICE, [BOB, "dave@elsewhere.test"], b"Subject: smarthost\r\n\r\nhi\r\n")
+        await eventually(lambda: smarthost.messages, "the smarthost to receive the message")
+        await self.queue_empty()
+        [session] = smarthost.sessions
+        rcpts = sorted(c for c in session.commands if c.startswith("RCPT"))
+        self.assertEqual(rcpts, [f"RCPT TO:<{BOB}>", "RCPT TO:<dave@elsewhere.test>"])
+        self.assertEqual(self.dns.queries, [])
+
+    async def test_transport_route_is_own_domain_accepted_from_anyone(self) -> None:
+        """[relay.transport] "legacy.test" = "smtp:127.0.0.3:PORT": mail for legacy.test goes
+        there, and is accepted from a client that may not relay (allowed_networks = [])."""
+        legacy = await self.serve(BACKUP)
+        gateway = await self.start(self.gateway(free_port(), {
+            "allowed_networks": [], "transport": {"legacy.test": f"smtp:{BACKUP}:{legacy.port}"}}))
+        with smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=10) as client:
+            client.ehlo("client.test")
+            self.assertEqual(client.mail("someone@outside.test")[0], 250)
+            code, text = client.rcpt(BOB)  # this client may not relay ...
+            self.assertEqual((code, text[:5]), (554, b"5.7.1"))
+            self.assertEqual(client.rcpt("user@legacy.test")[0], 250)  # ... but legacy.test is ours
+            code, reply = client.data(b"Subject: legacy\r\n\r\nold system\r\n")
+            self.assertEqual(code, 250, reply)
+        await eventually(lambda: legacy.messages, "the legacy.test host to receive the message")
+        await self.queue_empty()
+        commands = legacy.sessions[0].commands
+        self.assertTrue(commands[1].startswith("MAIL FROM:<someone@outside.test>"))
+        self.assertEqual([c for c in commands if c.startswith("RCPT")], ["RCPT TO:<user@legacy.test>"])
+        self.assertEqual(self.dns.queries, [])
+
+    async def test_bare_newlines_leave_as_crlf(self) -> None:
+        """[security] bare_newline = "normalize": DATA with bare LF and bare CR line ends is
+        relayed as canonical CRLF; not one bare CR or LF reaches the remote server."""
+        primary = await self.serve(PRIMARY)
+        gateway = await self.start(self.gateway(primary.port, extra='[security]\nbare_newline = "normalize"\n'))
+        client = RawSMTP(gateway.ports["smtp"])
+        try:
+            self.assertEqual(client.reply()[0], 220)
+            self.assertEqual(client.command(b"EHLO client.test")[0], 250)
+            self.assertEqual(client.command(f"MAIL FROM:<{ALICE}>".encode())[0], 250)
+            self.assertEqual(client.command(f"RCPT TO:<{BOB}>".encode())[0], 250)
+            self.assertEqual(client.command(b"DATA")[0], 354)
+            client.sock.sendall(b"Subject: bare\nFrom: alice@example.test\r\n\r\nline one\nline two\r"
+                                b"line three\r\n..stuffed\r\nend\r\n")
+            code, text = client.command(b".")
+            self.assertEqual(code, 250, text)
+            client.command(b"QUIT")
+        finally:
+            client.close()
+        await eventually(lambda: primary.messages, "the MX to receive the message")
+        raw = primary.messages[0]
+        self.assertTrue(no_bare_line_ends(raw), raw)
+        [received] = primary.message_bodies()
+        self.assertTrue(received.endswith(
+            b"Subject: bare\r\nFrom: alice@example.test\r\n\r\nline one\r\nline two\r\nline three\r\n"
+            b".stuffed\r\nend\r\n"), received)
+        self.assertTrue(no_bare_line_ends(primary.sessions[0].data))
+
+
+# --- retries, bounces and the queue -------------------------------------------------
+
+
+class RetryAndBounceTests(GatewayTestCase):
+    async def test_451_then_success_on_retry(self) -> None:
+        """A 451 defers the message; `queue list --json` shows it waiting (attempts, next
+        attempt, last error); once the MX accepts, a retry delivers it, once."""
+        primary = await self.serve(PRIMARY, rcpt_default=DEFER)
+        gateway = await self.start(self.gateway(primary.port))
+        queue_id = submit(gateway, ALICE, [BOB], b"Subject: retried\r\n\r\nagain\r\n")
+        await self.attempted(queue_id)
+
+        [item] = await self.queue_list(gateway)
+        self.assertEqual((item["id"], item["sender"], item["recipients"]), (queue_id, ALICE, [BOB]))
+        self.assertGreaterEqual(item["attempts"], 1)
+        self.assertEqual(item["last_error"], DEFER)
+        arrived, next_attempt = (datetime.fromisoformat(item[key]) for key in ("arrived", "next_attempt"))
+        self.assertIsNotNone(next_attempt.tzinfo)
+        self.assertGreater(next_attempt, arrived)
+        self.assertLess((next_attempt - arrived).total_seconds(), 30)  # retry_intervals = 1s, 2s
+        self.assertEqual(primary.messages, [])
+
+        primary.rcpt_default = ACCEPT
+        await eventually(lambda: primary.messages, "delivery on a retry")
+        await self.queue_empty()
+        self.assertEqual(len(primary.messages), 1)
+        mails = [c for session in primary.sessions for c in session.commands if c.startswith("MAIL FROM:")]
+        self.assertGreaterEqual(len(mails), 2)  # a second transaction, on the cached session or a new one
+        self.assertEqual(await self.queue_list(gateway), [])
+
+    async def test_550_bounces_to_local_sender(self) -> None:
+        """A 550 from the MX fails the recipient at once: an RFC 3464 report lands in the
+        local sender's Maildir, from <>, naming the recipient and the remote diagnostic."""
+        primary = await self.serve(PRIMARY, rcpt_replies={BOB: "550 5.1.1 no such user here"})
+        gateway = self.gateway(primary.port)
+        gateway.add_user(ALICE)
+        await self.start(gateway)
+        submit(gateway, ALICE, [BOB], b"Subject: doomed\r\nMessage-ID: <doomed@example.test>\r\n\r\nhi\r\n")
+        raw, parsed = await self.bounce_for(gateway, ALICE)
+        await self.queue_empty()
+
+        status = self.assertReport(raw, parsed)
+        self.assertIn(b"Final-Recipient: rfc822; bob@remote.test", status)
+        self.assertIn(b"Action: failed", status)
+        self.assertIn(b"Status: 5.1.1", status)
+        self.assertIn(b"Remote-MTA: dns; mx1.remote.test", status)
+        diagnostic = [line for line in status.splitlines() if line.startswith(b"Diagnostic-Code:")]
+        self.assertEqual(len(diagnostic), 1)
+        self.assertIn(b"smtp; 550", diagnostic[0])
+        self.assertIn(b"no such user here", diagnostic[0])
+        self.assertEqual(parsed["To"], ALICE)
+        self.assertIn(b"Subject: doomed", raw)  # the original comes back attached
+        self.assertEqual(primary.messages, [])  # the only recipient was refused: no DATA
+
+    async def test_expiry_bounces(self) -> None:
+        """max_queue_time = 3s and an MX that always says 451: after the last retry the
+        message expires and the sender gets a failure report (status 4.4.7)."""
+        primary = await self.serve(PRIMARY, rcpt_default=DEFER)
+        gateway = self.gateway(primary.port, {"max_queue_time": "3s"})
+        gateway.add_user(ALICE)
+        await self.start(gateway)
+        submit(gateway, ALICE, [BOB], b"Subject: too slow\r\n\r\nhi\r\n")
+        raw, parsed = await self.bounce_for(gateway, ALICE, seconds=30)
+        await self.queue_empty()
+
+        status = self.assertReport(raw, parsed)
+        self.assertIn(b"Final-Recipient: rfc822; bob@remote.test", status)
+        self.assertIn(b"Action: failed", status)
+        self.assertIn(b"Status: 4.4.7", status)
+        self.assertIn(b"expired", status)
+        self.assertIn(b"mailbox busy", status.replace(b"\n ", b" "))  # the last error, unfolded
+        self.assertGreaterEqual(len(primary.sessions), 2)
+        self.assertEqual(primary.messages, [])
+
+    async def test_no_bounce_for_null_sender(self) -> None:
+        """MAIL FROM:<> refused with 550: the message is dropped, no bounce goes anywhere
+        (no Maildir, no queue entry, no second connection), so bounces cannot loop."""
+        primary = await self.serve(PRIMARY, rcpt_default="550 5.1.1 no such user here")
+        gateway = self.gateway(primary.port)
+        gateway.add_user(ALICE)
+        await self.start(gateway)
+        queue_id = submit(gateway, "", [BOB], b"Subject: a bounce itself\r\n\r\nhi\r\n")
+        await eventually(lambda: primary.sessions and "QUIT" in primary.sessions[0].commands,
+                         "the delivery attempt")
+        await self.queue_empty()
+        await pause(1.0)  # room for a (wrong) bounce to show up
+        self.assertTrue(primary.sessions[0].commands[1].startswith("MAIL FROM:<>"))
+        self.assertEqual(self.queue.ids(), [])
+        self.assertEqual(self.all_mail(), [])
+        self.assertEqual(len(primary.sessions), 1)
+        self.assertNotIn(f"{queue_id}B", gateway.log())
+
+    async def test_restart_with_mail_queued_delivers_exactly_once(self) -> None:
+        """kill -9 after the client heard 250 (and a first 451 attempt): on restart the
+        queue resumes and the message is delivered exactly once."""
+        primary = await self.serve(PRIMARY, rcpt_default=DEFER)
+        gateway = await self.start(self.gateway(primary.port))
+        queue_id = submit(gateway, ALICE, [BOB], b"Subject: survivor\r\n\r\nstill here\r\n")
+        await self.attempted(queue_id)
+        self.assertEqual(primary.messages, [])
+        await self.stop(gateway, signal.SIGKILL)
+        self.assertEqual(gateway.process.returncode, -signal.SIGKILL)
+        self.assertEqual(self.queue.ids(), [queue_id])
+
+        primary.rcpt_default = ACCEPT
+        await self.start(gateway)
+        await eventually(lambda: primary.messages, "delivery after the restart")
+        await self.queue_empty()
+        await pause(2.5)  # longer than any retry interval: a duplicate would have gone by now
+        self.assertEqual(len(primary.messages), 1)
+        self.assertTrue(primary.message_bodies()[0].endswith(b"Subject: survivor\r\n\r\nstill here\r\n"))
+        self.assertIn("queue: resumed 1 queued message(s)", gateway.log())
+
+
+class QueueCommandTests(GatewayTestCase):
+    async def deferred_gateway(self) -> tuple[FakeSMTPServer, Gateway]:
+        """A gateway whose next retry is an hour away, and an MX deferring everyone."""
+        primary = await self.serve(PRIMARY, rcpt_default=DEFER)
+        gateway = await self.start(self.gateway(primary.port, {"retry_intervals": ["1h"]}))
+        return primary, gateway
+
+    async def test_flush_sends_deferred_mail_at_once(self) -> None:
+        """`mailgate queue flush` makes a message whose next attempt is an hour away go now."""
+        primary, gateway = await self.deferred_gateway()
+        queue_id = submit(gateway, ALICE, [BOB], b"Subject: flushed\r\n\r\nnow\r\n")
+        await self.attempted(queue_id)
+        primary.rcpt_default = ACCEPT
+        await pause(1.5)
+        self.assertEqual(primary.messages, [])  # nothing goes out by itself
+
+        done = await self.cli(gateway, "queue", "flush")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        await eventually(lambda: primary.messages, "the flushed message", seconds=10)
+        await self.queue_empty()
+        self.assertEqual(len(primary.messages), 1)
+        self.assertEqual(await self.queue_list(gateway), [])
+
+    async def test_delete_removes_one_message(self) -> None:
+        """`mailgate queue delete ID` removes that message only: it leaves `queue list`, and
+        even a flush with the MX accepting never sends it, while the other one goes."""
+        primary, gateway = await self.deferred_gateway()
+        doomed = submit(gateway, ALICE, [BOB], b"Subject: delete me\r\n\r\nx\r\n")
+        kept = submit(gateway, ALICE, [CAROL], b"Subject: keep me\r\n\r\ny\r\n")
+        await self.attempted(doomed)
+        await self.attempted(kept)
+        self.assertEqual(sorted(item["id"] for item in await self.queue_list(gateway)), sorted([doomed, kept]))
+
+        primary.rcpt_default = ACCEPT
+        done = await self.cli(gateway, "queue", "delete", doomed)
+        self.assertEqual((done.returncode, done.stdout.strip()), (0, f"deleted {doomed}"), done.stderr)
+        self.assertEqual([item["id"] for item in await self.queue_list(gateway)], [kept])
+        missing = await self.cli(gateway, "queue", "delete", doomed)
+        self.assertEqual(missing.returncode, 1)
+        self.assertNotIn("Traceback", missing.stderr + missing.stdout)
+
+        self.assertEqual((await self.cli(gateway, "queue", "flush")).returncode, 0)
+        await eventually(lambda: primary.messages, "the kept message", seconds=10)
+        await self.queue_empty()
+        await pause(1.0)
+        [body] = primary.message_bodies()
+        self.assertIn(b"Subject: keep me", body)
+        self.assertNotIn(b"delete me", b"".join(primary.messages))
+
+
+# --- once known bugs, kept as regression tests ---
+
+
+class KnownBugTests(GatewayTestCase):
+    async def test_bounce_diagnostic_is_the_remote_reply_verbatim(self) -> None:
+        """RFC 3464 2.3.6: Diagnostic-Code carries the reply the remote MTA actually gave,
+        enhanced status code included (as Postfix reports it)."""
+        primary = await self.serve(PRIMARY, rcpt_replies={BOB: "550 5.1.1 no such user here"})
+        gateway = self.gateway(primary.port)
+        gateway.add_user(ALICE)
+        await self.start(gateway)
+        submit(gateway, ALICE, [BOB], b"Subject: doomed\r\n\r\nhi\r\n")
+        raw, parsed = await self.bounce_for(gateway, ALICE)
+        self.assertIn(b"Diagnostic-Code: smtp; 550 5.1.1 no such user here", self.assertReport(raw, parsed))
+
+    async def test_queue_list_next_attempt_before_first_attempt_ends(self) -> None:
+        """A message whose first attempt is still running (the MX is silent after DATA) is
+        listed with attempts 0 and a next_attempt no earlier than its arrival."""
+        primary = await self.serve(PRIMARY, stall_on="DATA")
+        gateway = self.gateway(primary.port)
+        self.kill_at_cleanup(gateway)  # a stalled attempt also delays SIGTERM (see below)
+        await self.start(gateway)
+        queue_id = submit(gateway, ALICE, [BOB], b"Subject: slow\r\n\r\nhi\r\n")
+        await eventually(lambda: primary.sessions and "DATA" in primary.sessions[0].commands, "DATA")
+        [item] = await self.queue_list(gateway)
+        self.assertEqual((item["id"], item["attempts"]), (queue_id, 0))
+        self.assertGreaterEqual(datetime.fromisoformat(item["next_attempt"]),
+                                datetime.fromisoformat(item["arrived"]))
+
+    async def test_sigterm_aborts_a_stalled_outbound_attempt(self) -> None:
+        """SPEC: SIGTERM finishes or cleanly aborts what is in flight and keeps every accepted
+        message. With the MX silent after DATA, the gateway still ends within the shutdown
+        grace (plus a margin), and the message stays queued for the next start."""
+        primary = await self.serve(PRIMARY, stall_on="DATA")
+        gateway = self.gateway(primary.port)
+        self.kill_at_cleanup(gateway)
+        await self.start(gateway)
+        queue_id = submit(gateway, ALICE, [BOB], b"Subject: stalled\r\n\r\nhi\r\n")
+        await eventually(lambda: primary.sessions and "DATA" in primary.sessions[0].commands, "DATA")
+        gateway.process.send_signal(signal.SIGTERM)
+        await eventually(lambda: gateway.process.poll() is not None, "mailgate to stop on SIGTERM",
+                         SHUTDOWN_GRACE_SECONDS + 5)
+        self.assertEqual(self.queue.ids(), [queue_id])

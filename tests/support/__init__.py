@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: running gateways, fake servers, session harnesses."""

@@ -1,0 +1,142 @@
+"""A real `twistd mailgate` process on loopback, and the helpers tests use to drive and wait on it."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+BIN = Path(sys.executable).parent
+STARTUP_DEADLINE_SECONDS = 30.0
+
+
+def client_tls() -> ssl.SSLContext:
+    """A client TLS context that accepts the gateway's self-signed certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def eventually(predicate: Callable[[], object], what: str, seconds: float = 15.0) -> object:
+    """Poll `predicate` without blocking the reactor (trial tests whose fakes
+    live in it) until it returns something truthy, or fail at the deadline."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = time.monotonic() + seconds
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], deadline_seconds: float = 10.0, what: str = "condition") -> object:
+    """Poll `predicate` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Gateway:
+    """A running `twistd -n mailgate` in its own directory."""
+
+    root: Path
+    config: Path
+    ports: dict[str, int]
+    process: subprocess.Popen | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.root / "twistd.log"
+
+    def start(self) -> "Gateway":
+        self.process = subprocess.Popen(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log_path),
+             "mailgate", "--config", str(self.config)],
+            cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        wait_for(self._started, STARTUP_DEADLINE_SECONDS, "mailgate to start")
+        return self
+
+    def _started(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            output = self.process.stdout.read().decode() if self.process.stdout else ""
+            raise AssertionError(f"twistd exited {self.process.returncode}: {output}\n{self.log()}")
+        return "mailgate started" in self.log() and all(_accepts(p) for p in self.ports.values())
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send `sig` and wait for the process to end; return its exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def mailbox(self, address: str) -> Path:
+        local, _, domain = address.partition("@")
+        return self.root / "var" / "mail" / domain / local
+
+    def new_messages(self, address: str) -> list[Path]:
+        new = self.mailbox(address) / "new"
+        return sorted(new.iterdir()) if new.is_dir() else []
+
+    def add_user(self, address: str, password: str = "secret") -> None:
+        subprocess.run(
+            [str(BIN / "mailgate"), "--config", str(self.config), "user", "add", address, "--password-stdin"],
+            input=f"{password}\n".encode(), cwd=self.root, check=True, capture_output=True,
+        )
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def gateway_config(ports: dict[str, int], extra: str = "", listeners: str | None = None) -> str:
+    """A config with one plain-text listener per entry of `ports` (name = protocol)."""
+    if listeners is None:
+        listeners = "".join(
+            f'[[listen]]\nname = "{name}"\nprotocol = "{"pop3" if name.startswith("pop3") else name}"\n'
+            f'endpoint = "tcp:{port}:interface=127.0.0.1"\n'
+            f'tls = "{"none" if name in ("smtp", "pop3") else "starttls"}"\n\n'
+            for name, port in ports.items()
+        )
+    return textwrap.dedent(
+        """\
+        [server]
+        hostname = "mx.example.test"
+        [domains]
+        local = ["example.test"]
+        [users]
+        file = "etc/users"
+        """
+    ) + listeners + extra
