@@ -21,9 +21,8 @@ from mailgate.config.model import (
     LimitsConfig,
     PluginsConfig,
     GatewayConfig,
-    load_config,
-    parse_config,
 )
+from mailgate.config.schema import load_config, parse_config
 
 __all__ = [
     "ConfigError",

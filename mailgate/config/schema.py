@@ -1,0 +1,211 @@
+"""Reading the configuration: TOML keys, their checkers, and the dataclasses they build."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from mailgate.config.checks import (
+    Invalid,
+    Key,
+    address,
+    boolean,
+    choice,
+    command,
+    domain,
+    endpoint,
+    host_port,
+    integer,
+    list_of,
+    mapping_of,
+    module_name,
+    nameserver,
+    network,
+    parse_duration,
+    parse_size,
+    pattern,
+    pipe_name,
+    port,
+    positive,
+    route,
+    secrets,
+    string,
+    table_of,
+    text,
+    url,
+)
+from mailgate.config.model import (
+    ConfigError,
+    ServerConfig,
+    ListenConfig,
+    TLSConfig,
+    SecurityConfig,
+    DomainsConfig,
+    StoreConfig,
+    UsersConfig,
+    ForwardRule,
+    MailingList,
+    RelayConfig,
+    WebhookConfig,
+    PipeConfig,
+    SenderRate,
+    LimitsConfig,
+    PluginsConfig,
+    GatewayConfig,
+)
+
+
+def load_config(path: str) -> GatewayConfig:
+    """Read and validate a TOML file; raise ConfigError listing every problem."""
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error.strerror or error}"], source=path) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError([f"{path}: not valid TOML: {error}"], source=path) from None
+    return parse_config(data, source=path)
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<string>") -> GatewayConfig:
+    """Validate an already-parsed TOML document; raise ConfigError listing every problem.
+
+    Nothing stops at the first mistake, so one run of check-config shows them
+    all, in the order the file has them.
+    """
+    check = table_of(GatewayConfig, _document_schema(data), lambda values: {**values, "source": source})
+    try:
+        return check(data)
+    except Invalid as error:
+        raise ConfigError([f"{where.lstrip('.')}: {message}" for where, message in error.problems],
+                          source=source) from None
+
+
+# --- Checkers that build this module's dataclasses ----------------------------
+
+_RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+# Submission is for authenticated clients (RFC 6409); POP3 always authenticates.
+_DEFAULT_AUTH = {"smtp": "optional", "submission": "required", "pop3": "none"}
+
+
+def _sender_rate(value: Any) -> SenderRate | None:
+    """"100/hour" or "100/10m"; "" or "off" turns the limit off."""
+    rate = string(value).strip().lower()
+    if rate in ("", "off"):
+        return None
+    count, _, period = rate.partition("/")
+    try:
+        seconds = _RATE_UNITS.get(period.strip().removesuffix("s")) or parse_duration(period)
+        messages = int(count)
+    except ValueError:
+        seconds = messages = 0
+    if messages <= 0 or seconds <= 0:
+        raise ValueError(f'expected "COUNT/UNIT" like "100/hour" or "100/10m", or "off", got {value!r}')
+    return SenderRate(messages, float(seconds))
+
+
+def _pipes(value: Any) -> Mapping[str, PipeConfig]:
+    tables = mapping_of(pipe_name, table_of(dict, _PIPE))(value)
+    return MappingProxyType({name: PipeConfig(name, **table) for name, table in tables.items()})
+
+
+def _default_auth(values: dict) -> dict:
+    return {"auth": _DEFAULT_AUTH[values["protocol"]], **values}
+
+
+def _lists(value: Any) -> Mapping[str, MailingList]:
+    tables = mapping_of(address, table_of(dict, _LIST))(value)
+    return MappingProxyType({name: MailingList(name, **table) for name, table in tables.items()})
+
+
+# --- Schemas: TOML key -> checker (and field, where the name differs) ----------
+
+_duration, _size, _positive_int = positive(parse_duration), positive(parse_size), positive(integer)
+_POLICY = choice("off", "authenticated", "all")
+_LISTEN = {
+    "name": Key(text, required=True),
+    "protocol": Key(choice(*_DEFAULT_AUTH), required=True),
+    "endpoint": Key(endpoint, required=True),
+    "tls": Key(choice("none", "starttls", "implicit")),
+    "auth": Key(choice("none", "optional", "required")),
+}
+_FORWARD = {
+    "match": Key(pattern, required=True),
+    "to": Key(list_of(address, non_empty=True), required=True),
+    "keep": Key(boolean),
+}
+_LIST = {
+    "members": Key(list_of(address), required=True),
+    "post": Key(choice("anyone", "members", "authenticated")),
+}
+_RELAY = {
+    "allowed_networks": Key(list_of(network)),
+    "smarthost": Key(lambda value: string(value) and host_port(value)),  # "" means "use MX"
+    "port": Key(port),
+    "nameservers": Key(list_of(nameserver)),
+    "retry_intervals": Key(list_of(_duration, non_empty=True), "retry_intervals_seconds"),
+    "max_queue_time": Key(_duration, "max_queue_seconds"),
+    "delay_warning": Key(parse_duration, "delay_warning_seconds"),  # "0s" turns it off
+    "connection_cache_time": Key(parse_duration, "connection_cache_seconds"),  # "0s" turns it off
+    "tls": Key(choice("none", "opportunistic", "verify")),
+}
+_WEBHOOK = {
+    "name": Key(text, required=True),
+    "match": Key(list_of(pattern, non_empty=True), required=True),
+    "url": Key(url, required=True),
+    "secret": Key(secrets, "secrets"),
+    "format": Key(choice("json", "raw")),
+    "mode": Key(choice("queued", "sync")),
+    "timeout": Key(_duration, "timeout_seconds"),
+}
+_PIPE = {
+    "command": Key(command, required=True),
+    "timeout": Key(_duration, "timeout_seconds"),
+}
+_LIMITS = {
+    "max_message_size": Key(_size),
+    "max_recipients": Key(_positive_int),
+    "max_connections_per_ip": Key(_positive_int),
+    "command_timeout": Key(_duration, "command_timeout_seconds"),
+    "sender_rate": Key(_sender_rate),
+    "data_timeout": Key(_duration, "data_timeout_seconds"),
+    "max_bad_commands": Key(_positive_int),
+    "connection_rate": Key(_sender_rate),
+}
+_SECURITY = {
+    "plaintext_auth": Key(choice("tls", "always")),
+    "vrfy": Key(_POLICY),
+    "expn": Key(_POLICY),
+    "bare_newline": Key(choice("reject", "normalize")),
+    "sender_login": Key(choice("owned", "any")),
+}
+_PLUGINS = {"paths": Key(list_of(text)), "enable": Key(list_of(module_name))}
+_DOCUMENT = {
+    "server": Key(table_of(ServerConfig, {"hostname": Key(domain), "state_dir": Key(text)})),
+    "listen": Key(list_of(table_of(ListenConfig, _LISTEN, _default_auth), True, "name"), required=True),
+    "tls": Key(table_of(TLSConfig, {"certificate": Key(text), "key": Key(text)})),
+    "security": Key(table_of(SecurityConfig, _SECURITY)),
+    "domains": Key(table_of(DomainsConfig, {"local": Key(list_of(domain))})),
+    "store": Key(table_of(StoreConfig, {"maildir_root": Key(text)})),
+    "users": Key(table_of(UsersConfig, {"file": Key(text)})),
+    "forward": Key(list_of(table_of(ForwardRule, _FORWARD))),
+    "lists": Key(_lists),
+    "webhook": Key(list_of(table_of(WebhookConfig, _WEBHOOK), unique="name")),
+    "pipe": Key(_pipes),
+    "limits": Key(table_of(LimitsConfig, _LIMITS)),
+    "plugins": Key(table_of(PluginsConfig, _PLUGINS)),
+    # [plugin.NAME] belongs to the plugin: only its shape is checked here.
+    "plugin": Key(mapping_of(string, mapping_of(string, copy.deepcopy))),
+}
+
+
+def _document_schema(data: Mapping[str, Any]) -> dict[str, Key]:
+    """The whole file; webhook: and pipe: routes in relay.transport must name a
+    [[webhook]] or [pipe.NAME] it defines."""
+    webhooks = data.get("webhook") if isinstance(data.get("webhook"), list) else []
+    names = {table.get("name") for table in webhooks if isinstance(table, Mapping) and isinstance(table.get("name"), str)}
+    pipes = data.get("pipe") if isinstance(data.get("pipe"), Mapping) else {}
+    relay = {**_RELAY, "transport": Key(mapping_of(domain, route(names, set(pipes))))}
+    return {**_DOCUMENT, "relay": Key(table_of(RelayConfig, relay))}
