@@ -13,7 +13,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from mailgate.config import GatewayConfig
-    from mailgate.core.envelope import Envelope
+    from mailgate.core.session import Envelope
 
 hookspec = pluggy.HookspecMarker("mailgate")
 

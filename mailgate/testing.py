@@ -28,16 +28,23 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence, Union
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from mailgate import hookimpl
-from mailgate.core.addresses import AddressError, normalize_mailbox
 from mailgate.config import GatewayConfig, parse_config
-from mailgate.core.envelope import Envelope
+from mailgate.core.addresses import AddressError, normalize_mailbox
 from mailgate.core.errors import DeliveryError
-from mailgate.hooks.manager import build_plugin_manager, call_all, first_answer
-from mailgate.inbound.routing import Refusal, resolve
+from mailgate.core.reply import Reply
+from mailgate.core.route import Route
+from mailgate.core.session import Envelope, Session
+from mailgate.hooks.calling import call_all
+from mailgate.hooks.manager import build_plugin_manager
+from mailgate.inbound.routing import accept_recipient
+from mailgate.inbound.transaction import Deliverer
+from mailgate.outbound.spooler import NewEntry
+from mailgate.outbound.transport import DeliveryJob, HookTransport
+from mailgate.store.maildir_writer import StoredMessage
 
 DEFAULT_MESSAGE = (
     b"From: sender@example.test\r\nTo: recipient@example.test\r\n"
@@ -67,7 +74,7 @@ class RecordingSink:
     routes with True (or raises `error`, e.g. `TemporaryFailure()`, to test
     retries and bounces) and returns None for every other scheme::
 
-        >>> from mailgate.core.envelope import Envelope
+        >>> from mailgate.core.session import Envelope
         >>> sink = RecordingSink("crm")
         >>> sink.mailgate_deliver("crm:tickets", Envelope("a@x.test", ["b@y.test"]), b"Subject: hi\\r\\n\\r\\n")
         True
@@ -119,7 +126,7 @@ class RoutingResult:
 
     envelope: Envelope
     replies: dict[str, str] = field(default_factory=dict)
-    refused: dict[str, Refusal] = field(default_factory=dict)
+    refused: dict[str, Reply] = field(default_factory=dict)
     deliveries: list[DeliveryAttempt] = field(default_factory=list)
 
     @property
@@ -210,11 +217,10 @@ async def route_message_async(
     gateway_config = as_config(config)
     manager = build_plugin_manager(gateway_config, extra=plugins)
     await call_all(manager.hook.mailgate_configure, config=gateway_config)
-    envelope = Envelope(
-        mail_from=normalize_mailbox(mail_from) if mail_from else "",
-        helo="client.example.test", client_ip=client_ip, authenticated_as=authenticated_as,
-        may_relay=may_relay or authenticated_as is not None, listener=DEFAULT_LISTEN["name"],
-    )
+    session = Session(peer=client_ip, helo="client.example.test", user=authenticated_as,
+                      listener=DEFAULT_LISTEN["name"])
+    envelope = Envelope(mail_from=normalize_mailbox(mail_from) if mail_from else "", session=session,
+                        may_relay=may_relay or authenticated_as is not None)
     result = RoutingResult(envelope)
     for address in rcpt_to:
         await _rcpt(manager.hook, result, address)
@@ -224,44 +230,79 @@ async def route_message_async(
 
 
 async def _rcpt(hooks: Any, result: RoutingResult, address: str) -> None:
-    """One RCPT TO, as `mailgate.smtp.session` answers it."""
+    """One RCPT TO, answered by the code the SMTP session runs."""
     try:
         recipient = normalize_mailbox(address)
     except AddressError as exc:
-        result.refused[address] = Refusal(501, f"5.1.3 {exc}")
-        result.replies[address] = f"501 5.1.3 {exc}"
+        result.refused[address] = Reply(501, "5.1.3", str(exc))
+        result.replies[address] = str(result.refused[address])
         return
-    resolved = await resolve(hooks, recipient, result.envelope)
-    if isinstance(resolved, Refusal):
-        result.refused[recipient] = resolved
-        result.replies[recipient] = f"{resolved.code} {resolved.text}"
-        return
-    if recipient not in result.envelope.rcpt_to:
-        result.envelope.rcpt_to.append(recipient)
-        result.envelope.routes.update(resolved)
-    result.replies[recipient] = "250 2.1.5 Ok"
+    reply = await accept_recipient(hooks, result.envelope, recipient)
+    if not reply.positive:
+        result.refused[recipient] = reply
+    result.replies[recipient] = str(reply)
+
+
+class _Kept:
+    """The delivery transaction's store and spool, in memory: what it would have kept."""
+
+    def __init__(self) -> None:
+        self.entries: list[NewEntry] = []
+
+    def deliver_all(self, copies: Sequence[tuple[Sequence[str], StoredMessage]]) -> Deferred:
+        return succeed([])
+
+    async def add(self, entries: Sequence[NewEntry]) -> None:
+        self.entries.extend(entries)
+
+    def remove(self, queue_id: str) -> Deferred:
+        return succeed(None)
+
+    def release(self, queue_ids: Sequence[str]) -> None:
+        pass
 
 
 async def _deliver(hooks: Any, envelope: Envelope, message: bytes) -> list[DeliveryAttempt]:
-    by_route: dict[str, list[str]] = {}
-    for recipient, route in envelope.routes.items():
-        if route.partition(":")[0] not in SERVER_SCHEMES:
-            by_route.setdefault(route, []).append(recipient)
+    """The server's delivery transaction (inline gateways at DATA), then each queued
+    route offered to `mailgate_deliver` the way the queue's plugin transport does."""
+    kept = _Kept()
+    stored = StoredMessage.build(b"", [message.replace(b"\r\n", b"\n")], len(message), message.count(b"\n"))
+    by_route = _plugin_routes(envelope)
+    try:
+        await Deliverer(kept, kept, hooks).deliver(envelope, stored, "TEST")
+    except DeliveryError as exc:
+        return [DeliveryAttempt(route, recipients, False, inline=True, error=exc) for route, recipients in by_route.items()]
+    queued = {route for _, _, recipients, _ in kept.entries for _, route in recipients}
+    transport = HookTransport(hooks, lambda job: succeed(message), fail_closed=False)
     attempts = []
     for route, recipients in by_route.items():
-        attempt = DeliveryAttempt(route, recipients, delivered=False)
-        try:
-            inline = replace(envelope, rcpt_to=list(recipients))
-            if await first_answer(hooks.mailgate_deliver_inline, route=route, envelope=inline, message=message):
-                attempt.delivered = attempt.inline = True
-            else:  # the queue's envelope: sender and this route's recipients only
-                queued = Envelope(mail_from=envelope.mail_from, rcpt_to=list(recipients))
-                answer = await first_answer(hooks.mailgate_deliver, route=route, envelope=queued, message=message)
-                attempt.delivered = answer is not None
-        except DeliveryError as exc:
-            attempt.error = exc
-        attempts.append(attempt)
+        if route in queued:
+            attempts.append(await _queued_attempt(transport, envelope, route, recipients))
+        else:
+            attempts.append(DeliveryAttempt(route, recipients, True, inline=True))
     return attempts
+
+
+def _plugin_routes(envelope: Envelope) -> dict[Route, list[str]]:
+    """Recipients by route, for the routes the server does not deliver itself."""
+    by_route: dict[Route, list[str]] = {}
+    for recipient, route in envelope.routes.items():
+        if route.scheme not in SERVER_SCHEMES:
+            by_route.setdefault(route, []).append(recipient)
+    return by_route
+
+
+async def _queued_attempt(transport: HookTransport, envelope: Envelope, route: Route,
+                          recipients: list[str]) -> DeliveryAttempt:
+    job = DeliveryJob("TEST", Envelope(mail_from=envelope.mail_from, rcpt_to=list(recipients),
+                                       session=envelope.session), route, route, "")
+    [result, *_] = await transport.deliver(job)
+    attempt = DeliveryAttempt(route, recipients, result.delivered)
+    if result.reply.code == 451 and result.reply.enhanced == "4.3.5":  # no plugin took the route
+        attempt.delivered = False
+    elif not result.delivered:
+        attempt.error = DeliveryError.from_reply(result.reply)
+    return attempt
 
 
 def _crlf(message: bytes | str) -> bytes:

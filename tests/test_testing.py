@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 import mailgate.testing
 from mailgate import PermanentFailure, TemporaryFailure, hookimpl
 from mailgate.config import parse_config
-from mailgate.core.envelope import Envelope
+from mailgate.core.session import Envelope
 from mailgate.testing import RecordingSink, as_config, route_message, route_message_async
 
 LOCAL = {"domains": {"local": ["example.test"]}}
@@ -111,7 +111,7 @@ def test_delivery_errors_are_recorded_and_unclaimed_routes_are_undelivered() -> 
     result = route_message(plugins, {}, "a@example.test", ["a@bad.test", "a@later.test", "a@lost.test"],
                            deliver=True)
     bad, later, lost = (result.attempt(route) for route in ("bad:x", "later:x", "nobody:x"))
-    assert bad.error.smtp_reply() == (554, "5.3.0 no such ticket queue") and not bad.delivered
+    assert str(bad.error.reply) == "554 5.3.0 no such ticket queue" and not bad.delivered
     assert later.error.code == 451
     assert (lost.delivered, lost.error) == (False, None)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from typing import Any
@@ -22,11 +21,9 @@ from twisted.python.threadpool import ThreadPool
 from mailgate.accounts.cred import AuthThrottle, build_portal
 from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.inbound.transaction import Deliverer
-from mailgate.net.dns import MXResolver, make_resolver
-from mailgate.store.maildir_writer import MaildirStore
-from mailgate.outbound.scheduler import OutboundQueue
-from mailgate.outbound.spool import QueueStore
-from mailgate.outbound.smtp_transport import SMTPRelay
+from mailgate.app.pipeline import build_pipeline
+from mailgate.outbound.scheduler import Scheduler
+from mailgate.outbound.smtp_transport import SMTPTransport
 from mailgate.smtp.session import SMTPFactory
 from mailgate.accounts.users_file import Accounts
 
@@ -56,8 +53,8 @@ class GatewayService(MultiService):
         self.reactor = reactor
         self.threadpool = ThreadPool(minthreads=0, maxthreads=DISK_THREADS, name="mailgate-disk")
         self.factories: list[Any] = []
-        self.outbound: OutboundQueue | None = None
-        self.relay: SMTPRelay | None = None
+        self.outbound: Scheduler | None = None
+        self.relay: SMTPTransport | None = None
         self._requests: LoopingCall | None = None
         self.ports: dict[str, Any] = {}  # listener name -> IListeningPort, once bound
 
@@ -78,10 +75,8 @@ class GatewayService(MultiService):
 
     def _build_listeners(self) -> None:
         tls_options = self._tls_options()
-        store = MaildirStore(self.config.store.maildir_root, self.config.server.hostname, self.run_blocking)
-        self.outbound = self._outbound_queue()
-        deliverer = Deliverer(store, self.outbound, self.plugin_manager.hook, self.config.server.hostname)
-        self.outbound.inject = deliverer.inject  # bounces are delivered like any message
+        pipeline = build_pipeline(self.config, self.plugin_manager.hook, self.reactor, self.run_blocking)
+        self.outbound, self.relay, deliverer = pipeline.scheduler, pipeline.smtp, pipeline.deliverer
         self.accounts = Accounts(self.config.users.file)
         self.portal = build_portal(self.accounts, self.reactor)
         self.throttle = AuthThrottle(self.reactor)
@@ -93,23 +88,6 @@ class GatewayService(MultiService):
             self._listen(index, listener, factory)
         if self.running:  # configured late: startService has already run
             self._start_queue()
-
-    def _outbound_queue(self) -> OutboundQueue:
-        relay_config = self.config.relay
-        relay = SMTPRelay(
-            self.reactor,
-            helo_name=self.config.server.hostname,
-            tls_mode=relay_config.tls,
-            resolver=MXResolver(make_resolver(relay_config.nameservers, self.reactor)),
-            mx_port=relay_config.port,
-            connection_cache_seconds=relay_config.connection_cache_seconds,
-        )
-        self.relay = relay
-        store = QueueStore(os.path.join(self.config.server.state_dir, "queue"))
-        return OutboundQueue(
-            self.config, store, relay, self.plugin_manager.hook, self.reactor,
-            self.run_blocking,
-        )
 
     def _start_queue(self) -> None:
         """Lock the spool, resume what is queued, and serve the CLI's requests."""

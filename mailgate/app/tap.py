@@ -10,7 +10,8 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from mailgate.config import ConfigError, GatewayConfig, load_config
-from mailgate.hooks.manager import build_plugin_manager, call_all
+from mailgate.hooks.calling import call_all
+from mailgate.hooks.manager import build_plugin_manager
 
 DEFAULT_CONFIG = "etc/mailgate.toml"
 

@@ -6,20 +6,11 @@ from typing import Mapping
 
 from mailgate import hookimpl
 from mailgate.config import GatewayConfig, MailingList
-from mailgate.core.envelope import Envelope
+from mailgate.core.lists import bounce_address
+from mailgate.core.route import DISCARD, Route
+from mailgate.core.session import Envelope
 
-BOUNCE_SUFFIX = "-bounces"
-
-
-def bounce_address(list_address: str) -> str:
-    """`team@example.test` -> `team-bounces@example.test`: the envelope sender of list copies."""
-    local, _, domain = list_address.rpartition("@")
-    return f"{local}{BOUNCE_SUFFIX}@{domain}"
-
-
-def list_id(list_address: str) -> str:
-    """RFC 2919 List-Id value: `<team.example.test>`."""
-    return "<" + list_address.replace("@", ".") + ">"
+MAY_NOT_POST = Route("reject:550 5.7.1 You may not post to this list")
 
 
 class MailingLists:
@@ -36,19 +27,19 @@ class MailingLists:
         self._bounces = {bounce_address(a): mlist for a, mlist in config.lists.items()}
 
     @hookimpl
-    def mailgate_route(self, recipient: str, envelope: Envelope) -> str | None:
+    def mailgate_route(self, recipient: str, envelope: Envelope) -> Route | None:
         mlist = self._lists.get(recipient)
         if mlist is None:
             return self._bounce_route(recipient)
         if not self._may_post(mlist, envelope):
-            return "reject:550 5.7.1 You may not post to this list"
-        return f"list:{recipient}"
+            return MAY_NOT_POST
+        return Route(f"list:{recipient}")
 
-    def _bounce_route(self, recipient: str) -> str | None:
+    def _bounce_route(self, recipient: str) -> Route | None:
         """Bounces of list copies are accepted and dropped: with no list owner
         configured there is nobody to read them, but refusing them would only
         make the remote server bounce the bounce."""
-        return "discard" if recipient in self._bounces else None
+        return DISCARD if recipient in self._bounces else None
 
     @staticmethod
     def _may_post(mlist: MailingList, envelope: Envelope) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mailgate import hookimpl
 from mailgate.config import GatewayConfig
+from mailgate.core.route import LOCAL, Route
 from mailgate.accounts.users_file import Accounts
 
 
@@ -24,10 +25,10 @@ class LocalMailboxes:
         self._accounts = Accounts(config.users.file)
 
     @hookimpl
-    def mailgate_route(self, recipient: str) -> str | None:
+    def mailgate_route(self, recipient: str) -> Route | None:
         domain = recipient.rpartition("@")[2]
         if domain in self._domains and self._accounts and self._accounts.exists(recipient):
-            return "local"
+            return LOCAL
         return None
 
     @hookimpl

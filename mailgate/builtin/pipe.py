@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 
 from mailgate import hookimpl
 from mailgate.config import GatewayConfig, PipeConfig
-from mailgate.core.envelope import Envelope
+from mailgate.core.route import Route
+from mailgate.core.session import Envelope
 from mailgate.core.errors import PermanentFailure, TemporaryFailure
 
 log = Logger()
@@ -63,10 +64,10 @@ class PipeGateway:
 
     @hookimpl
     def mailgate_deliver(self, route: str, envelope: Envelope, message: bytes) -> Deferred | None:
-        scheme, _, name = route.partition(":")
-        if scheme != "pipe":
+        parsed = Route(route)
+        if parsed.scheme != "pipe":
             return None
-        return Deferred.fromCoroutine(self.run(name, envelope, message))
+        return Deferred.fromCoroutine(self.run(parsed.argument, envelope, message))
 
     async def run(self, name: str, envelope: Envelope, message: bytes) -> bool:
         """Run `[pipe.NAME]` once for this message; True, or raise a DeliveryError."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from mailgate import hookimpl
 from mailgate.config import GatewayConfig
-from mailgate.core.envelope import Envelope
+from mailgate.core.route import MX, Route
+from mailgate.core.session import Envelope
 
-RELAY_DENIED = "reject:554 5.7.1 Relay access denied"
+RELAY_DENIED = Route("reject:554 5.7.1 Relay access denied")
 
 
 class RelayPolicy:
@@ -22,7 +23,7 @@ class RelayPolicy:
         self._domains = frozenset(config.domains.local)
 
     @hookimpl
-    def mailgate_route(self, recipient: str, envelope: Envelope) -> str | None:
+    def mailgate_route(self, recipient: str, envelope: Envelope) -> Route | None:
         if recipient.rpartition("@")[2] in self._domains:
             return None  # an unknown local user: the router answers 550 5.1.1
-        return "mx" if envelope.may_relay else RELAY_DENIED
+        return MX if envelope.may_relay else RELAY_DENIED

@@ -6,6 +6,7 @@ from typing import Mapping
 
 from mailgate import hookimpl
 from mailgate.config import GatewayConfig
+from mailgate.core.route import Route
 
 
 class TransportTable:
@@ -13,12 +14,12 @@ class TransportTable:
     as Postfix's transport(5) table does, and makes its domain mailgate's own."""
 
     def __init__(self) -> None:
-        self._table: Mapping[str, str] = {}
+        self._table: Mapping[str, Route] = {}
 
     @hookimpl
     def mailgate_configure(self, config: GatewayConfig) -> None:
         self._table = config.relay.transport
 
     @hookimpl
-    def mailgate_route(self, recipient: str) -> str | None:
+    def mailgate_route(self, recipient: str) -> Route | None:
         return self._table.get(recipient.rpartition("@")[2])

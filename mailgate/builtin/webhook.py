@@ -17,9 +17,10 @@ from twisted.web.client import (
 
 from mailgate import __version__, hookimpl
 from mailgate.config import GatewayConfig, WebhookConfig
-from mailgate.core.envelope import Envelope
+from mailgate.core.route import Route
+from mailgate.core.session import Envelope
 from mailgate.core.errors import DeliveryError, PermanentFailure, TemporaryFailure
-from mailgate.outbound.scheduler import MAX_CONCURRENT_ATTEMPTS
+from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
 from mailgate.builtin.webhook_payload import delivery_id, json_body, signature_headers
 
 log = Logger()
@@ -85,9 +86,9 @@ class WebhookGateway:
         return None
 
     @hookimpl
-    def mailgate_route(self, recipient: str) -> str | None:
+    def mailgate_route(self, recipient: str) -> Route | None:
         webhook = self._match(recipient)
-        return f"{SCHEME}:{webhook.name}" if webhook is not None else None
+        return Route(f"{SCHEME}:{webhook.name}") if webhook is not None else None
 
     @hookimpl
     def mailgate_verify(self, address: str) -> bool | None:
@@ -97,9 +98,10 @@ class WebhookGateway:
 
     def _webhook_for(self, route: str) -> WebhookConfig | None:
         """The webhook a `webhook:NAME` route names; None for other schemes."""
-        scheme, _, name = route.partition(":")
-        if scheme != SCHEME:
+        parsed = Route(route)
+        if parsed.scheme != SCHEME:
             return None
+        name = parsed.argument
         webhook = self._webhooks.get(name)
         if webhook is None:  # renamed or removed while mail for it waited in the queue
             raise PermanentFailure(
@@ -120,8 +122,8 @@ class WebhookGateway:
     async def mailgate_deliver_inline(self, route: str, envelope: Envelope, message: bytes) -> bool | None:
         """Sync mode. An unknown name is left to the queue, which bounces that
         recipient alone rather than refusing the whole transaction."""
-        scheme, _, name = route.partition(":")
-        webhook = self._webhooks.get(name) if scheme == SCHEME else None
+        parsed = Route(route)
+        webhook = self._webhooks.get(parsed.argument) if parsed.scheme == SCHEME else None
         if webhook is None or webhook.mode != "sync":
             return None
         return await self._post(webhook, route, envelope, message)

@@ -23,7 +23,7 @@ from email.message import EmailMessage, Message
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
-from mailgate.core.envelope import Envelope
+from mailgate.core.session import Envelope
 
 SECRET_PREFIX = "whsec_"
 ID_PREFIX = "msg_"

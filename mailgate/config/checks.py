@@ -22,20 +22,19 @@ from urllib.parse import urlsplit
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from mailgate.core.route import Route, RouteError
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Checker = Callable[[Any], Any]
 _DOMAIN = re.compile(r"(?:[\w-]+\.)*[\w-]+")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@" + _DOMAIN.pattern)
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[\w.-]+):(\d{1,5})")
 _MODULE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
-_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
-_REJECT = re.compile(r"[45]\d\d(?: .*)?")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?", re.IGNORECASE)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _BYTES = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3}
-_ROUTES = "local, local:ADDRESS, mx, smtp:HOST:PORT, webhook:NAME, reject:CODE TEXT, discard or SCHEME:ARGS"
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -286,24 +285,18 @@ def secrets(value: Any) -> tuple[str, ...]:
 
 
 def route(webhooks: Collection[str], pipes: Collection[str] = ()) -> Checker:
-    """Route strings, shared by relay.transport and mailgate_route (SPEC)."""
-    def check(value: Any) -> str:
-        scheme, colon, args = string(value).partition(":")
-        if scheme in ("local", "mx", "discard") and not colon:
-            return value
-        if not colon or not _SCHEME.fullmatch(scheme) or scheme in ("mx", "discard"):
-            raise ValueError(f"not a route ({_ROUTES}): {value!r}")
-        if scheme == "local":
-            address(args)
-        elif scheme == "smtp":
-            host_port(args)
-        elif scheme == "webhook" and args not in webhooks:
-            raise ValueError(f"no [[webhook]] is named {args!r}")
-        elif scheme == "pipe" and args not in pipes:
-            raise ValueError(f"no [pipe.NAME] table is named {args!r}")
-        elif scheme == "reject" and not _REJECT.fullmatch(args):
-            raise ValueError(f'expected "reject:CODE TEXT" with a 4xx or 5xx code, got {value!r}')
-        return value
+    """Route strings, shared by relay.transport and mailgate_route (SPEC), parsed into Routes;
+    webhook: and pipe: routes must name a table the file defines."""
+    def check(value: Any) -> Route:
+        try:
+            parsed = Route.parse(string(value))
+        except RouteError as error:
+            raise ValueError(str(error)) from None
+        if parsed.scheme == "webhook" and parsed.argument not in webhooks:
+            raise ValueError(f"no [[webhook]] is named {parsed.argument!r}")
+        if parsed.scheme == "pipe" and parsed.argument not in pipes:
+            raise ValueError(f"no [pipe.NAME] table is named {parsed.argument!r}")
+        return parsed
     return check
 
 

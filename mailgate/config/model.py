@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from mailgate.config.checks import Network
+from mailgate.core.route import Route
 
 
 class ConfigError(Exception):
@@ -88,7 +89,7 @@ class RelayConfig:
     delay_warning_seconds: float = 0.0  # tell the sender mail is delayed after this long; 0 = never
     connection_cache_seconds: float = 2.0  # a clean session waits this long for the next message; 0 = never
     tls: str = "opportunistic"  # none | opportunistic | verify
-    transport: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    transport: Mapping[str, Route] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,12 @@
-"""The plugin manager: loading plugins and calling hooks that may be async."""
+"""The plugin manager: the built-ins, entry points and `plugins.enable` modules, loaded in order."""
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
-from pluggy import HookCaller, PluginManager, PluginValidationError
-from twisted.internet.defer import Deferred
+from pluggy import PluginManager, PluginValidationError
 
 from mailgate import hookspecs
 from mailgate.config import ConfigError, GatewayConfig
@@ -75,30 +73,3 @@ def _import_enabled(paths: Sequence[str], names: Sequence[str]) -> list[object]:
     if problems:
         raise ConfigError(problems)
     return modules
-
-
-async def settle(result: object) -> Any:
-    """Await a Deferred or coroutine; pass a plain value through."""
-    if isinstance(result, Deferred) or inspect.isawaitable(result):
-        return await result
-    return result
-
-
-async def call_all(hook: HookCaller, **kwargs: object) -> list[Any]:
-    """Call every implementation and await each answer, in pluggy's order."""
-    return [await settle(result) for result in hook(**kwargs)]
-
-
-async def first_answer(hook: HookCaller, **kwargs: object) -> Any | None:
-    """The first non-None answer, awaiting each before asking the next.
-
-    pluggy's own firstresult would stop at an unawaited coroutine (which is
-    not None), letting the first async plugin win unheard.
-    """
-    for impl in reversed(hook.get_hookimpls()):  # pluggy's call order
-        if impl.hookwrapper or impl.wrapper:
-            continue
-        answer = await settle(impl.function(*(kwargs[name] for name in impl.argnames)))
-        if answer is not None:
-            return answer
-    return None

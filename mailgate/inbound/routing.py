@@ -2,35 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from mailgate.core.envelope import Envelope
-from mailgate.hooks.manager import first_answer
+from twisted.logger import Logger
+
+from mailgate.core.reply import Reply
+from mailgate.core.route import Route, RouteError
+from mailgate.core.session import Envelope
+from mailgate.hooks.calling import first_answer
+
+log = Logger()
 
 MAX_FORWARD_DEPTH = 10
-LOOP = "5.4.6 Mail forwarding loop detected"
+LOOP = Reply(554, "5.4.6", "Mail forwarding loop detected")
+UNKNOWN_USER = Reply(550, "5.1.1", "Recipient address rejected: User unknown")
+PLUGIN_ERROR = Reply(451, "4.3.0", "Temporary routing failure, try again later")
+
+Resolved = list[tuple[str, Route]]  # (delivery address, route), in order
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """An SMTP reply refusing a recipient."""
+async def route_recipient(hooks: Any, recipient: str, envelope: Envelope) -> Route | Reply:
+    """The route for one recipient, or the refusal the client should hear.
 
-    code: int
-    text: str  # "5.1.1 ..." : enhanced code first
+    No answer is an unknown user; a `reject:` route is its own reply; an
+    answer that is not a route is a plugin's mistake, so the client hears
+    a temporary failure (fail closed) and the log says what was wrong.
+    """
+    answer = await first_answer(hooks.mailgate_route, recipient=recipient, envelope=envelope)
+    if answer is None:
+        return UNKNOWN_USER
+    try:
+        route = Route(answer)
+        return route.refusal() if route.scheme == "reject" else route
+    except RouteError as error:
+        log.error("mailgate_route for {rcpt}: {error}", rcpt=recipient, error=error)
+        return PLUGIN_ERROR
 
 
-def route_scheme(route: str) -> str:
-    return route.partition(":")[0]
-
-
-async def route_recipient(hooks: Any, recipient: str, envelope: Envelope) -> str | Refusal:
-    """The route for one recipient, or the refusal the client should hear."""
-    route = await first_answer(hooks.mailgate_route, recipient=recipient, envelope=envelope)
-    return refusal_for(route) or route
-
-
-async def resolve(hooks: Any, recipient: str, envelope: Envelope) -> list[tuple[str, str]] | Refusal:
+async def resolve(hooks: Any, recipient: str, envelope: Envelope) -> Resolved | Reply:
     """Every (delivery address, route) one RCPT TO stands for, or its refusal.
 
     `mailgate_forward` may replace a recipient by others, which are resolved
@@ -42,29 +52,44 @@ async def resolve(hooks: Any, recipient: str, envelope: Envelope) -> list[tuple[
     return await _resolve(hooks, recipient, envelope, chain=(recipient,))
 
 
-async def _resolve(
-    hooks: Any, recipient: str, envelope: Envelope, chain: tuple[str, ...]
-) -> list[tuple[str, str]] | Refusal:
+async def _resolve(hooks: Any, recipient: str, envelope: Envelope, chain: tuple[str, ...]) -> Resolved | Reply:
     targets = await first_answer(hooks.mailgate_forward, recipient=recipient)
     if targets is None:
-        route = await route_recipient(hooks, recipient, envelope)
-        return route if isinstance(route, Refusal) else [(recipient, route)]
+        return _one(recipient, await route_recipient(hooks, recipient, envelope))
     if len(chain) > MAX_FORWARD_DEPTH:
-        return Refusal(554, LOOP)
+        return LOOP
     forwarded = replace(envelope, may_relay=True)
-    resolved: list[tuple[str, str]] = []
+    resolved: Resolved = []
     for target in dict.fromkeys(t.lower() for t in targets):
         if target == recipient:
-            found = await route_recipient(hooks, target, envelope)
-            found = found if isinstance(found, Refusal) else [(target, found)]
+            found = _one(target, await route_recipient(hooks, target, envelope))
         elif target in chain:
-            return Refusal(554, LOOP)
+            return LOOP
         else:
             found = await _resolve(hooks, target, forwarded, chain + (target,))
-        if isinstance(found, Refusal):
+        if isinstance(found, Reply):
             return found
         resolved.extend(found)
     return resolved
+
+
+def _one(recipient: str, route: Route | Reply) -> Resolved | Reply:
+    return route if isinstance(route, Reply) else [(recipient, route)]
+
+
+async def accept_recipient(hooks: Any, envelope: Envelope, recipient: str) -> Reply:
+    """RCPT TO for an address already parsed: route it and add it to the envelope.
+
+    The SMTP session and `mailgate.testing` both answer RCPT with this, so
+    a plugin's test hears exactly what a client would.
+    """
+    resolved = await resolve(hooks, recipient, envelope)
+    if isinstance(resolved, Reply):
+        return resolved
+    if recipient not in envelope.rcpt_to:
+        envelope.rcpt_to.append(recipient)
+        envelope.routes.update(resolved)
+    return Reply(250, "2.1.5", "Ok")
 
 
 async def expand_list(hooks: Any, address: str) -> list[str]:
@@ -88,16 +113,3 @@ async def expand_list(hooks: Any, address: str) -> list[str]:
             else:
                 pending.append(nested)
     return list(members)
-
-
-def refusal_for(route: str | None) -> Refusal | None:
-    """The reply refusing a recipient for its route, or None to accept it."""
-    if route is None:
-        return Refusal(550, "5.1.1 Recipient address rejected: User unknown")
-    scheme, _, argument = route.partition(":")
-    if scheme == "reject":
-        code, _, text = argument.partition(" ")
-        if len(code) == 3 and code.isdigit() and code[0] in "45":
-            return Refusal(int(code), text or "5.7.1 Rejected")
-        return Refusal(550, "5.7.1 Rejected")
-    return None

@@ -1,84 +1,142 @@
-"""Delivery of one accepted message: local recipients into Maildirs, the rest into the queue."""
+"""The delivery transaction: every sink of one accepted message commits together, or none does.
+
+A message accepted at the end of DATA may go to local mailboxes, to
+mailing lists (each list gets a copy of its own, from the list's bounce
+address, with List-Id), to gateways that deliver while the client waits
+(a sync webhook) and to the outbound queue. As maddy does, all of it is
+one transaction: it is planned first, with no side effects; then the
+inline gateways run, and any of them failing fails the whole transaction
+before anything is stored; then every queue entry is written in one group
+commit and every Maildir copy in another, and if the Maildir write fails
+the queue entries are removed again. Only then are the queue entries
+released to the scheduler and the client told 250, so a client that hears
+4xx retries without leaving a copy behind anywhere.
+"""
 
 from __future__ import annotations
 
 import errno
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, Sequence
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
-from mailgate.core.envelope import Envelope
 from mailgate.core.errors import TemporaryFailure
-from mailgate.store.maildir_writer import MaildirStore, StoredMessage
-from mailgate.hooks.manager import first_answer
-from mailgate.builtin.lists import bounce_address, list_id
-from mailgate.inbound.routing import Refusal, expand_list, resolve, route_recipient
+from mailgate.core.lists import bounce_address, list_id
+from mailgate.core.reply import Reply
+from mailgate.core.route import Route
+from mailgate.core.session import Envelope
 from mailgate.core.trace import trace_header
+from mailgate.hooks.calling import first_answer
+from mailgate.inbound.routing import expand_list, resolve, route_recipient
+from mailgate.outbound.spooler import NewEntry
+from mailgate.store.maildir_writer import StoredMessage
 
 log = Logger()
 
 
+
+class Spool(Protocol):
+    """What the transaction needs of the outbound spool (mailgate.outbound.spooler.Spooler)."""
+
+    async def add(self, entries: Sequence[NewEntry]) -> None: ...
+
+    def remove(self, queue_id: str) -> Deferred: ...
+
+    def release(self, queue_ids: Sequence[str]) -> None: ...
+
+
+class Mailboxes(Protocol):
+    """What the transaction needs of the local store (mailgate.store.maildir_writer.MaildirStore)."""
+
+    def deliver_all(self, copies: Sequence[tuple[Sequence[str], StoredMessage]]) -> Deferred: ...
+
+
+@dataclass
+class Part:
+    """One message the transaction stores: the original, or one list's copy."""
+
+    queue_id: str
+    envelope: Envelope
+    message: StoredMessage
+    local: list[str] = field(default_factory=list)  # mailbox addresses
+    queued: list[tuple[str, Route]] = field(default_factory=list)  # (recipient, route) for the queue
+
+
 class Deliverer:
-    """Makes an accepted message durable before the client hears 250.
+    """Makes an accepted message durable, everywhere it goes, before the client hears 250."""
 
-    The queue entry is written first and released only once the local
-    copies are stored too: if the Maildir write fails, the entry is removed
-    again and the client hears 451, so its retry makes no duplicate.
-    """
-
-    def __init__(self, store: MaildirStore, queue: Any, hooks: Any, hostname: str = "localhost") -> None:
+    def __init__(self, store: Mailboxes, spool: Spool, hooks: Any, hostname: str = "localhost") -> None:
         self._store = store
-        self._hostname = hostname
-        self._queue = queue  # mailgate.outbound.scheduler.OutboundQueue
+        self._spool = spool
         self._hooks = hooks
+        self._hostname = hostname
 
-    async def deliver(
-        self, envelope: Envelope, message: StoredMessage, queue_id: str, *,
-        expand_lists: bool = True, inline: bool = True,
-    ) -> None:
-        """Deliver or queue everything, or raise DeliveryError having kept nothing.
+    async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str, *,
+                      inline: bool = True) -> None:
+        """Deliver or queue everything, or raise DeliveryError having kept nothing."""
+        original, lists = split_routes(Part(queue_id, envelope, message), envelope.routes)
+        parts = [original]
+        for index, list_address in enumerate(lists):
+            copy = await self._list_copy(list_address, envelope, message, f"{queue_id}L{index}")
+            if copy is not None:
+                parts.append(copy)
+        if inline:
+            for part in parts:
+                part.queued = await self._deliver_inline(part)
+        await self._commit(parts)
 
-        List copies are made first: each is a message of its own (its own
-        envelope sender and List-Id), stored before the original's copies.
-        """
-        local, queued, lists = split_routes(envelope.routes)
-        for index, list_address in enumerate(lists if expand_lists else ()):
-            await self._deliver_list_copy(list_address, envelope, message, f"{queue_id}L{index}")
-        if queued and inline:
-            queued = await self._deliver_inline(envelope, message, queued)
-        try:
-            if queued:
-                await self._queue.add(queue_id, envelope, queued, message)
-        except OSError as exc:
-            raise storage_failure(exc, "queue") from exc
-        try:
-            if local:
-                await self._store.deliver(local, message)
-        except OSError as exc:
-            if queued:
-                await self._queue.cancel(queue_id)
-            raise storage_failure(exc, "maildir") from exc
-        if queued:
-            self._queue.release(queue_id)
+    async def inject(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
+        """Deliver a message mailgate wrote itself (a bounce): routed like any other."""
+        for recipient in envelope.rcpt_to:
+            route = await route_recipient(self._hooks, recipient, envelope)
+            if isinstance(route, Reply):
+                log.warn("{id}: cannot deliver to {rcpt}: {reply}", id=queue_id, rcpt=recipient, reply=route)
+                continue
+            envelope.routes[recipient] = route
+        if envelope.routes:  # queued, never inline: nobody waits on a bounce's reply
+            await self.deliver(envelope, message, queue_id, inline=False)
 
-    async def _deliver_inline(
-        self, envelope: Envelope, message: StoredMessage, queued: list[tuple[str, str]]
-    ) -> list[tuple[str, str]]:
+    async def _list_copy(self, list_address: str, envelope: Envelope, message: StoredMessage,
+                         queue_id: str) -> Part | None:
+        """The copy for one list's members, from the list's bounce address, so
+        members' bounces reach the list and not the poster (RFC 2919 List-Id).
+        Members that are lists themselves were flattened by expand_list."""
+        sender = bounce_address(list_address)
+        copy_envelope = Envelope(mail_from=sender, may_relay=True, session=envelope.session)
+        for member in await expand_list(self._hooks, list_address):
+            resolved = await resolve(self._hooks, member, copy_envelope)
+            if isinstance(resolved, Reply):
+                log.warn("{id}: list {list}: member {member} refused: {reply}", id=queue_id,
+                         list=list_address, member=member, reply=resolved)
+                continue
+            copy_envelope.rcpt_to.append(member)
+            copy_envelope.routes.update(resolved)
+        if not copy_envelope.routes:
+            return None
+        header = trace_header(
+            mail_from=sender, hostname=self._hostname, queue_id=queue_id, protocol="list",
+            recipients=copy_envelope.rcpt_to,
+        ) + f"List-Id: {list_id(list_address)}\n".encode() + message.transit_header
+        copy, _ = split_routes(Part(queue_id, copy_envelope, message.with_header(header)), copy_envelope.routes)
+        return copy
+
+    async def _deliver_inline(self, part: Part) -> list[tuple[str, Route]]:
         """Offer each queued route to `mailgate_deliver_inline`; return those left to queue.
 
         A DeliveryError raised here propagates before anything is stored, so
         the client's reply is that error and nothing is kept.
         """
-        by_route: dict[str, list[str]] = {}
-        for recipient, route in queued:
+        by_route: dict[Route, list[str]] = {}
+        for recipient, route in part.queued:
             by_route.setdefault(route, []).append(recipient)
         wire: bytes | None = None
-        remaining: list[tuple[str, str]] = []
+        remaining: list[tuple[str, Route]] = []
         for route, recipients in by_route.items():
             if wire is None:
-                wire = message.wire_form()
-            scoped = replace(envelope, rcpt_to=recipients)
+                wire = part.message.wire_form()
+            scoped = replace(part.envelope, rcpt_to=recipients)
             answer = await first_answer(
                 self._hooks.mailgate_deliver_inline, route=route, envelope=scoped, message=wire
             )
@@ -86,40 +144,23 @@ class Deliverer:
                 remaining.extend((recipient, route) for recipient in recipients)
         return remaining
 
-    async def _deliver_list_copy(
-        self, list_address: str, envelope: Envelope, message: StoredMessage, queue_id: str
-    ) -> None:
-        """One copy for the list's members, from the list's bounce address, so
-        members' bounces reach the list and not the poster (RFC 2919 List-Id)."""
-        sender = bounce_address(list_address)
-        copy_envelope = Envelope(mail_from=sender, may_relay=True, helo=envelope.helo, client_ip=envelope.client_ip)
-        for member in await expand_list(self._hooks, list_address):
-            resolved = await resolve(self._hooks, member, copy_envelope)
-            if isinstance(resolved, Refusal):
-                log.warn("{id}: list {list}: member {member} refused: {code} {text}", id=queue_id,
-                         list=list_address, member=member, code=resolved.code, text=resolved.text)
-                continue
-            copy_envelope.rcpt_to.append(member)
-            copy_envelope.routes.update(resolved)
-        if not copy_envelope.routes:
-            return
-        header = trace_header(
-            mail_from=sender, hostname=self._hostname, queue_id=queue_id, protocol="list",
-            recipients=copy_envelope.rcpt_to,
-        ) + f"List-Id: {list_id(list_address)}\n".encode() + message.transit_header
-        await self.deliver(copy_envelope, message.with_header(header), queue_id, expand_lists=False)
-
-    async def inject(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
-        """Deliver a message mailgate wrote itself (a bounce): routed like any other."""
-        for recipient in envelope.rcpt_to:
-            route = await route_recipient(self._hooks, recipient, envelope)
-            if isinstance(route, Refusal):
-                log.warn("{id}: cannot deliver to {rcpt}: {code} {text}",
-                         id=queue_id, rcpt=recipient, code=route.code, text=route.text)
-                continue
-            envelope.routes[recipient] = route
-        if envelope.routes:  # queued, never inline: nobody waits on a bounce's reply
-            await self.deliver(envelope, message, queue_id, inline=False)
+    async def _commit(self, parts: list[Part]) -> None:
+        """Queue entries in one group commit, Maildir copies in another; all or none."""
+        entries = [(p.queue_id, p.envelope, p.queued, p.message) for p in parts if p.queued]
+        copies = [(p.local, p.message) for p in parts if p.local]
+        try:
+            if entries:
+                await self._spool.add(entries)
+        except OSError as exc:
+            raise storage_failure(exc, "queue") from exc
+        try:
+            if copies:
+                await self._store.deliver_all(copies)
+        except OSError as exc:
+            await DeferredList([self._spool.remove(queue_id) for queue_id, *_ in entries], consumeErrors=True)
+            raise storage_failure(exc, "maildir") from exc
+        if entries:
+            self._spool.release([queue_id for queue_id, *_ in entries])
 
 
 def storage_failure(exc: OSError, where: str) -> TemporaryFailure:
@@ -130,18 +171,15 @@ def storage_failure(exc: OSError, where: str) -> TemporaryFailure:
     return TemporaryFailure("Local delivery failed, try again later", reason=f"{where}: {exc}")
 
 
-def split_routes(routes: dict[str, str]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
-    """Local mailbox addresses, (recipient, route) pairs for the queue, and list
-    addresses to expand; discarded recipients vanish."""
-    local: list[str] = []
-    queued: list[tuple[str, str]] = []
+def split_routes(part: Part, routes: dict[str, Route]) -> tuple[Part, list[str]]:
+    """Fill `part` with its local mailboxes and queued recipients; return it and the
+    list addresses to expand. Discarded recipients vanish."""
     lists: list[str] = []
     for recipient, route in routes.items():
-        scheme, _, argument = route.partition(":")
-        if scheme == "local":
-            local.append(argument or recipient)
-        elif scheme == "list":
-            lists.append(argument or recipient)
-        elif scheme != "discard":
-            queued.append((recipient, route))
-    return local, queued, lists
+        if route.scheme == "local":
+            part.local.append(route.mailbox(recipient))
+        elif route.scheme == "list":
+            lists.append(route.mailbox(recipient))
+        elif route.scheme != "discard":
+            part.queued.append((recipient, route))
+    return part, lists

@@ -30,7 +30,7 @@ class TemporaryDNSError(DeliveryError):
 
     default_code = 451
     default_enhanced = "4.4.3"
-    default_reply = "Temporary DNS failure, try again later"
+    default_text = "Temporary DNS failure, try again later"
 
 
 class PermanentDNSError(DeliveryError):
@@ -38,7 +38,7 @@ class PermanentDNSError(DeliveryError):
 
     default_code = 550
     default_enhanced = "5.1.2"
-    default_reply = "Domain not found"
+    default_text = "Domain not found"
 
 
 def parse_nameserver(entry: str) -> tuple[str, int]:

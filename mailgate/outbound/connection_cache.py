@@ -16,9 +16,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
 
+from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
 from mailgate.outbound.smtp_client import ClientProtocol
 
-MAX_IDLE_PER_DESTINATION = 20  # as many as the queue runs attempts at once
+MAX_IDLE_PER_DESTINATION = MAX_CONCURRENT_ATTEMPTS  # never more idle than could be busy
 MAX_TRANSACTIONS = 100  # then a fresh session: some servers count messages per session
 
 Key = tuple[str, str, int]  # host name, address, port

@@ -1,73 +1,73 @@
-"""Outbound delivery: when each queued message is tried, along which routes, and its bounce.
+"""Outbound delivery: when each queued message is tried, through which transport, and what follows.
 
 Timing lives in one heap keyed by next attempt and one timer for its head:
 nothing ever scans the queue after start-up, so a hundred thousand deferred
-messages cost a heap entry each and nothing per new message.
+messages cost a heap entry each and nothing per new message. Which
+transport delivers a recipient is the route scheme's business, how it
+groups recipients the transport's; the scheduler only runs attempts.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Hashable, Mapping
 
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from mailgate.store.group_commit import Batcher
-from mailgate.config import GatewayConfig
-from mailgate.outbound.dsn import RecipientStatus, build_dsn
-from mailgate.core.envelope import Envelope
-from mailgate.core.errors import DeliveryError
-from mailgate.store.maildir_writer import StoredMessage
-from mailgate.hooks.manager import first_answer
-from mailgate.store.durable import unlink_quietly
-from mailgate.outbound.spool import DELIVERED, FAILED, QueuedMessage, QueueStore, RecipientState
-from mailgate.outbound.smtp_transport import RecipientResult
+from mailgate.core.reply import Reply
+from mailgate.core.route import Route
+from mailgate.core.session import Envelope, Session
+from mailgate.outbound.bounces import BounceSender
+from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
 from mailgate.outbound.retry import RetryPolicy
-from mailgate.core.trace import trace_header
-from mailgate.core.wire import CRLFConverter
+from mailgate.outbound.spool import DELIVERED, FAILED, QueuedMessage, RecipientState
+from mailgate.outbound.spooler import Blocking, Spooler
+from mailgate.outbound.transport import DeliveryJob, RecipientResult, Transport
+from mailgate.store.durable import unlink_quietly
 
 log = Logger()
 
-MAX_CONCURRENT_ATTEMPTS = 20
-Blocking = Callable[..., Deferred]
-Inject = Callable[[Envelope, StoredMessage, str], Awaitable[None]]
+Group = tuple[Transport, Hashable]
 
 
-class OutboundQueue:
-    """Schedules and attempts queued messages; owns nothing on disk but through QueueStore."""
+class Scheduler:
+    """Schedules and attempts queued messages; owns nothing on disk but through the Spooler.
+
+    `transports` maps route schemes to the transport that delivers them;
+    any other scheme goes to `default_transport` (plugins' mailgate_deliver).
+    """
 
     def __init__(
         self,
-        config: GatewayConfig,
-        store: QueueStore,
-        relay: Any,  # mailgate.outbound.smtp_transport.SMTPRelay
-        hooks: Any,
-        clock: Any,
+        spooler: Spooler,
+        transports: Mapping[str, Transport],
+        default_transport: Transport,
+        bounces: BounceSender,
+        policy: RetryPolicy,
+        clock: IReactorTime,
         run_blocking: Blocking,
-        inject: Inject | None = None,
+        delay_warning_seconds: float = 0.0,
     ) -> None:
-        self._config = config
-        self.store = store
-        self._relay = relay
-        self._hooks = hooks
+        self.spooler = spooler
+        self.store = spooler.store
+        self._transports = transports
+        self._default_transport = default_transport
+        self._bounces = bounces
+        self._policy = policy
         self._clock = clock
         self._run = run_blocking
-        # Writes to the spool share group commits, as Maildir deliveries do.
-        self._adds: Batcher = Batcher(run_blocking, store.add_batch)
-        self._saves: Batcher = Batcher(run_blocking, store.save_batch)
-        self._removes: Batcher = Batcher(run_blocking, store.remove_batch)
-        self.inject = inject  # how bounces are delivered; the service points it at the Deliverer
-        self._policy = RetryPolicy.from_config(config.relay)
+        self._delay_warning_seconds = delay_warning_seconds
         self._heap: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}  # id -> its live heap time; stale heap entries skipped
         self._running: dict[str, Deferred] = {}
         self._deleted: set[str] = set()
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
         self._stopping = False
         self._abandoned = False
+        spooler.on_release(self._released)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -105,27 +105,9 @@ class OutboundQueue:
         if self._running:
             log.warn("queue: abandoned {count} attempt(s) in flight at shutdown", count=len(self._running))
 
-    # --- accepting -----------------------------------------------------------
-
-    async def add(
-        self, queue_id: str, envelope: Envelope, recipients: Sequence[tuple[str, str]], message: StoredMessage
-    ) -> None:
-        """Store durably; the caller calls release() once the client may hear 250."""
-        entry = QueuedMessage(
-            id=queue_id,
-            sender=envelope.mail_from,
-            arrived=self._clock.seconds(),
-            next_attempt=self._clock.seconds(),
-            recipients=[RecipientState(address, route) for address, route in recipients],
-        )
-        await self._adds.submit((entry, message))
-
-    def release(self, queue_id: str) -> None:
+    def _released(self, queue_id: str) -> None:
+        """A new entry whose client has been told 250: due now."""
         self.schedule(queue_id, self._clock.seconds())
-
-    async def cancel(self, queue_id: str) -> None:
-        """Undo add() when the rest of the transaction failed (no 250 was sent)."""
-        await self._removes.submit(queue_id)
 
     # --- scheduling ----------------------------------------------------------
 
@@ -144,7 +126,7 @@ class OutboundQueue:
         """Remove an entry (`mailgate queue delete`); an attempt in flight drops its result."""
         self._due.pop(queue_id, None)
         self._deleted.add(queue_id)
-        return self._removes.submit(queue_id)
+        return self.spooler.remove(queue_id)
 
     def serve_requests(self) -> None:
         """Act on the CLI's flush and delete requests (a LoopingCall, once a second).
@@ -216,14 +198,14 @@ class OutboundQueue:
     async def attempt(self, queue_id: str) -> None:
         """Try every pending recipient once, record the results, bounce or reschedule."""
         if queue_id in self._deleted:
-            await self._removes.submit(queue_id)  # in case a save raced the delete
+            await self.spooler.remove(queue_id)  # in case a save raced the delete
             return
         entry = await self._run(self.store.load, queue_id)
         if entry is None:
             return
         groups = self._groups(entry)
         outcomes = await DeferredList(
-            [Deferred.fromCoroutine(self._deliver_group(entry, key, rcpts)) for key, rcpts in groups.items()],
+            [Deferred.fromCoroutine(self._deliver_group(entry, group, rcpts)) for group, rcpts in groups.items()],
             consumeErrors=True,
         )
         results = {r.recipient: r for ok, found in outcomes if ok for r in found}
@@ -232,51 +214,25 @@ class OutboundQueue:
             return  # stop() gave up waiting: leave the entry as it was
         await self._settle(entry, failed_now)
 
-    def _groups(self, entry: QueuedMessage) -> dict[tuple[str, ...], list[RecipientState]]:
-        """One connection per destination: by domain for MX, by host for smarthost and smtp:."""
-        groups: dict[tuple[str, ...], list[RecipientState]] = defaultdict(list)
-        smarthost = self._config.relay.smarthost
+    def _groups(self, entry: QueuedMessage) -> dict[Group, list[RecipientState]]:
+        """Pending recipients by (transport, destination): one delivery each."""
+        groups: dict[Group, list[RecipientState]] = defaultdict(list)
         for recipient in entry.pending():
-            scheme, _, argument = recipient.route.partition(":")
-            if scheme == "mx" and smarthost:
-                groups[("host", smarthost)].append(recipient)
-            elif scheme == "mx":
-                groups[("mx", recipient.address.rpartition("@")[2])].append(recipient)
-            elif scheme == "smtp":
-                groups[("host", argument)].append(recipient)
-            else:
-                groups[("plugin", recipient.route)].append(recipient)
+            route = Route(recipient.route)
+            transport = self._transports.get(route.scheme, self._default_transport)
+            groups[(transport, transport.destination(recipient.address, route))].append(recipient)
         return groups
 
-    async def _deliver_group(
-        self, entry: QueuedMessage, key: tuple[str, ...], recipients: list[RecipientState]
-    ) -> list[RecipientResult]:
-        addresses = [r.address for r in recipients]
-        path = self.store.message_path(entry.id)
-        kind, target = key
-        if kind == "mx":
-            return await self._relay.deliver_by_mx(target, entry.sender, addresses, path)
-        if kind == "host":
-            host, _, port = target.rpartition(":")
-            return await self._relay.deliver_to_host(host.strip("[]"), int(port), entry.sender, addresses, path)
-        return await self._deliver_by_plugin(entry, target, addresses, path)
-
-    async def _deliver_by_plugin(
-        self, entry: QueuedMessage, route: str, addresses: list[str], path: str
-    ) -> list[RecipientResult]:
-        message = await self._run(_read_wire_form, path)
-        envelope = Envelope(mail_from=entry.sender, rcpt_to=addresses)
-        try:
-            answer = await first_answer(self._hooks.mailgate_deliver, route=route, envelope=envelope, message=message)
-        except DeliveryError as exc:
-            log.info("{id}: route {route}: {code} {reason}", id=entry.id, route=route, code=exc.code, reason=exc.reason)
-            return _same_result(addresses, exc.code, exc.enhanced, exc.reply)
-        except Exception as exc:  # fail closed: a crashing plugin means "try later"
-            log.failure("plugin delivery crashed for route {route}", route=route)
-            return _same_result(addresses, 451, "4.3.0", f"plugin error: {exc!r}")
-        if answer is None:
-            return _same_result(addresses, 451, "4.3.5", f"no plugin delivers route {route}")
-        return _same_result(addresses, 250, "2.0.0", "delivered by plugin")
+    async def _deliver_group(self, entry: QueuedMessage, group: Group,
+                             recipients: list[RecipientState]) -> list[RecipientResult]:
+        transport, destination = group
+        envelope = Envelope(
+            mail_from=entry.sender, rcpt_to=[r.address for r in recipients],
+            parameters=dict(entry.parameters), session=Session.from_dict(entry.session),
+        )
+        job = DeliveryJob(entry.id, envelope, Route(recipients[0].route), destination,
+                          self.store.message_path(entry.id))
+        return await transport.deliver(job)
 
     def _record(self, entry: QueuedMessage, results: dict[str, RecipientResult]) -> list[RecipientState]:
         """Apply one attempt's results; return the recipients that failed for good now."""
@@ -285,16 +241,15 @@ class OutboundQueue:
         was_pending = entry.pending()
         for recipient in entry.pending():
             result = results.get(recipient.address)
-            if result is None:
-                result = RecipientResult(recipient.address, 451, "4.3.0", "delivery attempt failed", None)
-            recipient.code, recipient.enhanced = result.code, result.enhanced
-            recipient.diagnostic, recipient.remote_mta = result.text, result.remote_mta
-            if 200 <= result.code < 300:
+            reply = result.reply if result is not None else Reply(451, "4.3.0", "delivery attempt failed")
+            recipient.code, recipient.enhanced, recipient.diagnostic = reply.code, reply.enhanced, reply.one_line
+            recipient.remote_mta = result.remote_mta if result is not None else None
+            if reply.positive:
                 recipient.status = DELIVERED
-            elif result.code >= 500:
+            elif reply.permanent:
                 recipient.status = FAILED
             else:
-                entry.last_error = f"{result.code} {result.enhanced} {result.text}"
+                entry.last_error = str(reply)
         if entry.pending() and self._policy.expired(entry.arrived, now):
             for recipient in entry.pending():
                 recipient.status = FAILED
@@ -315,59 +270,18 @@ class OutboundQueue:
         if entry.id in self._deleted:
             return
         if failed_now and entry.sender:
-            await self._report(entry, failed_now, "failed")
+            await self._bounces.report(entry, failed_now, "failed")
         if self._delay_warning_due(entry):
             entry.warned = True
-            await self._report(entry, entry.pending(), "delayed")
+            await self._bounces.report(entry, entry.pending(), "delayed")
         if entry.pending():
-            await self._saves.submit(entry)
+            await self.spooler.save(entry)
             self.schedule(entry.id, entry.next_attempt)
             return
-        await self._removes.submit(entry.id)
+        await self.spooler.remove(entry.id)
 
     def _delay_warning_due(self, entry: QueuedMessage) -> bool:
         """relay.delay_warning: once per message, as Postfix's delay_warning_time."""
-        after = self._config.relay.delay_warning_seconds
+        after = self._delay_warning_seconds
         waited = self._clock.seconds() - entry.arrived
         return bool(after and entry.sender and entry.pending() and not entry.warned and waited >= after)
-
-    async def _report(self, entry: QueuedMessage, recipients: list[RecipientState], action: str) -> None:
-        """An RFC 3464 report to the sender ("failed": a bounce; "delayed": a
-        warning), sent from <> so reports never loop."""
-        retry_until = datetime.fromtimestamp(entry.arrived + self._policy.max_queue_seconds, timezone.utc)
-        statuses = [
-            RecipientStatus(
-                recipient=r.address, action=action,
-                status=r.enhanced or ("5.0.0" if action == "failed" else "4.0.0"),
-                diagnostic=" ".join(str(part) for part in (r.code, r.enhanced, r.diagnostic) if part),
-                remote_mta=r.remote_mta, will_retry_until=retry_until if action == "delayed" else None,
-            )
-            for r in recipients
-        ]
-        hostname = self._config.server.hostname
-        report = await self._run(
-            lambda: build_dsn(
-                reporting_mta=hostname, sender=entry.sender, statuses=statuses,
-                original=self.store.message_path(entry.id),
-                arrival=datetime.fromtimestamp(entry.arrived, timezone.utc), queue_id=entry.id,
-            )
-        )
-        bounce_id = f"{entry.id}{'B' if action == 'failed' else 'W'}"
-        envelope = Envelope(mail_from="", rcpt_to=[entry.sender], may_relay=True)
-        header = trace_header(
-            mail_from="", hostname=hostname, queue_id=bounce_id, protocol="local", recipients=[entry.sender]
-        )
-        message = StoredMessage.build(header, [report], len(report), report.count(b"\n"))
-        assert self.inject is not None, "OutboundQueue.inject must be set before bounces"
-        await self.inject(envelope, message, bounce_id)
-
-
-def _same_result(addresses: list[str], code: int, enhanced: str, text: str) -> list[RecipientResult]:
-    return [RecipientResult(address, code, enhanced, text, None) for address in addresses]
-
-
-def _read_wire_form(path: str) -> bytes:
-    """The stored message in CRLF form, for plugins (`mailgate_deliver` gets bytes)."""
-    converter = CRLFConverter()
-    with open(path, "rb") as handle:
-        return converter.feed(handle.read()) + converter.finish()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -17,21 +16,10 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
+from mailgate.core.reply import Reply, ReplyError
 from mailgate.core.wire import CRLFConverter, DotStuffer
 
 BLOCK_SIZE = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A complete (possibly multi-line) server reply."""
-
-    code: int
-    lines: tuple[str, ...]
-
-    @property
-    def positive(self) -> bool:
-        return 200 <= self.code < 300
 
 
 class SessionClosed(Exception):
@@ -81,7 +69,12 @@ class ClientProtocol(LineReceiver):
         self._lines.append(text[4:])
         if separator == "-":
             return
-        reply, self._lines = Reply(int(code), tuple(self._lines)), []
+        try:
+            reply = Reply.from_lines(int(code), self._lines)
+        except ReplyError:  # a code outside 2xx-5xx
+            self._abort(f"malformed reply {text[:80]!r}")
+            return
+        self._lines = []
         self.replies_received += 1
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None

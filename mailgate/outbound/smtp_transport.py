@@ -1,4 +1,4 @@
-"""One outbound SMTP attempt: a stored message to one domain's MX hosts or one fixed host.
+"""The SMTP transport: a stored message to one domain's MX hosts, a smarthost or one fixed host.
 
 The queue decides when to try and what to do with the answers; this module
 only turns (envelope, message file) into one RecipientResult per recipient.
@@ -8,62 +8,31 @@ timeouts, TLS failures and surprises all become per-recipient 4xx/5xx results.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
 from twisted.logger import Logger
 
-from mailgate.outbound.connection_cache import ConnectionCache, Key, OpenSession
-from mailgate.net.dns import MXResolver
 from mailgate.core.errors import DeliveryError
-from mailgate.outbound.smtp_client import BodyProducer, ClientProtocol, Reply, SessionClosed, wire_size
+from mailgate.core.reply import Reply
+from mailgate.core.route import Route
+from mailgate.net.dns import MXResolver
+from mailgate.outbound.connection_cache import ConnectionCache, Key, OpenSession
+from mailgate.outbound.smtp_client import BodyProducer, ClientProtocol, SessionClosed, wire_size
+from mailgate.outbound.transport import DeliveryJob, RecipientResult, same_result
 
 TLS_MODES = ("none", "opportunistic", "verify")
-_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
+SCHEMES = ("mx", "smtp")  # the routes this transport delivers
 log = Logger()
 
 
-@dataclass(frozen=True)
-class RecipientResult:
-    """What happened to one recipient in one attempt."""
-
-    recipient: str
-    code: int  # SMTP reply code; synthetic 4xx for connection/timeout/TLS problems
-    enhanced: str  # "2.0.0", "4.4.1", "5.1.1" (the server's, else derived from code)
-    text: str  # reply text without code and enhanced code, or our reason
-    remote_mta: str | None = None  # host that answered, None if none did
-
-    @property
-    def delivered(self) -> bool:
-        return 200 <= self.code < 300
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
-
-    @property
-    def temporary(self) -> bool:
-        """Anything neither delivered nor 5xx is retried: fail closed, never lose mail."""
-        return not (self.delivered or self.permanent)
-
-    @property
-    def reply(self) -> str:
-        """One line for logs, `last_error` and a DSN's Diagnostic-Code."""
-        return f"{self.code} {self.enhanced} {self.text}"
-
-    @classmethod
-    def from_reply(cls, reply: Reply, recipient: str, host: str) -> RecipientResult:
-        """RFC 2034: an enhanced code leads each line when the server has them."""
-        match = _ENHANCED.match(reply.lines[0])
-        if match and match.group(1) == str(reply.code)[0]:
-            enhanced = ".".join(match.groups())
-            lines = [_ENHANCED.sub("", line, count=1) for line in reply.lines]
-        else:
-            enhanced, lines = f"{reply.code // 100}.0.0", list(reply.lines)
-        return cls(recipient, reply.code, enhanced, " ".join(lines).strip(), host)
+def _result(reply: Reply, recipient: str, host: str) -> RecipientResult:
+    """A remote reply for one recipient; a server without RFC 2034 codes gets X.0.0."""
+    if not reply.enhanced:
+        reply = Reply(reply.code, f"{reply.code // 100}.0.0", reply.text)
+    return RecipientResult(recipient, reply, host)
 
 
 class _SetupFailed(DeliveryError):
@@ -85,11 +54,6 @@ class _Job:
     message_path: str
 
 
-def _all(recipients: tuple[str, ...] | list[str], code: int, enhanced: str, text: str,
-         host: str | None = None) -> list[RecipientResult]:
-    return [RecipientResult(r, code, enhanced, text, host) for r in recipients]
-
-
 def _where(key: Key) -> str:
     host, address, port = key
     return f"{host}[{address}]:{port}"
@@ -97,12 +61,15 @@ def _where(key: Key) -> str:
 
 def _extensions(ehlo: Reply) -> dict[str, str]:
     """EHLO keywords (upper case) -> their parameters; line 1 is the greeting."""
-    pairs = (line.strip().partition(" ") for line in ehlo.lines[1:])
+    pairs = (line.strip().partition(" ") for line in ehlo.text.split("\n")[1:])
     return {keyword.upper(): params for keyword, _, params in pairs}
 
 
-class SMTPRelay:
+class SMTPTransport:
     """Delivers one message to one destination over ESMTP.
+
+    Routes `mx` (by the recipient domain's MX hosts, or the smarthost when
+    `relay.smarthost` is set) and `smtp:HOST:PORT` (that host, no MX lookup).
 
     TLS: "none" never uses STARTTLS. "opportunistic" uses it when offered,
     without checking the certificate (RFC 7435: encryption against passive
@@ -120,7 +87,7 @@ class SMTPRelay:
     def __init__(self, reactor: Any, *, helo_name: str, tls_mode: str, resolver: MXResolver,
                  mx_port: int = 25, timeout_seconds: float = 300, connect_timeout_seconds: float = 30,
                  client_tls_options: Callable[[str], Any] | None = None,
-                 connection_cache_seconds: float = 0.0) -> None:
+                 connection_cache_seconds: float = 0.0, smarthost: tuple[str, int] | None = None) -> None:
         if tls_mode not in TLS_MODES:
             raise ValueError(f"tls_mode must be one of {TLS_MODES}, not {tls_mode!r}")
         self._reactor, self._helo_name, self._tls_mode = reactor, helo_name, tls_mode
@@ -128,6 +95,22 @@ class SMTPRelay:
         self._timeout_seconds, self._connect_timeout_seconds = timeout_seconds, connect_timeout_seconds
         self._client_tls_options = client_tls_options
         self._cache = ConnectionCache(reactor, connection_cache_seconds)
+        self._smarthost = smarthost
+
+    def destination(self, recipient: str, route: Route) -> Hashable:
+        """One connection per destination: by domain for MX, by host for smarthost and smtp:."""
+        if route.scheme == "smtp":
+            return route.host_port()
+        if self._smarthost is not None:
+            return self._smarthost
+        return recipient.rpartition("@")[2]
+
+    async def deliver(self, job: DeliveryJob) -> list[RecipientResult]:
+        envelope, path = job.envelope, job.message_path
+        if isinstance(job.destination, tuple):
+            host, port = job.destination
+            return await self.deliver_to_host(host, port, envelope.mail_from, envelope.rcpt_to, path)
+        return await self.deliver_by_mx(str(job.destination), envelope.mail_from, envelope.rcpt_to, path)
 
     async def close_idle(self) -> None:
         """Say QUIT on every cached session (the server is stopping)."""
@@ -140,7 +123,7 @@ class SMTPRelay:
         try:
             hosts = await self._resolver.mx_hosts(domain)
         except DeliveryError as error:
-            return _all(job.recipients, error.code, error.enhanced, error.reply)
+            return same_result(job.recipients, error.reply)
         return await self._guarded(job, hosts, self._mx_port)
 
     async def deliver_to_host(self, host: str, port: int, mail_from: str, recipients: list[str],
@@ -156,7 +139,7 @@ class SMTPRelay:
             return await self._try_hosts(job, hosts, port)
         except Exception as error:
             log.failure("relay attempt to {hosts} crashed", hosts=hosts)
-            return _all(job.recipients, 451, "4.3.0", f"internal error: {type(error).__name__}")
+            return same_result(job.recipients, Reply(451, "4.3.0", f"internal error: {type(error).__name__}"))
 
     async def _try_hosts(self, job: _Job, hosts: list[str], port: int) -> list[RecipientResult]:
         failures: list[DeliveryError] = []
@@ -170,12 +153,12 @@ class SMTPRelay:
                 try:
                     return await self._attempt(job, host, address, port)
                 except _SetupFailed as failure:
-                    log.info("relay: {reply}", reply=failure.reply)
+                    log.info("relay: {reply}", reply=failure.text)
                     failures.append(failure)
         # Permanent only if every host was permanently unresolvable; else retry later.
         temporary = [f for f in failures if not f.permanent] or failures
         last = temporary[-1] if temporary else _SetupFailed("4.4.1", "no host to connect to")
-        return _all(job.recipients, last.code, last.enhanced, last.reply)
+        return same_result(job.recipients, last.reply)
 
     async def _attempt(self, job: _Job, host: str, address: str, port: int) -> list[RecipientResult]:
         key = (host, address, port)
@@ -190,7 +173,7 @@ class SMTPRelay:
         except _SetupFailed as failure:
             if not (failure.tls and self._tls_mode == "opportunistic"):
                 raise
-            log.info("relay: {reply}; retrying without TLS", reply=failure.reply)
+            log.info("relay: {reply}; retrying without TLS", reply=failure.text)
             return await self._connect_and_run(job, key, False)
 
     async def _connect_and_run(self, job: _Job, key: Key, use_tls: bool) -> list[RecipientResult]:
@@ -232,7 +215,7 @@ class SMTPRelay:
             await protocol.close(abort=True)
             if session.transactions and protocol.replies_received == before:
                 return None
-            return _all(job.recipients, 451, "4.4.2", f"{_where(key)}: {error}", key[0])
+            return same_result(job.recipients, Reply(451, "4.4.2", f"{_where(key)}: {error}"), key[0])
         except BaseException:
             await protocol.close(abort=True)
             raise
@@ -246,7 +229,7 @@ class SMTPRelay:
         """Greeting, EHLO and STARTTLS: everything before the mail transaction."""
         greeting = await protocol.read_reply()
         if not greeting.positive:
-            raise _SetupFailed("4.4.1", f"{where}: greeting: {greeting.code} {' '.join(greeting.lines)}")
+            raise _SetupFailed("4.4.1", f"{where}: greeting: {greeting.code} {greeting.one_line}")
         extensions = await self._hello(protocol, where)
         if not use_tls:
             return extensions
@@ -286,7 +269,7 @@ class SMTPRelay:
             reply = await protocol.read_reply()
             if reply.positive:
                 return {}
-        raise _SetupFailed("4.4.1", f"{where}: hello: {reply.code} {' '.join(reply.lines)}")
+        raise _SetupFailed("4.4.1", f"{where}: hello: {reply.code} {reply.one_line}")
 
     async def _transaction(self, protocol: ClientProtocol, job: _Job, host: str,
                            extensions: dict[str, str]) -> list[RecipientResult]:
@@ -304,13 +287,12 @@ class SMTPRelay:
             mail_reply, rcpt_replies, data_reply = await self._lockstep(protocol, mail, rcpts)
         if not mail_reply.positive:
             await self._abandon(protocol, data_reply)
-            return [RecipientResult.from_reply(mail_reply, r, host) for r in job.recipients]
+            return [_result(mail_reply, r, host) for r in job.recipients]
         if not any(reply.positive for reply in rcpt_replies):
             await self._abandon(protocol, data_reply)
-            return [RecipientResult.from_reply(reply, r, host)
-                    for r, reply in zip(job.recipients, rcpt_replies)]
+            return [_result(reply, r, host) for r, reply in zip(job.recipients, rcpt_replies)]
         final = await self._data(protocol, job, data_reply)
-        return [RecipientResult.from_reply(final if reply.positive else reply, r, host)
+        return [_result(final if reply.positive else reply, r, host)
                 for r, reply in zip(job.recipients, rcpt_replies)]
 
     async def _lockstep(self, protocol: ClientProtocol, mail: str,
@@ -335,7 +317,7 @@ class SMTPRelay:
         if data_reply.code != 354:
             if data_reply.code >= 400:
                 return data_reply
-            return Reply(451, (f"4.5.0 unexpected reply to DATA: {data_reply.code}",))
+            return Reply(451, "4.5.0", f"unexpected reply to DATA: {data_reply.code}")
         with open(job.message_path, "rb") as handle:
             producer = BodyProducer(handle, protocol)
             protocol.transport.registerProducer(producer, False)

@@ -24,7 +24,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from mailgate.store.durable import sync_paths, unlink_quietly, write_durably
 from mailgate.store.maildir_writer import StoredMessage
@@ -53,6 +53,8 @@ class QueuedMessage:
     next_attempt: float = 0.0
     last_error: str | None = None
     warned: bool = False  # a delay warning was sent
+    session: dict[str, Any] = field(default_factory=dict)  # core.Session.to_dict() of the sending session
+    parameters: dict[str, str | None] = field(default_factory=dict)  # MAIL FROM's ESMTP parameters
     extra: dict = field(default_factory=dict)  # room for plugins' bookkeeping
 
     def pending(self) -> list[RecipientState]:
@@ -66,6 +68,7 @@ class QueuedMessage:
 
     @classmethod
     def from_json(cls, data: bytes) -> "QueuedMessage":
+        """Entries written by an older version lack the newer fields: they get the defaults."""
         raw = json.loads(data)
         raw["recipients"] = [RecipientState(**r) for r in raw["recipients"]]
         return cls(**raw)
@@ -99,7 +102,7 @@ class QueueStore:
 
     def add(self, entry: QueuedMessage, message: StoredMessage) -> None:
         """Queue a new message durably (see the module docstring)."""
-        _raise_first(self.add_batch([(entry, message)]))
+        _raise_first(self.add_batch([[(entry, message)]]))
 
     def save(self, entry: QueuedMessage) -> None:
         """Replace an entry's state atomically and durably."""
@@ -112,16 +115,21 @@ class QueueStore:
             raise result
         return result
 
-    def add_batch(self, jobs: Sequence[tuple[QueuedMessage, StoredMessage]]) -> list[BaseException | None]:
-        """Queue many messages with one group commit: every file is written,
-        one sync makes them durable, they are renamed into msg/ and env/, and
-        a second sync makes the names durable before anyone hears 250."""
+    def add_batch(self, jobs: Sequence[Sequence[tuple[QueuedMessage, StoredMessage]]]) -> list[BaseException | None]:
+        """Queue many transactions' messages with one group commit: every file
+        is written, one sync makes them durable, they are renamed into msg/
+        and env/, and a second sync makes the names durable before anyone
+        hears 250. A job is one transaction: all its entries land or none."""
         writes = []
-        for entry, message in jobs:
+        for entries in jobs:
             writes.append([
-                (self._tmp_path(entry.id, ".msg"), self.message_path(entry.id),
-                 [message.transit_header, *message.body], None),
-                self._env_write(entry),
+                write
+                for entry, message in entries
+                for write in (
+                    (self._tmp_path(entry.id, ".msg"), self.message_path(entry.id),
+                     [message.transit_header, *message.body], None),
+                    self._env_write(entry),
+                )
             ])
         return _commit(writes, {self._msg, self._env})
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from mailgate.core.envelope import Envelope
+from mailgate.core.session import Envelope
 from mailgate.core.errors import DeliveryError
 from mailgate.store.maildir_writer import StoredMessage
 from mailgate.smtp.data_reader import DataReader
@@ -93,8 +93,7 @@ class SMTPDataCommand:
             await self.factory.deliverer.deliver(envelope, message, queue_id)
         except DeliveryError as exc:
             log.warn("{id}: delivery failed: {reason}", id=queue_id, reason=exc.reason)
-            code, text = exc.smtp_reply()
-            return self._reply(code, text)
+            return exc.reply
         log.info(
             "{id}: from=<{sender}> to={rcpts} size={size} delivered",
             id=queue_id, sender=envelope.mail_from, rcpts=len(envelope.rcpt_to), size=message.size,

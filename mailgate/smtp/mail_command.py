@@ -8,7 +8,7 @@ from typing import Any
 
 from mailgate.core.addresses import AddressError, normalize_mailbox, parse_command_path
 from mailgate.config import GatewayConfig
-from mailgate.core.envelope import Envelope
+from mailgate.core.session import Envelope, Session
 
 
 class SMTPMailCommand:
@@ -31,14 +31,9 @@ class SMTPMailCommand:
             return self._send(501, f"5.5.4 {exc}")
         except _Refused as refusal:
             return self._send(refusal.code, refusal.text)
-        self._envelope = Envelope(
-            mail_from=sender,
-            helo=self._helo,
-            client_ip=self._client_ip,
-            authenticated_as=self._authenticated_as,
-            may_relay=self._may_relay(),
-            listener=self.factory.listener.name,
-        )
+        session = Session(peer=self._client_ip, helo=self._helo, user=self._authenticated_as,
+                          tls=self._secure(), listener=self.factory.listener.name)
+        self._envelope = Envelope(mail_from=sender, parameters=params, session=session, may_relay=self._may_relay())
         self._send(250, "2.1.0 Ok")
         return None
 

@@ -13,7 +13,6 @@ The session owns the command loop; MAIL (`mailgate.smtp.mail_command`), AUTH
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Awaitable
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -25,9 +24,10 @@ from twisted.protocols.policies import TimeoutMixin
 from mailgate.core.addresses import AddressError, normalize_mailbox, parse_command_path
 from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.inbound.transaction import Deliverer
-from mailgate.core.envelope import Envelope
+from mailgate.core.session import Envelope
 from mailgate.limits.rate import RateLimiter
-from mailgate.inbound.routing import Refusal, resolve
+from mailgate.core.reply import Reply
+from mailgate.inbound.routing import accept_recipient
 from mailgate.smtp.auth_command import SMTPAuthCommand
 from mailgate.smtp.data_reader import DataReader
 from mailgate.smtp.data_command import SMTPDataCommand
@@ -39,12 +39,6 @@ from mailgate.net.write_through import write_through
 log = Logger()
 
 MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
-
-
-@dataclass
-class Reply:
-    code: int
-    text: str  # may hold several lines, each becoming a reply line
 
 
 class SMTPFactory(Factory):
@@ -250,14 +244,14 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
 
     def _internal_error(self, failure: Any) -> Reply:
         log.failure("SMTP session error from {ip}", failure, ip=self._client_ip)
-        return Reply(451, "4.3.0 Internal error, try again later")
+        return Reply(451, "4.3.0", "Internal error, try again later")
 
     def _resume(self, reply: Reply | None) -> None:
         self._busy = False
         if not self._closing:
             self.setTimeout(self.factory.config.limits.command_timeout_seconds)
         if reply is not None:
-            self._send(reply.code, reply.text)
+            self._answer(reply)
         if self._closed is not None and not self._closing:
             return self._close(421, "4.3.2 Service shutting down")
         if self._buffer:
@@ -265,18 +259,19 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
 
     @staticmethod
     def _reply(code: int, text: str) -> Reply:
-        return Reply(code, text)
+        """A reply from "X.Y.Z text" (or plain text for replies without an enhanced code)."""
+        return Reply.parse(f"{code} {text}")
 
     def _send(self, code: int, text: str) -> None:
+        self._answer(self._reply(code, text))
+
+    def _answer(self, reply: Reply) -> None:
         """Queue a reply; it leaves at once unless a batch of commands is being answered."""
-        if code in (500, 501, 502, 503, 504, 555) and not self._closing:
+        if reply.code in (500, 501, 502, 503, 504, 555) and not self._closing:
             self._bad_commands += 1  # Postfix's smtpd_hard_error_limit: a probe or a bot
             if self._bad_commands > self.factory.config.limits.max_bad_commands:
                 return self._close(421, "4.7.0 Too many errors, closing connection")
-        lines = text.split("\n")
-        out = [f"{code}-{line}\r\n" for line in lines[:-1]]
-        out.append(f"{code} {lines[-1]}\r\n")
-        self._outbox.append("".join(out).encode("ascii", "replace"))
+        self._outbox.append(reply.wire())
         if not self._processing:
             self._flush()
 
@@ -356,13 +351,7 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
         return None
 
     async def _route(self, recipient: str, envelope: Envelope) -> Reply:
-        resolved = await resolve(self.factory.hooks, recipient, envelope)
-        if isinstance(resolved, Refusal):
-            return Reply(resolved.code, resolved.text)
-        if envelope is self._envelope and recipient not in envelope.rcpt_to:
-            envelope.rcpt_to.append(recipient)
-            envelope.routes.update(resolved)
-        return Reply(250, "2.1.5 Ok")
+        return await accept_recipient(self.factory.hooks, envelope, recipient)
 
     def smtp_RSET(self, argument: str) -> None:
         self._envelope = None

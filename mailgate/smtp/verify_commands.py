@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from mailgate.core.addresses import AddressError, normalize_mailbox
-from mailgate.hooks.manager import first_answer
+from mailgate.core.reply import Reply
+from mailgate.hooks.calling import first_answer
 from mailgate.inbound.routing import expand_list
 
 
@@ -43,7 +44,7 @@ class SMTPVerifyCommands:
         members = await expand_list(self.factory.hooks, address)
         if not members:
             return self._reply(550, "5.1.1 Not a mailing list")
-        return self._reply(250, "\n".join(f"2.1.5 <{member}>" for member in members))
+        return Reply(250, "2.1.5", "\n".join(f"<{member}>" for member in members))
 
     def _policy_allows(self: Any, policy: str) -> bool:
         """security.vrfy / security.expn: off | authenticated | all."""

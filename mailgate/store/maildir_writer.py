@@ -139,48 +139,67 @@ def _makedirs_durably(path: str) -> bool:
     return True
 
 
+Copy = tuple[Sequence[str], StoredMessage]  # Maildirs, and the message each gets
+
+
 def deliver_durably(mailboxes: Sequence[str], message: StoredMessage, hostname: str) -> list[str]:
     """Store one copy of `message` in each Maildir; return the paths in new/."""
-    [result] = deliver_batch([(mailboxes, message)], hostname)
+    [result] = deliver_batch([[(mailboxes, message)]], hostname)
     if isinstance(result, BaseException):
         raise result
     return result
 
 
-def deliver_batch(
-    jobs: Sequence[tuple[Sequence[str], StoredMessage]], hostname: str
-) -> list[list[str] | BaseException]:
-    """Store many messages with one group commit; per job, its new/ paths or its error.
+def deliver_batch(jobs: Sequence[Sequence[Copy]], hostname: str) -> list[list[str] | BaseException]:
+    """Store many transactions' messages with one group commit; per job, its new/ paths or its error.
 
-    Every message is written to tmp/, then one sync makes all the data
-    durable; only then are the messages hard-linked into each new/ (a copy
-    where a link cannot cross file systems), and a second sync makes those
-    entries durable. A crash at any point leaves no partial file in new/,
-    and nothing is reported stored before it would survive one. A job that
-    fails has every link it made removed, so a client told 4xx never gets
-    duplicates.
+    A job is one transaction: every message it holds (the original, list
+    copies) is stored or none is. Every message is written to tmp/, then
+    one sync makes all the data durable; only then are the messages
+    hard-linked into each new/ (a copy where a link cannot cross file
+    systems), and a second sync makes those entries durable. A crash at any
+    point leaves no partial file in new/, and nothing is reported stored
+    before it would survive one. A job that fails has every link it made
+    removed, so a client told 4xx never gets duplicates.
     """
     results: list[list[str] | BaseException] = [[] for _ in jobs]
-    written = []
-    for index, (mailboxes, message) in enumerate(jobs):
+    written: list[tuple[int, str, Copy]] = []
+    for index, copies in enumerate(jobs):
         try:
-            written.append((index, _write_tmp(mailboxes, message, hostname)))
+            for copy in copies:
+                written.append((index, _write_tmp(*copy, hostname), copy))
         except Exception as exc:
             results[index] = exc
+    touched: set[str] = set()
     try:
-        sync_paths(tmp for _, tmp in written)
-        for index, tmp in written:
-            results[index] = _link_everywhere(tmp, *jobs[index])
-        placed = [path for result in results if isinstance(result, list) for path in result]
-        sync_paths({os.path.dirname(path) for path in placed})
+        sync_paths(tmp for index, tmp, _ in written if isinstance(results[index], list))
+        for index, tmp, (mailboxes, message) in written:
+            _link_into(results, index, _link_everywhere(tmp, mailboxes, message), touched)
+        sync_paths(touched)
     except Exception as exc:  # a failed sync: nothing of this batch is known durable
         for index, result in enumerate(results):
             if isinstance(result, list):
                 _remove_all(result)
                 results[index] = exc
     finally:
-        _remove_all(tmp for _, tmp in written)
+        _remove_all(tmp for _, tmp, _ in written)
     return results
+
+
+def _link_into(results: list[list[str] | BaseException], index: int, placed: list[str] | BaseException,
+               touched: set[str]) -> None:
+    """Record one copy's links in its job; a failed copy undoes the job's others."""
+    so_far = results[index]
+    if isinstance(so_far, BaseException):
+        if isinstance(placed, list):
+            _remove_all(placed)
+        return
+    if isinstance(placed, BaseException):
+        _remove_all(so_far)
+        results[index] = placed
+        return
+    so_far.extend(placed)
+    touched.update(os.path.dirname(path) for path in placed)
 
 
 def _write_tmp(mailboxes: Sequence[str], message: StoredMessage, hostname: str) -> str:
@@ -252,10 +271,14 @@ class MaildirStore:
         return mailbox_path(self.root, address)
 
     def deliver(self, addresses: Sequence[str], message: StoredMessage) -> "Deferred[list[str]]":
-        """Store one copy per distinct mailbox; fires once everything is durable.
+        """Store one copy per distinct mailbox; fires once everything is durable."""
+        return self.deliver_all([(addresses, message)])
+
+    def deliver_all(self, copies: Sequence[tuple[Sequence[str], StoredMessage]]) -> "Deferred[list[str]]":
+        """Store each message in its mailboxes, all or none; fires once everything is durable.
 
         Deliveries share group commits (`mailgate.store.group_commit`): under load many
         transactions share each sync; alone, a message is committed at once.
         """
-        mailboxes = list(dict.fromkeys(self.path_for(a) for a in addresses))
-        return self._batcher.submit((mailboxes, message))
+        job = [(list(dict.fromkeys(self.path_for(a) for a in addresses)), message) for addresses, message in copies]
+        return self._batcher.submit(job)

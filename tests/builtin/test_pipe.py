@@ -26,7 +26,7 @@ from twisted.trial.unittest import TestCase
 
 from mailgate.builtin.pipe import DIAGNOSTIC_MAX_CHARS, PipeGateway, one_line
 from mailgate.config import parse_config
-from mailgate.core.envelope import Envelope
+from mailgate.core.session import Envelope
 from mailgate.core.errors import PermanentFailure, TemporaryFailure
 from tests.support.gateway import wait_for
 
@@ -127,8 +127,8 @@ class PipeGatewayTests(TestCase):
         """)
         failure = await self.failure_of(TemporaryFailure, [str(script)])
         self.assertEqual(failure.code, 451)
-        self.assertIn("exit status 75", failure.reply)
-        self.assertIn("database locked", failure.reply)
+        self.assertIn("exit status 75", failure.text)
+        self.assertIn("database locked", failure.text)
 
     async def test_other_exit_status_is_permanent_with_stderr_on_one_line(self) -> None:
         script = write_script(self.dir, "broken", """\
@@ -139,11 +139,11 @@ class PipeGatewayTests(TestCase):
         """)
         failure = await self.failure_of(PermanentFailure, [str(script)])
         self.assertEqual((failure.code, failure.enhanced), (554, "5.3.0"))
-        self.assertEqual(failure.reply, "delivery program exit status 3: no such customer account 42 closed")
+        self.assertEqual(failure.text, "delivery program exit status 3: no such customer account 42 closed")
 
     async def test_exit_1_of_a_program_on_the_path_is_permanent(self) -> None:
         failure = await self.failure_of(PermanentFailure, ["false"])
-        self.assertEqual(failure.reply, "delivery program exit status 1")
+        self.assertEqual(failure.text, "delivery program exit status 1")
 
     async def test_a_signal_is_permanent(self) -> None:
         script = write_script(self.dir, "crash", """\
@@ -151,7 +151,7 @@ class PipeGatewayTests(TestCase):
             os.kill(os.getpid(), signal.SIGTERM)
         """)
         failure = await self.failure_of(PermanentFailure, [str(script)])
-        self.assertIn("killed by signal 15", failure.reply)
+        self.assertIn("killed by signal 15", failure.text)
 
     async def test_timeout_kills_the_program_and_what_it_started(self) -> None:
         """A shell script's `sleep` dies too: otherwise it would hold the pipes open."""
@@ -165,7 +165,7 @@ class PipeGatewayTests(TestCase):
         started = time.monotonic()
         failure = await self.failure_of(PermanentFailure, [str(script)], timeout="1s")
         self.assertLess(time.monotonic() - started, 10)
-        self.assertEqual(failure.reply, "delivery program timed out after 1s: still working")
+        self.assertEqual(failure.text, "delivery program timed out after 1s: still working")
         sleeper = int(pid_file.read_text())
         deadline = time.monotonic() + 5
         while is_alive(sleeper) and time.monotonic() < deadline:
@@ -179,8 +179,8 @@ class PipeGatewayTests(TestCase):
             sys.exit(2)
         """)
         failure = await self.failure_of(PermanentFailure, [str(script)], message=MESSAGE * 50000)
-        self.assertIn("exit status 2", failure.reply)
-        self.assertLessEqual(len(failure.reply), DIAGNOSTIC_MAX_CHARS + 40)
+        self.assertIn("exit status 2", failure.text)
+        self.assertLessEqual(len(failure.text), DIAGNOSTIC_MAX_CHARS + 40)
 
     async def test_missing_program_is_temporary(self) -> None:
         failure = await self.failure_of(TemporaryFailure, [str(self.dir / "nope")])

@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from mailgate.builtin.webhook import WebhookGateway
 from mailgate.config import parse_config
-from mailgate.core.envelope import Envelope
+from mailgate.core.session import Envelope
 from mailgate.core.errors import PermanentFailure, TemporaryFailure
 from mailgate.builtin.webhook_payload import delivery_id, json_body, signature_headers
 
@@ -323,7 +323,7 @@ class WebhookGatewayTests(SynchronousTestCase):
         for code in (400, 403, 404, 410, 422):
             plugin, _, stub = gateway_for(Receiver([code]))
             failure = self.failureResultOf(self.deliver(plugin, stub), PermanentFailure)
-            self.assertIn(f"HTTP {code}", failure.value.reply)
+            self.assertIn(f"HTTP {code}", failure.value.text)
 
     def test_timeout_is_temporary(self) -> None:
         plugin, clock, stub = gateway_for(Receiver(hang=True), timeout="5s")
@@ -368,14 +368,14 @@ class WebhookGatewayTests(SynchronousTestCase):
                 continue
             error = self.failureResultOf(d).value
             self.assertEqual((error.code, error.enhanced), reply)
-            self.assertIn(f"HTTP {code}", error.smtp_reply()[1])
+            self.assertIn(f"HTTP {code}", error.text)
 
     def test_connection_refused_is_temporary(self) -> None:
         plugin, _, _ = gateway_for(Receiver(), mode="sync")
         plugin._http = BrokenClient()
         d = Deferred.fromCoroutine(plugin.mailgate_deliver_inline("webhook:tickets", ENVELOPE, MESSAGE))
         error = self.failureResultOf(d, TemporaryFailure).value
-        self.assertEqual(error.smtp_reply(), (451, "4.4.1 Webhook unreachable, try again later"))
+        self.assertEqual(str(error.reply), "451 4.4.1 Webhook unreachable, try again later")
         self.assertIn("ConnectionRefusedError", error.reason)
 
 

@@ -15,8 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailgate import hookimpl, hookspecs
 from mailgate.config import ConfigError, GatewayConfig, parse_config
-from mailgate.core.envelope import Envelope
-from mailgate.hooks.manager import build_plugin_manager, call_all, first_answer, settle
+from mailgate.core.session import Envelope
+from mailgate.hooks.calling import call_all, first_answer, settle
+from mailgate.hooks.manager import build_plugin_manager
 
 LISTEN = [{"name": "mx", "protocol": "smtp", "endpoint": "tcp:2525:interface=127.0.0.1"}]
 _names = itertools.count()

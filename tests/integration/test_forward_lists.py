@@ -10,10 +10,12 @@ from twisted.internet.defer import Deferred, succeed
 
 from mailgate.config import parse_config
 from mailgate.inbound.transaction import Deliverer
-from mailgate.core.envelope import Envelope
+from mailgate.core.route import Route
+from mailgate.core.session import Envelope
 from mailgate.store.maildir_writer import StoredMessage
 from mailgate.hooks.manager import build_plugin_manager
-from mailgate.inbound.routing import LOOP, Refusal, expand_list, resolve
+from mailgate.core.reply import Reply
+from mailgate.inbound.routing import LOOP, expand_list, resolve
 from tests.support.gateway import Gateway
 
 SETTINGS = {
@@ -35,7 +37,7 @@ SETTINGS = {
 }
 
 
-def resolved(hooks, recipient: str, **envelope) -> list[tuple[str, str]] | Refusal:
+def resolved(hooks, recipient: str, **envelope) -> list[tuple[str, str]] | Reply:
     d = Deferred.fromCoroutine(resolve(hooks, recipient, Envelope(**envelope)))
     return d.result
 
@@ -67,13 +69,13 @@ def test_domain_wildcard(hooks) -> None:
 
 
 def test_forward_loop_is_refused(hooks) -> None:
-    assert resolved(hooks, "ping@example.test") == Refusal(554, LOOP)
+    assert resolved(hooks, "ping@example.test") == LOOP
 
 
 def test_list_routes_to_list_and_posting_policy(hooks) -> None:
     assert resolved(hooks, "team@example.test") == [("team@example.test", "list:team@example.test")]
     refused = resolved(hooks, "closed@example.test", mail_from="stranger@remote.test")
-    assert isinstance(refused, Refusal) and refused.code == 550
+    assert isinstance(refused, Reply) and refused.code == 550
     assert resolved(hooks, "closed@example.test", mail_from="alice@example.test") == [
         ("closed@example.test", "list:closed@example.test")]
 
@@ -87,8 +89,9 @@ class RecordingStore:
     def __init__(self) -> None:
         self.delivered: list[tuple[list[str], bytes]] = []
 
-    def deliver(self, addresses, message: StoredMessage):
-        self.delivered.append((list(addresses), message.header + b"".join(message.body)))
+    def deliver_all(self, copies):
+        for addresses, message in copies:
+            self.delivered.append((list(addresses), message.header + b"".join(message.body)))
         return succeed(None)
 
 
@@ -96,10 +99,14 @@ class RecordingQueue:
     def __init__(self) -> None:
         self.added: list[tuple[str, str, list, bytes]] = []
 
-    async def add(self, queue_id, envelope, recipients, message):
-        self.added.append((queue_id, envelope.mail_from, list(recipients), message.header))
+    async def add(self, entries):
+        for queue_id, envelope, recipients, message in entries:
+            self.added.append((queue_id, envelope.mail_from, list(recipients), message.header))
 
-    def release(self, queue_id) -> None:
+    def remove(self, queue_id):
+        return succeed(None)
+
+    def release(self, queue_ids) -> None:
         pass
 
 
@@ -109,7 +116,7 @@ def test_list_copy_has_list_sender_and_list_id(hooks) -> None:
     body = b"Subject: hi team\n\nhello\n"
     header = b"Return-Path: <poster@remote.test>\nReceived: from x by mx id Q1;\n\tdate\n"
     envelope = Envelope(mail_from="poster@remote.test", rcpt_to=["team@example.test"],
-                        routes={"team@example.test": "list:team@example.test"})
+                        routes={"team@example.test": Route("list:team@example.test")})
     message = StoredMessage.build(header, [body], len(body), body.count(b"\n"))
     Deferred.fromCoroutine(deliverer.deliver(envelope, message, "Q1"))
     [(local, stored)] = store.delivered

@@ -145,13 +145,13 @@ class WebhookGatewayTests(TestCase):
         self.addCleanup(lambda: Deferred.fromCoroutine(close()))
         return receiver
 
-    async def start(self, **webhook: Any) -> Gateway:
+    async def start(self, extra_config: str = "", **webhook: Any) -> Gateway:
         """A gateway with one [[webhook]] for *@hooks.example.test, started without blocking the reactor."""
         table = {"name": "tickets", "match": ["*@hooks.example.test"], "url": self.url,
                  "secret": SECRET, "timeout": "5s", **webhook}
         extra = '[relay]\nretry_intervals = ["1s", "2s"]\n\n[[webhook]]\n' + "".join(
             f"{key} = {json.dumps(value)}\n" for key, value in table.items()
-        )
+        ) + extra_config
         ports = {"smtp": free_port()}
         config = self.root / "mailgate.toml"
         config.write_text(gateway_config(ports, extra))
@@ -291,6 +291,18 @@ class WebhookGatewayTests(TestCase):
         self.assertEqual(self.queued(), [])
         await deferLater(reactor, 1.5, lambda: None)  # past the first retry interval
         self.assertEqual(len(receiver.requests), 1)
+
+    async def test_sync_500_leaves_no_list_copy_behind(self) -> None:
+        """One transaction to a list and a sync webhook: the webhook's 500 makes the
+        client hear 451, and no list member got a copy, local or queued (issue #11)."""
+        receiver = self.receive([500])
+        team = '\n[lists."team@example.test"]\nmembers = ["alice@example.test", "carol@remote.test"]\n'
+        gateway = await self.start(extra_config=team, mode="sync")
+        code, reply = await deferToThread(send, gateway.ports["smtp"], ["team@example.test", TICKETS])
+        self.assertEqual(code, 451, reply)
+        self.assertEqual(len(receiver.requests), 1)
+        self.assertEqual(gateway.new_messages(ALICE), [])
+        self.assertEqual(self.queued(), [])
 
     async def test_sync_timeout_is_451(self) -> None:
         started = time.monotonic()

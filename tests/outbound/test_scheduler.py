@@ -1,4 +1,4 @@
-"""OutboundQueue: scheduling with a Clock, per-recipient results, retries, expiry, bounces."""
+"""Scheduler: scheduling with a Clock, per-recipient results, retries, expiry, bounces."""
 
 from __future__ import annotations
 
@@ -12,21 +12,29 @@ from twisted.internet.task import Clock
 
 from mailgate import hookimpl
 from mailgate.config import parse_config
-from mailgate.core.envelope import Envelope
 from mailgate.core.errors import TemporaryFailure
-from mailgate.store.maildir_writer import StoredMessage
-from mailgate.outbound.scheduler import OutboundQueue
+from mailgate.core.reply import Reply
+from mailgate.core.route import Route, host_port
+from mailgate.core.session import Envelope
 from mailgate.hooks.manager import build_plugin_manager
+from mailgate.outbound.bounces import BounceSender
+from mailgate.outbound.retry import RetryPolicy
+from mailgate.outbound.scheduler import Scheduler
+from mailgate.outbound.smtp_transport import SCHEMES, SMTPTransport
 from mailgate.outbound.spool import QueueStore
-from mailgate.outbound.smtp_transport import RecipientResult
+from mailgate.outbound.spooler import Spooler
+from mailgate.outbound.transport import HookTransport, RecipientResult, read_wire_form
+from mailgate.store.maildir_writer import StoredMessage
 
 BODY = b"Subject: hello\n\nline one\n.dot line\n"
 
 
-class ScriptedRelay:
-    """Answers each delivery from a script of reply codes per recipient; records calls."""
+class ScriptedRelay(SMTPTransport):
+    """The SMTP transport's routing, with each delivery answered from a script of reply
+    codes per recipient instead of a connection; records calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, smarthost: str = "") -> None:
+        self._smarthost = host_port(smarthost) if smarthost else None
         self.calls: list[tuple] = []
         self.codes: dict[str, list[int]] = {}  # recipient -> codes for successive attempts
 
@@ -36,7 +44,7 @@ class ScriptedRelay:
             script = self.codes.get(rcpt, [250])
             code = script.pop(0) if len(script) > 1 else script[0]
             enhanced = {2: "2.0.0", 4: "4.2.0", 5: "5.1.1"}[code // 100]
-            results.append(RecipientResult(rcpt, code, enhanced, f"{code} scripted", "mx.remote.test"))
+            results.append(RecipientResult(rcpt, Reply(code, enhanced, f"{code} scripted"), "mx.remote.test"))
         return results
 
     async def deliver_by_mx(self, domain, mail_from, recipients, message_path):
@@ -58,17 +66,22 @@ class Harness:
         })
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.relay = ScriptedRelay()
+        self.relay = ScriptedRelay(self.config.relay.smarthost)
         self.store = QueueStore(str(tmp_path / "queue"))
         self.injected: list[tuple[Envelope, bytes, str]] = []
         self.manager = build_plugin_manager(self.config, plugins)
         self.queue = self.new_queue()
 
-    def new_queue(self) -> OutboundQueue:
-        queue = OutboundQueue(
-            self.config, self.store, self.relay, self.manager.hook, self.clock,
-            lambda f, *a: succeed(f(*a)), inject=self.inject,
-        )
+    def new_queue(self) -> Scheduler:
+        """A scheduler over the spool, as the service builds it, started."""
+        run = lambda f, *a: succeed(f(*a))  # noqa: E731 - the disk, without threads
+        self.spooler = Spooler(self.store, run, self.clock.seconds)
+        policy = RetryPolicy.from_config(self.config.relay)
+        bounces = BounceSender("mx.example.test", policy.max_queue_seconds, self.store.message_path, run,
+                               self.inject)
+        plugins = HookTransport(self.manager.hook, lambda job: run(read_wire_form, job.message_path))
+        queue = Scheduler(self.spooler, {scheme: self.relay for scheme in SCHEMES}, plugins, bounces, policy,
+                          self.clock, run, self.config.relay.delay_warning_seconds)
         Deferred.fromCoroutine(queue.start())
         return queue
 
@@ -79,8 +92,9 @@ class Harness:
         header = b"Return-Path: <x>\nReceived: by mx.example.test (mailgate) id Q1;\n\tdate\n"
         message = StoredMessage.build(header, [BODY], len(BODY), BODY.count(b"\n"))
         envelope = Envelope(mail_from=sender, rcpt_to=[r for r, _ in recipients])
-        Deferred.fromCoroutine(self.queue.add(queue_id, envelope, recipients, message))
-        self.queue.release(queue_id)
+        routed = [(address, Route(route)) for address, route in recipients]
+        Deferred.fromCoroutine(self.spooler.add([(queue_id, envelope, routed, message)]))
+        self.spooler.release([queue_id])
         self.clock.advance(0)
 
 
@@ -201,10 +215,11 @@ def test_restart_resumes_queued_mail(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
     harness.relay.codes["b@remote.test"] = [451, 250]
     harness.submit([("b@remote.test", "mx")])
+    Deferred.fromCoroutine(harness.queue.stop())  # the old process is gone: nothing of it stays armed
     harness.queue = harness.new_queue()  # as after a crash: a fresh queue over the same spool
     harness.clock.advance(70)
     assert harness.store.load("Q1") is None
-    assert len(harness.relay.calls) >= 2
+    assert len(harness.relay.calls) == 2  # the first attempt, then the new queue's retry
 
 
 def test_restart_keeps_each_entry_s_next_attempt(tmp_path: Path) -> None:
@@ -300,7 +315,7 @@ def test_a_full_set_of_attempts_sets_no_timer_until_one_ends(tmp_path: Path) -> 
 
     answered = 0
     while answered < len(held):  # each finished attempt starts the next due one
-        held[answered].callback([RecipientResult(f"r{answered}@remote.test", 250, "2.0.0", "ok", "mx")])
+        held[answered].callback([RecipientResult(f"r{answered}@remote.test", Reply(250, "2.0.0", "ok"), "mx")])
         answered += 1
     assert answered == waiting_count
     assert list(harness.store.entries()) == []

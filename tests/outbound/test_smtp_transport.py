@@ -12,8 +12,10 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailgate.net.dns import MXResolver, make_resolver
-from mailgate.outbound.smtp_transport import RecipientResult, SMTPRelay
-from mailgate.outbound.smtp_client import BLOCK_SIZE, Reply
+from mailgate.core.reply import Reply
+from mailgate.outbound.smtp_client import BLOCK_SIZE
+from mailgate.outbound.smtp_transport import SMTPTransport, _result
+from mailgate.outbound.transport import RecipientResult
 from tests.support.fake_dns import FakeDNSServer
 from tests.support.fake_smtp import FakeSMTPServer, self_signed_tls_options
 
@@ -56,18 +58,18 @@ class RelayTestCase(TestCase):
         self.addCleanup(server.stop)
         return server
 
-    def relay(self, port: int, **options: Any) -> SMTPRelay:
+    def relay(self, port: int, **options: Any) -> SMTPTransport:
         settings: dict[str, Any] = dict(helo_name="gw.example.test", tls_mode="none", resolver=self.mx,
                                         mx_port=port, timeout_seconds=5, connect_timeout_seconds=5)
         settings.update(options)
-        return SMTPRelay(reactor, **settings)
+        return SMTPTransport(reactor, **settings)
 
-    async def by_mx(self, relay: SMTPRelay, content: bytes = SIMPLE,
+    async def by_mx(self, relay: SMTPTransport, content: bytes = SIMPLE,
                     recipients: list[str] = RCPTS) -> list[RecipientResult]:
         return await relay.deliver_by_mx("remote.test", SENDER, recipients, self.stored(content))
 
     def assertAll(self, results: list[RecipientResult], code: int, enhanced: str) -> None:
-        self.assertEqual([(r.code, r.enhanced) for r in results], [(code, enhanced)] * len(results))
+        self.assertEqual([(r.reply.code, r.reply.enhanced) for r in results], [(code, enhanced)] * len(results))
 
 
 class DeliveryTests(RelayTestCase):
@@ -76,7 +78,7 @@ class DeliveryTests(RelayTestCase):
         results = await self.by_mx(self.relay(server.port))
         self.assertEqual([r.recipient for r in results], RCPTS)
         self.assertTrue(all(r.delivered for r in results))
-        self.assertEqual(results[0], RecipientResult(RCPTS[0], 250, "2.0.0", "queued as FAKE", "mx1.remote.test"))
+        self.assertEqual(results[0], RecipientResult(RCPTS[0], Reply(250, "2.0.0", "queued as FAKE"), "mx1.remote.test"))
         [session] = server.sessions
         self.assertEqual(session.commands[0], "EHLO gw.example.test")
         self.assertTrue(session.commands[1].startswith("MAIL FROM:<alice@example.test> SIZE="))
@@ -105,7 +107,7 @@ class DeliveryTests(RelayTestCase):
         await server.stop()
         results = await self.by_mx(self.relay(server.port))
         self.assertAll(results, 451, "4.4.1")
-        self.assertIn("connection failed", results[0].text)
+        self.assertIn("connection failed", results[0].reply.one_line)
         self.assertIsNone(results[0].remote_mta)
         self.assertTrue(results[0].temporary)
 
@@ -113,11 +115,11 @@ class DeliveryTests(RelayTestCase):
         server = await self.serve(PRIMARY, rcpt_replies={
             RCPTS[1]: "550 5.1.1 no such user", RCPTS[2]: "451 4.2.1 mailbox busy"})
         results = await self.by_mx(self.relay(server.port))
-        self.assertEqual([(r.code, r.enhanced) for r in results], [(250, "2.0.0"), (550, "5.1.1"), (451, "4.2.1")])
+        self.assertEqual([(r.reply.code, r.reply.enhanced) for r in results], [(250, "2.0.0"), (550, "5.1.1"), (451, "4.2.1")])
         self.assertEqual([(r.delivered, r.permanent, r.temporary) for r in results],
                          [(True, False, False), (False, True, False), (False, False, True)])
-        self.assertEqual(results[1].text, "no such user")
-        self.assertEqual(results[1].reply, "550 5.1.1 no such user")
+        self.assertEqual(results[1].reply.one_line, "no such user")
+        self.assertEqual(str(results[1].reply), "550 5.1.1 no such user")
         self.assertEqual(len(server.messages), 1)
 
     async def test_data_451_defers_everyone(self) -> None:
@@ -154,7 +156,7 @@ class DeliveryTests(RelayTestCase):
     async def test_reply_without_enhanced_code(self) -> None:
         server = await self.serve(PRIMARY, final_reply="250 ok thanks")
         results = await self.by_mx(self.relay(server.port))
-        self.assertEqual((results[0].enhanced, results[0].text), ("2.0.0", "ok thanks"))
+        self.assertEqual((results[0].reply.enhanced, results[0].reply.one_line), ("2.0.0", "ok thanks"))
 
     async def test_helo_fallback_and_null_sender(self) -> None:
         server = await self.serve(PRIMARY, ehlo_reply="502 5.5.1 what is EHLO")
@@ -199,7 +201,7 @@ class PipeliningTests(RelayTestCase):
     async def test_lockstep_mixed(self) -> None:
         server = await self.serve(PRIMARY, pipelining=False, rcpt_replies={RCPTS[0]: "550 5.1.1 no"})
         results = await self.by_mx(self.relay(server.port))
-        self.assertEqual([r.code for r in results], [550, 250, 250])
+        self.assertEqual([r.reply.code for r in results], [550, 250, 250])
 
 
 class WireFormatTests(RelayTestCase):
@@ -280,7 +282,7 @@ class TLSTests(RelayTestCase):
         relay = self.relay(1, tls_mode="verify")
         results = await relay.deliver_to_host("mx1.remote.test", server.port, SENDER, RCPTS, self.stored())
         self.assertAll(results, 451, "4.7.5")
-        self.assertIn("TLS failed", results[0].text)
+        self.assertIn("TLS failed", results[0].reply.one_line)
         self.assertEqual(server.messages, [])
 
     async def test_verify_accepts_trusted_matching_certificate(self) -> None:
@@ -339,12 +341,12 @@ class TLSTests(RelayTestCase):
 class ConnectionCacheTests(RelayTestCase):
     """relay.connection_cache_time: the next message to the same host takes the open session."""
 
-    def cached_relay(self, port: int, seconds: float = 30.0) -> SMTPRelay:
+    def cached_relay(self, port: int, seconds: float = 30.0) -> SMTPTransport:
         relay = self.relay(port, connection_cache_seconds=seconds)
         self.addCleanup(relay.close_idle)  # runs before the servers' cleanups
         return relay
 
-    async def delivered_on_a_new_session(self, server: FakeSMTPServer, relay: SMTPRelay) -> None:
+    async def delivered_on_a_new_session(self, server: FakeSMTPServer, relay: SMTPTransport) -> None:
         results = await self.by_mx(relay)
         self.assertTrue(all(r.delivered for r in results))
         self.assertEqual((len(server.sessions), len(server.messages)), (2, 2))
@@ -405,7 +407,7 @@ class FailureTests(RelayTestCase):
         relay = self.relay(1, timeout_seconds=0.3)
         results = await relay.deliver_to_host("127.0.0.1", server.port, SENDER, RCPTS, self.stored())
         self.assertAll(results, 451, "4.4.2")
-        self.assertIn("no answer within 0.3 s", results[0].text)
+        self.assertIn("no answer within 0.3 s", results[0].reply.one_line)
 
     async def test_no_final_reply_times_out(self) -> None:
         server = await self.serve(PRIMARY, stall_on=".")
@@ -449,8 +451,8 @@ class FailureTests(RelayTestCase):
         self.assertEqual(len(self.flushLoggedErrors(FileNotFoundError)), 1)
 
 
-class ReplyTests(SynchronousTestCase):
-    def test_enhanced_code_must_match_class(self) -> None:
-        self.assertEqual(RecipientResult.from_reply(Reply(550, ("4.1.1 odd",)), "x", "h").enhanced, "5.0.0")
-        result = RecipientResult.from_reply(Reply(250, ("2.0.0 first", "2.0.0 second")), "x", "h")
-        self.assertEqual((result.enhanced, result.text), ("2.0.0", "first second"))
+class ResultTests(SynchronousTestCase):
+    def test_a_server_without_enhanced_codes_gets_x00(self) -> None:
+        self.assertEqual(_result(Reply.from_lines(550, ["4.1.1 odd"]), "x", "h").reply.enhanced, "5.0.0")
+        result = _result(Reply.from_lines(250, ["2.0.0 first", "2.0.0 second"]), "x", "h")
+        self.assertEqual((result.reply.enhanced, result.reply.one_line), ("2.0.0", "first second"))

@@ -144,9 +144,32 @@ def test_a_batch_shares_syncs_and_isolates_a_failing_job(tmp_path: Path, monkeyp
     real = queue_module.sync_paths
     monkeypatch.setattr(queue_module, "sync_paths", lambda paths: (syncs.append(sorted(paths)), real(paths)))
     (tmp_path / "queue" / "env" / "BAD").mkdir()  # renaming onto a directory fails
-    results = s.add_batch([(entry("Q1"), message()), (entry("BAD"), message()), (entry("Q3"), message())])
+    results = s.add_batch([[(entry("Q1"), message())], [(entry("BAD"), message())], [(entry("Q3"), message())]])
     assert results[0] is None and results[2] is None and isinstance(results[1], OSError)
     assert len(syncs) == 2  # one for the data, one for the names
     assert s.load("Q1").id == "Q1" and s.load("Q3").id == "Q3"
     assert not Path(s.message_path("BAD")).exists()  # its half-done rename was undone
     assert os.listdir(tmp_path / "queue" / "tmp") == []
+
+
+def test_a_transactions_entries_land_together_or_not_at_all(tmp_path: Path) -> None:
+    """A list copy and the original queued in one job: the failing one takes the other with it."""
+    s = store(tmp_path)
+    (tmp_path / "queue" / "env" / "BAD").mkdir()
+    results = s.add_batch([[(entry("COPY"), message()), (entry("BAD"), message())], [(entry("OTHER"), message())]])
+    assert isinstance(results[0], OSError) and results[1] is None
+    assert s.load("COPY") is None and not Path(s.message_path("COPY")).exists()
+    assert s.load("OTHER").id == "OTHER"
+    assert os.listdir(tmp_path / "queue" / "tmp") == []
+
+
+def test_an_entry_keeps_its_session_and_parameters(tmp_path: Path) -> None:
+    """What later hooks need of the sending session survives a restart."""
+    s = store(tmp_path)
+    queued = entry("S1")
+    queued.session = {"peer": "192.0.2.1", "helo": "client.test", "user": "alice@example.test",
+                      "tls": True, "listener": "submission"}
+    queued.parameters = {"BODY": "8BITMIME"}
+    s.add(queued, message())
+    loaded = s.load("S1")
+    assert (loaded.session, loaded.parameters) == (queued.session, queued.parameters)

@@ -107,11 +107,11 @@ def test_a_normal_transaction_cancels_the_data_deadline(server: Server, client: 
 @pytest.mark.parametrize("number", [errno.ENOSPC, errno.EDQUOT])
 def test_full_disk_is_452_4_3_1(number: int) -> None:
     failure = storage_failure(OSError(number, "No space left on device"), "maildir")
-    assert failure.smtp_reply() == (452, "4.3.1 Insufficient system storage")
+    assert str(failure.reply) == "452 4.3.1 Insufficient system storage"
 
 
 def test_other_storage_errors_are_451() -> None:
-    assert storage_failure(OSError(errno.EIO, "I/O error"), "queue").smtp_reply()[0] == 451
+    assert storage_failure(OSError(errno.EIO, "I/O error"), "queue").code == 451
 
 
 def test_deliverer_full_disk_answer_reaches_the_client(server: Server, client: Client) -> None:

@@ -518,14 +518,14 @@ class MaildirRoundTripTests(TestCase):
         store = MaildirStore(str(root / "mail"), HOSTNAME, lambda f, *a: deferToThreadPool(reactor, self.pool, f, *a))
         self.stored: list[Deferred] = []  # the session awaits these; they fire after its reply
         self.placed: list[str] = []
-        real_deliver = store.deliver
+        real_deliver = store.deliver_all
 
-        def deliver(addresses: list[str], message: StoredMessage) -> Deferred:
-            d = real_deliver(addresses, message)
+        def deliver_all(copies: list[tuple[list[str], StoredMessage]]) -> Deferred:
+            d = real_deliver(copies)
             self.stored.append(d)
             return d.addCallback(self.placed.extend).addCallback(lambda _: self.placed)
 
-        store.deliver = deliver  # type: ignore[method-assign]
+        store.deliver_all = deliver_all  # type: ignore[method-assign]
         manager_hooks = self.server.factory.hooks
         self.server.factory.deliverer = Deliverer(store, None, manager_hooks)
         self.root = root

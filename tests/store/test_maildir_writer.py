@@ -185,11 +185,29 @@ def test_a_batch_shares_its_syncs_and_isolates_failures(tmp_path: Path, monkeypa
     (bad / "new").rmdir()
     (bad / "new").write_text("not a directory")  # linking into it fails
     results = maildir.deliver_batch(
-        [([str(good)], message(body=[b"one\n"])), ([str(bad)], message(body=[b"two\n"])), ([str(good)], message(body=[b"three\n"]))], "h"
+        [[([str(good)], message(body=[b"one\n"]))], [([str(bad)], message(body=[b"two\n"]))],
+         [([str(good)], message(body=[b"three\n"]))]], "h"
     )
     assert isinstance(results[1], OSError)
     assert [len(os.listdir(good / "new")), len(syncs)] == [2, 2]  # two messages, one data sync, one entry sync
     assert sorted(Path(p).read_bytes().splitlines()[-1] for p in results[0] + results[2]) == [b"one", b"three"]
+    assert os.listdir(good / "tmp") == [] and os.listdir(bad / "tmp") == []
+
+
+def test_a_transaction_is_stored_whole_or_not_at_all(tmp_path: Path) -> None:
+    """One job holds a transaction's copies (a list copy and the original): a copy
+    that cannot be stored takes the others of its job with it, not other jobs'."""
+    good, bad, other = tmp_path / "good", tmp_path / "bad", tmp_path / "other"
+    ensure_maildir(str(bad))
+    (bad / "new").rmdir()
+    (bad / "new").write_text("not a directory")
+    results = maildir.deliver_batch(
+        [[([str(good)], message(body=[b"copy\n"])), ([str(bad)], message(body=[b"original\n"]))],
+         [([str(other)], message(body=[b"unrelated\n"]))]], "h"
+    )
+    assert isinstance(results[0], OSError)
+    assert os.listdir(good / "new") == []  # the first copy was linked, then removed again
+    assert len(results[1]) == 1 and len(os.listdir(other / "new")) == 1
     assert os.listdir(good / "tmp") == [] and os.listdir(bad / "tmp") == []
 
 

@@ -16,7 +16,7 @@ from zope.interface import directlyProvides
 from mailgate import hookimpl
 from mailgate.accounts import users_file as users
 from mailgate.config import GatewayConfig, parse_config
-from mailgate.core.envelope import Envelope
+from mailgate.core.session import Envelope
 from mailgate.hooks.manager import build_plugin_manager
 from mailgate.smtp.session import SMTPFactory, SMTPSession
 from mailgate.store.maildir_writer import StoredMessage

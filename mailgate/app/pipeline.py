@@ -1,0 +1,59 @@
+"""Wiring the message's path: store, spool, delivery transaction, transports, scheduler, bounces.
+
+Each part gets what it needs at construction, in dependency order; the one
+loop in the path (bounces are delivered like any accepted message, and
+accepted messages feed the scheduler) is closed by the scheduler listening
+to the spooler, not by setting attributes afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+
+from mailgate.config import GatewayConfig
+from mailgate.core.route import host_port
+from mailgate.inbound.transaction import Deliverer
+from mailgate.net.dns import MXResolver, make_resolver
+from mailgate.outbound.bounces import BounceSender
+from mailgate.outbound.retry import RetryPolicy
+from mailgate.outbound.scheduler import Scheduler
+from mailgate.outbound.smtp_transport import SCHEMES, SMTPTransport
+from mailgate.outbound.spool import QueueStore
+from mailgate.outbound.spooler import Spooler
+from mailgate.outbound.transport import HookTransport, read_wire_form
+from mailgate.store.maildir_writer import MaildirStore
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    deliverer: Deliverer
+    scheduler: Scheduler
+    smtp: SMTPTransport
+
+
+def build_pipeline(config: GatewayConfig, hooks: Any, reactor: Any,
+                   run_blocking: Callable[..., Deferred]) -> Pipeline:
+    """Everything between a session's accepted message and its last delivery attempt."""
+    hostname, relay = config.server.hostname, config.relay
+    mailboxes = MaildirStore(config.store.maildir_root, hostname, run_blocking)
+    spooler = Spooler(QueueStore(os.path.join(config.server.state_dir, "queue")), run_blocking, reactor.seconds)
+    deliverer = Deliverer(mailboxes, spooler, hooks, hostname)
+    smtp = SMTPTransport(
+        reactor, helo_name=hostname, tls_mode=relay.tls,
+        resolver=MXResolver(make_resolver(relay.nameservers, reactor)), mx_port=relay.port,
+        connection_cache_seconds=relay.connection_cache_seconds,
+        smarthost=host_port(relay.smarthost) if relay.smarthost else None,
+    )
+    policy = RetryPolicy.from_config(relay)
+    bounces = BounceSender(hostname, policy.max_queue_seconds, spooler.store.message_path, run_blocking,
+                           deliverer.inject)
+    scheduler = Scheduler(
+        spooler, {scheme: smtp for scheme in SCHEMES},
+        HookTransport(hooks, lambda job: run_blocking(read_wire_form, job.message_path)), bounces, policy,
+        reactor, run_blocking, delay_warning_seconds=relay.delay_warning_seconds,
+    )
+    return Pipeline(deliverer, scheduler, smtp)

@@ -1,0 +1,68 @@
+"""Putting messages into the spool and taking them out: group-committed, off the reactor.
+
+The delivery transaction adds entries, the scheduler saves and removes
+them; every write goes through one Batcher per kind, so concurrent
+transactions share syncs as Maildir deliveries do. An entry is handed to
+whoever listens (the scheduler) only once it is released, after the rest
+of its transaction has been stored too.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from twisted.internet.defer import Deferred
+
+from mailgate.core.route import Route
+from mailgate.core.session import Envelope
+from mailgate.outbound.spool import QueuedMessage, QueueStore, RecipientState
+from mailgate.store.group_commit import Batcher
+from mailgate.store.maildir_writer import StoredMessage
+
+Blocking = Callable[..., Deferred]
+NewEntry = tuple[str, Envelope, Sequence[tuple[str, Route]], StoredMessage]  # id, envelope, recipients, message
+
+
+class Spooler:
+    """Durable writes to one QueueStore, and the release of new entries to the scheduler."""
+
+    def __init__(self, store: QueueStore, run_blocking: Blocking, now: Callable[[], float]) -> None:
+        self.store = store
+        self._now = now
+        self._adds: Batcher = Batcher(run_blocking, store.add_batch)
+        self._saves: Batcher = Batcher(run_blocking, store.save_batch)
+        self._removes: Batcher = Batcher(run_blocking, store.remove_batch)
+        self._listeners: list[Callable[[str], None]] = []
+
+    def on_release(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(queue_id)` for every entry released from now on."""
+        self._listeners.append(listener)
+
+    async def add(self, entries: Sequence[NewEntry]) -> None:
+        """Store one transaction's entries durably, all or none; release() them after."""
+        now = self._now()
+        job = [(self._entry(queue_id, envelope, recipients, now), message)
+               for queue_id, envelope, recipients, message in entries]
+        await self._adds.submit(job)
+
+    @staticmethod
+    def _entry(queue_id: str, envelope: Envelope, recipients: Sequence[tuple[str, Route]],
+               now: float) -> QueuedMessage:
+        return QueuedMessage(
+            id=queue_id, sender=envelope.mail_from, arrived=now, next_attempt=now,
+            recipients=[RecipientState(address, str(route)) for address, route in recipients],
+            session=envelope.session.to_dict(), parameters=dict(envelope.parameters),
+        )
+
+    def release(self, queue_ids: Sequence[str]) -> None:
+        """The client may hear 250: the entries are the scheduler's now."""
+        for queue_id in queue_ids:
+            for listener in self._listeners:
+                listener(queue_id)
+
+    def save(self, entry: QueuedMessage) -> Deferred:
+        return self._saves.submit(entry)
+
+    def remove(self, queue_id: str) -> Deferred:
+        """Drop an entry (delivered, given up on, deleted, or its transaction failed)."""
+        return self._removes.submit(queue_id)
