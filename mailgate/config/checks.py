@@ -121,6 +121,7 @@ def table_of(build: Callable[..., Any], schema: Mapping[str, Key],
         if problems:
             raise Invalid(problems)
         return build(**prepare(values))
+    check.schema = schema  # type: ignore[attr-defined]  # for schema.known_keys()
     return check
 
 
@@ -145,6 +146,7 @@ def list_of(check: Checker, non_empty: bool = False, unique: str | None = None) 
         if problems:
             raise Invalid(problems)
         return tuple(items)
+    check_all.item = check  # type: ignore[attr-defined]  # for schema.known_keys()
     return check_all
 
 
@@ -166,6 +168,8 @@ def mapping_of(check_key: Checker, check_value: Checker) -> Checker:
         if problems:
             raise Invalid(problems)
         return MappingProxyType(items)
+    check_all.key = check_key  # type: ignore[attr-defined]  # for schema.known_keys()
+    check_all.value = check_value  # type: ignore[attr-defined]
     return check_all
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import tomllib
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from mailgate.config.checks import (
+    Checker,
     Invalid,
     Key,
     address,
@@ -107,7 +108,7 @@ def _sender_rate(value: Any) -> SenderRate | None:
 
 
 def _pipes(value: Any) -> Mapping[str, PipeConfig]:
-    tables = mapping_of(pipe_name, table_of(dict, _PIPE))(value)
+    tables = _PIPE_TABLES(value)
     return MappingProxyType({name: PipeConfig(name, **table) for name, table in tables.items()})
 
 
@@ -116,7 +117,7 @@ def _default_auth(values: dict) -> dict:
 
 
 def _lists(value: Any) -> Mapping[str, MailingList]:
-    tables = mapping_of(address, table_of(dict, _LIST))(value)
+    tables = _LIST_TABLES(value)
     return MappingProxyType({name: MailingList(name, **table) for name, table in tables.items()})
 
 
@@ -140,6 +141,7 @@ _LIST = {
     "members": Key(list_of(address), required=True),
     "post": Key(choice("anyone", "members", "authenticated")),
 }
+_LIST_TABLES = mapping_of(address, table_of(dict, _LIST))
 _RELAY = {
     "allowed_networks": Key(list_of(network)),
     "smarthost": Key(lambda value: string(value) and host_port(value)),  # "" means "use MX"
@@ -164,6 +166,7 @@ _PIPE = {
     "command": Key(command, required=True),
     "timeout": Key(_duration, "timeout_seconds"),
 }
+_PIPE_TABLES = mapping_of(pipe_name, table_of(dict, _PIPE))
 _LIMITS = {
     "max_message_size": Key(_size),
     "max_recipients": Key(_positive_int),
@@ -209,3 +212,39 @@ def _document_schema(data: Mapping[str, Any]) -> dict[str, Key]:
     pipes = data.get("pipe") if isinstance(data.get("pipe"), Mapping) else {}
     relay = {**_RELAY, "transport": Key(mapping_of(domain, route(names, set(pipes))))}
     return {**_DOCUMENT, "relay": Key(table_of(RelayConfig, relay))}
+
+
+# --- Every accepted key, for the reference (tests/test_docs.py) --------------
+
+# Checkers that wrap a mapping_of to build dataclasses, and the mapping they wrap.
+_WRAPPED: dict[Checker, Checker] = {_lists: _LIST_TABLES, _pipes: _PIPE_TABLES}
+_PLACEHOLDERS = {address: "ADDRESS", domain: "DOMAIN"}  # a name checked otherwise: NAME
+
+
+def known_keys() -> list[str]:
+    """Every key the configuration accepts, as docs/configuration.md spells it.
+
+    `limits.max_message_size` for a key of a table, `listen[].endpoint` for
+    one in an array of tables, `pipe.NAME.command` and `lists.ADDRESS.members`
+    in tables the operator names, `relay.transport.DOMAIN` and `plugin.NAME`
+    where the operator chooses the keys. Walked from the schemas above, so a
+    key added there is listed here.
+    """
+    return list(_paths(table_of(dict, _document_schema({})), ""))
+
+
+def _paths(check: Any, path: str) -> Iterator[str]:
+    check = _WRAPPED.get(check, check)
+    if hasattr(check, "schema"):  # table_of: its keys
+        for key, spec in check.schema.items():
+            yield from _paths(spec.check, f"{path}.{key}" if path else key)
+    elif hasattr(getattr(check, "item", None), "schema"):  # list_of tables
+        yield from _paths(check.item, f"{path}[]")
+    elif hasattr(check, "value"):  # mapping_of: keys the operator names
+        named = f"{path}.{_PLACEHOLDERS.get(check.key, 'NAME')}"
+        if hasattr(check.value, "schema"):
+            yield from _paths(check.value, named)
+        else:
+            yield named
+    else:
+        yield path
