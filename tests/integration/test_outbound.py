@@ -532,10 +532,10 @@ class QueueCommandTests(GatewayTestCase):
         self.assertNotIn(b"delete me", b"".join(primary.messages))
 
 
-# --- once known bugs, kept as regression tests ---
+# --- regressions: bounces and queue listings as once reported wrong ---
 
 
-class KnownBugTests(GatewayTestCase):
+class BounceAndListingRegressionTests(GatewayTestCase):
     async def test_bounce_diagnostic_is_the_remote_reply_verbatim(self) -> None:
         """RFC 3464 2.3.6: Diagnostic-Code carries the reply the remote MTA actually gave,
         enhanced status code included (as Postfix reports it)."""
