@@ -39,7 +39,7 @@ from mailgate.core.reply import Reply
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope, Session
 from mailgate.hooks.calling import call_all
-from mailgate.hooks.manager import build_plugin_manager
+from mailgate.builtin import load_plugins
 from mailgate.inbound.routing import accept_recipient
 from mailgate.inbound.transaction import Deliverer
 from mailgate.outbound.spooler import NewEntry
@@ -215,7 +215,7 @@ async def route_message_async(
     plugin raises propagates, so a bug shows as a traceback.
     """
     gateway_config = as_config(config)
-    manager = build_plugin_manager(gateway_config, extra=plugins)
+    manager = load_plugins(gateway_config, extra=plugins)
     await call_all(manager.hook.mailgate_configure, config=gateway_config)
     session = Session(peer=client_ip, helo="client.example.test", user=authenticated_as,
                       listener=DEFAULT_LISTEN["name"])

@@ -12,20 +12,10 @@ from mailgate import hookspecs
 from mailgate.config import ConfigError, GatewayConfig
 
 
-def builtin_plugins(config: GatewayConfig) -> list[object]:
-    """The default plugins, in registration order (asked last to first)."""
-    from mailgate.builtin import forward, lists, local, pipe, relay_policy, transport, webhook
-
-    return [
-        relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(), webhook.WebhookGateway(),
-        lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(),
-    ]
-
-
 def build_plugin_manager(
-    config: GatewayConfig, extra: Iterable[object] = ()
+    config: GatewayConfig, builtins: Iterable[object], extra: Iterable[object] = ()
 ) -> PluginManager:
-    """Register built-ins, entry points, `plugins.enable` modules, then `extra`.
+    """Register `builtins`, entry points, `plugins.enable` modules, then `extra`.
 
     Later registrations are asked first, so users' plugins can override the
     built-ins; `plugins.enable` is registered last entry first, so its first
@@ -34,7 +24,7 @@ def build_plugin_manager(
     """
     manager = PluginManager("mailgate")
     manager.add_hookspecs(hookspecs)
-    for plugin in builtin_plugins(config):
+    for plugin in builtins:
         manager.register(plugin, name=f"builtin.{type(plugin).__name__}")
     manager.load_setuptools_entrypoints("mailgate")
     _refuse_duplicates(config.plugins.enable)

@@ -17,7 +17,7 @@ from mailgate import hookimpl, hookspecs
 from mailgate.config import ConfigError, GatewayConfig, parse_config
 from mailgate.core.session import Envelope
 from mailgate.hooks.calling import call_all, first_answer, settle
-from mailgate.hooks.manager import build_plugin_manager
+from mailgate.builtin import load_plugins
 
 LISTEN = [{"name": "mx", "protocol": "smtp", "endpoint": "tcp:2525:interface=127.0.0.1"}]
 _names = itertools.count()
@@ -196,7 +196,7 @@ ROUTE_PLUGIN = """\
 def test_enabled_module_is_loaded_and_asked_before_builtins(tmp_path: Path, isolated_imports: None) -> None:
     name = write_plugin(tmp_path / "plugins", ROUTE_PLUGIN)
     config = config_with([str(tmp_path / "plugins")], [name], domains={"local": ["sink.test"]})
-    manager = build_plugin_manager(config)
+    manager = load_plugins(config)
     manager.hook.mailgate_configure(config=config)
     assert manager.get_plugin(name) is not None
     route = first_answer(manager.hook.mailgate_route, recipient="x@sink.test", envelope=Envelope())
@@ -207,7 +207,7 @@ def test_enabled_module_is_loaded_and_asked_before_builtins(tmp_path: Path, isol
 
 def test_builtins_registered_without_user_plugins(isolated_imports: None) -> None:
     config = config_with([], [])
-    manager = build_plugin_manager(config)
+    manager = load_plugins(config)
     names = {manager.get_name(p) for p in manager.get_plugins()}
     assert {"builtin.RelayPolicy", "builtin.LocalMailboxes", "builtin.TransportTable"} <= names
 
@@ -215,7 +215,7 @@ def test_builtins_registered_without_user_plugins(isolated_imports: None) -> Non
 def test_extra_plugins_are_asked_first(tmp_path: Path, isolated_imports: None) -> None:
     name = write_plugin(tmp_path, ROUTE_PLUGIN)
     log: list[str] = []
-    manager = build_plugin_manager(config_with([str(tmp_path)], [name]), extra=[Route("local", log, "extra")])
+    manager = load_plugins(config_with([str(tmp_path)], [name]), extra=[Route("local", log, "extra")])
     route = first_answer(manager.hook.mailgate_route, recipient="x@sink.test", envelope=Envelope())
     assert result_of(route) == "local"
     assert log == ["extra"]
@@ -224,7 +224,7 @@ def test_extra_plugins_are_asked_first(tmp_path: Path, isolated_imports: None) -
 def test_unknown_module_names_its_index(tmp_path: Path, isolated_imports: None) -> None:
     good = write_plugin(tmp_path, ROUTE_PLUGIN)
     with pytest.raises(ConfigError) as caught:
-        build_plugin_manager(config_with([str(tmp_path)], ["no_such_mailgate_plugin", good, "nor_this_one"]))
+        load_plugins(config_with([str(tmp_path)], ["no_such_mailgate_plugin", good, "nor_this_one"]))
     assert len(caught.value.problems) == 2
     assert caught.value.problems[0].startswith("plugins.enable[0]: cannot import 'no_such_mailgate_plugin'")
     assert caught.value.problems[1].startswith("plugins.enable[2]: ")
@@ -233,7 +233,7 @@ def test_unknown_module_names_its_index(tmp_path: Path, isolated_imports: None) 
 def test_module_failing_at_import_is_a_config_error(tmp_path: Path, isolated_imports: None) -> None:
     name = write_plugin(tmp_path, "raise RuntimeError('plugin is broken')\n")
     with pytest.raises(ConfigError, match=r"plugins\.enable\[0\].*plugin is broken"):
-        build_plugin_manager(config_with([str(tmp_path)], [name]))
+        load_plugins(config_with([str(tmp_path)], [name]))
 
 
 def test_misspelt_hook_name_fails_at_start_up(tmp_path: Path, isolated_imports: None) -> None:
@@ -245,7 +245,7 @@ def test_misspelt_hook_name_fails_at_start_up(tmp_path: Path, isolated_imports: 
             return "local"
     """)
     with pytest.raises(ConfigError, match="mailgate_rout") as caught:
-        build_plugin_manager(config_with([str(tmp_path)], [name]))
+        load_plugins(config_with([str(tmp_path)], [name]))
     assert caught.value.problems[0].startswith("plugins.enable")
 
 
@@ -258,7 +258,7 @@ def test_misspelt_hook_argument_is_a_config_error(tmp_path: Path, isolated_impor
             return "local"
     """)
     with pytest.raises(ConfigError) as caught:
-        build_plugin_manager(config_with([str(tmp_path)], [name]))
+        load_plugins(config_with([str(tmp_path)], [name]))
     [problem] = caught.value.problems
     assert problem.startswith("plugins.enable[0]: ")
     assert "envelop" in problem
@@ -268,7 +268,7 @@ def test_misspelt_hook_argument_is_a_config_error(tmp_path: Path, isolated_impor
 def test_module_enabled_twice_is_a_config_error(tmp_path: Path, isolated_imports: None) -> None:
     name = write_plugin(tmp_path, ROUTE_PLUGIN)
     with pytest.raises(ConfigError, match=r"plugins\.enable\[1\]"):
-        build_plugin_manager(config_with([str(tmp_path)], [name, name]))
+        load_plugins(config_with([str(tmp_path)], [name, name]))
 
 
 def test_plugin_reads_its_own_table_on_configure(tmp_path: Path, isolated_imports: None) -> None:
@@ -282,6 +282,6 @@ def test_plugin_reads_its_own_table_on_configure(tmp_path: Path, isolated_import
             settings.update(config.plugin.get("mine", {}))
     """)
     config = config_with([str(tmp_path)], [name], plugin={"mine": {"greeting": "hello"}})
-    manager = build_plugin_manager(config)
+    manager = load_plugins(config)
     result_of(call_all(manager.hook.mailgate_configure, config=config))
     assert sys.modules[name].settings == {"greeting": "hello"}

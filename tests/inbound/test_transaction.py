@@ -15,7 +15,7 @@ from mailgate.core.errors import DeliveryError, TemporaryFailure
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope
 from mailgate.hooks.calling import call_all
-from mailgate.hooks.manager import build_plugin_manager
+from mailgate.builtin import load_plugins
 from mailgate.inbound.transaction import Deliverer
 from mailgate.outbound.spool import QueueStore
 from mailgate.outbound.spooler import Spooler
@@ -50,7 +50,7 @@ class Setup:
             "lists": {"team@example.test": {"members": ["alice@example.test", "carol@remote.test"]}},
             "plugins": {"paths": [], "enable": []},
         })
-        manager = build_plugin_manager(config, [InlineRefusal()])
+        manager = load_plugins(config, [InlineRefusal()])
         Deferred.fromCoroutine(call_all(manager.hook.mailgate_configure, config=config))
         self.hooks = manager.hook
         run = lambda f, *a: succeed(f(*a))  # noqa: E731 - the disk, without threads

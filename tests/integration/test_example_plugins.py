@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from mailgate.config import ConfigError
-from mailgate.hooks.manager import build_plugin_manager
+from mailgate.builtin import load_plugins
 from mailgate.testing import as_config, route_message
 from tests.support.gateway import wait_for
 
@@ -104,7 +104,7 @@ def test_a_plugin_installed_as_an_entry_point_loads_without_enable(
 
     spool = tmp_path / "spool"
     config = {"relay": {"transport": {"archive.test": f"spool:{spool}"}}}  # plugins.enable is empty
-    assert build_plugin_manager(as_config(config)).get_plugin("spool").__name__ == "spool_gateway"
+    assert load_plugins(as_config(config)).get_plugin("spool").__name__ == "spool_gateway"
     result = route_message([], config, "a@remote.test", ["x@archive.test"], deliver=True)
     assert result.attempt(f"spool:{spool}").delivered
     assert len(list(spool.glob("*.eml"))) == 1

@@ -13,7 +13,7 @@ from mailgate.inbound.transaction import Deliverer
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope
 from mailgate.store.maildir_writer import StoredMessage
-from mailgate.hooks.manager import build_plugin_manager
+from mailgate.builtin import load_plugins
 from mailgate.core.reply import Reply
 from mailgate.inbound.routing import LOOP, expand_list, resolve
 from tests.support.gateway import Gateway
@@ -50,7 +50,7 @@ def hooks(tmp_path: Path, fast_hashes, monkeypatch):
     for name in ("alice", "bob", "kept", "dave"):
         users.add_user(str(users_file), f"{name}@example.test", "pw")
     config = parse_config({**SETTINGS, "users": {"file": str(users_file)}})
-    manager = build_plugin_manager(config)
+    manager = load_plugins(config)
     manager.hook.mailgate_configure(config=config)
     return manager.hook
 

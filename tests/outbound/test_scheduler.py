@@ -16,7 +16,7 @@ from mailgate.core.errors import TemporaryFailure
 from mailgate.core.reply import Reply
 from mailgate.core.route import Route, host_port
 from mailgate.core.session import Envelope
-from mailgate.hooks.manager import build_plugin_manager
+from mailgate.builtin import load_plugins
 from mailgate.outbound.bounces import BounceSender
 from mailgate.outbound.retry import RetryPolicy
 from mailgate.outbound.scheduler import Scheduler
@@ -69,7 +69,7 @@ class Harness:
         self.relay = ScriptedRelay(self.config.relay.smarthost)
         self.store = QueueStore(str(tmp_path / "queue"))
         self.injected: list[tuple[Envelope, bytes, str]] = []
-        self.manager = build_plugin_manager(self.config, plugins)
+        self.manager = load_plugins(self.config, plugins)
         self.queue = self.new_queue()
 
     def new_queue(self) -> Scheduler:

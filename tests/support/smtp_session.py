@@ -17,7 +17,7 @@ from mailgate import hookimpl
 from mailgate.accounts import users_file as users
 from mailgate.config import GatewayConfig, parse_config
 from mailgate.core.session import Envelope
-from mailgate.hooks.manager import build_plugin_manager
+from mailgate.builtin import load_plugins
 from mailgate.smtp.session import SMTPFactory, SMTPSession
 from mailgate.store.maildir_writer import StoredMessage
 
@@ -99,7 +99,7 @@ class Server:
             **sections,
         }
         self.config: GatewayConfig = parse_config(document)
-        manager = build_plugin_manager(self.config, extra=extra_plugins)
+        manager = load_plugins(self.config, extra=extra_plugins)
         manager.hook.mailgate_configure(config=self.config)
         self.clock = Clock()
         self.deliverer = RecordingDeliverer()
