@@ -22,12 +22,11 @@ from urllib.parse import urlsplit
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from mailgate.core.addresses import AddressError, normalize_domain, normalize_mailbox
 from mailgate.core.route import Route, RouteError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Checker = Callable[[Any], Any]
-_DOMAIN = re.compile(r"(?:[\w-]+\.)*[\w-]+")
-_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@" + _DOMAIN.pattern)
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[\w.-]+):(\d{1,5})")
 _MODULE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
@@ -198,8 +197,22 @@ def _matching(regex: re.Pattern, what: str, convert: Callable[[str], str] = str)
     return check
 
 
-domain = _matching(_DOMAIN, "a domain name", str.lower)
-address = _matching(_ADDRESS, "an address (local@domain)", str.lower)
+def domain(value: Any) -> str:
+    """A domain name, by the rule SMTP applies (mailgate.core.addresses)."""
+    try:
+        return normalize_domain(string(value))
+    except AddressError:
+        raise ValueError(f"not a domain name: {value!r}") from None
+
+
+def address(value: Any) -> str:
+    """An address SMTP would accept, normalized as SMTP normalizes it."""
+    try:
+        return normalize_mailbox(string(value))
+    except AddressError as error:
+        raise ValueError(f"not an address (local@domain): {value!r} ({error})") from None
+
+
 module_name = _matching(_MODULE, "a module name")
 pipe_name = _matching(re.compile(r"[\w.-]+"), "a pipe name (letters, digits, _ . -)")
 

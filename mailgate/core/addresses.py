@@ -11,6 +11,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
 _LITERAL = r"\[[\x21-\x2e\x30-\x5a\x5e-\x7e]+\]"  # dcontent without "/", as _ATEXT
 _PLAIN_LOCAL = re.compile(_DOT_STRING)  # what needs no quotes: "alice" is alice
+_DOMAIN_NAME = re.compile(_DOMAIN)
 _MAILBOX = re.compile(rf"(?P<local>{_DOT_STRING}|{_QUOTED})@(?P<domain>{_DOMAIN}|{_LITERAL})")
 _SOURCE_ROUTE = re.compile(rf"@{_DOMAIN}(?:,@{_DOMAIN})*:")
 _PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?")
@@ -88,6 +89,17 @@ def normalize_mailbox(path: str) -> str:
     if local.startswith('"') and _PLAIN_LOCAL.fullmatch(local[1:-1]):
         local = local[1:-1]  # RFC 5322 3.4.1: the same mailbox, quoted or not (Postfix does this too)
     return f"{local}@{domain}".lower()
+
+
+def normalize_domain(name: str) -> str:
+    """A domain name (RFC 5321 4.1.2 labels) lower-cased, without a final dot; AddressError if not one.
+
+    The one rule for domains everywhere: SMTP paths, `domains.local`,
+    forward and webhook patterns, `relay.transport` keys.
+    """
+    if not isinstance(name, str) or len(name) > 253 or not _DOMAIN_NAME.fullmatch(name):
+        raise AddressError(f"not a domain name: {name!r}")
+    return name.rstrip(".").lower()
 
 
 def _printable(text: str) -> str:

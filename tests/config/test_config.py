@@ -290,6 +290,18 @@ def test_domains_and_addresses_are_lower_cased() -> None:
     assert list(config.relay.transport) == ["legacy.test"]
 
 
+def test_addresses_and_domains_follow_the_smtp_rule() -> None:
+    """One rule everywhere: what SMTP refuses is refused here, and what SMTP
+    rewrites ("x" is x) is rewritten the same way (issue #11)."""
+    config = parse_config(with_sections(forward=[{"match": '"old"@example.test', "to": ['"x"@Example.test']}]))
+    assert (config.forward[0].match, config.forward[0].to) == ("old@example.test", ("x@example.test",))
+    problems = problems_of(with_sections(
+        domains={"local": ["under_score.test"]},
+        forward=[{"match": "a/b@example.test", "to": ["bob@example.test"]}],
+    ))
+    assert [problem.split(":")[0] for problem in problems] == ["domains.local[0]", "forward[0].match"]
+
+
 def test_relay_values_are_converted() -> None:
     config = parse_config(with_sections(relay={
         "allowed_networks": ["192.168.1.7/24", "::1"],
