@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -73,7 +74,7 @@ class PipeGateway:
         """Run `[pipe.NAME]` once for this message; True, or raise a DeliveryError."""
         pipe = self._pipes.get(name)
         program = find_program(pipe.command[0]) if pipe is not None else None
-        if program is None:  # a config mistake: retried, so the operator can fix it in time
+        if pipe is None or program is None:  # a config mistake: retried, so the operator can fix it in time
             reason = (f"no [pipe.{name}] table" if pipe is None
                       else f"{pipe.command[0]!r} not found (PATH={SAFE_PATH})")
             log.warn("pipe:{name}: {reason}; will retry", name=name, reason=reason)  # the queue logs no reason
@@ -159,11 +160,16 @@ class ProgramRun(ProcessProtocol):
         self._timer: Any = None
         self._exited = self._timed_out = False
 
+    @property
+    def process(self) -> IProcessTransport:
+        assert self.transport is not None, "the process has not started"
+        return self.transport
+
     def connectionMade(self) -> None:
-        self._pid = self.transport.pid
+        self._pid = self.process.pid
         self._timer = self.reactor.callLater(self._timeout_seconds, self._kill)
-        self.transport.write(self._message)  # a program that never reads gets EPIPE'd quietly
-        self.transport.closeStdin()
+        self.process.write(self._message)  # a program that never reads gets EPIPE'd quietly
+        self.process.closeStdin()
 
     def errReceived(self, data: bytes) -> None:
         room = STDERR_CAP_BYTES - len(self._stderr)
@@ -177,13 +183,15 @@ class ProgramRun(ProcessProtocol):
         """SIGKILL the session's process group: the program and all it started."""
         self._timed_out = not self._exited
         try:
+            if self._pid is None:  # never started: there is no group to kill (killpg(0) would be ours)
+                raise ProcessLookupError()
             os.killpg(self._pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):  # setsid() not reached yet, or all gone
             try:
-                self.transport.signalProcess("KILL")
+                self.process.signalProcess("KILL")
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        self.transport.loseConnection()  # stop waiting on pipes a fugitive may hold
+        self.process.loseConnection()  # stop waiting on pipes a fugitive may hold
 
     def processEnded(self, reason: Failure) -> None:
         if self._timer is not None and self._timer.active():

@@ -19,9 +19,9 @@ import re
 from email import message_from_bytes, policy
 from email.header import decode_header, make_header
 from email.headerregistry import UnstructuredHeader
-from email.message import EmailMessage, Message
+from email.message import EmailMessage, Message, MIMEPart
 from email.utils import getaddresses, parsedate_to_datetime
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar, cast
 
 from mailgate.core.session import Envelope
 
@@ -32,9 +32,11 @@ _FOLD = re.compile(r"[ \t]*\r?\n[ \t]*")
 # parameters); any other header is text, given back as it came unless it
 # holds an RFC 2047 encoded word or 8-bit bytes.
 _STRUCTURED = frozenset(
-    name for name, kind in policy.default.header_factory.registry.items() if not issubclass(kind, UnstructuredHeader)
+    name for name, kind in cast(Any, policy.default.header_factory).registry.items()
+    if not issubclass(kind, UnstructuredHeader)
 )
 _T = TypeVar("_T")
+_D = TypeVar("_D")
 
 
 # --- delivery id and signature ---------------------------------------------
@@ -105,7 +107,7 @@ def json_body(message: bytes, envelope: Envelope, delivery: str) -> bytes:
     return json.dumps(document, ensure_ascii=False, indent=None).encode("utf-8", "replace")
 
 
-def _bodies(parsed: Message) -> tuple[Message | None, Message | None]:
+def _bodies(parsed: MIMEPart) -> tuple[MIMEPart | None, MIMEPart | None]:
     """The text/plain and text/html parts a mail reader would show.
 
     A multipart whose boundary is missing is one undivided text: shown as
@@ -121,7 +123,7 @@ def _bodies(parsed: Message) -> tuple[Message | None, Message | None]:
     return text, html
 
 
-def _attempt(compute: Callable[[], _T], default: _T) -> _T:
+def _attempt(compute: Callable[[], _T], default: _D) -> _T | _D:
     """Best effort: malformed mail makes `email` raise in many odd places."""
     try:
         return compute()
@@ -129,12 +131,12 @@ def _attempt(compute: Callable[[], _T], default: _T) -> _T:
         return default
 
 
-def _headers(parsed: Message) -> Iterator[tuple[str, str]]:
+def _headers(parsed: MIMEPart) -> Iterator[tuple[str, str]]:
     for name, raw in _attempt(parsed.raw_items, []):
         yield name, _header_text(parsed, name, raw)
 
 
-def _header_text(parsed: Message, name: str, raw: Any) -> str:
+def _header_text(parsed: MIMEPart, name: str, raw: Any) -> str:
     """The decoded value (RFC 2047, 8-bit as UTF-8); the raw text when that fails.
 
     A folded line's break and indentation become one space, not the tab
@@ -152,17 +154,17 @@ def _header_text(parsed: Message, name: str, raw: Any) -> str:
     return _clean(_FOLD.sub(" ", value))
 
 
-def _first_raw(parsed: Message, name: str) -> tuple[str, Any] | None:
+def _first_raw(parsed: MIMEPart, name: str) -> tuple[str, Any] | None:
     """The first `name` header as (name as written, raw value), or None."""
     return next(((key, raw) for key, raw in _attempt(parsed.raw_items, []) if key.lower() == name), None)
 
 
-def _first_header(parsed: Message, name: str) -> str | None:
+def _first_header(parsed: MIMEPart, name: str) -> str | None:
     first = _first_raw(parsed, name)
     return _header_text(parsed, *first).strip() if first is not None else None
 
 
-def _addresses(parsed: Message, name: str) -> list[str]:
+def _addresses(parsed: MIMEPart, name: str) -> list[str]:
     """Every address of every `name` header, as `Name <local@domain>` or `local@domain`."""
     found: list[str] = []
     for key, raw in _attempt(parsed.raw_items, []):
@@ -187,9 +189,11 @@ def _format_pair(name: str, address: str) -> str:
     return f"{name} <{address}>" if name else address
 
 
-def _date(parsed: Message) -> str | None:
+def _date(parsed: MIMEPart) -> str | None:
     first = _first_raw(parsed, "date")
-    text = _header_text(parsed, *first).strip() if first is not None else None
+    if first is None:
+        return None
+    text = _header_text(parsed, *first).strip()
     if not text:
         return None
     when = _attempt(lambda: _parse_header(parsed.policy, *first).datetime, None)
@@ -198,10 +202,10 @@ def _date(parsed: Message) -> str | None:
     return when.isoformat() if when is not None else None
 
 
-def _part_text(part: Message) -> str:
+def _part_text(part: MIMEPart) -> str:
     """A text part decoded from its transfer encoding and charset, whatever they claim."""
     payload = part.get_payload(decode=True)
-    if payload is None:  # a multipart where text was expected
+    if not isinstance(payload, bytes):  # a multipart where text was expected
         return ""
     # Mail carries CRLF; web code expects "\n", as the email package's own readers give.
     return _decode_bytes(payload, part.get_content_charset()).replace("\r\n", "\n")
@@ -231,7 +235,7 @@ def _clean(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _leaves(part: Message, bodies: tuple[Any, ...]) -> Iterator[Message]:
+def _leaves(part: MIMEPart, bodies: tuple[Any, ...]) -> Iterator[MIMEPart]:
     """Every part but multipart containers and the chosen text and HTML bodies.
 
     An attached message (message/rfc822) is one attachment, not opened up.
@@ -239,17 +243,18 @@ def _leaves(part: Message, bodies: tuple[Any, ...]) -> Iterator[Message]:
     if part.get_content_maintype() == "multipart" and isinstance(part.get_payload(), list):
         for child in part.get_payload():
             if isinstance(child, Message):
-                yield from _leaves(child, bodies)
+                yield from _leaves(cast(MIMEPart, child), bodies)  # parsed under policy.default
         return
     if not any(part is body for body in bodies):
         yield part
 
 
-def _attachment(part: Message) -> dict[str, Any]:
+def _attachment(part: MIMEPart) -> dict[str, Any]:
     content = _attempt(lambda: _part_bytes(part), b"")
     filename = _attempt(part.get_filename, None) or _attempt(lambda: part.get_param("name"), None)
     if isinstance(filename, tuple):  # an RFC 2231 value get_param left undecoded
-        filename = _attempt(lambda: _decode_bytes(filename[2].encode("latin-1"), filename[0]), None)
+        charset, _, raw = filename
+        filename = _attempt(lambda: _decode_bytes(raw.encode("latin-1"), charset), None)
     if filename is not None:
         filename = _attempt(lambda: str(make_header(decode_header(str(filename)))), str(filename))
     return {
@@ -261,7 +266,7 @@ def _attachment(part: Message) -> dict[str, Any]:
     }
 
 
-def _part_bytes(part: Message) -> bytes:
+def _part_bytes(part: MIMEPart) -> bytes:
     if part.get_content_maintype() == "message":
         inner = part.get_payload()
         if isinstance(inner, list):

@@ -207,10 +207,11 @@ _DOCUMENT = {
 def _document_schema(data: Mapping[str, Any]) -> dict[str, Key]:
     """The whole file; webhook: and pipe: routes in relay.transport must name a
     [[webhook]] or [pipe.NAME] it defines."""
-    webhooks = data.get("webhook") if isinstance(data.get("webhook"), list) else []
-    names = {table.get("name") for table in webhooks if isinstance(table, Mapping) and isinstance(table.get("name"), str)}
-    pipes = data.get("pipe") if isinstance(data.get("pipe"), Mapping) else {}
-    relay = {**_RELAY, "transport": Key(mapping_of(domain, route(names, set(pipes))))}
+    webhooks, pipes = data.get("webhook"), data.get("pipe")
+    names = {table["name"] for table in (webhooks if isinstance(webhooks, list) else [])
+             if isinstance(table, Mapping) and isinstance(table.get("name"), str)}
+    pipe_names = set(pipes) if isinstance(pipes, Mapping) else set()
+    relay = {**_RELAY, "transport": Key(mapping_of(domain, route(names, pipe_names)))}
     return {**_DOCUMENT, "relay": Key(table_of(RelayConfig, relay))}
 
 

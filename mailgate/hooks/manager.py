@@ -54,7 +54,8 @@ def _import_enabled(paths: Sequence[str], names: Sequence[str]) -> list[object]:
     for path in reversed(paths):
         if path not in sys.path:
             sys.path.insert(0, path)
-    modules, problems = [], []
+    modules: list[object] = []
+    problems: list[str] = []
     for index, name in enumerate(names):
         try:
             modules.append(importlib.import_module(name))

@@ -12,7 +12,7 @@ import ipaddress
 import random
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import DeferredList, TimeoutError as DeferredTimeoutError
 from twisted.names import client, dns, hosts, resolve
@@ -186,7 +186,7 @@ def _addresses(answers: list[dns.RRHeader]) -> list[str]:
     found = []
     for answer in answers:
         if answer.type == dns.A:
-            found.append(answer.payload.dottedQuad())
+            found.append(cast(dns.Record_A, answer.payload).dottedQuad())
         elif answer.type == dns.AAAA:
-            found.append(socket.inet_ntop(socket.AF_INET6, answer.payload.address))
+            found.append(socket.inet_ntop(socket.AF_INET6, cast(dns.Record_AAAA, answer.payload).address))
     return found

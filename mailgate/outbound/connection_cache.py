@@ -69,7 +69,7 @@ class ConnectionCache:
             if session.protocol.error is None and not session.protocol.has_unread_reply():
                 self._forget_if_empty(key)
                 return session
-            session.protocol.transport.abortConnection()
+            session.protocol.connection.abortConnection()
         self._forget_if_empty(key)
         return None
 

@@ -19,7 +19,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
 from email.utils import format_datetime, make_msgid
-from typing import BinaryIO, Sequence
+from typing import Any, BinaryIO, Sequence, cast
 
 # Parts are built under a 7-bit policy so set_content() never picks 8bit for
 # our own text: only the attached original may carry 8-bit octets.
@@ -93,9 +93,9 @@ def build_dsn(
     report["Auto-Submitted"] = "auto-replied"  # RFC 3834: auto-responders must not answer it
     report["MIME-Version"] = "1.0"
     report.add_header("Content-Type", "multipart/report", report_type="delivery-status")
-    report.attach(_explanation(reporting_mta, statuses))
-    report.attach(_delivery_status(reporting_mta, queue_id, arrival, statuses))
-    report.attach(_original_part(*_load(original, full_message_limit)))
+    for part in (_explanation(reporting_mta, statuses), _delivery_status(reporting_mta, queue_id, arrival, statuses),
+                 _original_part(*_load(original, full_message_limit))):
+        report.attach(cast(EmailMessage, part))  # typeshed wants EmailMessage; any MIMEPart is a valid part
     buffer = io.BytesIO()
     BytesGenerator(buffer, policy=_WRITE).flatten(report)
     return buffer.getvalue()
@@ -134,12 +134,13 @@ def _delivery_status(
     """
     part = MIMEPart(_BUILD)
     part["Content-Type"] = "message/delivery-status"
-    per_message = [
+    per_message: list[tuple[str, str | None]] = [
         ("Reporting-MTA", f"dns; {reporting_mta}"),
         ("X-Mailgate-Queue-ID", queue_id),
         ("Arrival-Date", _date(arrival)),
     ]
-    part.set_payload([_block(per_message)] + [_block(_recipient_fields(s)) for s in statuses])
+    blocks = [_block(per_message)] + [_block(_recipient_fields(s)) for s in statuses]
+    part.set_payload(cast(Any, blocks))  # message/delivery-status holds header blocks (RFC 3464 2.1)
     return part
 
 
@@ -154,8 +155,8 @@ def _recipient_fields(s: RecipientStatus) -> list[tuple[str, str | None]]:
         ("Status", s.status),
         ("Remote-MTA", s.remote_mta and f"dns; {s.remote_mta}"),
         ("Diagnostic-Code", s.diagnostic and f"smtp; {s.diagnostic}"),
-        ("Last-Attempt-Date", s.last_attempt and _date(s.last_attempt)),
-        ("Will-Retry-Until", retry_until and _date(retry_until)),
+        ("Last-Attempt-Date", _date(s.last_attempt) if s.last_attempt else None),
+        ("Will-Retry-Until", _date(retry_until) if retry_until else None),
     ]
 
 

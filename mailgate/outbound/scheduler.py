@@ -141,7 +141,7 @@ class Scheduler:
             if done is None:
                 unlink_quietly(path)
             else:
-                done.addBoth(lambda _, p=path: unlink_quietly(p))
+                done.addBoth(_unlink_after, path)
 
     def _arm(self) -> None:
         """Keep one timer, set for the earliest live entry, while an attempt may start.
@@ -153,11 +153,11 @@ class Scheduler:
         while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
             heapq.heappop(self._heap)
         idle = self._stopping or not self._heap or len(self._running) >= MAX_CONCURRENT_ATTEMPTS
-        active = self._timer is not None and self._timer.active()
-        if active and not idle and abs(self._timer.getTime() - self._heap[0][0]) < 0.001:
+        timer = self._timer if self._timer is not None and self._timer.active() else None
+        if timer is not None and not idle and abs(timer.getTime() - self._heap[0][0]) < 0.001:
             return
-        if active:
-            self._timer.cancel()
+        if timer is not None:
+            timer.cancel()
         self._timer = None
         if not idle:
             delay = max(0.0, self._heap[0][0] - self._clock.seconds())
@@ -285,3 +285,9 @@ class Scheduler:
         after = self._delay_warning_seconds
         waited = self._clock.seconds() - entry.arrived
         return bool(after and entry.sender and entry.pending() and not entry.warned and waited >= after)
+
+
+def _unlink_after(result: object, path: str) -> object:
+    """A CLI request is answered by removing its file, once it is carried out."""
+    unlink_quietly(path)
+    return result

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any, BinaryIO
+import typing
+from typing import Any, BinaryIO, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPullProducer
@@ -20,6 +21,22 @@ from mailgate.core.reply import Reply, ReplyError
 from mailgate.core.wire import CRLFConverter, DotStuffer
 
 BLOCK_SIZE = 64 * 1024
+
+
+class Connection(typing.Protocol):
+    """What the client uses of Twisted's TCP transport (ITCPTransport, ITLSTransport, IConsumer)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+    def startTLS(self, contextFactory: Any) -> None: ...
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
 
 
 class SessionClosed(Exception):
@@ -47,6 +64,12 @@ class ClientProtocol(LineReceiver):
         self.error: SessionClosed | None = None
         self._timer: Any = None
         self.closed: Deferred[None] = Deferred()
+
+    @property
+    def connection(self) -> Connection:
+        """The TCP (or TLS) transport; only used while connected."""
+        assert self.transport is not None, "not connected"
+        return cast(Connection, self.transport)
 
     def connectionMade(self) -> None:
         why = f"no answer within {self._timeout_seconds:g} s"
@@ -87,7 +110,7 @@ class ClientProtocol(LineReceiver):
 
     def _abort(self, why: str) -> None:
         self.error = self.error or SessionClosed(why)
-        self.transport.abortConnection()
+        self.connection.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         if self._timer is not None and self._timer.active():
@@ -116,7 +139,7 @@ class ClientProtocol(LineReceiver):
         if any(c in command for command in commands for c in "\r\n"):
             raise ValueError(f"line end inside an SMTP command: {commands!r}")
         self.touch()
-        self.transport.write("".join(f"{command}\r\n" for command in commands).encode("utf-8"))
+        self.connection.write("".join(f"{command}\r\n" for command in commands).encode("utf-8"))
 
     async def quit(self, *, wait_for_reply: bool = True) -> None:
         """Say QUIT (unless the session is already broken) and close.
@@ -137,7 +160,7 @@ class ClientProtocol(LineReceiver):
     async def close(self, *, abort: bool = False) -> None:
         """Close and wait until the socket is really gone (trial checks; fds leak otherwise)."""
         if not self.closed.called:
-            self.transport.abortConnection() if abort else self.transport.loseConnection()
+            self.connection.abortConnection() if abort else self.connection.loseConnection()
         await self.closed
 
 
@@ -160,7 +183,7 @@ class BodyProducer:
             return
         block = self._handle.read(BLOCK_SIZE)
         self._protocol.touch()  # progress: the remote is still reading
-        transport = self._protocol.transport
+        transport = self._protocol.connection
         if block:
             transport.write(self._dots.feed(self._crlf.feed(block)))
             return

@@ -239,7 +239,7 @@ class SMTPTransport:
         reply = await protocol.read_reply()
         if reply.code != 220:
             return self._without_tls(extensions, where, f"STARTTLS refused: {reply.code}")
-        protocol.transport.startTLS(self._tls_options(host))
+        protocol.connection.startTLS(self._tls_options(host))
         try:
             return await self._hello(protocol, where)
         except SessionClosed as error:
@@ -320,14 +320,14 @@ class SMTPTransport:
             return Reply(451, "4.5.0", f"unexpected reply to DATA: {data_reply.code}")
         with open(job.message_path, "rb") as handle:
             producer = BodyProducer(handle, protocol)
-            protocol.transport.registerProducer(producer, False)
+            protocol.connection.registerProducer(producer, False)
             await producer.done
         return await protocol.read_reply()
 
     async def _abandon(self, protocol: ClientProtocol, data_reply: Reply | None) -> None:
         """Nobody to deliver to: end a DATA the server wrongly accepted, then RSET."""
         if data_reply is not None and data_reply.code == 354:
-            protocol.transport.write(b".\r\n")  # RFC 2920 3.1: an empty message, rejected
+            protocol.connection.write(b".\r\n")  # RFC 2920 3.1: an empty message, rejected
             await protocol.read_reply()
         protocol.send("RSET")
         await protocol.read_reply()

@@ -240,7 +240,11 @@ class QueueStore:
             names = sorted(os.listdir(self._control), key=lambda n: n.rsplit(".", 1)[-1])
         except FileNotFoundError:
             return []
-        return [(os.path.join(self._control, n), *n.split(".", 2)[:2]) for n in names]
+        found = []
+        for name in names:
+            action, _, rest = name.partition(".")
+            found.append((os.path.join(self._control, name), action, rest.partition(".")[0]))
+        return found
 
 
 Write = tuple[str, str, list[bytes], "float | None"]  # temp path, final path, content, mtime
