@@ -359,7 +359,7 @@ class TransactionTests(SessionTestCase):
         self.send(b"DELE 1\r\n")
         self.assertEqual(self.send(b"QUIT\r\n"), b"-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n")
         self.assertTrue(self.transport.disconnecting)
-        self.assertEqual(self.factory._locked, set())
+        self.assertEqual(self.factory.mailboxes.locks, set())
 
     def big_message(self) -> bytes:
         """A fourth message, larger than one block: streamed by a producer."""
@@ -385,7 +385,7 @@ class TransactionTests(SessionTestCase):
         self.assertIsNotNone(sender)
         self.protocol.connectionLost(None)
         self.assertIsNone(self.transport.producer)
-        self.assertEqual(self.factory._locked, set())
+        self.assertEqual(self.factory.mailboxes.locks, set())
         self.send(b"QUIT\r\n")  # nothing happens on a dead session
         self.assertEqual(len(os.listdir(os.path.join(self.mailbox, "new"))), 4)
 
