@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
@@ -11,6 +9,14 @@ from twisted.cred.portal import Portal
 from twisted.logger import Logger
 
 from mailgate.accounts.cred import AuthThrottle, log_in
+from mailgate.accounts.sasl import (
+    SASLAuthzidRefused,
+    SASLBadBase64,
+    SASLCancelled,
+    SASLMalformed,
+    decode_response,
+    parse_plain,
+)
 from mailgate.pop3.channel import Channel, Command, Wait
 from mailgate.pop3.maildrop import Mailboxes, MaildropUnavailable
 
@@ -19,6 +25,10 @@ log = Logger()
 PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed."
 TOO_MANY_FAILURES = b"-ERR [AUTH] Too many authentication failures, try again later."
+SASL_REFUSALS: dict[type[SASLMalformed], bytes] = {
+    SASLBadBase64: b"-ERR [AUTH] Invalid base64 data.",
+    SASLAuthzidRefused: b"-ERR [AUTH] Authorization identity not permitted.",
+}
 
 
 class Authorization:
@@ -96,29 +106,20 @@ class Authorization:
         return self._sasl_plain(initial)
 
     async def _sasl_plain(self, initial: bytes) -> None:
-        """RFC 4616: authzid NUL authcid NUL passwd; "=" is an empty initial response."""
+        """RFC 5034: the PLAIN message (RFC 4616) as an initial response or after a "+ " challenge."""
         response = initial
         if not initial:
             self._channel.write(b"+ \r\n")
             response = await self._channel.read_line()
-        response = response.strip()
-        if response == b"*":
+        try:
+            authcid, password = parse_plain(decode_response(response))
+        except SASLCancelled:
             self._channel.reply(b"-ERR Authentication aborted.")
             return
-        try:
-            decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
-        except (binascii.Error, ValueError):
-            self._channel.reply(b"-ERR [AUTH] Invalid base64 data.")
+        except SASLMalformed as error:
+            self._channel.reply(SASL_REFUSALS.get(type(error), b"-ERR [AUTH] Invalid PLAIN response."))
             return
-        parts = decoded.split(b"\x00")
-        if len(parts) != 3:
-            self._channel.reply(b"-ERR [AUTH] Invalid PLAIN response.")
-            return
-        authzid, authcid, password = parts
-        if authzid and authzid.lower() != authcid.lower():
-            self._channel.reply(b"-ERR [AUTH] Authorization identity not permitted.")
-            return
-        await self._login(authcid, password)
+        await self._login(authcid.encode("utf-8"), password.encode("utf-8"))
 
     def do_STLS(self, arg: bytes) -> None:
         if self._channel.secure:

@@ -224,6 +224,14 @@ class AuthorizationTests(SessionTestCase):
         good = base64.b64encode(b"alice@example.test\x00alice@example.test\x00correct horse")
         self.assertEqual(self.send(b"AUTH PLAIN " + good + b"\r\n"), b"+OK Logged in.\r\n")
 
+    def test_sasl_plain_malformed_is_answered_at_once(self) -> None:
+        """RFC 4616: an empty authcid or passwd, or bytes that are not UTF-8, are malformed, not a failed login."""
+        for message in (b"\x00\x00correct horse", b"\x00alice@example.test\x00", b"\x00alice@example.test\x00\xff"):
+            reply = self.send(b"AUTH PLAIN " + base64.b64encode(message) + b"\r\n")
+            self.assertEqual(reply, b"-ERR [AUTH] Invalid PLAIN response.\r\n")
+        self.assertEqual(self.send(b"AUTH PLAIN =\r\n"), b"-ERR [AUTH] Invalid PLAIN response.\r\n")
+        self.assertEqual(self.factory.throttle.failures("192.0.2.7"), 0)
+
     def test_unknown_commands_and_long_lines(self) -> None:
         self.assertEqual(self.send(b"HELO\r\n"), b"-ERR Unknown command.\r\n")
         self.assertIn(b"Too many", self.send(b"X\r\n" * 20))
