@@ -7,15 +7,15 @@ import functools
 import hashlib
 import hmac
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 import bcrypt
 
 from mailgate.core.addresses import AddressError, normalize_mailbox
+from mailgate.store.durable import replace_file
 
 BCRYPT_ROUNDS = 12  # tests lower this in-process; files written by the CLI use 12
 BCRYPT_MAX_BYTES = 72
@@ -264,7 +264,7 @@ def _rewrite(path: str, edit: Callable[[list[str]], list[str]]) -> None:
                 lines = f.readlines()  # comments and unknown lines are kept as they are
         except FileNotFoundError:
             lines = []
-        _replace(path, "".join(edit(lines)))
+        replace_file(path, "".join(edit(lines)).encode("utf-8", "surrogateescape"), mode=0o600)
 
 
 @contextmanager
@@ -276,29 +276,3 @@ def _locked(lock_path: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def _replace(path: str, text: str) -> None:
-    """Write a temp file beside `path`, fsync, rename over it, fsync the directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}."
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
