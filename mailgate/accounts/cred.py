@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.credentials import ICredentials, IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import Interface, implementer
+
+from mailgate.net.interfaces import Clock, ThreadPoolOwner
 
 
 class PasswordStore(Protocol):
@@ -28,11 +31,12 @@ class IMailAccount(Interface):
 BlockingRunner = Callable[..., "Deferred[Any]"]
 
 
-def thread_runner(reactor: Any) -> BlockingRunner:
+def thread_runner(reactor: IReactorThreads) -> BlockingRunner:
     """Run blocking calls in the reactor's thread pool (bcrypt takes ~0.1 s+)."""
+    owner: ThreadPoolOwner = reactor
 
     def run(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+        return deferToThreadPool(reactor, owner.getThreadPool(), function, *args)
 
     return run
 
@@ -59,7 +63,7 @@ class AccountsChecker:
         self._accounts = accounts
         self._run_blocking = run_blocking
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[str]:
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
         try:
             address = _text(credentials.username).strip()
             password = _text(credentials.password)
@@ -86,14 +90,34 @@ class AddressRealm:
     """The avatar is just the address: protocols look the mailbox up themselves."""
 
     def requestAvatar(
-        self, avatarId: Any, mind: Any, *interfaces: Any
-    ) -> tuple[Any, str, Callable[[], None]]:
+        self, avatarId: str, mind: object, *interfaces: type[Interface]
+    ) -> tuple[type[Interface], str, Callable[[], None]]:
         return interfaces[0] if interfaces else IMailAccount, avatarId, lambda: None
 
 
-def build_portal(accounts: PasswordStore, reactor: Any) -> Portal:
-    """A Portal over the users file; log in with (credentials, None, IMailAccount)."""
-    return Portal(AddressRealm(), [AccountsChecker(accounts, thread_runner(reactor))])
+def build_portal(accounts: PasswordStore, reactor: IReactorThreads) -> Portal:
+    """A Portal over the users file, checking passwords in the reactor's threads."""
+    return portal_over(accounts, thread_runner(reactor))
+
+
+def portal_over(accounts: PasswordStore, run_blocking: BlockingRunner) -> Portal:
+    """A Portal over the users file; log in with `log_in` (or credentials, None, IMailAccount)."""
+    # The casts say what @implementer declares: mypy without mypy-zope can't see it.
+    realm = cast(IRealm, AddressRealm())
+    checker = cast(ICredentialsChecker, AccountsChecker(accounts, run_blocking))
+    return Portal(realm, [checker])
+
+
+async def log_in(portal: Portal, username: bytes, password: bytes) -> str:
+    """The lower-cased address the credentials log in as.
+
+    UnauthorizedLogin (or UnhandledCredentials) for wrong ones; any other
+    error means the check itself failed, which protocols answer as temporary.
+    """
+    credentials = cast(ICredentials, UsernamePassword(username, password))  # @implementer, as above
+    _, avatar, logout = await portal.login(credentials, None, IMailAccount)
+    logout()  # the avatar is a plain address: nothing to release
+    return str(avatar)
 
 
 class AuthThrottle:
@@ -114,7 +138,7 @@ class AuthThrottle:
         max_delay_seconds: float = 8.0,
         max_tracked_ips: int = 10_000,
     ) -> None:
-        self._clock = clock
+        self._clock: Clock = clock
         self._window = window_seconds
         self._disconnect_after = disconnect_after
         self._max_delay = max_delay_seconds

@@ -7,22 +7,20 @@ import functools
 import hashlib
 import hmac
 import os
-import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 import bcrypt
+
+from mailgate.core.addresses import AddressError, normalize_mailbox
+from mailgate.store.durable import replace_file
 
 BCRYPT_ROUNDS = 12  # tests lower this in-process; files written by the CLI use 12
 BCRYPT_MAX_BYTES = 72
 AUTH_CACHE_SECONDS = 300.0  # a verified password is trusted again for this long
 AUTH_CACHE_ENTRIES = 10_000  # bcrypt ignores anything longer; bcrypt>=5 raises instead
-
-_LOCAL_PART = re.compile(r"[!-~]+")  # printable ASCII, no spaces; ':' and '@' checked apart
-_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 Stamp = tuple[int, int, int]  # st_mtime_ns, st_size, st_ino
 
@@ -32,19 +30,23 @@ class UserError(Exception):
 
 
 def normalize_address(address: str) -> str:
-    """Return `address` lower-cased, or raise UserError if it can't be a users-file key."""
-    address = address.strip().lower()
-    local, at, domain = address.rpartition("@")
-    if (
-        not at
-        or not _LOCAL_PART.fullmatch(local)
-        or ":" in local
-        or "@" in local
-        or local.startswith("#")  # would read back as a comment
-        or not _DOMAIN.fullmatch(domain)
-    ):
-        raise UserError(f"invalid address {address!r} (expected local@domain)")
-    return address
+    """`address` as SMTP spells it (lower-cased, unquoted), or UserError if it can't be an account.
+
+    The rule is SMTP's own (mailgate.core.addresses.normalize_mailbox): an
+    account under an address SMTP refuses, or spells another way, could never
+    receive mail. The file adds two refusals of its own: ':' ends the key (a
+    source route has one too) and a line starting with '#' is a comment.
+    """
+    address = address.strip()
+    if ":" in address:
+        raise UserError(f"invalid address {address!r} (':' can't be in a users-file address)")
+    try:
+        normalized = normalize_mailbox(address)
+    except AddressError as error:
+        raise UserError(f"invalid address {address!r} ({error})") from None
+    if normalized.startswith("#"):
+        raise UserError(f"invalid address {address!r} (a leading '#' would read back as a comment)")
+    return normalized
 
 
 def hash_password(password: str) -> str:
@@ -209,13 +211,25 @@ def set_password(path: str, address: str, password: str) -> None:
 
 
 def delete_user(path: str, address: str) -> None:
-    """Remove an account; UserError if there is no such user."""
-    address = normalize_address(address)
+    """Remove an account; UserError if there is no such user.
+
+    An entry written before addresses were checked as SMTP checks them
+    (`a/b@x`, `"x"@y`) can be removed too, by the spelling it was stored under.
+    """
+    stored = address.strip().lower()  # how entries were keyed before
+    try:
+        canonical = normalize_address(address)
+    except UserError as error:
+        canonical, refusal = stored, error
+    else:
+        refusal = UserError(f"no such user {canonical}")
+    keys = {canonical, stored}
 
     def edit(lines: list[str]) -> list[str]:
-        if _find(lines, address) is None:
-            raise UserError(f"no such user {address}")
-        return [line for line in lines if _address_of(line) != address]
+        kept = [line for line in lines if _address_of(line) not in keys]
+        if len(kept) == len(lines):
+            raise refusal
+        return kept
 
     _rewrite(path, edit)
 
@@ -250,7 +264,7 @@ def _rewrite(path: str, edit: Callable[[list[str]], list[str]]) -> None:
                 lines = f.readlines()  # comments and unknown lines are kept as they are
         except FileNotFoundError:
             lines = []
-        _replace(path, "".join(edit(lines)))
+        replace_file(path, "".join(edit(lines)).encode("utf-8", "surrogateescape"), mode=0o600)
 
 
 @contextmanager
@@ -262,29 +276,3 @@ def _locked(lock_path: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def _replace(path: str, text: str) -> None:
-    """Write a temp file beside `path`, fsync, rename over it, fsync the directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}."
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import tempfile
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -14,6 +13,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet.interfaces import INegotiated, ISSLTransport
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+from mailgate.store.durable import replace_file
 
 CERTIFICATE_LIFETIME = datetime.timedelta(days=3650)
 
@@ -35,10 +36,12 @@ def ensure_certificate(cert_path: str, key_path: str, hostname: str) -> bool:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    for path in (key_path, cert_path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # Key first: a crash between the two writes leaves the certificate
     # missing, and the next start simply generates a fresh pair.
-    _write_atomically(key_path, key_pem, mode=0o600)
-    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    replace_file(key_path, key_pem, mode=0o600)
+    replace_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return True
 
 
@@ -91,24 +94,6 @@ def _alt_names(hostname: str) -> list[x509.GeneralName]:
         if general not in names:
             names.append(general)
     return names
-
-
-def _write_atomically(path: str, data: bytes, mode: int) -> None:
-    """Write via a temporary file so a reader never sees half a PEM file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        os.fchmod(fd, mode)  # before any secret byte lands in the file
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:

@@ -2,149 +2,181 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-from typing import Any, Callable
+from collections.abc import Mapping
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
-from twisted.internet.defer import maybeDeferred
+from twisted.cred.portal import Portal
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from mailgate.accounts.cred import IMailAccount
+from mailgate.accounts.cred import AuthThrottle, log_in
+from mailgate.accounts.sasl import (
+    SASLAuthzidRefused,
+    SASLBadBase64,
+    SASLCancelled,
+    SASLMalformed,
+    decode_response,
+    parse_plain,
+)
+from mailgate.pop3.channel import Channel, Command, Wait
+from mailgate.pop3.maildrop import Mailboxes, MaildropUnavailable
 
 log = Logger()
 
 PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed."
 TOO_MANY_FAILURES = b"-ERR [AUTH] Too many authentication failures, try again later."
+SASL_REFUSALS: dict[type[SASLMalformed], bytes] = {
+    SASLBadBase64: b"-ERR [AUTH] Invalid base64 data.",
+    SASLAuthzidRefused: b"-ERR [AUTH] Authorization identity not permitted.",
+}
 
 
-class POP3AuthCommands:
-    """The AUTHORIZATION commands, mixed into the POP3 session.
+class Authorization:
+    """The AUTHORIZATION commands and the user name given by USER.
 
-    A successful login hands the address to the session's `_open_mailbox`,
-    which locks and lists the maildrop before TRANSACTION begins.
+    A successful login locks and lists the maildrop and hands it to the
+    session, which then takes TRANSACTION commands.
     """
 
-    def _plaintext_allowed(self: Any) -> bool:
-        return self.factory.plaintext_auth == "always" or self._secure
+    def __init__(
+        self,
+        channel: Channel,
+        *,
+        portal: Portal,
+        throttle: AuthThrottle,
+        mailboxes: Mailboxes,
+        plaintext_auth: str,  # "tls" | "always" (security.plaintext_auth)
+    ) -> None:
+        self._channel = channel
+        self._portal = portal
+        self._throttle = throttle
+        self._mailboxes = mailboxes
+        self._plaintext_always = plaintext_auth == "always"
+        self._user: bytes | None = None
 
-    def _stls_available(self: Any) -> bool:
-        return self.factory.tls_options is not None and not self._secure
+    def commands(self) -> Mapping[str, Command]:
+        return {
+            "USER": self.do_USER, "PASS": self.do_PASS, "AUTH": self.do_AUTH,
+            "STLS": self.do_STLS, "QUIT": self.do_QUIT,
+        }  # fmt: skip
 
-    def do_USER(self: Any, arg: bytes) -> None:
+    def capabilities(self) -> list[bytes]:
+        lines = [b"STLS"] if self._channel.tls_possible else []
+        if self._plaintext_allowed():
+            lines += [b"USER", b"SASL PLAIN"]  # like Dovecot: not offered where it would be refused
+        return lines
+
+    def connection_lost(self) -> None:
+        pass  # nothing is held before login
+
+    def _plaintext_allowed(self) -> bool:
+        return self._plaintext_always or self._channel.secure
+
+    def do_USER(self, arg: bytes) -> None:
         if not self._plaintext_allowed():
-            self._reply(PLAINTEXT_REFUSED)
+            self._channel.reply(PLAINTEXT_REFUSED)
             return
         if not arg.strip():
-            self._reply(b"-ERR Missing user name.")
+            self._channel.reply(b"-ERR Missing user name.")
             return
         self._user = arg.strip()
-        self._reply(b"+OK")
+        self._channel.reply(b"+OK")
 
-    def do_PASS(self: Any, arg: bytes) -> None:
+    def do_PASS(self, arg: bytes) -> Wait | None:
         if not self._plaintext_allowed():
-            self._reply(PLAINTEXT_REFUSED)
-            return
+            self._channel.reply(PLAINTEXT_REFUSED)
+            return None
         if self._user is None:
-            self._reply(b"-ERR No user name given.")
-            return
+            self._channel.reply(b"-ERR No user name given.")
+            return None
         user, self._user = self._user, None
-        self._login(user, arg)  # the whole rest of the line: passwords may hold spaces
+        return self._login(user, arg)  # the whole rest of the line: passwords may hold spaces
 
-    def do_AUTH(self: Any, arg: bytes) -> None:
+    def do_AUTH(self, arg: bytes) -> Wait | None:
         mechanism, _, initial = arg.strip().partition(b" ")
         if not mechanism:
-            self.transport.write(b"+OK\r\n" + (b"PLAIN\r\n" if self._plaintext_allowed() else b"") + b".\r\n")
-            return
+            self._channel.write(b"+OK\r\n" + (b"PLAIN\r\n" if self._plaintext_allowed() else b"") + b".\r\n")
+            return None
         if mechanism.upper() != b"PLAIN":
-            self._reply(b"-ERR Unsupported authentication mechanism.")
-            return
+            self._channel.reply(b"-ERR Unsupported authentication mechanism.")
+            return None
         if not self._plaintext_allowed():
-            self._reply(PLAINTEXT_REFUSED)
-            return
-        if initial:
-            self._sasl_plain(initial)
-            return
-        self._sasl_continuation = self._sasl_plain
-        self.transport.write(b"+ \r\n")
+            self._channel.reply(PLAINTEXT_REFUSED)
+            return None
+        return self._sasl_plain(initial)
 
-    def _sasl_plain(self: Any, response: bytes) -> None:
-        """RFC 4616: authzid NUL authcid NUL passwd; "=" is an empty initial response."""
-        response = response.strip()
-        if response == b"*":
-            self._reply(b"-ERR Authentication aborted.")
+    async def _sasl_plain(self, initial: bytes) -> None:
+        """RFC 5034: the PLAIN message (RFC 4616) as an initial response or after a "+ " challenge."""
+        response = initial
+        if not initial:
+            self._channel.write(b"+ \r\n")
+            response = await self._channel.read_line()
+        try:
+            authcid, password = parse_plain(decode_response(response))
+        except SASLCancelled:
+            self._channel.reply(b"-ERR Authentication aborted.")
+            return
+        except SASLMalformed as error:
+            self._channel.reply(SASL_REFUSALS.get(type(error), b"-ERR [AUTH] Invalid PLAIN response."))
+            return
+        await self._login(authcid.encode("utf-8"), password.encode("utf-8"))
+
+    def do_STLS(self, arg: bytes) -> None:
+        if self._channel.secure:
+            self._channel.reply(b"-ERR TLS is already active.")
+            return
+        if not self._channel.tls_possible:
+            self._channel.reply(b"-ERR TLS support isn't enabled.")
+            return
+        self._channel.reply(b"+OK Begin TLS negotiation now.")
+        self._user = None  # RFC 2595 section 4: nothing from before TLS counts
+        self._channel.start_tls()
+
+    def do_QUIT(self, arg: bytes) -> None:
+        self._channel.reply(b"+OK Logging out.")
+        self._channel.close()
+
+    async def _login(self, user: bytes, password: bytes) -> None:
+        ip = self._channel.peer_ip
+        if self._throttle.should_disconnect(ip):
+            self._channel.reply(TOO_MANY_FAILURES)
+            self._channel.close()
             return
         try:
-            decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
-        except (binascii.Error, ValueError):
-            self._reply(b"-ERR [AUTH] Invalid base64 data.")
+            address = await log_in(self._portal, user, password)
+        except (UnauthorizedLogin, UnhandledCredentials):
+            await self._answer_failure(ip)
             return
-        parts = decoded.split(b"\x00")
-        if len(parts) != 3:
-            self._reply(b"-ERR [AUTH] Invalid PLAIN response.")
+        except Exception:
+            log.failure("POP3 password check failed")
+            self._channel.reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")
             return
-        authzid, authcid, password = parts
-        if authzid and authzid.lower() != authcid.lower():
-            self._reply(b"-ERR [AUTH] Authorization identity not permitted.")
+        if not self._channel.is_connected:
             return
-        self._login(authcid, password)
+        self._throttle.record_success(ip)
+        await self._open(address)
 
-    def do_STLS(self: Any, arg: bytes) -> None:
-        if self._secure:
-            self._reply(b"-ERR TLS is already active.")
+    async def _answer_failure(self, ip: str) -> None:
+        """Answer a wrong password late, later the more recent failures ip has; cut off at the limit."""
+        self._throttle.record_failure(ip)
+        delay, disconnect = self._throttle.delay_seconds(ip), self._throttle.should_disconnect(ip)
+        if not self._channel.is_connected:
             return
-        start_tls = getattr(self.transport, "startTLS", None)
-        if self.factory.tls_options is None or start_tls is None:
-            self._reply(b"-ERR TLS support isn't enabled.")
-            return
-        self._reply(b"+OK Begin TLS negotiation now.")
-        # RFC 2595 section 4: forget everything from before TLS, including
-        # commands a man in the middle may have pipelined after STLS.
-        self._pending.clear()
-        self._buffer = b""
-        self._user = None
-        start_tls(self.factory.tls_options)
-        self._secure = True
-
-    def _login(self: Any, user: bytes, password: bytes) -> None:
-        throttle = self.factory.throttle
-        if throttle.should_disconnect(self._ip):
-            self._reply(TOO_MANY_FAILURES)
-            self._close()
-            return
-        self._start_wait()
-        d = maybeDeferred(self.factory.portal.login, UsernamePassword(user, password), None, IMailAccount)
-        d.addCallbacks(self._authenticated, self._login_failed)
-        d.addErrback(self._crashed)
-
-    def _authenticated(self: Any, result: tuple[Any, str, Callable[[], None]]) -> None:
-        _, address, logout = result
-        logout()
-        if not self._connected:
-            return
-        self.factory.throttle.record_success(self._ip)
-        self._open_mailbox(address)
-
-    def _login_failed(self: Any, failure: Failure) -> None:
-        if not failure.check(UnauthorizedLogin, UnhandledCredentials):
-            log.failure("POP3 password check failed", failure)
-            self._reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")
-            self._done()
-            return
-        throttle = self.factory.throttle
-        throttle.record_failure(self._ip)
-        delay, disconnect = throttle.delay_seconds(self._ip), throttle.should_disconnect(self._ip)
-        if self._connected:
-            self._delayed = self.factory.clock.callLater(delay, self._answer_failure, disconnect)
-
-    def _answer_failure(self: Any, disconnect: bool) -> None:
-        self._delayed = None
+        await self._channel.pause(delay)
         if disconnect:
-            self._reply(TOO_MANY_FAILURES)
-            self._close()
+            self._channel.reply(TOO_MANY_FAILURES)
+            self._channel.close()
             return
-        self._reply(AUTH_FAILED)
-        self._done()
+        self._channel.reply(AUTH_FAILED)
+
+    async def _open(self, address: str) -> None:
+        try:
+            maildrop = await self._mailboxes.open(address)
+        except MaildropUnavailable as refusal:
+            self._channel.reply(refusal.reply)
+            return
+        if not self._channel.is_connected:
+            maildrop.release()
+            return
+        self._channel.enter_transaction(maildrop)
+        self._channel.reply(b"+OK Logged in.")

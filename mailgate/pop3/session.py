@@ -1,68 +1,47 @@
 """The POP3 listener over the Maildir store: one session per connection, RFC 1939 with pipelining.
 
-A session owns its command queue, CAPA (RFC 2449), the maildrop lock and
-UPDATE; the commands of the other two states are mixed in from
-`mailgate.pop3.auth_commands` (AUTHORIZATION: USER/PASS, SASL PLAIN, STLS) and
-`mailgate.pop3.transaction_commands` (TRANSACTION).
+A session owns the connection: the input queue and its order, the idle
+timer, replies, CAPA (RFC 2449) and shutdown. The commands of each state
+are handler objects it delegates to: `mailgate.pop3.auth_commands`
+(AUTHORIZATION: USER/PASS, SASL PLAIN, STLS) and
+`mailgate.pop3.transaction_commands` (TRANSACTION, then UPDATE at QUIT).
 """
 
 from __future__ import annotations
 
-import os
-import weakref
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import IO
 
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet import protocol
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IAddress, IOpenSSLContextFactory, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailgate.accounts.cred import (
-    AccountsChecker,
-    AddressRealm,
     AuthThrottle,
+    BlockingRunner,
     PasswordStore,
+    portal_over,
     thread_runner,
 )
-from mailgate.store.maildir_reader import MessageInfo, commit, list_messages
-from mailgate.store.maildir_writer import mailbox_path
-from mailgate.pop3.auth_commands import POP3AuthCommands
-from mailgate.pop3.streaming import MessageSender
-from mailgate.pop3.transaction_commands import POP3TransactionCommands
+from mailgate.net.interfaces import Clock, Connection, DelayedCall
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
+from mailgate.pop3.auth_commands import Authorization
+from mailgate.pop3.channel import StateHandler, Wait
+from mailgate.pop3.maildrop import SYS_TEMP, Mailboxes, Maildrop
+from mailgate.pop3.streaming import MessageSender
+from mailgate.pop3.transaction_commands import Transaction
 
 log = Logger()
 
-AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
 
-SYS_TEMP = b"-ERR [SYS/TEMP] Internal error occurred. Refer to server log for more information."
-
-
-class MailboxLocks(set):  # type: ignore[type-arg]
-    """Addresses with a POP3 session past login, for one store (a set that can be weakly referenced)."""
-
-
-_LOCKS_BY_STORE: weakref.WeakValueDictionary[str, MailboxLocks] = weakref.WeakValueDictionary()
-
-
-def shared_locks(maildir_root: str) -> MailboxLocks:
-    """The lock table of one Maildir store, shared by every POP3 listener over it.
-
-    A gateway has a factory per listener (STLS and implicit TLS); a lock per
-    factory would let one session on each delete under the other's feet.
-    """
-    key = os.path.realpath(maildir_root)
-    locks = _LOCKS_BY_STORE.get(key)
-    if locks is None:
-        locks = _LOCKS_BY_STORE[key] = MailboxLocks()
-    return locks
-
-
-class POP3Factory(ServerFactory):
-    """Builds POP3Session protocols and holds what sessions share: portal, throttle, locks."""
+class POP3Factory(protocol.ServerFactory):
+    """Builds POP3Session protocols and holds what sessions share: portal, throttle, mailboxes."""
 
     def __init__(
         self,
@@ -70,89 +49,82 @@ class POP3Factory(ServerFactory):
         accounts: PasswordStore | None,
         maildir_root: str,
         hostname: str,
-        tls_options: Any,  # a context factory for STLS (tls.server_tls_options); None: no STLS
+        tls_options: IOpenSSLContextFactory | None,  # for STLS (tls.server_tls_options); None: no STLS
         plaintext_auth: str,  # "tls" | "always" (security.plaintext_auth)
-        reactor: Any,  # IReactorTime; also IReactorThreads unless run_blocking is given
+        reactor: IReactorTime,  # also IReactorThreads unless run_blocking is given
         idle_timeout_seconds: float = 600.0,
         throttle: AuthThrottle | None = None,
         portal: Portal | None = None,
-        run_blocking: Callable[..., Deferred[Any]] | None = None,
+        run_blocking: BlockingRunner | None = None,
     ) -> None:
-        self.maildir_root = maildir_root
         self.hostname = hostname
         self.tls_options = tls_options
         self.plaintext_auth = plaintext_auth
-        self.clock = reactor
+        self.reactor = reactor
         self.idle_timeout_seconds = idle_timeout_seconds
         self.run_blocking = run_blocking or thread_runner(reactor)
         self.throttle = throttle or AuthThrottle(reactor)
         if portal is None:
             if accounts is None:
                 raise ValueError("POP3Factory needs accounts or a portal")
-            portal = Portal(AddressRealm(), [AccountsChecker(accounts, self.run_blocking)])
+            portal = portal_over(accounts, self.run_blocking)
         self.portal = portal
-        self._locked = shared_locks(maildir_root)
+        self.mailboxes = Mailboxes(maildir_root, self.run_blocking)
         self.sessions: set[POP3Session] = set()
 
-    def shut_down(self) -> Deferred:
+    def shut_down(self) -> Deferred[list[tuple[bool, None]]]:
         """Tell every session the server stops (after a message or commit in flight); wait for them."""
         return DeferredList([session.shut_down() for session in list(self.sessions)], consumeErrors=True)
 
-    def buildProtocol(self, addr: Any) -> POP3Session:
-        session = POP3Session()
-        session.factory = self
-        return session
-
-    def lock(self, address: str) -> bool:
-        """One session per mailbox (RFC 1939 section 8): deletions must not race."""
-        if address in self._locked:
-            return False
-        self._locked.add(address)
-        return True
-
-    def unlock(self, address: str) -> None:
-        self._locked.discard(address)
+    def buildProtocol(self, addr: IAddress | None) -> POP3Session:
+        return POP3Session(self)
 
 
-class POP3Session(POP3AuthCommands, POP3TransactionCommands, Protocol):
+class POP3Session(protocol.Protocol):
     """One POP3 connection: a command queue so pipelined commands run in order.
 
-    Commands that wait (password check, listing, streaming, commit) set
-    `_busy`; lines arriving meanwhile queue up and run when it clears.
+    A command that waits (password check, listing, streaming, commit)
+    returns a coroutine; while it runs the session is busy and lines that
+    arrive queue up, to run when it ends.
     """
 
-    factory: POP3Factory
     MAX_LINE = 8192  # SASL responses may exceed RFC 2449's 255 octets
     MAX_PENDING = 256
     MAX_BAD_COMMANDS = 10
 
-    def __init__(self) -> None:
-        self.state = AUTHORIZATION
+    def __init__(self, factory: POP3Factory) -> None:
+        self.factory = factory
+        self._clock: Clock = factory.reactor
+        self._connection: Connection | None = None
+        self._state: StateHandler = Authorization(
+            self,
+            portal=factory.portal,
+            throttle=factory.throttle,
+            mailboxes=factory.mailboxes,
+            plaintext_auth=factory.plaintext_auth,
+        )
         self._buffer = b""
         self._pending: deque[bytes] = deque()
         self._busy = self._draining = self._paused = False
-        self._connected = self._secure = self._committing = False
-        self._user: bytes | None = None
-        self._sasl_continuation: Callable[[bytes], None] | None = None
-        self._address: str | None = None
-        self._directory = ""
-        self._messages: list[MessageInfo] = []
-        self._deleted: set[int] = set()
-        self._retrieved: set[int] = set()
-        self._idle_call: Any = None
-        self._delayed: Any = None
+        self._connected = self._closing = self._secure = False
+        self._line_waiter: Deferred[bytes] | None = None
+        self._idle_call: DelayedCall | None = None
+        self._pause: Deferred[None] | None = None
         self._sender: MessageSender | None = None
         self._bad_commands = 0
         self._ip = "unknown"
-        self._closed: Deferred | None = None  # fires when the connection is gone, once shut_down asked
+        self._closed: Deferred[None] | None = None  # fires when the connection is gone, once shut_down asked
 
     # connection life cycle
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
+        connection: Connection = self.transport
+        self._connection = connection
         self._connected = True
         self.factory.sessions.add(self)
-        self._secure = is_tls(self.transport)
-        self._ip = str(getattr(self.transport.getPeer(), "host", "unknown"))
+        self._secure = is_tls(connection)
+        self._ip = str(getattr(connection.getPeer(), "host", "unknown"))
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:
@@ -160,43 +132,43 @@ class POP3Session(POP3AuthCommands, POP3TransactionCommands, Protocol):
             except (OSError, AttributeError, NotImplementedError):
                 pass
         self._reset_idle()
-        self._reply(b"+OK " + self.factory.hostname.encode("ascii", "replace") + b" POP3 ready.")
+        self.reply(b"+OK " + self.factory.hostname.encode("ascii", "replace") + b" POP3 ready.")
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._connected = False
         self.factory.sessions.discard(self)
-        for call in (self._idle_call, self._delayed):
-            if call is not None and call.active():
-                call.cancel()
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        for waiting in (self._pause, self._line_waiter):
+            if waiting is not None:
+                waiting.cancel()  # the command ends quietly: see _run
         if self._sender is not None:
             self._sender.stopProducing()
-        if self._address is not None and not self._committing:
-            self.factory.unlock(self._address)  # no UPDATE state: nothing deleted
-            self._address = None
+        self._state.connection_lost()
         if self._closed is not None:
             self._closed.callback(None)
 
-    def shut_down(self) -> Deferred:
+    def shut_down(self) -> Deferred[None]:
         """End the session for a server stop, as Dovecot does; nothing marked is deleted.
 
         A message being sent or a QUIT being committed finishes first.
         """
         if self._closed is None:
             self._closed = Deferred()
-            if not self._busy:
+            if not self._busy or self._line_waiter is not None:  # a SASL exchange need not finish
                 self._say_shutting_down()
         return self._closed
 
     def _say_shutting_down(self) -> None:
-        self._reply(b"-ERR [SYS/TEMP] Server shutting down.")
-        self._close()
+        self.reply(b"-ERR [SYS/TEMP] Server shutting down.")
+        self.close()
 
     def _reset_idle(self) -> None:
         timeout = self.factory.idle_timeout_seconds
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.reset(timeout)
         elif self._connected:
-            self._idle_call = self.factory.clock.callLater(timeout, self._idle_timeout)
+            self._idle_call = self._clock.callLater(timeout, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
         if self._sender is not None:
@@ -204,16 +176,77 @@ class POP3Session(POP3AuthCommands, POP3TransactionCommands, Protocol):
             # producer closes the connection (a producer would keep it open).
             self._sender.stopProducing()
             return
-        self._reply(b"-ERR Disconnected for inactivity.")
-        self._close()
+        self.reply(b"-ERR Disconnected for inactivity.")
+        self.close()
 
-    def _reply(self, line: bytes) -> None:
+    # the Channel the state handlers see (mailgate.pop3.channel)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    @property
+    def secure(self) -> bool:
+        return self._secure
+
+    @property
+    def peer_ip(self) -> str:
+        return self._ip
+
+    @property
+    def tls_possible(self) -> bool:
+        return self.factory.tls_options is not None and not self._secure and self._tls_starter() is not None
+
+    def reply(self, line: bytes) -> None:
         if self._connected:
             write_through(self.transport, line + b"\r\n")
 
-    def _close(self) -> None:
+    def write(self, data: bytes) -> None:
+        if self._connection is not None and self._connected:
+            self._connection.write(data)
+
+    def close(self) -> None:
         self._pending.clear()
-        self.transport.loseConnection()
+        self._closing = True
+        if self._connection is not None and self._connected:
+            self._connection.loseConnection()
+
+    def pause(self, seconds: float) -> Deferred[None]:
+        self._pause = deferLater(self.factory.reactor, seconds)
+        return self._pause
+
+    def read_line(self) -> Deferred[bytes]:
+        self._line_waiter = Deferred()
+        return self._line_waiter
+
+    def start_tls(self) -> None:
+        # RFC 2595 section 4: forget everything from before TLS, including
+        # commands a man in the middle may have pipelined after STLS.
+        self._pending.clear()
+        self._buffer = b""
+        start = self._tls_starter()
+        if start is not None:
+            start(self.factory.tls_options)
+            self._secure = True
+
+    def _tls_starter(self) -> Callable[[object], None] | None:
+        """The transport's startTLS (ITLSTransport), which a test transport may lack."""
+        start: Callable[[object], None] | None = getattr(self.transport, "startTLS", None)
+        return start
+
+    def send_message(self, handle: IO[bytes], top_lines: int | None, first_line: bytes) -> Deferred[None]:
+        assert self._connection is not None  # connectionMade came first
+        self._sender = MessageSender(handle, top_lines, self._reset_idle)
+        done = self._sender.begin(self._connection, first_line)
+        done.addBoth(self._sent)
+        return done
+
+    def _sent(self, result: object) -> object:
+        self._sender = None
+        return result
+
+    def enter_transaction(self, maildrop: Maildrop) -> None:
+        self._state = Transaction(self, maildrop)
 
     # input
 
@@ -230,168 +263,87 @@ class POP3Session(POP3AuthCommands, POP3TransactionCommands, Protocol):
             self._too_long()
             return
         self._drain()
-        if len(self._pending) > self.MAX_PENDING and not self._paused:
+        if len(self._pending) > self.MAX_PENDING and not self._paused and self._connection is not None:
             self._paused = True  # a client pipelining without reading: stop reading too
-            self.transport.pauseProducing()
+            self._connection.pauseProducing()
 
     def _too_long(self) -> None:
-        self._reply(b"-ERR Line too long.")
-        self._close()
+        self.reply(b"-ERR Line too long.")
+        self.close()
 
     def _drain(self) -> None:
         if self._draining:
             return  # a command finished synchronously inside the loop below
         self._draining = True
         try:
-            while self._pending and not self._busy and self._connected and not self.transport.disconnecting:
+            while self._pending and self._ready():
                 self._handle_line(self._pending.popleft().rstrip(b"\r"))
         finally:
             self._draining = False
-        if self._paused and len(self._pending) < self.MAX_PENDING // 2 and self._connected:
+        if self._paused and len(self._pending) < self.MAX_PENDING // 2 and self._connection is not None:
             self._paused = False
-            self.transport.resumeProducing()
+            self._connection.resumeProducing()
 
-    def _start_wait(self) -> None:
-        self._busy = True
-
-    def _done(self, _: object = None) -> None:
-        self._busy = False
-        if self._closed is not None and not self._committing and self._connected:
-            return self._say_shutting_down()  # shut_down waited for this command
-        self._drain()
+    def _ready(self) -> bool:
+        """Whether the next line may be handled now: by a waiting command, or as the next command."""
+        if not self._connected or self._closing or self._connection is None or self._connection.disconnecting:
+            return False
+        return not self._busy or self._line_waiter is not None
 
     def _handle_line(self, line: bytes) -> None:
-        if self._sasl_continuation is not None:
-            continuation, self._sasl_continuation = self._sasl_continuation, None
-            continuation(line)
+        if self._line_waiter is not None:
+            waiter, self._line_waiter = self._line_waiter, None
+            waiter.callback(line)
             return
         command, _, arg = line.partition(b" ")
         name = command.upper().decode("ascii", "replace")
-        handler = self._handlers().get(name)
+        handler = self._commands().get(name)
         if handler is None:
             self._bad_command(b"-ERR Unknown command.")
             return
         try:
-            handler(arg)
+            waiting = handler(arg)
         except Exception:
             log.failure("POP3 command {command} failed", command=name)
-            self._busy = False
-            self._reply(SYS_TEMP)
+            self.reply(SYS_TEMP)
+            return
+        if waiting is not None:
+            self._busy = True
+            Deferred.fromCoroutine(self._run(name, waiting))
 
-    def _handlers(self) -> dict[str, Callable[[bytes], None]]:
-        if self.state == AUTHORIZATION:
-            return {
-                "CAPA": self.do_CAPA, "USER": self.do_USER, "PASS": self.do_PASS,
-                "AUTH": self.do_AUTH, "STLS": self.do_STLS, "QUIT": self.do_QUIT,
-            }  # fmt: skip
-        if self.state == TRANSACTION:
-            return {
-                "CAPA": self.do_CAPA, "STAT": self.do_STAT, "LIST": self.do_LIST,
-                "UIDL": self.do_UIDL, "RETR": self.do_RETR, "TOP": self.do_TOP,
-                "DELE": self.do_DELE, "NOOP": self.do_NOOP, "RSET": self.do_RSET,
-                "QUIT": self.do_QUIT,
-            }  # fmt: skip
-        return {}
+    def _commands(self) -> dict[str, Callable[[bytes], Wait | None]]:
+        return {"CAPA": self.do_CAPA, **self._state.commands()}
+
+    async def _run(self, name: str, command: Wait) -> None:
+        """Wait for a command to end, then let the next one start."""
+        try:
+            await command
+        except CancelledError:
+            if self._connected:
+                raise  # not cancelled by connectionLost: a bug, logged by the Deferred
+        except Exception:
+            log.failure("POP3 command {command} failed", command=name)
+            self.reply(SYS_TEMP)
+        finally:
+            self._pause = None
+        self._busy = False
+        if not self._connected or self._closing:
+            return
+        if self._closed is not None:
+            self._say_shutting_down()  # shut_down waited for this command
+            return
+        self._drain()
 
     def _bad_command(self, reply: bytes) -> None:
         self._bad_commands += 1
         if self._bad_commands > self.MAX_BAD_COMMANDS:
-            self._reply(b"-ERR Too many invalid commands.")
-            self._close()
+            self.reply(b"-ERR Too many invalid commands.")
+            self.close()
             return
-        self._reply(reply)
-
-    # CAPA and QUIT, in either state
+        self.reply(reply)
 
     def do_CAPA(self, arg: bytes) -> None:
         lines = [b"+OK", b"CAPA", b"TOP", b"UIDL", b"RESP-CODES", b"PIPELINING", b"AUTH-RESP-CODE"]
-        if self.state == AUTHORIZATION:
-            if self._stls_available():
-                lines.append(b"STLS")
-            if self._plaintext_allowed():
-                lines += [b"USER", b"SASL PLAIN"]
+        lines += self._state.capabilities()
         lines += [b"IMPLEMENTATION mailgate", b"."]
-        self.transport.write(b"\r\n".join(lines) + b"\r\n")
-
-    def do_QUIT(self, arg: bytes) -> None:
-        if self.state == TRANSACTION:
-            self._update()
-            return
-        self._reply(b"+OK Logging out.")
-        self._close()
-
-    # opening the maildrop, after login
-
-    def _open_mailbox(self, address: str) -> None:
-        try:
-            directory = mailbox_path(self.factory.maildir_root, address)
-        except ValueError:
-            log.warn("POP3 login {address!r} has no usable mailbox path", address=address)
-            self._reply(b"-ERR [SYS/PERM] Mailbox name is not usable.")
-            self._done()
-            return
-        if not self.factory.lock(address):
-            self._reply(b"-ERR [IN-USE] Mailbox is locked by another POP3 session.")
-            self._done()
-            return
-        self._address = address
-        d = self.factory.run_blocking(list_messages, directory)
-        d.addCallbacks(self._listed, self._listing_failed, callbackArgs=(directory,))
-        d.addErrback(self._crashed)
-
-    def _listed(self, messages: list[MessageInfo], directory: str) -> None:
-        if not self._connected:
-            return
-        self._directory, self._messages = directory, messages
-        self.state = TRANSACTION
-        self._reply(b"+OK Logged in.")
-        self._done()
-
-    def _listing_failed(self, failure: Failure) -> None:
-        log.failure("POP3 listing of {address} failed", failure, address=self._address)
-        if self._address is not None:
-            self.factory.unlock(self._address)
-            self._address = None
-        self._reply(SYS_TEMP)
-        self._done()
-
-    def _crashed(self, failure: Failure) -> None:
-        log.failure("POP3 session error", failure)
-        self._reply(SYS_TEMP)
-        self._done()
-
-    # UPDATE state
-
-    def _update(self) -> None:
-        """Commit deletions and read marks (RFC 1939 section 6), then close."""
-        self.state = UPDATE
-        delete = [self._messages[i] for i in sorted(self._deleted)]
-        seen = [self._messages[i] for i in sorted(self._retrieved)]
-        self._committing = True
-        self._start_wait()
-        d = self.factory.run_blocking(commit, self._directory, delete, seen)
-        d.addCallbacks(self._committed, self._commit_failed)
-        d.addBoth(self._logged_out)
-
-    def _committed(self, undeleted: list[MessageInfo]) -> None:
-        if undeleted:
-            log.warn(
-                "POP3 could not delete {count} messages of {address}",
-                count=len(undeleted),
-                address=self._address,
-            )
-            self._reply(b"-ERR [SYS/TEMP] Some deleted messages were not removed.")
-            return
-        self._reply(b"+OK Logging out.")
-
-    def _commit_failed(self, failure: Failure) -> None:
-        log.failure("POP3 commit for {address} failed", failure, address=self._address)
-        self._reply(b"-ERR [SYS/TEMP] Some deleted messages were not removed.")
-
-    def _logged_out(self, _: object) -> None:
-        if self._address is not None:
-            self.factory.unlock(self._address)
-            self._address = None
-        self._committing = False
-        if self._connected:
-            self._close()
+        self.write(b"\r\n".join(lines) + b"\r\n")

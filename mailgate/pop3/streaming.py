@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPullProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailgate.store.maildir_reader import BLOCK_SIZE
 from mailgate.core.wire import CRLFConverter, DotStuffer
+from mailgate.net.interfaces import Connection
 from mailgate.net.write_through import write_through
+from mailgate.store.maildir_reader import BLOCK_SIZE
 
 
 class TopLimiter:
@@ -58,10 +60,10 @@ class MessageSender:
         self._limiter = TopLimiter(top_lines) if top_lines is not None else None
         self._stuffer = DotStuffer()
         self._on_progress = on_progress
-        self._consumer: Any = None
+        self._consumer: Connection | None = None
         self._done: Deferred[None] = Deferred()
 
-    def begin(self, consumer: Any, first_line: bytes) -> Deferred[None]:
+    def begin(self, consumer: Connection, first_line: bytes) -> Deferred[None]:
         """Send the status line and the message.
 
         A message within one block (most mail), or a TOP that ends in it,

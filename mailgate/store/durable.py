@@ -1,10 +1,11 @@
-"""Crash-safe file primitives: write and fsync, fsync a directory, sync many paths at once."""
+"""Crash-safe file primitives: write and fsync, replace a file whole, fsync a directory, sync many paths at once."""
 
 from __future__ import annotations
 
 import ctypes
 import os
-from typing import Iterable
+import tempfile
+from collections.abc import Iterable
 
 
 def write_durably(
@@ -24,6 +25,30 @@ def write_durably(
             os.utime(fd, (mtime, mtime))
         if fsync:
             os.fsync(fd)
+
+
+def replace_file(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` whole with `data`: a reader sees the old file or the new one, never a part.
+
+    The temporary file beside it gets `mode` before any byte is written, so
+    a secret (a TLS key, password hashes) is never readable by others, even
+    for a moment. Data is fsynced before the rename and the directory after
+    it, so after a crash the name points at the old file or the whole new one.
+    On failure the temporary file is removed and `path` is untouched.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with open(fd, "wb") as handle:  # closes fd whatever happens next
+            os.fchmod(fd, mode)  # mkstemp made it 0600; the mode is exact, whatever the umask
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        unlink_quietly(temporary)
+        raise
+    fsync_dir(directory)
 
 
 def fsync_dir(path: str) -> None:

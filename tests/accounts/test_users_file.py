@@ -86,10 +86,40 @@ def test_parse_skips_blanks_comments_and_junk() -> None:
 @pytest.mark.parametrize("address", [
     "alice", "@example.test", "alice@", "a b@example.test", "a:b@example.test",
     "#alice@example.test", "alice@exa mple.test", "alice@-bad.test", "alice@example..test",
+    # refused by SMTP too (mailgate.core.addresses), so such an account could never receive mail
+    "a/b@example.test", "a..b@example.test", '"a/b"@example.test', "a" * 65 + "@example.test",
+    # would corrupt the file: ':' ends the key (source routes have one), '#' starts a comment
+    '"a:b"@example.test', "@relay.test:alice@example.test", '"#alice"@example.test', "alice@[IPv6:::1]",
+    "alice@example.test\nbob@example.test",
 ])
 def test_invalid_addresses_are_refused(path: str, address: str) -> None:
-    with pytest.raises(UserError, match="invalid address"):
+    with pytest.raises(UserError, match="invalid address") as refused:
         add_user(path, address, "pw")
+    assert "\n" not in str(refused.value)
+    assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize(("address", "stored"), [
+    ('"x"@example.test', "x@example.test"),  # SMTP delivers "x"@ to x@ (RFC 5322 3.4.1)
+    ('"Al.Ice"@Example.Test', "al.ice@example.test"),
+    ("alice@example.test.", "alice@example.test"),
+    ('"a b"@example.test', '"a b"@example.test'),  # needs its quotes, as in SMTP
+    ("alice@[192.0.2.1]", "alice@[192.0.2.1]"),
+])
+def test_addresses_are_stored_as_smtp_spells_them(path: str, address: str, stored: str) -> None:
+    assert users.normalize_address(address) == stored
+    add_user(path, address, "pw")
+    assert Accounts(path).addresses() == [stored]
+
+
+def test_entries_from_before_the_smtp_rule_can_be_deleted(path: str) -> None:
+    os.makedirs(os.path.dirname(path))
+    Path(path).write_text(f'a/b@example.test:{quick_hash("pw")}\n"x"@example.test:{quick_hash("pw")}\n')
+    delete_user(path, "A/B@example.test")
+    delete_user(path, '"x"@example.test')
+    assert Accounts(path).addresses() == []
+    with pytest.raises(UserError, match="invalid address"):
+        delete_user(path, "a/b@example.test")
 
 
 def test_addresses_are_lower_cased(path: str) -> None:

@@ -138,6 +138,19 @@ def test_invalid_address(workdir: Path) -> None:
     assert result.stderr.startswith("mailgate: invalid address") and result.stderr.count("\n") == 1
 
 
+def test_address_smtp_refuses_is_refused(workdir: Path) -> None:
+    """SMTP would never accept mail for it, so no account is made."""
+    result = mailgate(workdir, "user", "add", "a/b@example.test", "--password-stdin", stdin="pw\n")
+    assert_one_line_error(result, "invalid address 'a/b@example.test' (Bad address syntax)")
+    assert not (workdir / "etc" / "users").exists()
+
+
+def test_quoted_address_is_stored_as_smtp_spells_it(workdir: Path) -> None:
+    result = mailgate(workdir, "user", "add", '"x"@example.test', "--password-stdin", stdin="pw\n")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert accounts(workdir).addresses() == ["x@example.test"]
+
+
 def test_foreign_domain_is_allowed_with_a_warning(workdir: Path) -> None:
     result = mailgate(workdir, "user", "add", "dave@elsewhere.test", "--password-stdin",
                       stdin="pw\n")

@@ -224,6 +224,14 @@ class AuthorizationTests(SessionTestCase):
         good = base64.b64encode(b"alice@example.test\x00alice@example.test\x00correct horse")
         self.assertEqual(self.send(b"AUTH PLAIN " + good + b"\r\n"), b"+OK Logged in.\r\n")
 
+    def test_sasl_plain_malformed_is_answered_at_once(self) -> None:
+        """RFC 4616: an empty authcid or passwd, or bytes that are not UTF-8, are malformed, not a failed login."""
+        for message in (b"\x00\x00correct horse", b"\x00alice@example.test\x00", b"\x00alice@example.test\x00\xff"):
+            reply = self.send(b"AUTH PLAIN " + base64.b64encode(message) + b"\r\n")
+            self.assertEqual(reply, b"-ERR [AUTH] Invalid PLAIN response.\r\n")
+        self.assertEqual(self.send(b"AUTH PLAIN =\r\n"), b"-ERR [AUTH] Invalid PLAIN response.\r\n")
+        self.assertEqual(self.factory.throttle.failures("192.0.2.7"), 0)
+
     def test_unknown_commands_and_long_lines(self) -> None:
         self.assertEqual(self.send(b"HELO\r\n"), b"-ERR Unknown command.\r\n")
         self.assertIn(b"Too many", self.send(b"X\r\n" * 20))
@@ -359,7 +367,7 @@ class TransactionTests(SessionTestCase):
         self.send(b"DELE 1\r\n")
         self.assertEqual(self.send(b"QUIT\r\n"), b"-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n")
         self.assertTrue(self.transport.disconnecting)
-        self.assertEqual(self.factory._locked, set())
+        self.assertEqual(self.factory.mailboxes.locks, set())
 
     def big_message(self) -> bytes:
         """A fourth message, larger than one block: streamed by a producer."""
@@ -385,7 +393,7 @@ class TransactionTests(SessionTestCase):
         self.assertIsNotNone(sender)
         self.protocol.connectionLost(None)
         self.assertIsNone(self.transport.producer)
-        self.assertEqual(self.factory._locked, set())
+        self.assertEqual(self.factory.mailboxes.locks, set())
         self.send(b"QUIT\r\n")  # nothing happens on a dead session
         self.assertEqual(len(os.listdir(os.path.join(self.mailbox, "new"))), 4)
 
