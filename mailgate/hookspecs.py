@@ -13,7 +13,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from mailgate.config import GatewayConfig
-    from mailgate.core.session import Envelope
+    from mailgate.core.session import Envelope, Session
 
 hookspec = pluggy.HookspecMarker("mailgate")
 
@@ -83,6 +83,37 @@ def mailgate_verify(address: str) -> Maybe:
     wins. Only called for clients that `security.vrfy` allows.
 
     Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def mailgate_message(session: Session, envelope: Envelope, message: bytes) -> Maybe:
+    """See, refuse or change one message before it is stored or queued.
+
+    Called once per message at the end of DATA (and BDAT LAST), after the
+    built-in size and loop checks, while the client waits. `message` is the
+    whole message as received (CRLF line ends, without mailgate's trace
+    fields). Return None to go on; a refusal reply (`"550 5.7.1 text"`,
+    `"451 4.7.1 text"`) to refuse the message; or a `mailgate.MessageChange`
+    adding header fields at the top and/or replacing the message. The first
+    non-None answer wins: a refusal ends the transaction, a change is applied
+    and the later plugins are not asked.
+
+    Added in 0.2.
+    """
+
+
+@hookspec
+def mailgate_event(event: dict[str, Any]) -> Maybe:
+    """Hear of every delivery event: received, refused, delivered, deferred, bounced, expired.
+
+    Every plugin is called, after the fact and off the path of the mail: a
+    slow or failing plugin never delays or changes a delivery (its errors
+    are logged). `event` holds `type`, `time` (ISO 8601 UTC), `queue_id`,
+    `mail_from`, `recipient`, `route`, `reply` (the code and text heard or
+    sent), `client` (the peer's IP for received/refused) and `attempt`.
+
+    Added in 0.2.
     """
 
 
