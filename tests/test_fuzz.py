@@ -225,7 +225,11 @@ class SMTPHarness:
                 check_smtp_output(client.greeting, transport.value(), transport.disconnecting)
                 if not transport.disconnecting:
                     # Still open, so still alive: end any DATA, line or AUTH exchange; QUIT must be answered.
-                    client.protocol.dataReceived(b"\r\n.\r\nQUIT\r\n")
+                    # The line end goes first, on its own: if it completes a STARTTLS, the handshake
+                    # discards whatever came with it (RFC 3207 4.2), and that must not be the QUIT.
+                    client.protocol.dataReceived(b"\r\n")
+                    self._settle()
+                    client.protocol.dataReceived(b".\r\nQUIT\r\n")
                     self._settle()
                     assert transport.disconnecting, transport.value()[-200:]
                     check_smtp_output(client.greeting, transport.value(), closed=True)
