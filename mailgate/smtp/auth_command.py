@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
@@ -13,43 +12,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from mailgate.accounts.cred import IMailAccount
+from mailgate.smtp.sasl import SASLCancelled, SASLMalformed, decode_response, parse_plain
 
 log = Logger()
 
 MECHANISMS = ("PLAIN", "LOGIN")
 USERNAME_PROMPT = base64.b64encode(b"Username:").decode()
 PASSWORD_PROMPT = base64.b64encode(b"Password:").decode()
-
-
-class SASLCancelled(Exception):
-    """The client answered a challenge with '*' (RFC 4954 4)."""
-
-
-class SASLMalformed(Exception):
-    """A response that is not valid base64 or not a valid PLAIN message."""
-
-
-def decode_response(line: str) -> bytes:
-    if line.strip() == "*":
-        raise SASLCancelled()
-    try:
-        return base64.b64decode(line.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise SASLMalformed() from None
-
-
-def parse_plain(message: bytes) -> tuple[str, str]:
-    """RFC 4616: authzid NUL authcid NUL passwd; authzid must be empty or the same user."""
-    parts = message.split(b"\0")
-    if len(parts) != 3 or not parts[1]:
-        raise SASLMalformed()
-    try:
-        authzid, authcid, password = (part.decode("utf-8") for part in parts)
-    except UnicodeDecodeError:
-        raise SASLMalformed() from None
-    if authzid and authzid.lower() != authcid.lower():
-        raise SASLMalformed()
-    return authcid, password
 
 
 class SMTPAuthCommand:
