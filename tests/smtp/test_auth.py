@@ -171,7 +171,7 @@ def test_too_many_failures_close_the_session(auth_server: Server, auth_client: C
 
 
 def test_checker_failure_is_temporary(auth_server: Server, auth_client: Client) -> None:
-    portal = auth_server.factory.portal
+    portal = auth_server.factory.policy.portal
     portal.login = lambda *args: fail(OSError("users file unreadable"))  # type: ignore[method-assign]
     assert auth_client.send(b"AUTH PLAIN " + plain() + b"\r\nNOOP\r\n") == [
         "454 4.7.0 Temporary authentication failure", "250 2.0.0 Ok",

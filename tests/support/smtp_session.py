@@ -20,7 +20,9 @@ from mailgate.accounts.cred import AccountsChecker, AddressRealm, AuthThrottle
 from mailgate.config import GatewayConfig, parse_config
 from mailgate.core.session import Envelope
 from mailgate.hooks.manager import build_plugin_manager
-from mailgate.smtp.session import SMTPFactory, SMTPSession
+from mailgate.smtp.factory import SMTPFactory
+from mailgate.smtp.policy import ListenerPolicy
+from mailgate.smtp.session import SMTPSession
 from mailgate.store.maildir_writer import StoredMessage
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
@@ -109,10 +111,10 @@ class Server:
         if auth:  # passwords checked in the reactor thread: nothing to wait for but the Clock
             checker = AccountsChecker(users.Accounts(str(users_file)), lambda f, *a: maybeDeferred(f, *a))
             portal, throttle = Portal(AddressRealm(), [checker]), AuthThrottle(self.clock)
-        self.factory = SMTPFactory(
+        self.factory = SMTPFactory(ListenerPolicy(
             self.config, self.config.listen[0], manager.hook, self.deliverer, self.clock, tls_options,
             portal=portal, throttle=throttle,
-        )
+        ))
 
     def connect(self, ip: str = "127.0.0.1", transport: StringTransport | None = None) -> "Client":
         transport = transport or StringTransport(peerAddress=IPv4Address("TCP", ip, 1234))
