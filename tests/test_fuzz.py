@@ -26,17 +26,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import maybeDeferred
 from twisted.logger import globalLogPublisher
 
 from mailgate.core.addresses import AddressError, normalize_mailbox, parse_command_path
-from mailgate.accounts.cred import AccountsChecker, AddressRealm, AuthThrottle
+from mailgate.accounts.cred import AuthThrottle
 from mailgate.config import ConfigError, parse_config
 from mailgate.store.maildir_writer import mailbox_path
 from mailgate.pop3.session import POP3Factory
-from mailgate.accounts.users_file import Accounts
 from tests.support.pop3_session import (
     FakeAccounts,
     FakeReactor,
@@ -207,14 +204,10 @@ class SMTPHarness:
 
     def __init__(self, tmp_path: Path) -> None:
         self.server = Server(
-            tmp_path, tls_options=object(),
+            tmp_path, tls_options=object(), auth=True,
             security={"vrfy": "all", "expn": "all"},
             lists={"team@example.test": {"members": ["alice@example.test", "carol@remote.test"]}},
         )
-        accounts = Accounts(str(tmp_path / "users"))
-        checker = AccountsChecker(accounts, lambda f, *a: maybeDeferred(f, *a))
-        self.server.factory.portal = Portal(AddressRealm(), [checker])
-        self.server.factory.throttle = AuthThrottle(self.server.clock)
         self._ips = itertools.count(1)
 
     def session(self, chunks: list[bytes]) -> None:
@@ -232,7 +225,11 @@ class SMTPHarness:
                 check_smtp_output(client.greeting, transport.value(), transport.disconnecting)
                 if not transport.disconnecting:
                     # Still open, so still alive: end any DATA, line or AUTH exchange; QUIT must be answered.
-                    client.protocol.dataReceived(b"\r\n.\r\nQUIT\r\n")
+                    # The line end goes first, on its own: if it completes a STARTTLS, the handshake
+                    # discards whatever came with it (RFC 3207 4.2), and that must not be the QUIT.
+                    client.protocol.dataReceived(b"\r\n")
+                    self._settle()
+                    client.protocol.dataReceived(b".\r\nQUIT\r\n")
                     self._settle()
                     assert transport.disconnecting, transport.value()[-200:]
                     check_smtp_output(client.greeting, transport.value(), closed=True)

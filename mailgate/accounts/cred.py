@@ -15,7 +15,6 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import Interface, implementer
 
-from mailgate.net.interfaces import Clock, ThreadPoolOwner
 
 
 class PasswordStore(Protocol):
@@ -33,10 +32,8 @@ BlockingRunner = Callable[..., "Deferred[Any]"]
 
 def thread_runner(reactor: IReactorThreads) -> BlockingRunner:
     """Run blocking calls in the reactor's thread pool (bcrypt takes ~0.1 s+)."""
-    owner: ThreadPoolOwner = reactor
-
     def run(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(reactor, owner.getThreadPool(), function, *args)
+        return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
     return run
 
@@ -138,7 +135,7 @@ class AuthThrottle:
         max_delay_seconds: float = 8.0,
         max_tracked_ips: int = 10_000,
     ) -> None:
-        self._clock: Clock = clock
+        self._clock: IReactorTime = clock
         self._window = window_seconds
         self._disconnect_after = disconnect_after
         self._max_delay = max_delay_seconds

@@ -24,7 +24,8 @@ from mailgate.inbound.transaction import Deliverer
 from mailgate.app.pipeline import build_pipeline
 from mailgate.outbound.scheduler import Scheduler
 from mailgate.outbound.smtp_transport import SMTPTransport
-from mailgate.smtp.session import SMTPFactory
+from mailgate.smtp.factory import SMTPFactory
+from mailgate.smtp.policy import ListenerPolicy
 from mailgate.accounts.users_file import Accounts
 
 log = Logger()
@@ -113,13 +114,13 @@ class GatewayService(MultiService):
             log.warn("tls.certificate: {cert} was missing: generated a self-signed certificate", cert=cert)
         return server_tls_options(cert, key)
 
-    def _factory(self, listener: ListenConfig, deliverer: Deliverer, tls_options: Any) -> Factory:
+    def _factory(self, listener: ListenConfig, deliverer: Deliverer, tls_options: Any) -> Factory[Any]:
         if listener.protocol == "pop3":
             return self._pop3_factory(listener, tls_options)
-        return SMTPFactory(
+        return SMTPFactory(ListenerPolicy(
             self.config, listener, self.plugin_manager.hook, deliverer, self.reactor,
             tls_options, portal=self.portal, throttle=self.throttle,
-        )
+        ))
 
     def _pop3_factory(self, listener: ListenConfig, tls_options: Any) -> Factory:
         from mailgate.pop3.session import POP3Factory

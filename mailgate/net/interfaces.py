@@ -1,47 +1,23 @@
-"""Typed views of the Twisted interfaces that mailgate calls methods on.
+"""The one transport type mailgate's protocols call: Twisted's TCP/TLS connection, as used.
 
-Twisted declares IReactorTime, IDelayedCall, ITransport ... as zope
-interfaces, whose methods have no `self`; mypy without the mypy-zope plugin
-reads every call through them as an error. Public signatures keep the
-Twisted interface; code keeps the object as one of these views to call it.
-Any object providing the interface fits the view (checked only at run time,
-as zope interfaces are).
+Twisted splits a connection's methods over ITransport, ITCPTransport,
+ITLSTransport, IProducer and IConsumer, and Protocol.transport is typed
+Optional[ITransport]. The SMTP and POP3 servers and the SMTP client call
+methods from all of them on the same object, so they hold it as this view,
+taken once with `connection_view` where the connection is made. The
+reactor's interfaces (IReactorTime, IDelayedCall ...) are used as they are:
+mypy reads them through the mypy-zope plugin.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from twisted.python.threadpool import ThreadPool
-
-
-class DelayedCall(Protocol):
-    """IDelayedCall: a scheduled call that can be moved or cancelled."""
-
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-    def reset(self, secondsFromNow: float) -> None: ...
-
-
-class Clock(Protocol):
-    """IReactorTime: the time and the scheduling of later calls."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(self, delay: float, callable: Callable[..., object], /, *args: object) -> DelayedCall: ...
-
-
-class ThreadPoolOwner(Protocol):
-    """IReactorThreads, the part that hands out the reactor's thread pool."""
-
-    def getThreadPool(self) -> ThreadPool: ...
+from twisted.internet.interfaces import IAddress
 
 
 class Connection(Protocol):
-    """ITransport plus the IProducer and IConsumer parts a TCP or TLS transport has."""
+    """A connected TCP transport, maybe with TLS started on it."""
 
     disconnecting: bool
 
@@ -49,12 +25,22 @@ class Connection(Protocol):
 
     def loseConnection(self) -> None: ...
 
-    def getPeer(self) -> object: ...
+    def abortConnection(self) -> None: ...
+
+    def getPeer(self) -> IAddress: ...
+
+    def startTLS(self, contextFactory: Any) -> None: ...
 
     def pauseProducing(self) -> None: ...
 
     def resumeProducing(self) -> None: ...
 
-    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
 
     def unregisterProducer(self) -> None: ...
+
+
+def connection_view(transport: object) -> Connection:
+    """The transport of a connected protocol, as a Connection (a cast: zope checks at run time)."""
+    assert transport is not None, "not connected"
+    return cast(Connection, transport)

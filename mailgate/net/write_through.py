@@ -10,34 +10,53 @@ so sending it here gives the same bytes in the same order for less work.
 Only a plain TCP connection is written to directly; after STARTTLS, on an
 implicit-TLS listener, with anything already buffered, a producer attached
 or the connection closing, Twisted's own write() carries the data as usual.
+
+Telling those cases apart reads Twisted's internals (tcp.Connection's TLS,
+connected, disconnecting, _writeDisconnected, producer, dataBuffer,
+_tempDataLen and writeSomeData), which no release promises to keep: when
+any of them is missing, the data goes through write() like any transport's.
+Slower by a reactor turn, never wrong.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Protocol, cast
 
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionLost
 
 
-def write_through(transport: Any, data: bytes) -> None:
-    """Write `data` to `transport`, sending what the socket takes right away."""
-    if _idle_plain_tcp(transport):
-        sent = transport.writeSomeData(data)
+class _Writable(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+
+def write_through(transport: object, data: bytes) -> None:
+    """Write `data` to `transport` (an ITransport or IConsumer), sending what the socket takes right away."""
+    send_now = _direct_send(transport)
+    if send_now is not None:
+        sent = send_now(data)
         if isinstance(sent, Exception):
             sent = 0  # Twisted's write path meets the same error and closes the connection
         data = data[sent:]
     if data:
-        transport.write(data)
+        cast(_Writable, transport).write(data)  # zope's ITransport and IConsumer are opaque to mypy
 
 
-def _idle_plain_tcp(transport: Any) -> bool:
-    return (
-        isinstance(transport, tcp.Connection)
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and transport.producer is None
-        and not transport.dataBuffer
-        and not transport._tempDataLen  # Twisted's second buffer, not yet joined into dataBuffer
-    )
+def _direct_send(transport: object) -> Callable[[bytes], int | ConnectionLost] | None:
+    """The socket's send() of an idle plain TCP connection; None for anything else."""
+    if not isinstance(transport, tcp.Connection):
+        return None
+    try:
+        busy = (
+            transport.TLS
+            or not transport.connected
+            or transport.disconnecting
+            or transport._writeDisconnected
+            or transport.producer is not None
+            or transport.dataBuffer
+            or transport._tempDataLen  # Twisted's second buffer, not yet joined into dataBuffer
+        )
+        return None if busy else transport.writeSomeData
+    except AttributeError:  # a Twisted without one of these internals
+        return None

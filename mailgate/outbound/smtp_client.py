@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-import typing
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPullProducer
@@ -18,25 +17,10 @@ from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from mailgate.core.reply import Reply, ReplyError
+from mailgate.net.interfaces import Connection, connection_view
 from mailgate.core.wire import CRLFConverter, DotStuffer
 
 BLOCK_SIZE = 64 * 1024
-
-
-class Connection(typing.Protocol):
-    """What the client uses of Twisted's TCP transport (ITCPTransport, ITLSTransport, IConsumer)."""
-
-    def write(self, data: bytes) -> None: ...
-
-    def loseConnection(self) -> None: ...
-
-    def abortConnection(self) -> None: ...
-
-    def startTLS(self, contextFactory: Any) -> None: ...
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
-
-    def unregisterProducer(self) -> None: ...
 
 
 class SessionClosed(Exception):
@@ -68,8 +52,7 @@ class ClientProtocol(LineReceiver):
     @property
     def connection(self) -> Connection:
         """The TCP (or TLS) transport; only used while connected."""
-        assert self.transport is not None, "not connected"
-        return cast(Connection, self.transport)
+        return connection_view(self.transport)
 
     def connectionMade(self) -> None:
         why = f"no answer within {self._timeout_seconds:g} s"

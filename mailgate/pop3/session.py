@@ -16,7 +16,7 @@ from typing import IO
 from twisted.cred.portal import Portal
 from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.interfaces import IAddress, IOpenSSLContextFactory, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IOpenSSLContextFactory, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,7 +28,7 @@ from mailgate.accounts.cred import (
     portal_over,
     thread_runner,
 )
-from mailgate.net.interfaces import Clock, Connection, DelayedCall
+from mailgate.net.interfaces import Connection, connection_view
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
 from mailgate.pop3.auth_commands import Authorization
@@ -94,7 +94,7 @@ class POP3Session(protocol.Protocol):
 
     def __init__(self, factory: POP3Factory) -> None:
         self.factory = factory
-        self._clock: Clock = factory.reactor
+        self._clock: IReactorTime = factory.reactor
         self._connection: Connection | None = None
         self._state: StateHandler = Authorization(
             self,
@@ -108,7 +108,7 @@ class POP3Session(protocol.Protocol):
         self._busy = self._draining = self._paused = False
         self._connected = self._closing = self._secure = False
         self._line_waiter: Deferred[bytes] | None = None
-        self._idle_call: DelayedCall | None = None
+        self._idle_call: IDelayedCall | None = None
         self._pause: Deferred[None] | None = None
         self._sender: MessageSender | None = None
         self._bad_commands = 0
@@ -119,7 +119,7 @@ class POP3Session(protocol.Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        connection: Connection = self.transport
+        connection = connection_view(self.transport)
         self._connection = connection
         self._connected = True
         self.factory.sessions.add(self)

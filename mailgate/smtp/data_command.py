@@ -1,8 +1,9 @@
 """The SMTP DATA command: one message, from the 354 to the final reply.
 
-The session feeds the body to `mailgate.smtp.data_reader.DataReader` in bulk; this
-mixin starts the reader and the DATA timers, refuses what the reader found
-wrong, and hands a good message, with its Received: header, to the deliverer.
+`data` checks the transaction and hands the session a DataReader, which
+then takes the body in bulk; at the end of the data the session calls
+`finish_message`, which refuses what the reader found wrong and gives a good
+message, with its Received: header, to the deliverer.
 """
 
 from __future__ import annotations
@@ -10,20 +11,32 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Any
 
 from twisted.logger import Logger
 
-from mailgate.core.session import Envelope
 from mailgate.core.errors import DeliveryError
-from mailgate.store.maildir_writer import StoredMessage
-from mailgate.smtp.data_reader import DataReader
+from mailgate.core.reply import Reply
+from mailgate.core.session import Envelope
 from mailgate.core.trace import trace_header
+from mailgate.smtp.channel import Channel
+from mailgate.smtp.data_reader import DataReader
+from mailgate.smtp.policy import ListenerPolicy
+from mailgate.smtp.state import SessionState
+from mailgate.store.maildir_writer import StoredMessage
 
 log = Logger()
 
-DATA_PROGRESS_BYTES = 1024  # DATA must advance this much per command_timeout
 MAX_RECEIVED_HEADERS = 50  # more means a mail loop (RFC 5321 6.3); Postfix uses 50 too
+GO_AHEAD = Reply(354, text="End data with <CR><LF>.<CR><LF>")
+DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")
+NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
+NO_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+BARE_NEWLINE = Reply(550, "5.5.2", "Message contains bare CR or LF characters")
+NUL = Reply(550, "5.5.2", "Message contains NUL characters")
+LOOP = Reply(554, "5.4.6", "Too many Received headers: mail loop detected")
+
 _ids = itertools.count(1)
 _pid = f"{os.getpid():X}"  # not a system call per message; twistd forks after import
 
@@ -41,86 +54,62 @@ def transaction_id() -> str:
     return f"{time.time_ns() // 1000:X}{_pid}{next(_ids):X}"
 
 
-class SMTPDataCommand:
-    """The DATA command, mixed into the SMTP session."""
-
-    def smtp_DATA(self: Any, argument: str) -> None:
-        if argument:
-            return self._send(501, "5.5.4 Syntax: DATA")
-        if self._envelope is None:
-            return self._send(503, "5.5.1 Need MAIL command")
-        if not self._envelope.rcpt_to:
-            return self._send(554, "5.5.1 No valid recipients")
-        self._reader = DataReader(
-            max_size=self.factory.config.limits.max_message_size,
-            normalize_bare_newlines=self.factory.config.security.bare_newline == "normalize",
-        )
-        self._data_progress = 0
-        self._data_deadline = self.factory.clock.callLater(
-            self.factory.config.limits.data_timeout_seconds, self.timeoutConnection
-        )
-        self._send(354, "End data with <CR><LF>.<CR><LF>")
-
-    def _note_data_progress(self: Any, size: int) -> None:
-        """In DATA the idle timer restarts only per KiB received: a client
-        trickling a byte at a time cannot keep the session alive."""
-        self._data_progress += size
-        if self._data_progress >= DATA_PROGRESS_BYTES:
-            self._data_progress = 0
-            self.resetTimeout()
-
-    def _cancel_data_deadline(self: Any) -> None:
-        if self._data_deadline is not None and self._data_deadline.active():
-            self._data_deadline.cancel()
-        self._data_deadline = None
-
-    def _end_data(self: Any, rest: bytes) -> None:
-        self._cancel_data_deadline()
-        reader, envelope = self._reader, self._envelope
-        self._reader, self._envelope = None, None
-        self._buffer = rest + self._buffer
-        assert reader is not None and envelope is not None
-        self._wait_for(self._finish_message(reader, envelope))
-
-    async def _finish_message(self: Any, reader: DataReader, envelope: Envelope) -> Any:
-        refusal = data_refusal(reader, self.factory.config.security.bare_newline)
-        if refusal is not None:
-            return self._reply(*refusal)
-        queue_id = transaction_id()
-        header = self._trace_header(envelope, queue_id)
-        message = StoredMessage.build(header, reader.chunks, reader.size, reader.lines)
-        try:
-            await self.factory.deliverer.deliver(envelope, message, queue_id)
-        except DeliveryError as exc:
-            log.warn("{id}: delivery failed: {reason}", id=queue_id, reason=exc.reason)
-            return exc.reply
-        log.info(
-            "{id}: from=<{sender}> to={rcpts} size={size} delivered",
-            id=queue_id, sender=envelope.mail_from, rcpts=len(envelope.rcpt_to), size=message.size,
-        )
-        return self._reply(250, f"2.0.0 Ok: queued as {queue_id}")
-
-    def _trace_header(self: Any, envelope: Envelope, queue_id: str) -> bytes:
-        protocol = "ESMTP" if self._esmtp else "SMTP"
-        protocol += "S" if self._secure() else ""
-        protocol += "A" if self._authenticated_as else ""
-        return trace_header(
-            mail_from=envelope.mail_from, hostname=self.factory.config.server.hostname,
-            queue_id=queue_id, protocol=protocol, recipients=envelope.rcpt_to,
-            helo=self._helo, client_ip=self._client_ip,
-        )
+def data(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply:
+    if argument:
+        return DATA_SYNTAX
+    if state.envelope is None:
+        return NEED_MAIL
+    if not state.envelope.rcpt_to:
+        return NO_RECIPIENTS
+    channel.receive_data(DataReader(
+        max_size=policy.config.limits.max_message_size,
+        normalize_bare_newlines=policy.config.security.bare_newline == "normalize",
+    ))
+    return GO_AHEAD
 
 
-def data_refusal(reader: DataReader, bare_newline_policy: str) -> tuple[int, str] | None:
-    """The reply (code, text) refusing a received message, or None to deliver it."""
+async def finish_message(reader: DataReader, envelope: Envelope, esmtp: bool, policy: ListenerPolicy) -> Reply:
+    """The reply ending DATA: a refusal, the deliverer's failure, or "queued as"."""
+    refusal = data_refusal(reader, policy.config.security.bare_newline)
+    if refusal is not None:
+        return refusal
+    queue_id = transaction_id()
+    header = received_header(envelope, esmtp, queue_id, policy.config.server.hostname)
+    message = StoredMessage.build(header, reader.chunks, reader.size, reader.lines)
+    try:
+        await policy.deliverer.deliver(envelope, message, queue_id)
+    except DeliveryError as exc:
+        log.warn("{id}: delivery failed: {reason}", id=queue_id, reason=exc.reason)
+        return exc.reply
+    log.info(
+        "{id}: from=<{sender}> to={rcpts} size={size} delivered",
+        id=queue_id, sender=envelope.mail_from, rcpts=len(envelope.rcpt_to), size=message.size,
+    )
+    return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def received_header(envelope: Envelope, esmtp: bool, queue_id: str, hostname: str) -> bytes:
+    """Return-Path and Received:, the protocol named as RFC 3848 does (ESMTPSA: TLS and AUTH)."""
+    session = envelope.session
+    protocol = "ESMTP" if esmtp else "SMTP"
+    protocol += "S" if session.tls else ""
+    protocol += "A" if session.user else ""
+    return trace_header(
+        mail_from=envelope.mail_from, hostname=hostname, queue_id=queue_id, protocol=protocol,
+        recipients=envelope.rcpt_to, helo=session.helo, client_ip=session.peer,
+    )
+
+
+def data_refusal(reader: DataReader, bare_newline_policy: str) -> Reply | None:
+    """The reply refusing a received message, or None to deliver it."""
     if reader.too_big:
-        return 552, "5.3.4 Message size exceeds fixed limit"
+        return TOO_BIG
     if reader.line_too_long:
-        return 500, "5.5.2 Line too long"
+        return LINE_TOO_LONG
     if reader.bare_newline and bare_newline_policy == "reject":
-        return 550, "5.5.2 Message contains bare CR or LF characters"
+        return BARE_NEWLINE
     if reader.nul_byte and bare_newline_policy == "reject":
-        return 550, "5.5.2 Message contains NUL characters"
+        return NUL
     if reader.received_headers() > MAX_RECEIVED_HEADERS:
-        return 554, "5.4.6 Too many Received headers: mail loop detected"
+        return LOOP
     return None

@@ -1,176 +1,157 @@
-"""The ESMTP listener: one session per connection, RFC 5321 with pipelining.
+"""One ESMTP connection: input, pipelining order, timers, reply batching, shutdown.
 
 Commands are read as lines and answered in order; a command that waits on
 plugins or the disk pauses reading until its reply is written, which is
 what makes PIPELINING safe. DATA bypasses line handling altogether and
 goes to `mailgate.smtp.data_reader.DataReader` in bulk.
 
-The session owns the command loop; MAIL (`mailgate.smtp.mail_command`), AUTH
-(`mailgate.smtp.auth_command`), DATA (`mailgate.smtp.data_command`) and VRFY/EXPN
-(`mailgate.smtp.verify_commands`) are mixed in.
+What each command does is not here: `COMMANDS` maps each verb to a handler
+(mailgate.smtp.mail_command, rcpt_command, data_command, auth_command,
+verify_commands, session_commands), which is given the connection's
+SessionState, the session as its Channel, and the listener's policy, and
+answers with a Reply (see mailgate.smtp.channel).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any, Awaitable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
 
-from mailgate.core.addresses import AddressError, normalize_mailbox, parse_command_path
-from mailgate.config import GatewayConfig, ListenConfig
-from mailgate.inbound.transaction import Deliverer
-from mailgate.core.session import Envelope
-from mailgate.limits.rate import RateLimiter
 from mailgate.core.reply import Reply
-from mailgate.inbound.routing import accept_recipient
-from mailgate.smtp.auth_command import SMTPAuthCommand
-from mailgate.smtp.data_reader import DataReader
-from mailgate.smtp.data_command import SMTPDataCommand
-from mailgate.smtp.mail_command import SMTPMailCommand, owned_senders
-from mailgate.smtp.verify_commands import SMTPVerifyCommands
+from mailgate.core.session import Session
+from mailgate.net.interfaces import Connection, connection_view
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
+from mailgate.smtp import auth_command, data_command, mail_command, rcpt_command, session_commands, verify_commands
+from mailgate.smtp.channel import Handler, Pending
+from mailgate.smtp.data_reader import DataReader
+from mailgate.smtp.state import SessionState
+
+if TYPE_CHECKING:
+    from mailgate.smtp.factory import SMTPFactory  # which imports this module, to build sessions
 
 log = Logger()
 
 MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
+DATA_PROGRESS_BYTES = 1024  # DATA must advance this much per command_timeout
+BAD_COMMAND_CODES = frozenset((500, 501, 502, 503, 504, 555))
+
+COMMANDS: dict[str, Handler] = {
+    "HELO": session_commands.helo,
+    "EHLO": session_commands.ehlo,
+    "STARTTLS": session_commands.starttls,
+    "RSET": session_commands.rset,
+    "NOOP": session_commands.noop,
+    "QUIT": session_commands.quit_,
+    "HELP": session_commands.help_,
+    "MAIL": mail_command.mail,
+    "RCPT": rcpt_command.rcpt,
+    "DATA": data_command.data,
+    "AUTH": auth_command.auth,
+    "VRFY": verify_commands.vrfy,
+    "EXPN": verify_commands.expn,
+}
+
+UNRECOGNIZED = Reply(500, "5.5.2", "Command not recognized")
+NOT_ASCII = Reply(500, "5.5.2", "Command contains non-ASCII characters")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")
+TIMED_OUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 
 
-class SMTPFactory(Factory):
-    """Builds sessions for one `[[listen]]` table and tracks them for shutdown."""
-
-    noisy = False
-
-    def __init__(
-        self,
-        config: GatewayConfig,
-        listener: ListenConfig,
-        hooks: Any,
-        deliverer: Deliverer,
-        clock: IReactorTime,
-        tls_options: Any = None,
-        portal: Any = None,
-        throttle: Any = None,
-    ) -> None:
-        self.config = config
-        self.listener = listener
-        self.hooks = hooks
-        self.deliverer = deliverer
-        self.clock = clock
-        self.tls_options = tls_options if listener.tls == "starttls" else None
-        self.portal = portal  # twisted.cred Portal over the users file; None: no AUTH
-        self.throttle = throttle  # mailgate.accounts.cred.AuthThrottle, shared by all listeners
-        self.owned_senders = owned_senders(config)
-        self.sessions: set[SMTPSession] = set()
-        self.per_ip: Counter[str] = Counter()
-        self.sender_rate = RateLimiter(config.limits.sender_rate, clock)
-        self.connection_rate = RateLimiter(config.limits.connection_rate, clock)
-        self.stopping = False
-
-    def buildProtocol(self, addr: Any) -> SMTPSession:
-        session = SMTPSession()
-        session.factory = self
-        return session
-
-    def shut_down(self) -> Deferred:
-        """Say 421 to every session (after its delivery in flight) and wait for them to end."""
-        self.stopping = True
-        closing = [session.shut_down() for session in list(self.sessions)]
-        return DeferredList(closing, consumeErrors=True)
-
-
-class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyCommands,
-                  Protocol, TimeoutMixin):
-    """One SMTP connection."""
+class SMTPSession(Protocol, TimeoutMixin):
+    """One SMTP connection, and the Channel its command handlers answer through."""
 
     factory: SMTPFactory
+    _connection: Connection  # the transport, typed for calls; set by makeConnection
 
-    def __init__(self) -> None:
+    def __init__(self, factory: SMTPFactory) -> None:
+        self.factory = factory
+        self._policy = factory.policy
+        self._clock: IReactorTime = factory.policy.clock
+        self.state = SessionState(Session(listener=factory.policy.listener.name))
         self._buffer = b""
         self._skipping_long_line = False
-        self._busy = False
+        self._busy = False  # a command's answer is awaited: read no further command
         self._closing = False
-        self._reader: DataReader | None = None
-        self._helo = ""
-        self._esmtp = False
-        self._envelope: Envelope | None = None
-        self._client_ip = ""
-        self._authenticated_as: str | None = None
-        self._closed: Deferred | None = None
-        self._line_waiter: Deferred | None = None  # an AUTH exchange waiting for its next line
+        self._reader: DataReader | None = None  # DATA: the body goes here, not to line handling
+        self._closed: Deferred[None] | None = None  # shut_down's, fired when the connection is gone
+        self._line_waiter: Deferred[str] | None = None  # an AUTH exchange waiting for its next line
         self._processing = False  # _process is on the stack: replies must not re-enter it
         self._outbox: list[bytes] = []  # replies to a batch of pipelined commands, sent together
-        self._bad_commands = 0
-        self._data_deadline: Any = None  # the DATA phase's own timer (limits.data_timeout)
+        self._data_deadline: IDelayedCall | None = None  # the DATA phase's own timer (limits.data_timeout)
         self._data_progress = 0  # bytes since the idle timer was last reset in DATA
 
     # --- connection ----------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        factory = self.factory
-        self.callLater = factory.clock.callLater  # TimeoutMixin's timer, on the injected clock
-        peer = self.transport.getPeer()
-        self._client_ip = getattr(peer, "host", "")
-        factory.sessions.add(self)
-        factory.per_ip[self._client_ip] += 1
-        if hasattr(self.transport, "setTcpNoDelay"):
-            self.transport.setTcpNoDelay(True)  # replies are small; Nagle would add 40 ms each
-        if factory.per_ip[self._client_ip] > factory.config.limits.max_connections_per_ip:
-            return self._close(421, "4.7.0 Too many connections from your address")
-        if factory.connection_rate.take(self._client_ip):
-            return self._close(421, "4.7.0 Too many connections from your address, slow down")
-        if factory.stopping:
-            return self._close(421, "4.3.2 Service shutting down")
-        self.setTimeout(factory.config.limits.command_timeout_seconds)
-        self._send(220, f"{factory.config.server.hostname} ESMTP mailgate")
+    def makeConnection(self, transport: ITransport) -> None:
+        self._connection = connection_view(transport)
+        super().makeConnection(transport)
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionMade(self) -> None:
+        factory, policy = self.factory, self._policy
+        ip: str = getattr(self._connection.getPeer(), "host", "")
+        self.state.session = Session(peer=ip, tls=is_tls(self._connection), listener=policy.listener.name)
+        factory.sessions.add(self)
+        factory.per_ip[ip] += 1
+        set_no_delay = getattr(self._connection, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)  # replies are small; Nagle would add 40 ms each
+        refusal = factory.admission_refusal(ip)
+        if refusal is not None:
+            return self.close(refusal)
+        self.setTimeout(policy.config.limits.command_timeout_seconds)
+        self._answer(Reply(220, text=f"{policy.config.server.hostname} ESMTP mailgate"))
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
         self._cancel_data_deadline()
-        factory = self.factory
+        factory, ip = self.factory, self.state.session.peer
         factory.sessions.discard(self)
-        factory.per_ip[self._client_ip] -= 1
-        if factory.per_ip[self._client_ip] <= 0:
-            del factory.per_ip[self._client_ip]
+        factory.per_ip[ip] -= 1
+        if factory.per_ip[ip] <= 0:
+            del factory.per_ip[ip]
         if self._closed is not None:
             self._closed.callback(None)
 
-    def timeoutConnection(self) -> None:
-        self._close(421, "4.4.2 Timeout exceeded, closing connection")
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """TimeoutMixin's idle timer, on the injected clock."""
+        return self._clock.callLater(period, func)
 
-    def shut_down(self) -> Deferred:
+    def timeoutConnection(self) -> None:
+        self.close(TIMED_OUT)
+
+    def shut_down(self) -> Deferred[None]:
         """End this session for a server stop; waits for a delivery in flight."""
         if self._closed is None:
             self._closed = Deferred()
         if not self._busy:
-            self._close(421, "4.3.2 Service shutting down")
+            self.close(SHUTTING_DOWN)
         # else: the reply of the delivery in flight is sent first (see _resume)
         return self._closed
-
-    def _close(self, code: int, text: str) -> None:
-        self._closing = True
-        self._reader = None
-        self._send(code, text)
-        self._flush()
-        self.transport.loseConnection()
 
     # --- input ---------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        if self._reader is not None:
+        reader = self._reader
+        if reader is not None:
             self._note_data_progress(len(data))
-        if self._reader is not None and not self._buffer:
-            rest = self._reader.feed(data)
-            if rest is not None:
-                self._end_data(rest)
-            return
+            if not self._buffer:
+                rest = reader.feed(data)
+                if rest is not None:
+                    self._end_data(reader, rest)
+                return
         self._buffer += data
         self._process()
 
@@ -192,12 +173,13 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
 
     def _process_lines(self) -> None:
         while not self._closing and (not self._busy or self._line_waiter is not None):
-            if self._reader is not None:
+            reader = self._reader
+            if reader is not None:
                 data, self._buffer = self._buffer, b""
-                rest = self._reader.feed(data) if data else None
+                rest = reader.feed(data) if data else None
                 if rest is None:
                     return
-                self._end_data(rest)
+                self._end_data(reader, rest)
                 continue
             newline = self._buffer.find(b"\n")
             if newline < 0:
@@ -209,7 +191,7 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
             self.resetTimeout()  # per whole line: a trickled line counts as idle
             if self._skipping_long_line or len(line) + 2 > MAX_COMMAND_LINE:
                 self._skipping_long_line = False
-                self._send(500, "5.5.2 Line too long")
+                self._answer(LINE_TOO_LONG)
                 continue
             if self._line_waiter is not None:
                 waiter, self._line_waiter = self._line_waiter, None
@@ -221,16 +203,18 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
         try:
             text = line.decode("ascii")
         except UnicodeDecodeError:
-            return self._send(500, "5.5.2 Command contains non-ASCII characters")
+            return self._answer(NOT_ASCII)
         verb, _, argument = text.partition(" ")
-        handler = getattr(self, f"smtp_{verb.upper()}", None) if verb.isalpha() else None
+        handler = COMMANDS.get(verb.upper())
         if handler is None:
-            return self._send(500, "5.5.2 Command not recognized")
-        result = handler(argument.strip())
-        if result is not None:
-            self._wait_for(result)
+            return self._answer(UNRECOGNIZED)
+        answer = handler(argument.strip(), self.state, self, self._policy)
+        if isinstance(answer, Reply):
+            self._answer(answer)
+        elif answer is not None:
+            self._wait_for(answer)
 
-    def _wait_for(self, work: Awaitable[Reply | None]) -> None:
+    def _wait_for(self, work: Pending) -> None:
         """Pause command processing until `work` gives its reply.
 
         The idle timer stops meanwhile: a slow disk must not make the server
@@ -238,39 +222,58 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
         """
         self._busy = True
         self.setTimeout(None)
-        d = Deferred.fromCoroutine(work) if not isinstance(work, Deferred) else work
+        d = Deferred.fromCoroutine(work)
         d.addErrback(self._internal_error)
         d.addCallback(self._resume)
 
-    def _internal_error(self, failure: Any) -> Reply:
-        log.failure("SMTP session error from {ip}", failure, ip=self._client_ip)
-        return Reply(451, "4.3.0", "Internal error, try again later")
+    def _internal_error(self, failure: Failure) -> Reply:
+        log.failure("SMTP session error from {ip}", failure, ip=self.state.session.peer)
+        return INTERNAL_ERROR
 
     def _resume(self, reply: Reply | None) -> None:
         self._busy = False
         if not self._closing:
-            self.setTimeout(self.factory.config.limits.command_timeout_seconds)
+            self.setTimeout(self._policy.config.limits.command_timeout_seconds)
         if reply is not None:
             self._answer(reply)
         if self._closed is not None and not self._closing:
-            return self._close(421, "4.3.2 Service shutting down")
+            return self.close(SHUTTING_DOWN)
         if self._buffer:
             self._process()
 
-    @staticmethod
-    def _reply(code: int, text: str) -> Reply:
-        """A reply from "X.Y.Z text" (or plain text for replies without an enhanced code)."""
-        return Reply.parse(f"{code} {text}")
+    # --- DATA ----------------------------------------------------------------
 
-    def _send(self, code: int, text: str) -> None:
-        self._answer(self._reply(code, text))
+    def _note_data_progress(self, size: int) -> None:
+        """In DATA the idle timer restarts only per KiB received: a client
+        trickling a byte at a time cannot keep the session alive."""
+        self._data_progress += size
+        if self._data_progress >= DATA_PROGRESS_BYTES:
+            self._data_progress = 0
+            self.resetTimeout()
+
+    def _cancel_data_deadline(self) -> None:
+        if self._data_deadline is not None and self._data_deadline.active():
+            self._data_deadline.cancel()
+        self._data_deadline = None
+
+    def _end_data(self, reader: DataReader, rest: bytes) -> None:
+        """The end of the data: what follows it is commands again, once the message is answered."""
+        self._cancel_data_deadline()
+        envelope = self.state.envelope
+        self._reader = self.state.envelope = None
+        self._buffer = rest + self._buffer
+        assert envelope is not None  # DATA was accepted for it, and no command ran since
+        self._wait_for(data_command.finish_message(reader, envelope, self.state.esmtp, self._policy))
+
+    # --- replies -------------------------------------------------------------
 
     def _answer(self, reply: Reply) -> None:
         """Queue a reply; it leaves at once unless a batch of commands is being answered."""
-        if reply.code in (500, 501, 502, 503, 504, 555) and not self._closing:
-            self._bad_commands += 1  # Postfix's smtpd_hard_error_limit: a probe or a bot
-            if self._bad_commands > self.factory.config.limits.max_bad_commands:
-                return self._close(421, "4.7.0 Too many errors, closing connection")
+        if reply.code in BAD_COMMAND_CODES and not self._closing:
+            state = self.state
+            state.bad_commands += 1  # Postfix's smtpd_hard_error_limit: a probe or a bot
+            if state.bad_commands > self._policy.config.limits.max_bad_commands:
+                return self.close(TOO_MANY_ERRORS)
         self._outbox.append(reply.wire())
         if not self._processing:
             self._flush()
@@ -280,93 +283,36 @@ class SMTPSession(SMTPMailCommand, SMTPAuthCommand, SMTPDataCommand, SMTPVerifyC
         if self._outbox:
             data = b"".join(self._outbox)
             self._outbox.clear()
-            write_through(self.transport, data)
+            write_through(self._connection, data)
 
-    # --- commands ------------------------------------------------------------
+    # --- the Channel, for command handlers (mailgate.smtp.channel) ------------
 
-    def smtp_HELO(self, argument: str) -> None:
-        if not _printable(argument):
-            return self._send(501, "5.5.4 Syntax: HELO hostname")
-        self._greet(argument, esmtp=False)
-        self._send(250, self.factory.config.server.hostname)
+    def send(self, reply: Reply) -> None:
+        self._answer(reply)
 
-    def smtp_EHLO(self, argument: str) -> None:
-        if not _printable(argument):
-            return self._send(501, "5.5.4 Syntax: EHLO hostname")
-        self._greet(argument, esmtp=True)
-        self._send(250, "\n".join([self.factory.config.server.hostname, *self._extensions()]))
+    def read_line(self) -> Deferred[str]:
+        """The client's next line; the idle timer runs while we wait for it."""
+        self.setTimeout(self._policy.config.limits.command_timeout_seconds)
+        waiter: Deferred[str] = Deferred()
+        self._line_waiter = waiter
+        return waiter
 
-    def _greet(self, helo: str, esmtp: bool) -> None:
-        self._helo, self._esmtp, self._envelope = helo, esmtp, None  # RFC 5321 4.1.4: resets
+    def close(self, reply: Reply) -> None:
+        self._closing = True
+        self._reader = None
+        self._answer(reply)
+        self._flush()
+        self._connection.loseConnection()
 
-    def _extensions(self) -> list[str]:
-        extensions = [
-            "PIPELINING",
-            f"SIZE {self.factory.config.limits.max_message_size}",
-            "8BITMIME",
-            "ENHANCEDSTATUSCODES",
-        ]
-        if self._can_starttls():
-            extensions.append("STARTTLS")
-        if self._auth_offered() and self._authenticated_as is None:
-            extensions.append("AUTH PLAIN LOGIN")
-        return [*extensions, "HELP"]
-
-    def _can_starttls(self) -> bool:
-        return self.factory.tls_options is not None and not self._secure()
-
-    def _secure(self) -> bool:
-        return is_tls(self.transport)
-
-    def smtp_STARTTLS(self, argument: str) -> None:
-        if argument:
-            return self._send(501, "5.5.4 Syntax: STARTTLS")
-        if not self._can_starttls():
-            return self._send(502, "5.5.1 STARTTLS not available")
+    def start_tls(self, ready: Reply) -> None:
         self._buffer = b""  # RFC 3207 4.2: nothing pipelined before the handshake counts
-        self._send(220, "2.0.0 Ready to start TLS")
+        self._answer(ready)
         self._flush()  # in the clear, before the handshake
-        self.transport.startTLS(self.factory.tls_options)
-        self._helo, self._esmtp, self._envelope = "", False, None
-        self._authenticated_as = None
+        self._connection.startTLS(self._policy.tls_options)
 
-    def smtp_RCPT(self, argument: str) -> Awaitable[Reply] | None:
-        if self._envelope is None:
-            return self._send(503, "5.5.1 Need MAIL command")
-        if len(self._envelope.rcpt_to) >= self.factory.config.limits.max_recipients:
-            return self._send(452, "4.5.3 Too many recipients")
-        try:
-            path, params = parse_command_path(argument, "TO")
-            if params:
-                return self._send(555, f"5.5.4 Unsupported parameter {next(iter(params))}")
-            recipient = self._postmaster(path) or normalize_mailbox(path)
-        except AddressError as exc:
-            return self._send(501, f"5.1.3 {exc}")
-        return self._route(recipient, self._envelope)
-
-    def _postmaster(self, path: str) -> str | None:
-        """RFC 5321 4.5.1: a bare <postmaster> must be accepted."""
-        if path.lower() == "postmaster" and self.factory.config.domains.local:
-            return f"postmaster@{self.factory.config.domains.local[0]}"
-        return None
-
-    async def _route(self, recipient: str, envelope: Envelope) -> Reply:
-        return await accept_recipient(self.factory.hooks, envelope, recipient)
-
-    def smtp_RSET(self, argument: str) -> None:
-        self._envelope = None
-        self._send(250, "2.0.0 Ok")
-
-    def smtp_NOOP(self, argument: str) -> None:
-        self._send(250, "2.0.0 Ok")
-
-    def smtp_QUIT(self, argument: str) -> None:
-        self._close(221, "2.0.0 Bye")
-
-    def smtp_HELP(self, argument: str) -> None:
-        self._send(214, "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY")
-
-
-def _printable(text: str) -> bool:
-    """Non-empty printable ASCII: a HELO name is copied into Received: headers."""
-    return bool(text) and all(" " <= char <= "~" for char in text)
+    def receive_data(self, reader: DataReader) -> None:
+        self._reader = reader
+        self._data_progress = 0
+        self._data_deadline = self._clock.callLater(
+            self._policy.config.limits.data_timeout_seconds, self.timeoutConnection
+        )

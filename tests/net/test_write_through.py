@@ -1,4 +1,4 @@
-"""write_through: small replies leave at once on plain TCP, in order, and never bypass TLS."""
+"""write_through: small replies leave at once on plain TCP, in order, never bypass TLS, and fall back to write()."""
 
 from __future__ import annotations
 
@@ -75,3 +75,29 @@ def test_other_transports_get_a_plain_write() -> None:
     transport = StringTransport()
     write_through(transport, b"220 ready\r\n")
     assert transport.value() == b"220 ready\r\n"
+
+
+INTERNALS = ["TLS", "connected", "disconnecting", "_writeDisconnected", "producer", "dataBuffer", "_tempDataLen",
+             "writeSomeData"]
+
+
+def without(conn: tcp.Connection, name: str) -> None:
+    """Make `conn` look like a Twisted release that no longer has the internal `name`."""
+
+    def missing(self: object) -> None:
+        raise AttributeError(name)
+
+    conn.__class__ = type("FutureConnection", (tcp.Connection,), {name: property(missing, lambda self, value: None)})
+
+
+@pytest.mark.parametrize("name", INTERNALS)
+def test_a_transport_lacking_the_internals_gets_a_plain_write(connection, name: str) -> None:
+    conn, theirs = connection
+    written = []
+    conn.write = written.append
+    without(conn, name)
+    with pytest.raises(AttributeError):
+        getattr(conn, name)
+    write_through(conn, b"250 2.1.0 Ok\r\n")
+    assert written == [b"250 2.1.0 Ok\r\n"]
+    assert pending(theirs) == b""  # nothing went around write()

@@ -81,7 +81,7 @@ class Gateway:
         self.maildir_root = str(root / "mail")
         self.server = Server(root, extra_plugins=plugins, store={"maildir_root": self.maildir_root})
         store = MaildirStore(self.maildir_root, HOSTNAME, lambda f, *a: maybeDeferred(f, *a))
-        self.server.factory.deliverer = Deliverer(store, None, self.server.factory.hooks)
+        self.server.factory.policy.deliverer = Deliverer(store, None, self.server.factory.policy.hooks)
 
     def client(self) -> Client:
         c = self.server.connect()

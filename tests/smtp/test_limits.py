@@ -31,7 +31,7 @@ def test_sender_rate_per_authenticated_user(make_server: Callable[..., Server]) 
     server = make_server(limits={"sender_rate": "2/hour"})
     c = server.connect()
     c.send(b"EHLO client.test\r\n")
-    c.protocol._authenticated_as = ALICE  # AUTH itself is tested in test_submission
+    c.protocol.state.authenticated(ALICE)  # AUTH itself is tested in test_auth
     for _ in range(2):
         assert c.send(b"MAIL FROM:<alice@example.test>\r\nRSET\r\n")[0].startswith("250 ")
     [refused] = c.send(b"MAIL FROM:<alice@example.test>\r\n")
@@ -39,7 +39,7 @@ def test_sender_rate_per_authenticated_user(make_server: Callable[..., Server]) 
     server.clock.advance(1800)
     later = server.connect()  # the first session has long timed out
     later.send(b"EHLO client.test\r\n")
-    later.protocol._authenticated_as = ALICE
+    later.protocol.state.authenticated(ALICE)
     assert later.send(b"MAIL FROM:<alice@example.test>\r\n")[0].startswith("250 ")
 
 

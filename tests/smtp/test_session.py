@@ -526,8 +526,8 @@ class MaildirRoundTripTests(TestCase):
             return d.addCallback(self.placed.extend).addCallback(lambda _: self.placed)
 
         store.deliver_all = deliver_all  # type: ignore[method-assign]
-        manager_hooks = self.server.factory.hooks
-        self.server.factory.deliverer = Deliverer(store, None, manager_hooks)
+        manager_hooks = self.server.factory.policy.hooks
+        self.server.factory.policy.deliverer = Deliverer(store, None, manager_hooks)
         self.root = root
 
     def test_message_reaches_both_maildirs(self) -> Deferred:

@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -15,10 +16,13 @@ from zope.interface import directlyProvides
 
 from mailgate import hookimpl
 from mailgate.accounts import users_file as users
+from mailgate.accounts.cred import AccountsChecker, AddressRealm, AuthThrottle
 from mailgate.config import GatewayConfig, parse_config
 from mailgate.core.session import Envelope
 from mailgate.builtin import load_plugins
-from mailgate.smtp.session import SMTPFactory, SMTPSession
+from mailgate.smtp.factory import SMTPFactory
+from mailgate.smtp.policy import ListenerPolicy
+from mailgate.smtp.session import SMTPSession
 from mailgate.store.maildir_writer import StoredMessage
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
@@ -81,10 +85,10 @@ def codes(data: bytes) -> list[int]:
 
 
 class Server:
-    """One SMTPFactory with real plugins, a fake deliverer and a Clock."""
+    """One SMTPFactory with real plugins, a fake deliverer and a Clock; AUTH over the users file if asked."""
 
     def __init__(self, tmp_path: Path, extra_plugins: tuple[object, ...] = (), tls_options: Any = None,
-                 **sections: Any) -> None:
+                 auth: bool = False, **sections: Any) -> None:
         users_file = tmp_path / "users"
         if not users_file.exists():
             users.add_user(str(users_file), ALICE, "secret")
@@ -103,9 +107,14 @@ class Server:
         manager.hook.mailgate_configure(config=self.config)
         self.clock = Clock()
         self.deliverer = RecordingDeliverer()
-        self.factory = SMTPFactory(
-            self.config, self.config.listen[0], manager.hook, self.deliverer, self.clock, tls_options
-        )
+        portal = throttle = None
+        if auth:  # passwords checked in the reactor thread: nothing to wait for but the Clock
+            checker = AccountsChecker(users.Accounts(str(users_file)), lambda f, *a: maybeDeferred(f, *a))
+            portal, throttle = Portal(AddressRealm(), [checker]), AuthThrottle(self.clock)
+        self.factory = SMTPFactory(ListenerPolicy(
+            self.config, self.config.listen[0], manager.hook, self.deliverer, self.clock, tls_options,
+            portal=portal, throttle=throttle,
+        ))
 
     def connect(self, ip: str = "127.0.0.1", transport: StringTransport | None = None) -> "Client":
         transport = transport or StringTransport(peerAddress=IPv4Address("TCP", ip, 1234))

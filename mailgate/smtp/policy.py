@@ -1,0 +1,69 @@
+"""What every SMTP session of one listener consults: settings, plugins, the deliverer, shared limiters.
+
+An SMTPFactory is built on one ListenerPolicy and hands it to each of its
+sessions, which pass it on to the command handlers; a handler reads its
+settings here and its per-connection facts from the SessionState, never
+from the session protocol itself.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pluggy import HookRelay
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
+
+from mailgate.accounts.cred import AuthThrottle
+from mailgate.config import GatewayConfig, ListenConfig
+from mailgate.core.session import Envelope
+from mailgate.limits.rate import RateLimiter
+from mailgate.store.maildir_writer import StoredMessage
+
+
+class MessageDeliverer(Protocol):
+    """What the end of DATA needs of mailgate.inbound.transaction.Deliverer."""
+
+    async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None: ...
+
+
+class ListenerPolicy:
+    """The shared, listener-wide part of every session.
+
+    Handlers read the attributes at each use, so replacing one (a test's
+    deliverer, say) takes effect for the next command.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        listener: ListenConfig,
+        hooks: HookRelay,
+        deliverer: MessageDeliverer,
+        clock: IReactorTime,
+        tls_options: IOpenSSLContextFactory | None = None,
+        portal: Portal | None = None,
+        throttle: AuthThrottle | None = None,
+    ) -> None:
+        self.config = config
+        self.listener = listener
+        self.hooks = hooks
+        self.deliverer = deliverer
+        self.clock = clock
+        self.tls_options = tls_options if listener.tls == "starttls" else None
+        self.portal = portal  # twisted.cred Portal over the users file; None: no AUTH
+        # shared by all listeners, so guessing on one port slows the others; a
+        # caller that wires a portal without one still gets a throttle of its own
+        self.throttle = throttle if throttle is not None else AuthThrottle(clock)
+        self.owned_senders = owned_senders(config)
+        self.sender_rate = RateLimiter(config.limits.sender_rate, clock)
+
+
+def owned_senders(config: GatewayConfig) -> dict[str, frozenset[str]]:
+    """Sender address -> the users who may use it besides itself: the targets of an
+    exact forward rule (an alias delivering to them)."""
+    owners: dict[str, frozenset[str]] = {}
+    for rule in config.forward:
+        if not rule.match.startswith("*@"):
+            owners[rule.match] = owners.get(rule.match, frozenset()) | frozenset(rule.to)
+    return owners

@@ -1,0 +1,37 @@
+"""RCPT TO (RFC 5321 4.1.1.3): the recipient limit, the path, and routing through the plugins."""
+
+from __future__ import annotations
+
+from mailgate.core.addresses import AddressError, normalize_mailbox, parse_command_path
+from mailgate.core.reply import Reply
+from mailgate.inbound.routing import accept_recipient
+from mailgate.smtp.channel import Channel, Pending
+from mailgate.smtp.policy import ListenerPolicy
+from mailgate.smtp.state import SessionState
+
+NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
+TOO_MANY = Reply(452, "4.5.3", "Too many recipients")
+
+
+def rcpt(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
+    """Refuse at once what needs no plugin; otherwise route the recipient (a coroutine)."""
+    envelope = state.envelope
+    if envelope is None:
+        return NEED_MAIL
+    if len(envelope.rcpt_to) >= policy.config.limits.max_recipients:
+        return TOO_MANY
+    try:
+        path, params = parse_command_path(argument, "TO")
+        if params:
+            return Reply(555, "5.5.4", f"Unsupported parameter {next(iter(params))}")
+        recipient = postmaster(path, policy) or normalize_mailbox(path)
+    except AddressError as exc:
+        return Reply(501, "5.1.3", str(exc))
+    return accept_recipient(policy.hooks, envelope, recipient)
+
+
+def postmaster(path: str, policy: ListenerPolicy) -> str | None:
+    """RFC 5321 4.5.1: a bare <postmaster> must be accepted."""
+    if path.lower() == "postmaster" and policy.config.domains.local:
+        return f"postmaster@{policy.config.domains.local[0]}"
+    return None
