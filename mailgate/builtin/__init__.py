@@ -12,11 +12,11 @@ from mailgate.hooks.manager import build_plugin_manager
 
 def builtin_plugins() -> list[object]:
     """The default plugins, in registration order (asked last to first)."""
-    from mailgate.builtin import forward, lists, local, pipe, relay_policy, transport, webhook
+    from mailgate.builtin import event_webhook, forward, lists, local, pipe, relay_policy, transport, webhook
 
     return [
         relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(), webhook.WebhookGateway(),
-        lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(),
+        lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(), event_webhook.EventWebhooks(),
     ]
 
 
