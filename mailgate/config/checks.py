@@ -243,6 +243,13 @@ def positive(parse: Callable[[Any], float]) -> Checker:
     return check
 
 
+def number(value: Any) -> float:
+    """An integer or a float, finite."""
+    if not math.isfinite(_typed(int, float)(value)):
+        raise ValueError(f"not a finite number: {value!r}")
+    return float(value)
+
+
 def port(value: Any) -> int:
     if not 0 < integer(value) < 65536:
         raise ValueError(f"not a port number: {value}")

@@ -117,6 +117,14 @@ class EventWebhookConfig:
 
 
 @dataclass(frozen=True)
+class RspamdConfig:
+    url: str = ""  # "" = no scanning
+    reject_score: float = 15.0
+    header_score: float = 6.0
+    timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
 class PipeConfig:
     name: str
     command: tuple[str, ...]  # argv, run without a shell; the message on stdin
@@ -161,6 +169,7 @@ class GatewayConfig:
     relay: RelayConfig = RelayConfig()
     webhook: tuple[WebhookConfig, ...] = ()
     event_webhook: tuple[EventWebhookConfig, ...] = ()
+    rspamd: RspamdConfig = RspamdConfig()
     pipe: Mapping[str, PipeConfig] = field(default_factory=lambda: MappingProxyType({}))
     limits: LimitsConfig = LimitsConfig()
     plugins: PluginsConfig = PluginsConfig()

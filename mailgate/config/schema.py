@@ -25,6 +25,7 @@ from mailgate.config.checks import (
     module_name,
     nameserver,
     network,
+    number,
     parse_duration,
     parse_size,
     pattern,
@@ -53,6 +54,7 @@ from mailgate.config.model import (
     RelayConfig,
     WebhookConfig,
     EventWebhookConfig,
+    RspamdConfig,
     PipeConfig,
     SenderRate,
     LimitsConfig,
@@ -172,6 +174,12 @@ _EVENT_WEBHOOK = {
     "events": Key(list_of(choice(*EVENT_TYPES), non_empty=True)),
     "timeout": Key(_duration, "timeout_seconds"),
 }
+_RSPAMD = {
+    "url": Key(lambda value: string(value) and url(value)),  # "" means "no scanning"
+    "reject_score": Key(number),
+    "header_score": Key(number),
+    "timeout": Key(_duration, "timeout_seconds"),
+}
 _PIPE = {
     "command": Key(command, required=True),
     "timeout": Key(_duration, "timeout_seconds"),
@@ -207,6 +215,7 @@ _DOCUMENT = {
     "lists": Key(_lists),
     "webhook": Key(list_of(table_of(WebhookConfig, _WEBHOOK), unique="name")),
     "event_webhook": Key(list_of(table_of(EventWebhookConfig, _EVENT_WEBHOOK), unique="name")),
+    "rspamd": Key(table_of(RspamdConfig, _RSPAMD)),
     "pipe": Key(_pipes),
     "limits": Key(table_of(LimitsConfig, _LIMITS)),
     "plugins": Key(table_of(PluginsConfig, _PLUGINS)),

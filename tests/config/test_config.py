@@ -18,6 +18,7 @@ from mailgate.config import (
     LimitsConfig,
     PluginsConfig,
     RelayConfig,
+    RspamdConfig,
     SecurityConfig,
     SenderRate,
     load_config,
@@ -75,7 +76,7 @@ def test_default_file_activates_no_forward_list_or_webhook() -> None:
     config = load_config(str(DEFAULT_FILE))
     assert (config.forward, dict(config.lists), config.webhook) == ((), {}, ())
     assert dict(config.relay.transport) == {} and dict(config.plugin) == {}
-    assert config.event_webhook == ()
+    assert (config.event_webhook, config.rspamd.url) == ((), "")
 
 
 def test_default_file_documents_every_option() -> None:
@@ -86,7 +87,7 @@ def test_default_file_documents_every_option() -> None:
         "match", "to", "keep", "members", "post", "allowed_networks", "smarthost", "port",
         "nameservers", "retry_intervals", "max_queue_time", "url", "secret", "format", "mode",
         "timeout", "max_message_size", "max_recipients", "max_connections_per_ip",
-        "command_timeout", "sender_rate", "paths", "enable", "events",
+        "command_timeout", "sender_rate", "paths", "enable", "events", "reject_score", "header_score",
     ]
     missing = [o for o in options if not re.search(rf"(?m)^(# )?{o} = .*#", text)]
     assert missing == []
@@ -109,6 +110,7 @@ def test_commented_defaults_in_default_file_are_the_real_defaults() -> None:
     assert config.security == SecurityConfig()
     assert config.limits == LimitsConfig()
     assert config.plugins == PluginsConfig()
+    assert config.rspamd == RspamdConfig()
     assert config.event_webhook[0].events == EVENT_TYPES
     relay = RelayConfig(transport=config.relay.transport)
     assert config.relay == relay
@@ -216,6 +218,11 @@ EVENTS_OK = {"name": "crm", "url": "http://127.0.0.1:8080/events"}
     ({"event_webhook": [{**EVENTS_OK, "secret": "whsec_!!"}]}, "event_webhook[0].secret"),
     ({"event_webhook": [{**EVENTS_OK, "timeout": "0s"}]}, "event_webhook[0].timeout"),
     ({"event_webhook": [EVENTS_OK, EVENTS_OK]}, "event_webhook[1].name"),
+    ({"rspamd": {"url": "127.0.0.1:11333"}}, "rspamd.url"),
+    ({"rspamd": {"reject_score": "15"}}, "rspamd.reject_score"),
+    ({"rspamd": {"header_score": True}}, "rspamd.header_score"),
+    ({"rspamd": {"header_score": float("inf")}}, "rspamd.header_score"),
+    ({"rspamd": {"timeout": "soon"}}, "rspamd.timeout"),
     ({"limits": {"max_message_size": "25 parsecs"}}, "limits.max_message_size"),
     ({"limits": {"max_message_size": 0}}, "limits.max_message_size"),
     ({"limits": {"max_recipients": 0}}, "limits.max_recipients"),
@@ -351,13 +358,16 @@ def test_webhook_secret_may_be_a_string_or_a_list() -> None:
     assert (config.webhook[1].mode, config.webhook[1].timeout_seconds) == ("sync", 3.0)
 
 
-def test_event_webhooks() -> None:
+def test_event_webhooks_and_rspamd() -> None:
     config = parse_config(with_sections(
         event_webhook=[{**EVENTS_OK, "secret": ["new", "old"], "events": ["bounced"], "timeout": "3s"}],
+        rspamd={"url": "http://127.0.0.1:11333", "reject_score": 20, "header_score": 4.5},
     ))
     [webhook] = config.event_webhook
     assert (webhook.secrets, webhook.events, webhook.timeout_seconds) == (("new", "old"), ("bounced",), 3.0)
     assert parse_config(with_sections(event_webhook=[EVENTS_OK])).event_webhook[0].events == EVENT_TYPES
+    assert (config.rspamd.reject_score, config.rspamd.header_score, config.rspamd.timeout_seconds) == (20.0, 4.5, 5.0)
+    assert parse_config(MINIMAL).rspamd == RspamdConfig()
 
 
 @pytest.mark.parametrize("text, rate", [
