@@ -12,11 +12,16 @@ from mailgate.hooks.manager import build_plugin_manager
 
 def builtin_plugins() -> list[object]:
     """The default plugins, in registration order (asked last to first)."""
-    from mailgate.builtin import forward, lists, local, pipe, relay_policy, transport, webhook
+    from mailgate.builtin import (
+        event_webhook, forward, lists, local, pipe, relay_policy, rspamd, transport, webhook,
+    )
 
+    # rspamd first, so asked last of the built-ins at the end of DATA: its
+    # X-Spam change is a first answer, which would end the asking early.
     return [
-        relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(), webhook.WebhookGateway(),
-        lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(),
+        rspamd.RspamdScanner(), relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(),
+        webhook.WebhookGateway(), lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(),
+        event_webhook.EventWebhooks(),
     ]
 
 

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import treq
-from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent, HTTPConnectionPool, RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived,
-)
+from twisted.web.client import HTTPConnectionPool
 
 from mailgate import __version__, hookimpl
 from mailgate.config import GatewayConfig, WebhookConfig
@@ -21,6 +15,7 @@ from mailgate.core.route import Route
 from mailgate.core.session import Envelope
 from mailgate.core.errors import DeliveryError, PermanentFailure, TemporaryFailure
 from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
+from mailgate.builtin.http_post import Answer, exchange, pooled_client, reactor_or_global, within
 from mailgate.builtin.webhook_payload import delivery_id, json_body, signature_headers
 
 log = Logger()
@@ -29,13 +24,7 @@ SCHEME = "webhook"
 # As many kept-alive connections as the queue runs attempts: with fewer, every
 # attempt past the pool's size opened and closed a connection of its own.
 MAX_PERSISTENT_PER_HOST = MAX_CONCURRENT_ATTEMPTS
-IDLE_CONNECTION_SECONDS = 60
-RETRIED_STATUSES = frozenset({408, 429})  # client errors that mean "later", not "never"
 BUILD_IN_THREAD_BYTES = 256_000  # parsing a big message would stall every session meanwhile
-# A pooled connection the receiver closed just as it was reused: POST is not
-# retried by the Agent (not idempotent); receivers dedupe on webhook-id, so we can.
-_STALE_CONNECTION = (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
 
 class WebhookGateway:
@@ -60,15 +49,9 @@ class WebhookGateway:
         self._webhooks = {webhook.name: webhook for webhook in config.webhook}
         if not self._webhooks:
             return
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
+        self._reactor = reactor_or_global(self._reactor)
         if self._http is None:
-            self._pool = HTTPConnectionPool(self._reactor, persistent=True)
-            self._pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
-            self._pool.cachedConnectionTimeout = IDLE_CONNECTION_SECONDS
-            self._http = HTTPClient(Agent(self._reactor, pool=self._pool))
+            self._http, self._pool = pooled_client(self._reactor, MAX_PERSISTENT_PER_HOST)
             self._reactor.addSystemEventTrigger("before", "shutdown", self.close)
 
     def close(self) -> Deferred | None:
@@ -144,15 +127,15 @@ class WebhookGateway:
             "User-Agent": f"mailgate/{__version__}",
             **signature_headers(delivery, int(self._reactor.seconds()), body, webhook.secrets),
         }
-        exchange = Deferred.fromCoroutine(self._exchange(webhook.url, headers, body))
+        posted = Deferred.fromCoroutine(exchange(self._http, webhook.url, headers, body))
         try:
-            status, phrase = await _within(exchange, webhook.timeout_seconds, self._reactor)
+            answer = await within(posted, webhook.timeout_seconds, self._reactor)
         except Exception as exc:  # timeout, refused, reset, DNS: the receiver may be back later
             error = _temporary(webhook, "unreachable", f"{delivery}: {type(exc).__name__}: {exc}")
             log.info("{reason}", reason=error.reason)  # the queue logs only counts
             raise error from None
         try:
-            return _verdict(webhook, delivery, status, phrase)
+            return _verdict(webhook, delivery, answer)
         except DeliveryError as error:
             log.info("{reason}", reason=error.reason)
             raise
@@ -163,58 +146,13 @@ class WebhookGateway:
             return json_body(message, envelope, delivery)
         return await deferToThreadPool(self._reactor, pool(), json_body, message, envelope, delivery)
 
-    async def _exchange(self, url: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
-        try:
-            response = await self._http.post(url, data=body, headers=headers, allow_redirects=False)
-        except _STALE_CONNECTION as exc:
-            if _cancelled(exc):
-                raise  # our own timeout: a second POST now would reach a slow receiver twice
-            response = await self._http.post(url, data=body, headers=headers, allow_redirects=False)
-        # Read (and drop) the whole body so the connection goes back to the pool.
-        await treq.collect(response, lambda chunk: None)
-        phrase = response.phrase.decode("latin-1") if isinstance(response.phrase, bytes) else str(response.phrase)
-        return response.code, _UNPRINTABLE.sub(" ", phrase).strip()[:80]
 
-
-def _cancelled(exc: Exception) -> bool:
-    """Twisted reports a cancelled request as ResponseNeverReceived([CancelledError])."""
-    return any(reason.check(CancelledError) for reason in getattr(exc, "reasons", ()))
-
-
-def _within(work: Deferred, seconds: float, clock: Any) -> Deferred:
-    """`work`'s result, or TimeoutError after `seconds`; `work` is then cancelled.
-
-    Unlike Deferred.addTimeout, the answer does not wait for the cancellation
-    to finish: an SMTP client waiting at DATA hears 451 on time regardless.
-    """
-    outcome: Deferred = Deferred()
-
-    def expire() -> None:
-        outcome.errback(TimeoutError(f"no answer within {seconds:g}s"))
-        work.cancel()
-
-    timer = clock.callLater(seconds, expire)
-
-    def settle(result: Any) -> None:
-        if not timer.active():
-            return  # expired: the late result (the cancellation) is dropped
-        timer.cancel()
-        if isinstance(result, Failure):
-            outcome.errback(result)
-        else:
-            outcome.callback(result)
-
-    work.addBoth(settle)
-    return outcome
-
-
-def _verdict(webhook: WebhookConfig, delivery: str, status: int, phrase: str) -> bool:
+def _verdict(webhook: WebhookConfig, delivery: str, answer: Answer) -> bool:
     """2xx delivered; 408, 429, 5xx (and anything odd, like 3xx) later; other 4xx never."""
-    answer = f"HTTP {status} {phrase}".strip()
-    if 200 <= status < 300:
+    if answer.ok:
         log.info("webhook {name}: {id} delivered ({answer})", name=webhook.name, id=delivery, answer=answer)
         return True
-    if 400 <= status < 500 and status not in RETRIED_STATUSES:
+    if answer.refused_for_good:
         raise PermanentFailure(
             f"Webhook refused the message ({answer})",
             code=550, enhanced="5.7.1", reason=f"webhook {webhook.name}: {delivery} refused: {answer}",

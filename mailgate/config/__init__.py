@@ -4,6 +4,7 @@
 """
 
 from mailgate.config.model import (
+    EVENT_TYPES,
     ConfigError,
     ServerConfig,
     ListenConfig,
@@ -16,6 +17,8 @@ from mailgate.config.model import (
     MailingList,
     RelayConfig,
     WebhookConfig,
+    EventWebhookConfig,
+    RspamdConfig,
     PipeConfig,
     SenderRate,
     LimitsConfig,
@@ -25,6 +28,7 @@ from mailgate.config.model import (
 from mailgate.config.schema import load_config, parse_config
 
 __all__ = [
+    "EVENT_TYPES",
     "ConfigError",
     "ServerConfig",
     "ListenConfig",
@@ -37,6 +41,8 @@ __all__ = [
     "MailingList",
     "RelayConfig",
     "WebhookConfig",
+    "EventWebhookConfig",
+    "RspamdConfig",
     "PipeConfig",
     "SenderRate",
     "LimitsConfig",

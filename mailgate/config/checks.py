@@ -215,6 +215,9 @@ def address(value: Any) -> str:
 
 module_name = _matching(_MODULE, "a module name")
 pipe_name = _matching(re.compile(r"[\w.-]+"), "a pipe name (letters, digits, _ . -)")
+# A name that is also a directory name: no "/", "..", hidden or empty names.
+directory_name = _matching(re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}"),
+                           "a name of letters, digits, _ . - (not starting with a dot)")
 
 
 def pattern(value: Any) -> str:
@@ -238,6 +241,13 @@ def positive(parse: Callable[[Any], float]) -> Checker:
             raise ValueError(f"must be positive, got {value!r}")
         return result
     return check
+
+
+def number(value: Any) -> float:
+    """An integer or a float, finite."""
+    if not math.isfinite(_typed(int, float)(value)):
+        raise ValueError(f"not a finite number: {value!r}")
+    return float(value)
 
 
 def port(value: Any) -> int:

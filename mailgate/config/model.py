@@ -103,6 +103,27 @@ class WebhookConfig:
     timeout_seconds: float = 10.0
 
 
+# The `type` of a mailgate_event event, in the order a message meets them.
+EVENT_TYPES = ("received", "refused", "delivered", "deferred", "bounced", "expired")
+
+
+@dataclass(frozen=True)
+class EventWebhookConfig:
+    name: str  # also its spool directory, <state_dir>/events/<name>/
+    url: str
+    secrets: tuple[str, ...] = ()  # as for [[webhook]]
+    events: tuple[str, ...] = EVENT_TYPES  # the event types it is sent
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class RspamdConfig:
+    url: str = ""  # "" = no scanning
+    reject_score: float = 15.0
+    header_score: float = 6.0
+    timeout_seconds: float = 5.0
+
+
 @dataclass(frozen=True)
 class PipeConfig:
     name: str
@@ -147,6 +168,8 @@ class GatewayConfig:
     lists: Mapping[str, MailingList] = field(default_factory=lambda: MappingProxyType({}))
     relay: RelayConfig = RelayConfig()
     webhook: tuple[WebhookConfig, ...] = ()
+    event_webhook: tuple[EventWebhookConfig, ...] = ()
+    rspamd: RspamdConfig = RspamdConfig()
     pipe: Mapping[str, PipeConfig] = field(default_factory=lambda: MappingProxyType({}))
     limits: LimitsConfig = LimitsConfig()
     plugins: PluginsConfig = PluginsConfig()

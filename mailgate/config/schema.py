@@ -15,6 +15,7 @@ from mailgate.config.checks import (
     boolean,
     choice,
     command,
+    directory_name,
     domain,
     endpoint,
     host_port,
@@ -24,6 +25,7 @@ from mailgate.config.checks import (
     module_name,
     nameserver,
     network,
+    number,
     parse_duration,
     parse_size,
     pattern,
@@ -38,6 +40,7 @@ from mailgate.config.checks import (
     url,
 )
 from mailgate.config.model import (
+    EVENT_TYPES,
     ConfigError,
     ServerConfig,
     ListenConfig,
@@ -50,6 +53,8 @@ from mailgate.config.model import (
     MailingList,
     RelayConfig,
     WebhookConfig,
+    EventWebhookConfig,
+    RspamdConfig,
     PipeConfig,
     SenderRate,
     LimitsConfig,
@@ -162,6 +167,19 @@ _WEBHOOK = {
     "mode": Key(choice("queued", "sync")),
     "timeout": Key(_duration, "timeout_seconds"),
 }
+_EVENT_WEBHOOK = {
+    "name": Key(directory_name, required=True),
+    "url": Key(url, required=True),
+    "secret": Key(secrets, "secrets"),
+    "events": Key(list_of(choice(*EVENT_TYPES), non_empty=True)),
+    "timeout": Key(_duration, "timeout_seconds"),
+}
+_RSPAMD = {
+    "url": Key(lambda value: string(value) and url(value)),  # "" means "no scanning"
+    "reject_score": Key(number),
+    "header_score": Key(number),
+    "timeout": Key(_duration, "timeout_seconds"),
+}
 _PIPE = {
     "command": Key(command, required=True),
     "timeout": Key(_duration, "timeout_seconds"),
@@ -196,6 +214,8 @@ _DOCUMENT = {
     "forward": Key(list_of(table_of(ForwardRule, _FORWARD))),
     "lists": Key(_lists),
     "webhook": Key(list_of(table_of(WebhookConfig, _WEBHOOK), unique="name")),
+    "event_webhook": Key(list_of(table_of(EventWebhookConfig, _EVENT_WEBHOOK), unique="name")),
+    "rspamd": Key(table_of(RspamdConfig, _RSPAMD)),
     "pipe": Key(_pipes),
     "limits": Key(table_of(LimitsConfig, _LIMITS)),
     "plugins": Key(table_of(PluginsConfig, _PLUGINS)),

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from mailgate.config import (
+    EVENT_TYPES,
     ConfigError,
     GatewayConfig,
     LimitsConfig,
     PluginsConfig,
     RelayConfig,
+    RspamdConfig,
     SecurityConfig,
     SenderRate,
     load_config,
@@ -74,6 +76,7 @@ def test_default_file_activates_no_forward_list_or_webhook() -> None:
     config = load_config(str(DEFAULT_FILE))
     assert (config.forward, dict(config.lists), config.webhook) == ((), {}, ())
     assert dict(config.relay.transport) == {} and dict(config.plugin) == {}
+    assert (config.event_webhook, config.rspamd.url) == ((), "")
 
 
 def test_default_file_documents_every_option() -> None:
@@ -84,11 +87,11 @@ def test_default_file_documents_every_option() -> None:
         "match", "to", "keep", "members", "post", "allowed_networks", "smarthost", "port",
         "nameservers", "retry_intervals", "max_queue_time", "url", "secret", "format", "mode",
         "timeout", "max_message_size", "max_recipients", "max_connections_per_ip",
-        "command_timeout", "sender_rate", "paths", "enable",
+        "command_timeout", "sender_rate", "paths", "enable", "events", "reject_score", "header_score",
     ]
     missing = [o for o in options if not re.search(rf"(?m)^(# )?{o} = .*#", text)]
     assert missing == []
-    for table in ("[[forward]]", "[lists.", "[relay.transport]", "[[webhook]]", "[plugin."):
+    for table in ("[[forward]]", "[lists.", "[relay.transport]", "[[webhook]]", "[[event_webhook]]", "[plugin."):
         assert f"# {table}" in text
 
 
@@ -97,6 +100,7 @@ def test_commented_examples_in_default_file_are_valid() -> None:
     assert config.forward[0].to == ("alice@example.test", "someone@remote.test")
     assert config.lists["team@example.test"].post == "anyone"
     assert config.webhook[0].name == "tickets"
+    assert config.event_webhook[0].name == "crm"
     assert config.relay.transport["legacy.test"] == "smtp:127.0.0.1:2626"
     assert config.plugin["example"]["greeting"] == "hello"
 
@@ -106,6 +110,8 @@ def test_commented_defaults_in_default_file_are_the_real_defaults() -> None:
     assert config.security == SecurityConfig()
     assert config.limits == LimitsConfig()
     assert config.plugins == PluginsConfig()
+    assert config.rspamd == RspamdConfig()
+    assert config.event_webhook[0].events == EVENT_TYPES
     relay = RelayConfig(transport=config.relay.transport)
     assert config.relay == relay
 
@@ -143,6 +149,7 @@ def test_problems_from_a_file_name_their_keys(tmp_path: Path) -> None:
 
 LISTEN_OK = {"name": "b", "protocol": "smtp", "endpoint": "tcp:25"}
 WEBHOOK_OK = {"name": "hook", "match": ["*@hooks.test"], "url": "http://127.0.0.1:8080/"}
+EVENTS_OK = {"name": "crm", "url": "http://127.0.0.1:8080/events"}
 
 
 @pytest.mark.parametrize("sections, path", [
@@ -203,6 +210,19 @@ WEBHOOK_OK = {"name": "hook", "match": ["*@hooks.test"], "url": "http://127.0.0.
     ({"webhook": [{**WEBHOOK_OK, "timeout": "forever"}]}, "webhook[0].timeout"),
     ({"webhook": [{**WEBHOOK_OK, "match": ["support"]}]}, "webhook[0].match[0]"),
     ({"webhook": [WEBHOOK_OK, WEBHOOK_OK]}, "webhook[1].name"),
+    ({"event_webhook": [{"name": "crm"}]}, "event_webhook[0].url"),
+    ({"event_webhook": [{**EVENTS_OK, "name": "../crm"}]}, "event_webhook[0].name"),
+    ({"event_webhook": [{**EVENTS_OK, "name": ".hidden"}]}, "event_webhook[0].name"),
+    ({"event_webhook": [{**EVENTS_OK, "events": ["delivered", "opened"]}]}, "event_webhook[0].events[1]"),
+    ({"event_webhook": [{**EVENTS_OK, "events": []}]}, "event_webhook[0].events"),
+    ({"event_webhook": [{**EVENTS_OK, "secret": "whsec_!!"}]}, "event_webhook[0].secret"),
+    ({"event_webhook": [{**EVENTS_OK, "timeout": "0s"}]}, "event_webhook[0].timeout"),
+    ({"event_webhook": [EVENTS_OK, EVENTS_OK]}, "event_webhook[1].name"),
+    ({"rspamd": {"url": "127.0.0.1:11333"}}, "rspamd.url"),
+    ({"rspamd": {"reject_score": "15"}}, "rspamd.reject_score"),
+    ({"rspamd": {"header_score": True}}, "rspamd.header_score"),
+    ({"rspamd": {"header_score": float("inf")}}, "rspamd.header_score"),
+    ({"rspamd": {"timeout": "soon"}}, "rspamd.timeout"),
     ({"limits": {"max_message_size": "25 parsecs"}}, "limits.max_message_size"),
     ({"limits": {"max_message_size": 0}}, "limits.max_message_size"),
     ({"limits": {"max_recipients": 0}}, "limits.max_recipients"),
@@ -336,6 +356,18 @@ def test_webhook_secret_may_be_a_string_or_a_list() -> None:
     assert [w.secrets for w in config.webhook] == [
         ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",), ("new", "old"), ()]
     assert (config.webhook[1].mode, config.webhook[1].timeout_seconds) == ("sync", 3.0)
+
+
+def test_event_webhooks_and_rspamd() -> None:
+    config = parse_config(with_sections(
+        event_webhook=[{**EVENTS_OK, "secret": ["new", "old"], "events": ["bounced"], "timeout": "3s"}],
+        rspamd={"url": "http://127.0.0.1:11333", "reject_score": 20, "header_score": 4.5},
+    ))
+    [webhook] = config.event_webhook
+    assert (webhook.secrets, webhook.events, webhook.timeout_seconds) == (("new", "old"), ("bounced",), 3.0)
+    assert parse_config(with_sections(event_webhook=[EVENTS_OK])).event_webhook[0].events == EVENT_TYPES
+    assert (config.rspamd.reject_score, config.rspamd.header_score, config.rspamd.timeout_seconds) == (20.0, 4.5, 5.0)
+    assert parse_config(MINIMAL).rspamd == RspamdConfig()
 
 
 @pytest.mark.parametrize("text, rate", [

@@ -22,14 +22,12 @@ from typing import Any
 
 from standardwebhooks import Webhook
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
 
 from tests.support.gateway import BIN, Gateway, STARTUP_DEADLINE_SECONDS, eventually, free_port, gateway_config
+from tests.support.http_receiver import Receiver, listen
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ALICE = "alice@example.test"  # a local user: sends, and receives the bounces
@@ -68,45 +66,6 @@ MESSAGE = (
 ).encode("ascii")
 
 
-class Receiver(Resource):
-    """An HTTP endpoint answering from a script of status codes; records every request."""
-
-    isLeaf = True
-
-    def __init__(self, codes: list[int], hang: bool = False) -> None:
-        super().__init__()
-        self.codes = codes
-        self.hang = hang
-        self.requests: list[dict[str, Any]] = []
-
-    def render_POST(self, request: Any) -> Any:
-        self.requests.append({
-            "path": request.path.decode(),
-            "headers": {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()},
-            "body": request.content.read(),
-            "at": time.monotonic(),
-        })
-        if self.hang:
-            return NOT_DONE_YET
-        request.setResponseCode(self.codes.pop(0) if len(self.codes) > 1 else self.codes[0])
-        return b"ok\n"
-
-
-class TrackingSite(Site):
-    """A Site that can drop its open connections, so nothing is left on the reactor."""
-
-    def __init__(self, resource: Resource) -> None:
-        super().__init__(resource)
-        self.channels: list[Any] = []
-
-    def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
-        self.channels.append(channel)
-        return channel
-
-
-
-
 def send(port: int, recipients: list[str], message: bytes = MESSAGE, sender: str = ALICE) -> tuple[int, bytes]:
     """One SMTP transaction; the reply to DATA (smtplib, blocking)."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
@@ -131,18 +90,7 @@ class WebhookGatewayTests(TestCase):
 
     def receive(self, codes: list[int], hang: bool = False) -> Receiver:
         receiver = Receiver(codes, hang)
-        site = TrackingSite(receiver)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.url = f"http://127.0.0.1:{port.getHost().port}/inbound"
-
-        async def close() -> None:
-            await port.stopListening()
-            for channel in site.channels:
-                if getattr(channel, "transport", None) is not None:
-                    channel.transport.abortConnection()
-            await deferLater(reactor, 0, lambda: None)  # let the aborts be processed
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(close()))
+        self.url = listen(self, receiver, path="/inbound")
         return receiver
 
     async def start(self, extra_config: str = "", **webhook: Any) -> Gateway:
