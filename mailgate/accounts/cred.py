@@ -60,7 +60,7 @@ class AccountsChecker:
         self._accounts = accounts
         self._run_blocking = run_blocking
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes | tuple[()]]:
         try:
             address = _text(credentials.username).strip()
             password = _text(credentials.password)
@@ -70,16 +70,17 @@ class AccountsChecker:
             return fail(UnauthorizedLogin("empty user name or NUL in credentials"))
         recently = getattr(self._accounts, "verified_recently", None)
         if recently is not None and recently(address, password):
-            return succeed(address.lower())
+            return succeed(address.lower().encode("utf-8"))
         d = self._run_blocking(self._accounts.verify, address, password)
         d.addCallback(self._avatar_id, address)
         return d
 
     @staticmethod
-    def _avatar_id(ok: bool, address: str) -> str:
+    def _avatar_id(ok: bool, address: str) -> bytes:
+        """twisted.cred's avatar ids are bytes: the address's UTF-8 (AddressRealm decodes it)."""
         if not ok:
             raise UnauthorizedLogin("bad credentials")
-        return address.lower()
+        return address.lower().encode("utf-8")
 
 
 @implementer(IRealm)
@@ -87,9 +88,11 @@ class AddressRealm:
     """The avatar is just the address: protocols look the mailbox up themselves."""
 
     def requestAvatar(
-        self, avatarId: str, mind: object, *interfaces: type[Interface]
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: type[Interface]
     ) -> tuple[type[Interface], str, Callable[[], None]]:
-        return interfaces[0] if interfaces else IMailAccount, avatarId, lambda: None
+        if not isinstance(avatarId, bytes):
+            raise UnauthorizedLogin("anonymous login is not offered")
+        return interfaces[0] if interfaces else IMailAccount, avatarId.decode("utf-8"), lambda: None
 
 
 def build_portal(accounts: PasswordStore, reactor: IReactorThreads) -> Portal:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import IO
+from typing import IO, cast
 
 from twisted.cred.portal import Portal
 from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.interfaces import IAddress, IDelayedCall, IOpenSSLContextFactory, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IOpenSSLContextFactory, IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,7 +62,8 @@ class POP3Factory(protocol.ServerFactory):
         self.plaintext_auth = plaintext_auth
         self.reactor = reactor
         self.idle_timeout_seconds = idle_timeout_seconds
-        self.run_blocking = run_blocking or thread_runner(reactor)
+        # Without run_blocking the reactor is also IReactorThreads (a real reactor is).
+        self.run_blocking = run_blocking or thread_runner(cast(IReactorThreads, reactor))
         self.throttle = throttle or AuthThrottle(reactor)
         if portal is None:
             if accounts is None:

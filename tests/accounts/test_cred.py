@@ -49,11 +49,11 @@ class CheckerTests(SynchronousTestCase):
 
     def test_good_password_gives_lower_cased_address(self) -> None:
         d = self.checker.requestAvatarId(UsernamePassword(b"Alice@Example.TEST", b"s3cret pw"))
-        self.assertEqual(self.successResultOf(d), "alice@example.test")
+        self.assertEqual(self.successResultOf(d), b"alice@example.test")
 
     def test_text_credentials_work_too(self) -> None:
         d = self.checker.requestAvatarId(UsernamePassword("alice@example.test", "s3cret pw"))
-        self.assertEqual(self.successResultOf(d), "alice@example.test")
+        self.assertEqual(self.successResultOf(d), b"alice@example.test")
 
     def test_wrong_password(self) -> None:
         d = self.checker.requestAvatarId(UsernamePassword(b"alice@example.test", b"nope"))
@@ -64,7 +64,7 @@ class CheckerTests(SynchronousTestCase):
         checker = AccountsChecker(self.accounts, lambda f, *a: calls.append(f) or run_now(f, *a))
         credentials = UsernamePassword(b"alice@example.test", b"s3cret pw")
         self.successResultOf(checker.requestAvatarId(credentials))
-        self.assertEqual(self.successResultOf(checker.requestAvatarId(credentials)), "alice@example.test")
+        self.assertEqual(self.successResultOf(checker.requestAvatarId(credentials)), b"alice@example.test")
         self.assertEqual(len(calls), 1)
         self.failureResultOf(checker.requestAvatarId(UsernamePassword(b"alice@example.test", b"x")),
                              UnauthorizedLogin)
