@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Union
 import pluggy
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from mailgate.config import GatewayConfig
     from mailgate.core.session import Envelope, Session
 
@@ -23,18 +25,64 @@ Maybe = Union[Any, Awaitable[Any]]
 
 
 @hookspec
-def mailgate_configure(config: GatewayConfig) -> Maybe:
+def mailgate_configure(config: GatewayConfig, reactor: IReactorTime) -> Maybe:
     """Read settings and open resources, once, before any listener starts.
 
     Every plugin is called; Deferreds and coroutines are awaited before
     start-up goes on. A plugin reads its own table as `config.plugin["NAME"]`.
-    Raising `mailgate.config.ConfigError` stops start-up with its message.
+    `reactor` is the one mailgate runs on (a `task.Clock` in tests): take
+    time, timers and connections from it rather than importing the global
+    reactor. Raising `mailgate.config.ConfigError` stops start-up with its
+    message.
 
-    Added in 0.1.
+    Added in 0.1 (`reactor` in 0.2).
     """
 
 
 # --- SMTP session -----------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def mailgate_connect(session: Session) -> Maybe:
+    """Refuse a client before it is greeted.
+
+    Called once per SMTP connection, after the built-in connection limits
+    and before the greeting, while the client waits. `session` knows the
+    client's address and the listener. Return None to greet the client, or
+    a refusal reply (`"554 5.7.1 text"`, `"421 4.7.0 text"`): the client
+    hears it instead of the greeting and the connection is closed. The first
+    non-None answer wins.
+
+    Added in 0.2.
+    """
+
+
+@hookspec(firstresult=True)
+def mailgate_helo(session: Session, name: str) -> Maybe:
+    """Refuse a HELO or EHLO name.
+
+    Called on every HELO and EHLO with the name the client gave (`session`
+    still holds the previous one). Return None to accept it, or a refusal
+    reply: the client hears it and must greet again. The first non-None
+    answer wins.
+
+    Added in 0.2.
+    """
+
+
+@hookspec(firstresult=True)
+def mailgate_mail_from(session: Session, envelope: Envelope, sender: str) -> Maybe:
+    """Refuse a sender at MAIL FROM, once per transaction rather than once per RCPT.
+
+    Called on MAIL FROM once the command's syntax and parameters are known
+    good, before the built-in sender checks (ownership, `limits.sender_rate`,
+    which are plugins on this hook too, asked after yours). `sender` is the
+    normalized address ("" for the null sender); `envelope` is the
+    transaction being opened (its `parameters` hold the ESMTP parameters).
+    Return None to go on, or a refusal reply. The first non-None answer wins.
+
+    Added in 0.2.
+    """
 
 
 @hookspec(firstresult=True)
@@ -86,7 +134,7 @@ def mailgate_verify(address: str) -> Maybe:
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def mailgate_message(session: Session, envelope: Envelope, message: bytes) -> Maybe:
     """See, refuse or change one message before it is stored or queued.
 
@@ -95,9 +143,10 @@ def mailgate_message(session: Session, envelope: Envelope, message: bytes) -> Ma
     whole message as received (CRLF line ends, without mailgate's trace
     fields). Return None to go on; a refusal reply (`"550 5.7.1 text"`,
     `"451 4.7.1 text"`) to refuse the message; or a `mailgate.MessageChange`
-    adding header fields at the top and/or replacing the message. The first
-    non-None answer wins: a refusal ends the transaction, a change is applied
-    and the later plugins are not asked.
+    adding header fields at the top, replacing the message, and/or giving
+    some recipients new routes. Every plugin is called in turn, each seeing
+    the message as the ones before it changed it, until one refuses: the
+    refusal ends the transaction and later plugins are not asked.
 
     Added in 0.2.
     """

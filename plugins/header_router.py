@@ -1,4 +1,4 @@
-"""Example plugin: route recipients by regular expression; the first matching rule wins.
+"""Example plugin: route a message's recipients by a header field; the first matching rule wins.
 
     [plugins]
     paths = ["plugins"]
@@ -6,20 +6,26 @@
 
     [plugin.header_router]
     rules = [
-      {match = '^support\\+.*@example\\.test$', route = "smtp:127.0.0.1:2626"},
-      {match = '@spam\\.test$', route = "reject:550 5.7.1 no"},
+      {header = "X-Ticket-Queue", match = '^support$', route = "webhook:tickets"},
+      {header = "Subject", match = '\\[invoice\\]', route = "smtp:127.0.0.1:2626"},
     ]
 
-Rules match the recipient address (lower-cased), not headers: routes are
-chosen at RCPT TO, before the client has sent the message.
+At the end of DATA (mailgate_message) the first rule whose header field's
+value matches (a regular expression, case-insensitive, searched in the
+unfolded value) gives every recipient of the message that route, through
+`MessageChange(routes=...)`. The recipients were accepted at RCPT TO as
+usual, so mail for domains nobody routes is still refused there; a rule
+cannot refuse (DATA has one reply for all recipients), use address_router
+or a reject route at RCPT for that.
 """
 
 import re
 
-from mailgate import hookimpl
+from mailgate import MessageChange, hookimpl
 from mailgate.config import ConfigError
 
-_rules: list[tuple[re.Pattern[str], str]] = []
+_rules: list[tuple[bytes, re.Pattern[str], str]] = []
+_FOLD = re.compile(r"\r\n[ \t]+")
 
 
 @hookimpl
@@ -28,8 +34,9 @@ def mailgate_configure(config):
     rules, problems = [], []
     for i, rule in enumerate(config.plugin.get("header_router", {}).get("rules", [])):
         try:
-            rules.append((re.compile(rule["match"], re.IGNORECASE), str(rule["route"])))
-        except (KeyError, TypeError, re.error) as exc:  # a bad rule stops start-up, named
+            name = str(rule["header"]).lower().encode("ascii")
+            rules.append((name, re.compile(rule["match"], re.IGNORECASE), str(rule["route"])))
+        except (KeyError, TypeError, UnicodeError, re.error) as exc:  # a bad rule stops start-up, named
             problems.append(f"plugin.header_router.rules[{i}]: bad rule ({exc!r})")
     if problems:
         raise ConfigError(problems)
@@ -37,8 +44,22 @@ def mailgate_configure(config):
 
 
 @hookimpl
-def mailgate_route(recipient, envelope):
-    for pattern, route in _rules:
-        if pattern.search(recipient):
-            return route
-    return None  # not ours: later plugins and the built-ins decide
+def mailgate_message(envelope, message):
+    if not _rules:
+        return None
+    fields = _header_fields(message)
+    for name, pattern, route in _rules:
+        if any(pattern.search(value) for value in fields.get(name, ())):
+            return MessageChange(routes={recipient: route for recipient in envelope.routes})
+    return None  # no rule matched: the routes chosen at RCPT TO stand
+
+
+def _header_fields(message):
+    """Lower-cased field name -> its unfolded values, from the header section only."""
+    head = message.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    fields = {}
+    for line in _FOLD.sub(" ", head).split("\r\n"):
+        name, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(name.strip().lower().encode("ascii", "replace"), []).append(value.strip())
+    return fields

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 
 from mailgate.config import GatewayConfig
 from mailgate.core.route import host_port
+from mailgate.hooks.calling import Hooks
 from mailgate.inbound.transaction import Deliverer
 from mailgate.net.dns import MXResolver, make_resolver
 from mailgate.outbound.bounces import BounceSender
@@ -35,7 +36,7 @@ class Pipeline:
     smtp: SMTPTransport
 
 
-def build_pipeline(config: GatewayConfig, hooks: Any, reactor: Any,
+def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
                    run_blocking: Callable[..., Deferred]) -> Pipeline:
     """Everything between a session's accepted message and its last delivery attempt."""
     hostname, relay = config.server.hostname, config.relay

@@ -20,6 +20,7 @@ from twisted.python.threadpool import ThreadPool
 
 from mailgate.accounts.cred import AuthThrottle, build_portal
 from mailgate.config import GatewayConfig, ListenConfig
+from mailgate.hooks.calling import Hooks
 from mailgate.inbound.transaction import Deliverer
 from mailgate.app.pipeline import build_pipeline
 from mailgate.outbound.scheduler import Scheduler
@@ -45,12 +46,12 @@ class GatewayService(MultiService):
     """
 
     def __init__(
-        self, config: GatewayConfig, plugin_manager: Any, reactor: Any, configured: Deferred
+        self, config: GatewayConfig, hooks: Hooks, reactor: Any, configured: Deferred
     ) -> None:
         super().__init__()
         self._configured = configured
         self.config = config
-        self.plugin_manager = plugin_manager
+        self.hooks = hooks
         self.reactor = reactor
         self.threadpool = ThreadPool(minthreads=0, maxthreads=DISK_THREADS, name="mailgate-disk")
         self.factories: list[Any] = []
@@ -76,7 +77,7 @@ class GatewayService(MultiService):
 
     def _build_listeners(self) -> None:
         tls_options = self._tls_options()
-        pipeline = build_pipeline(self.config, self.plugin_manager.hook, self.reactor, self.run_blocking)
+        pipeline = build_pipeline(self.config, self.hooks, self.reactor, self.run_blocking)
         self.outbound, self.relay, deliverer = pipeline.scheduler, pipeline.smtp, pipeline.deliverer
         self.accounts = Accounts(self.config.users.file)
         self.portal = build_portal(self.accounts, self.reactor)
@@ -118,7 +119,7 @@ class GatewayService(MultiService):
         if listener.protocol == "pop3":
             return self._pop3_factory(listener, tls_options)
         return SMTPFactory(ListenerPolicy(
-            self.config, listener, self.plugin_manager.hook, deliverer, self.reactor,
+            self.config, listener, self.hooks, deliverer, self.reactor,
             tls_options, portal=self.portal, throttle=self.throttle,
         ))
 

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from mailgate.config import ConfigError, GatewayConfig, load_config
-from mailgate.hooks.calling import call_all
+from mailgate.hooks.calling import Hooks
 from mailgate.builtin import load_plugins
 
 DEFAULT_CONFIG = "etc/mailgate.toml"
@@ -42,11 +42,11 @@ def build_service(config: GatewayConfig, reactor: Any, extra_plugins: tuple = ()
     """
     from mailgate.app.service import GatewayService
 
-    manager = load_plugins(config, extra_plugins)
-    configured = Deferred.fromCoroutine(call_all(manager.hook.mailgate_configure, config=config))
+    hooks = Hooks(load_plugins(config, extra_plugins), reactor, config.plugins.timeout_seconds)
+    configured = Deferred.fromCoroutine(hooks.each("mailgate_configure", config=config, reactor=reactor))
     if configured.called:  # every plugin answered synchronously: errors surface now
         failures: list[Any] = []
         configured.addErrback(failures.append)
         if failures:
             failures[0].raiseException()
-    return GatewayService(config, manager, reactor, configured)
+    return GatewayService(config, hooks, reactor, configured)

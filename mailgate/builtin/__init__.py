@@ -11,17 +11,26 @@ from mailgate.hooks.manager import build_plugin_manager
 
 
 def builtin_plugins() -> list[object]:
-    """The default plugins, in registration order (asked last to first)."""
+    """The default plugins, in registration order: pluggy asks the last registered first.
+
+    Operators' plugins are registered after all of these, so they are asked
+    before any built-in (unless a built-in is marked tryfirst, as loop
+    detection is). The order, as asked at each hook (docs/plugins.md):
+
+    - mailgate_mail_from: sender policy (ownership, then rate).
+    - mailgate_route: pipe (none), forward rules, lists, webhooks, transport
+      table, local mailboxes, relay policy (asked last: the catch-all).
+    - mailgate_message: loop detection (first of all), rspamd (last).
+    """
     from mailgate.builtin import (
-        event_webhook, forward, lists, local, pipe, relay_policy, rspamd, transport, webhook,
+        event_webhook, forward, lists, local, loop_detection, pipe, relay_policy, rspamd, sender_policy, transport,
+        webhook,
     )
 
-    # rspamd first, so asked last of the built-ins at the end of DATA: its
-    # X-Spam change is a first answer, which would end the asking early.
     return [
         rspamd.RspamdScanner(), relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(),
         webhook.WebhookGateway(), lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(),
-        event_webhook.EventWebhooks(),
+        event_webhook.EventWebhooks(), sender_policy.SenderPolicy(), loop_detection.LoopDetection(),
     ]
 
 

@@ -95,8 +95,8 @@ class RelayConfig:
 @dataclass(frozen=True)
 class WebhookConfig:
     name: str
-    match: tuple[str, ...]
     url: str
+    match: tuple[str, ...] = ()  # none: reached only through routes (relay.transport, plugins)
     secrets: tuple[str, ...] = ()  # `secret` as a list; several sign during rotation
     format: str = "json"  # json | raw
     mode: str = "queued"  # queued | sync
@@ -153,6 +153,7 @@ class LimitsConfig:
 class PluginsConfig:
     paths: tuple[str, ...] = ("plugins",)
     enable: tuple[str, ...] = ()
+    timeout_seconds: float = 30.0  # per plugin and hook call; then the plugin has failed (4xx, fail closed)
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,7 @@ _RELAY = {
 }
 _WEBHOOK = {
     "name": Key(text, required=True),
-    "match": Key(list_of(pattern, non_empty=True), required=True),
+    "match": Key(list_of(pattern)),
     "url": Key(url, required=True),
     "secret": Key(secrets, "secrets"),
     "format": Key(choice("json", "raw")),
@@ -202,7 +202,8 @@ _SECURITY = {
     "bare_newline": Key(choice("reject", "normalize")),
     "sender_login": Key(choice("owned", "any")),
 }
-_PLUGINS = {"paths": Key(list_of(text)), "enable": Key(list_of(module_name))}
+_PLUGINS = {"paths": Key(list_of(text)), "enable": Key(list_of(module_name)),
+            "timeout": Key(_duration, "timeout_seconds")}
 _DOCUMENT = {
     "server": Key(table_of(ServerConfig, {"hostname": Key(domain), "state_dir": Key(text)})),
     "listen": Key(list_of(table_of(ListenConfig, _LISTEN, _default_auth), True, "name"), required=True),

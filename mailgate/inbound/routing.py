@@ -3,44 +3,45 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from twisted.logger import Logger
 
 from mailgate.core.reply import Reply
 from mailgate.core.route import Route, RouteError
 from mailgate.core.session import Envelope
-from mailgate.hooks.calling import first_answer
+from mailgate.hooks.calling import FAILED, HookFailed, Hooks
 
 log = Logger()
 
 MAX_FORWARD_DEPTH = 10
 LOOP = Reply(554, "5.4.6", "Mail forwarding loop detected")
 UNKNOWN_USER = Reply(550, "5.1.1", "Recipient address rejected: User unknown")
-PLUGIN_ERROR = Reply(451, "4.3.0", "Temporary routing failure, try again later")
 
 Resolved = list[tuple[str, Route]]  # (delivery address, route), in order
 
 
-async def route_recipient(hooks: Any, recipient: str, envelope: Envelope) -> Route | Reply:
+async def route_recipient(hooks: Hooks, recipient: str, envelope: Envelope) -> Route | Reply:
     """The route for one recipient, or the refusal the client should hear.
 
-    No answer is an unknown user; a `reject:` route is its own reply; an
-    answer that is not a route is a plugin's mistake, so the client hears
-    a temporary failure (fail closed) and the log says what was wrong.
+    No answer is an unknown user; a `reject:` route is its own reply; a
+    plugin that fails, or answers with something that is not a route, makes
+    the client hear a temporary failure (fail closed), the log saying why.
     """
-    answer = await first_answer(hooks.mailgate_route, recipient=recipient, envelope=envelope)
+    try:
+        answer = await hooks.first("mailgate_route", recipient=recipient, envelope=envelope)
+    except HookFailed:
+        return FAILED
     if answer is None:
         return UNKNOWN_USER
     try:
         route = Route(answer)
         return route.refusal() if route.scheme == "reject" else route
     except RouteError as error:
-        log.error("mailgate_route for {rcpt}: {error}", rcpt=recipient, error=error)
-        return PLUGIN_ERROR
+        log.error("mailgate_route for {rcpt}: {error}; failing closed", rcpt=recipient, error=error)
+        return FAILED
 
 
-async def resolve(hooks: Any, recipient: str, envelope: Envelope) -> Resolved | Reply:
+async def resolve(hooks: Hooks, recipient: str, envelope: Envelope) -> Resolved | Reply:
     """Every (delivery address, route) one RCPT TO stands for, or its refusal.
 
     `mailgate_forward` may replace a recipient by others, which are resolved
@@ -52,8 +53,11 @@ async def resolve(hooks: Any, recipient: str, envelope: Envelope) -> Resolved | 
     return await _resolve(hooks, recipient, envelope, chain=(recipient,))
 
 
-async def _resolve(hooks: Any, recipient: str, envelope: Envelope, chain: tuple[str, ...]) -> Resolved | Reply:
-    targets = await first_answer(hooks.mailgate_forward, recipient=recipient)
+async def _resolve(hooks: Hooks, recipient: str, envelope: Envelope, chain: tuple[str, ...]) -> Resolved | Reply:
+    try:
+        targets = await hooks.first("mailgate_forward", recipient=recipient)
+    except HookFailed:
+        return FAILED
     if targets is None:
         return _one(recipient, await route_recipient(hooks, recipient, envelope))
     if len(chain) > MAX_FORWARD_DEPTH:
@@ -77,7 +81,7 @@ def _one(recipient: str, route: Route | Reply) -> Resolved | Reply:
     return route if isinstance(route, Reply) else [(recipient, route)]
 
 
-async def accept_recipient(hooks: Any, envelope: Envelope, recipient: str) -> Reply:
+async def accept_recipient(hooks: Hooks, envelope: Envelope, recipient: str) -> Reply:
     """RCPT TO for an address already parsed: route it and add it to the envelope.
 
     The SMTP session and `mailgate.testing` both answer RCPT with this, so
@@ -92,7 +96,7 @@ async def accept_recipient(hooks: Any, envelope: Envelope, recipient: str) -> Re
     return Reply(250, "2.1.5", "Ok")
 
 
-async def expand_list(hooks: Any, address: str) -> list[str]:
+async def expand_list(hooks: Hooks, address: str) -> list[str]:
     """A list's members with nested lists flattened, each address once.
 
     A list that contains itself, directly or through another, is expanded
@@ -100,14 +104,14 @@ async def expand_list(hooks: Any, address: str) -> list[str]:
     """
     members: dict[str, None] = {}
     seen = {address}
-    pending = [await first_answer(hooks.mailgate_expand, address=address)]
+    pending = [await hooks.first("mailgate_expand", address=address)]
     while pending:
         for member in pending.pop(0) or ():
             member = member.lower()
             if member in seen:
                 continue
             seen.add(member)
-            nested = await first_answer(hooks.mailgate_expand, address=member)
+            nested = await hooks.first("mailgate_expand", address=member)
             if nested is None:
                 members[member] = None
             else:

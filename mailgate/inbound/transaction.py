@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
@@ -28,7 +28,7 @@ from mailgate.core.reply import Reply
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope
 from mailgate.core.trace import trace_header
-from mailgate.hooks.calling import first_answer
+from mailgate.hooks.calling import Hooks
 from mailgate.inbound.routing import expand_list, resolve, route_recipient
 from mailgate.outbound.spooler import NewEntry
 from mailgate.store.maildir_writer import StoredMessage
@@ -67,7 +67,7 @@ class Part:
 class Deliverer:
     """Makes an accepted message durable, everywhere it goes, before the client hears 250."""
 
-    def __init__(self, store: Mailboxes, spool: Spool, hooks: Any, hostname: str = "localhost") -> None:
+    def __init__(self, store: Mailboxes, spool: Spool, hooks: Hooks, hostname: str = "localhost") -> None:
         self._store = store
         self._spool = spool
         self._hooks = hooks
@@ -137,9 +137,7 @@ class Deliverer:
             if wire is None:
                 wire = part.message.wire_form()
             scoped = replace(part.envelope, rcpt_to=recipients)
-            answer = await first_answer(
-                self._hooks.mailgate_deliver_inline, route=route, envelope=scoped, message=wire
-            )
+            answer = await self._hooks.first("mailgate_deliver_inline", route=route, envelope=scoped, message=wire)
             if answer is None:
                 remaining.extend((recipient, route) for recipient in recipients)
         return remaining

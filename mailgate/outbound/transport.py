@@ -9,7 +9,7 @@ SMTP, webhooks or programs, as chasquid's couriers work.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Hashable, Protocol
+from typing import Awaitable, Callable, Hashable, Protocol
 
 from twisted.logger import Logger
 
@@ -18,7 +18,7 @@ from mailgate.core.reply import Reply
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope
 from mailgate.core.wire import CRLFConverter
-from mailgate.hooks.calling import first_answer
+from mailgate.hooks.calling import HookFailed, Hooks
 
 log = Logger()
 
@@ -80,14 +80,12 @@ class HookTransport:
     Webhooks, the pipe gateway and plugins' own schemes deliver this way:
     once per message and route, with that route's pending recipients.
     `load_message` gives a job's message as plugins get it (CRLF bytes).
-    A plugin that raises anything but a DeliveryError defers its mail
-    (fail closed), unless `fail_closed` is off: `mailgate.testing` lets
-    the bug propagate to the plugin author's test.
+    A plugin that fails (raises anything but a DeliveryError, or times
+    out) defers its mail: fail closed.
     """
 
-    def __init__(self, hooks: Any, load_message: Callable[[DeliveryJob], Awaitable[bytes]],
-                 fail_closed: bool = True) -> None:
-        self._hooks, self._load_message, self._fail_closed = hooks, load_message, fail_closed
+    def __init__(self, hooks: Hooks, load_message: Callable[[DeliveryJob], Awaitable[bytes]]) -> None:
+        self._hooks, self._load_message = hooks, load_message
 
     def destination(self, recipient: str, route: Route) -> Hashable:
         return route
@@ -96,17 +94,14 @@ class HookTransport:
         recipients = job.envelope.rcpt_to
         message = await self._load_message(job)
         try:
-            answer = await first_answer(self._hooks.mailgate_deliver, route=job.route, envelope=job.envelope,
-                                        message=message)
+            answer = await self._hooks.first("mailgate_deliver", route=job.route, envelope=job.envelope,
+                                             message=message)
         except DeliveryError as exc:
             log.info("{id}: route {route}: {reply} ({reason})", id=job.queue_id, route=job.route,
                      reply=exc.reply, reason=exc.reason)
             return same_result(recipients, exc.reply)
-        except Exception as exc:  # fail closed: a crashing plugin means "try later"
-            if not self._fail_closed:
-                raise
-            log.failure("plugin delivery crashed for route {route}", route=job.route)
-            return same_result(recipients, Reply(451, "4.3.0", f"plugin error: {exc!r}"))
+        except HookFailed as failure:  # fail closed: a crashing plugin means "try later"
+            return same_result(recipients, Reply(451, "4.3.0", f"plugin {failure.plugin} failed: {failure.problem}"))
         if answer is None:
             return same_result(recipients, Reply(451, "4.3.5", f"no plugin delivers route {job.route}"))
         return same_result(recipients, Reply(250, "2.0.0", "delivered by plugin"))

@@ -2,8 +2,9 @@
 
 `data` checks the transaction and hands the session a DataReader, which
 then takes the body in bulk; at the end of the data the session calls
-`finish_message`, which refuses what the reader found wrong and gives a good
-message, with its Received: header, to the deliverer.
+`finish_message`, which refuses what the reader found wrong, lets the
+`mailgate_message` plugins see and change the message, and gives it, with
+its Received: header, to the deliverer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from mailgate.core.errors import DeliveryError
 from mailgate.core.reply import Reply
 from mailgate.core.session import Envelope
 from mailgate.core.trace import trace_header
+from mailgate.hooks.calling import FAILED, HookFailed
+from mailgate.inbound.message_hooks import run_message_hooks
 from mailgate.smtp.channel import Channel
 from mailgate.smtp.data_reader import DataReader
 from mailgate.smtp.policy import ListenerPolicy
@@ -26,7 +29,6 @@ from mailgate.store.maildir_writer import StoredMessage
 
 log = Logger()
 
-MAX_RECEIVED_HEADERS = 50  # more means a mail loop (RFC 5321 6.3); Postfix uses 50 too
 GO_AHEAD = Reply(354, text="End data with <CR><LF>.<CR><LF>")
 DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
@@ -35,7 +37,6 @@ TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 BARE_NEWLINE = Reply(550, "5.5.2", "Message contains bare CR or LF characters")
 NUL = Reply(550, "5.5.2", "Message contains NUL characters")
-LOOP = Reply(554, "5.4.6", "Too many Received headers: mail loop detected")
 
 _ids = itertools.count(1)
 _pid = f"{os.getpid():X}"  # not a system call per message; twistd forks after import
@@ -70,22 +71,55 @@ def data(argument: str, state: SessionState, channel: Channel, policy: ListenerP
 
 async def finish_message(reader: DataReader, envelope: Envelope, esmtp: bool, policy: ListenerPolicy) -> Reply:
     """The reply ending DATA: a refusal, the deliverer's failure, or "queued as"."""
-    refusal = data_refusal(reader, policy.config.security.bare_newline)
-    if refusal is not None:
-        return refusal
     queue_id = transaction_id()
-    header = received_header(envelope, esmtp, queue_id, policy.config.server.hostname)
-    message = StoredMessage.build(header, reader.chunks, reader.size, reader.lines)
+    refusal = data_refusal(reader, policy.config.security.bare_newline)
+    message: StoredMessage | Reply = refusal if refusal is not None else await _message(reader, envelope, esmtp,
+                                                                                         queue_id, policy)
+    if isinstance(message, Reply):
+        return _refused(envelope, queue_id, message, policy)
     try:
         await policy.deliverer.deliver(envelope, message, queue_id)
     except DeliveryError as exc:
         log.warn("{id}: delivery failed: {reason}", id=queue_id, reason=exc.reason)
-        return exc.reply
+        return _refused(envelope, queue_id, exc.reply, policy)
     log.info(
         "{id}: from=<{sender}> to={rcpts} size={size} delivered",
         id=queue_id, sender=envelope.mail_from, rcpts=len(envelope.rcpt_to), size=message.size,
     )
+    if policy.events.wanted:
+        for recipient, route in envelope.routes.items():
+            policy.events.emit("received", queue_id=queue_id, mail_from=envelope.mail_from, recipient=recipient,
+                               route=route, client=envelope.session.peer)
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+async def _message(reader: DataReader, envelope: Envelope, esmtp: bool, queue_id: str,
+                   policy: ListenerPolicy) -> StoredMessage | Reply:
+    """The message to store, as the mailgate_message plugins left it, or their refusal."""
+    header = received_header(envelope, esmtp, queue_id, policy.config.server.hostname)
+    if not policy.hooks.implemented("mailgate_message"):
+        return StoredMessage.build(header, reader.chunks, reader.size, reader.lines)
+    wire = b"".join(reader.chunks).replace(b"\n", b"\r\n")
+    try:
+        changed = await run_message_hooks(policy.hooks, envelope, wire, policy.config.limits.max_message_size)
+    except HookFailed:
+        return FAILED
+    if isinstance(changed, Reply):
+        return changed
+    header += b"".join(changed.headers).replace(b"\r\n", b"\n")
+    envelope.routes.update(changed.routes)
+    if not changed.replaced:
+        return StoredMessage.build(header, reader.chunks, reader.size, reader.lines)
+    body = changed.message.replace(b"\r\n", b"\n")
+    return StoredMessage.build(header, [body], len(body), body.count(b"\n"))
+
+
+def _refused(envelope: Envelope, queue_id: str, reply: Reply, policy: ListenerPolicy) -> Reply:
+    if policy.events.wanted:
+        for recipient, route in envelope.routes.items():
+            policy.events.emit("refused", queue_id=queue_id, mail_from=envelope.mail_from, recipient=recipient,
+                               route=route, reply=reply, client=envelope.session.peer)
+    return reply
 
 
 def received_header(envelope: Envelope, esmtp: bool, queue_id: str, hostname: str) -> bytes:
@@ -110,6 +144,4 @@ def data_refusal(reader: DataReader, bare_newline_policy: str) -> Reply | None:
         return BARE_NEWLINE
     if reader.nul_byte and bare_newline_policy == "reject":
         return NUL
-    if reader.received_headers() > MAX_RECEIVED_HEADERS:
-        return LOOP
     return None

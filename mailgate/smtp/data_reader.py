@@ -78,22 +78,6 @@ class DataReader:
             return
         self.chunks.append(text)
 
-    def received_headers(self) -> int:
-        """How many Received: fields the header section holds (mail loop check).
-
-        Only the first chunks are looked at, up to the blank line ending the
-        header section: the body is never scanned.
-        """
-        count, at_start = 0, True
-        for chunk in self.chunks:
-            end = chunk.find(b"\n\n")
-            head = (b"\n" if at_start else b"") + (chunk if end < 0 else chunk[: end + 1])
-            count += head.lower().count(b"\nreceived:")
-            if end >= 0 or (at_start and chunk.startswith(b"\n")):
-                break
-            at_start = chunk.endswith(b"\n")
-        return count
-
     def _check_lines(self, block: bytes) -> None:
         if block.count(b"\n") != block.count(b"\r\n"):
             self.bare_newline = True

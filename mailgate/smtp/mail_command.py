@@ -1,14 +1,19 @@
-"""MAIL FROM (RFC 5321 4.1.1.2): parameters, sender ownership, sender rate, relay permission."""
+"""MAIL FROM (RFC 5321 4.1.1.2): the path and its parameters, the plugins' verdict, relay permission.
+
+Who may send as whom and how fast are built-in plugins on
+`mailgate_mail_from` (mailgate.builtin.sender_policy), asked after the
+operator's own plugins.
+"""
 
 from __future__ import annotations
 
-import math
 from ipaddress import ip_address
 
 from mailgate.core.addresses import AddressError, normalize_mailbox, parse_command_path
 from mailgate.core.reply import Reply
 from mailgate.core.session import Envelope
-from mailgate.smtp.channel import Channel
+from mailgate.hooks.calling import FAILED, HookFailed
+from mailgate.smtp.channel import Channel, Pending
 from mailgate.smtp.policy import ListenerPolicy
 from mailgate.smtp.state import SessionState
 
@@ -17,11 +22,10 @@ NEED_HELO = Reply(503, "5.5.1", "Send HELO/EHLO first")
 NESTED = Reply(503, "5.5.1", "Nested MAIL command")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
-NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
 
 
-def mail(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply:
-    """Open the envelope, or say why not."""
+def mail(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
+    """Open the envelope, or say why not; the plugins' verdict is awaited (a coroutine)."""
     session = state.session
     if not session.helo:
         return NEED_HELO
@@ -34,15 +38,28 @@ def mail(argument: str, state: SessionState, channel: Channel, policy: ListenerP
         sender = normalize_mailbox(path) if path else ""
     except AddressError as exc:
         return Reply(501, "5.5.4", str(exc))
-    refusal = (
-        parameter_refusal(params, policy)
-        or ownership_refusal(sender, session.user, policy)
-        or rate_refusal(session.user, policy)  # last: it spends a token
-    )
+    refusal = parameter_refusal(params, policy)
     if refusal is not None:
         return refusal
-    state.envelope = Envelope(mail_from=sender, parameters=params, session=session,
-                              may_relay=may_relay(session.user, session.peer, policy))
+    envelope = Envelope(mail_from=sender, parameters=params, session=session,
+                        may_relay=may_relay(session.user, session.peer, policy))
+    if not policy.hooks.implemented("mailgate_mail_from"):
+        state.envelope = envelope
+        return OK
+    return _ask_plugins(envelope, state, policy)
+
+
+async def _ask_plugins(envelope: Envelope, state: SessionState, policy: ListenerPolicy) -> Reply:
+    """mailgate_mail_from: a plugin's refusal, or the transaction opens."""
+    try:
+        refusal = await policy.hooks.refusal("mailgate_mail_from", session=envelope.session, envelope=envelope,
+                                             sender=envelope.mail_from)
+    except HookFailed:
+        refusal = FAILED
+    if refusal is not None:
+        policy.events.emit("refused", mail_from=envelope.mail_from, reply=refusal, client=envelope.session.peer)
+        return refusal
+    state.envelope = envelope
     return OK
 
 
@@ -56,25 +73,6 @@ def parameter_refusal(params: dict[str, str | None], policy: ListenerPolicy) -> 
             continue
         else:
             return Reply(555, "5.5.4", f"Unsupported parameter {name}")
-    return None
-
-
-def ownership_refusal(sender: str, user: str | None, policy: ListenerPolicy) -> Reply | None:
-    """An authenticated user sends as itself or its aliases, not as anyone."""
-    if user is None or not sender or policy.config.security.sender_login == "any":
-        return None
-    if sender != user and user not in policy.owned_senders.get(sender, ()):
-        return NOT_OWNED
-    return None
-
-
-def rate_refusal(user: str | None, policy: ListenerPolicy) -> Reply | None:
-    """limits.sender_rate: messages per authenticated user, counted at MAIL."""
-    if user is None:
-        return None
-    wait = policy.sender_rate.take(user)
-    if wait:
-        return Reply(450, "4.7.1", f"Sender rate limit exceeded, try again in {math.ceil(wait)} seconds")
     return None
 
 

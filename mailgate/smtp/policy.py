@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from pluggy import HookRelay
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 
 from mailgate.accounts.cred import AuthThrottle
 from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.core.session import Envelope
-from mailgate.limits.rate import RateLimiter
+from mailgate.hooks.calling import Hooks
+from mailgate.hooks.events import Events
 from mailgate.store.maildir_writer import StoredMessage
 
 
@@ -38,7 +38,7 @@ class ListenerPolicy:
         self,
         config: GatewayConfig,
         listener: ListenConfig,
-        hooks: HookRelay,
+        hooks: Hooks,
         deliverer: MessageDeliverer,
         clock: IReactorTime,
         tls_options: IOpenSSLContextFactory | None = None,
@@ -55,15 +55,5 @@ class ListenerPolicy:
         # shared by all listeners, so guessing on one port slows the others; a
         # caller that wires a portal without one still gets a throttle of its own
         self.throttle = throttle if throttle is not None else AuthThrottle(clock)
-        self.owned_senders = owned_senders(config)
-        self.sender_rate = RateLimiter(config.limits.sender_rate, clock)
+        self.events = Events(hooks)
 
-
-def owned_senders(config: GatewayConfig) -> dict[str, frozenset[str]]:
-    """Sender address -> the users who may use it besides itself: the targets of an
-    exact forward rule (an alias delivering to them)."""
-    owners: dict[str, frozenset[str]] = {}
-    for rule in config.forward:
-        if not rule.match.startswith("*@"):
-            owners[rule.match] = owners.get(rule.match, frozenset()) | frozenset(rule.to)
-    return owners

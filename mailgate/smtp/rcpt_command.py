@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mailgate.core.addresses import AddressError, normalize_mailbox, parse_command_path
 from mailgate.core.reply import Reply
+from mailgate.core.session import Envelope
 from mailgate.inbound.routing import accept_recipient
 from mailgate.smtp.channel import Channel, Pending
 from mailgate.smtp.policy import ListenerPolicy
@@ -27,7 +28,18 @@ def rcpt(argument: str, state: SessionState, channel: Channel, policy: ListenerP
         recipient = postmaster(path, policy) or normalize_mailbox(path)
     except AddressError as exc:
         return Reply(501, "5.1.3", str(exc))
+    if policy.events.wanted:
+        return _accept_telling(envelope, recipient, policy)
     return accept_recipient(policy.hooks, envelope, recipient)
+
+
+async def _accept_telling(envelope: Envelope, recipient: str, policy: ListenerPolicy) -> Reply:
+    """accept_recipient, with a `refused` event when it refuses."""
+    reply = await accept_recipient(policy.hooks, envelope, recipient)
+    if not reply.positive:
+        policy.events.emit("refused", mail_from=envelope.mail_from, recipient=recipient, reply=reply,
+                           client=envelope.session.peer)
+    return reply
 
 
 def postmaster(path: str, policy: ListenerPolicy) -> str | None:

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from mailgate.core.reply import Reply
 from mailgate.core.session import Session
+from mailgate.hooks.calling import FAILED, HookFailed
 from mailgate.net.interfaces import Connection, connection_view
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
@@ -66,6 +67,7 @@ INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")
 TIMED_OUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+CONNECT_FAILED = Reply(421, "4.3.0", "Service temporarily unavailable, try again later")  # a greeting must be 220, 421 or 554
 
 
 class SMTPSession(Protocol, TimeoutMixin):
@@ -110,7 +112,22 @@ class SMTPSession(Protocol, TimeoutMixin):
         if refusal is not None:
             return self.close(refusal)
         self.setTimeout(policy.config.limits.command_timeout_seconds)
-        self._answer(Reply(220, text=f"{policy.config.server.hostname} ESMTP mailgate"))
+        greeting = Reply(220, text=f"{policy.config.server.hostname} ESMTP mailgate")
+        if policy.hooks.implemented("mailgate_connect"):
+            return self._wait_for(self._connect_hooks(greeting))
+        self._answer(greeting)
+
+    async def _connect_hooks(self, greeting: Reply) -> Reply | None:
+        """mailgate_connect: the greeting, or a plugin's refusal in its place (then the end)."""
+        try:
+            refusal = await self._policy.hooks.refusal("mailgate_connect", session=self.state.session)
+        except HookFailed:
+            refusal = CONNECT_FAILED
+        if refusal is None:
+            return greeting
+        self._policy.events.emit("refused", reply=refusal, client=self.state.session.peer)
+        self.close(refusal)
+        return None
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
@@ -227,6 +244,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         d.addCallback(self._resume)
 
     def _internal_error(self, failure: Failure) -> Reply:
+        if failure.check(HookFailed):  # a plugin's failure, already logged naming it: fail closed
+            return FAILED
         log.failure("SMTP session error from {ip}", failure, ip=self.state.session.peer)
         return INTERNAL_ERROR
 

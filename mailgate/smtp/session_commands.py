@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from mailgate.core.reply import Reply
 from mailgate.smtp.auth_command import auth_offered
-from mailgate.smtp.channel import Channel
+from mailgate.hooks.calling import FAILED, HookFailed
+from mailgate.smtp.channel import Channel, Pending
 from mailgate.smtp.policy import ListenerPolicy
 from mailgate.smtp.state import SessionState
 
@@ -18,17 +19,37 @@ NO_STARTTLS = Reply(502, "5.5.1", "STARTTLS not available")
 READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 
 
-def helo(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply:
+def helo(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
     if not printable(argument):
         return HELO_SYNTAX
-    state.greet(argument, esmtp=False)
-    return Reply(250, text=policy.config.server.hostname)
+    return _greeted(argument, False, state, policy)
 
 
-def ehlo(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply:
+def ehlo(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
     if not printable(argument):
         return EHLO_SYNTAX
-    state.greet(argument, esmtp=True)
+    return _greeted(argument, True, state, policy)
+
+
+def _greeted(name: str, esmtp: bool, state: SessionState, policy: ListenerPolicy) -> Reply | Pending:
+    """The greeting's answer, once the mailgate_helo plugins (if any) have accepted the name."""
+    if policy.hooks.implemented("mailgate_helo"):
+        return _ask_plugins(name, esmtp, state, policy)
+    return _greet(name, esmtp, state, policy)
+
+
+async def _ask_plugins(name: str, esmtp: bool, state: SessionState, policy: ListenerPolicy) -> Reply:
+    try:
+        refusal = await policy.hooks.refusal("mailgate_helo", session=state.session, name=name)
+    except HookFailed:
+        return FAILED
+    return refusal if refusal is not None else _greet(name, esmtp, state, policy)
+
+
+def _greet(name: str, esmtp: bool, state: SessionState, policy: ListenerPolicy) -> Reply:
+    state.greet(name, esmtp=esmtp)
+    if not esmtp:
+        return Reply(250, text=policy.config.server.hostname)
     return Reply(250, text="\n".join([policy.config.server.hostname, *extensions(state, policy)]))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from mailgate.core.addresses import AddressError, normalize_mailbox
 from mailgate.core.reply import Reply
-from mailgate.hooks.calling import first_answer
 from mailgate.inbound.routing import expand_list
 from mailgate.smtp.channel import Channel, Pending
 from mailgate.smtp.policy import ListenerPolicy
@@ -29,7 +28,7 @@ def vrfy(argument: str, state: SessionState, channel: Channel, policy: ListenerP
 
 
 async def verify(address: str, policy: ListenerPolicy) -> Reply:
-    known = await first_answer(policy.hooks.mailgate_verify, address=address)
+    known = await policy.hooks.first("mailgate_verify", address=address)
     if known is None:
         return CANNOT_VRFY
     if known:

@@ -488,3 +488,11 @@ def test_default_file_documents_the_pipe_example() -> None:
     assert config.pipe["crm"].timeout_seconds == 60.0
     assert config.relay.transport["crm.example.test"] == "pipe:crm"
     assert dict(load_config(str(DEFAULT_FILE)).pipe) == {}
+
+
+def test_a_webhook_reached_only_by_routes_needs_no_match() -> None:
+    config = parse_config(with_sections(
+        webhook=[{"name": "tickets", "url": "http://127.0.0.1:8080/"}],
+        relay={"transport": {"tickets.test": "webhook:tickets"}},
+    ))
+    assert config.webhook[0].match == () and config.relay.transport["tickets.test"] == "webhook:tickets"

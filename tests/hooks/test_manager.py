@@ -11,13 +11,14 @@ from typing import Any, Iterator
 import pytest
 from pluggy import PluginManager
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailgate import hookimpl, hookspecs
+from mailgate.builtin import load_plugins
 from mailgate.config import ConfigError, GatewayConfig, parse_config
 from mailgate.core.session import Envelope
-from mailgate.hooks.calling import call_all, first_answer, settle
-from mailgate.builtin import load_plugins
+from mailgate.hooks.calling import Hooks
 
 LISTEN = [{"name": "mx", "protocol": "smtp", "endpoint": "tcp:2525:interface=127.0.0.1"}]
 _names = itertools.count()
@@ -60,16 +61,16 @@ async def coroutine_answer(value: Any) -> Any:
     return value
 
 
-def test_settle_passes_plain_values_and_awaits_the_rest() -> None:
-    assert result_of(settle("plain")) == "plain"
-    assert result_of(settle(succeed("deferred"))) == "deferred"
-    assert result_of(settle(coroutine_answer("coroutine"))) == "coroutine"
+def test_plain_values_deferreds_and_coroutines_are_all_answers() -> None:
+    for answer in ("plain", succeed("deferred"), coroutine_answer("coroutine")):
+        hooks = Hooks(manager_with(Verify(answer)), Clock())
+        assert result_of(hooks.first("mailgate_verify", address="a@b.test")) in ("plain", "deferred", "coroutine")
 
 
 def test_first_answer_asks_later_registrations_first_and_stops() -> None:
     log: list[str] = []
     manager = manager_with(Route("builtin", log, "first"), Route("user", log, "second"))
-    assert result_of(first_answer(manager.hook.mailgate_route, recipient="a@b.test", envelope=Envelope())) == "user"
+    assert result_of(Hooks(manager, Clock()).first("mailgate_route", recipient="a@b.test", envelope=Envelope())) == "user"
     assert log == ["second"]
 
 
@@ -81,7 +82,7 @@ def test_first_answer_skips_none_and_awaits_coroutines() -> None:
         Route(coroutine_answer(None), log, "async-none"),
         Route(None, log, "sync-none"),
     )
-    answer = first_answer(manager.hook.mailgate_route, recipient="a@b.test", envelope=Envelope())
+    answer = Hooks(manager, Clock()).first("mailgate_route", recipient="a@b.test", envelope=Envelope())
     assert result_of(answer) == "local"
     assert log == ["sync-none", "async-none", "builtin"]
 
@@ -90,7 +91,7 @@ def test_first_answer_awaits_a_deferred_answer() -> None:
     log: list[str] = []
     pending: Deferred[str] = Deferred()
     manager = manager_with(Route("builtin", log, "builtin"), Route(pending, log, "user"))
-    d = Deferred.fromCoroutine(first_answer(manager.hook.mailgate_route, recipient="a@b.test", envelope=Envelope()))
+    d = Deferred.fromCoroutine(Hooks(manager, Clock()).first("mailgate_route", recipient="a@b.test", envelope=Envelope()))
     case = SynchronousTestCase()
     case.assertNoResult(d)
     assert log == ["user"]
@@ -102,17 +103,17 @@ def test_first_answer_awaits_a_deferred_answer() -> None:
 def test_first_answer_with_a_deferred_none_goes_on() -> None:
     log: list[str] = []
     manager = manager_with(Route("builtin", log, "builtin"), Route(succeed(None), log, "user"))
-    assert result_of(first_answer(manager.hook.mailgate_route, recipient="a@b.test", envelope=Envelope())) == "builtin"
+    assert result_of(Hooks(manager, Clock()).first("mailgate_route", recipient="a@b.test", envelope=Envelope())) == "builtin"
 
 
 def test_first_answer_false_is_an_answer() -> None:
     manager = manager_with(Verify(True), Verify(False))
-    assert result_of(first_answer(manager.hook.mailgate_verify, address="a@b.test")) is False
+    assert result_of(Hooks(manager, Clock()).first("mailgate_verify", address="a@b.test")) is False
 
 
 def test_first_answer_none_when_nobody_answers() -> None:
     manager = manager_with(Verify(None), Verify(coroutine_answer(None)))
-    assert result_of(first_answer(manager.hook.mailgate_verify, address="a@b.test")) is None
+    assert result_of(Hooks(manager, Clock()).first("mailgate_verify", address="a@b.test")) is None
 
 
 def test_first_answer_passes_only_the_arguments_an_implementation_names() -> None:
@@ -125,18 +126,19 @@ def test_first_answer_passes_only_the_arguments_an_implementation_names() -> Non
             return "local"
 
     manager = manager_with(RecipientOnly())
-    assert result_of(first_answer(manager.hook.mailgate_route, recipient="x@y.test", envelope=Envelope())) == "local"
+    assert result_of(Hooks(manager, Clock()).first("mailgate_route", recipient="x@y.test", envelope=Envelope())) == "local"
     assert seen == ["x@y.test"]
 
 
-def test_first_answer_propagates_exceptions() -> None:
+def test_first_answer_propagates_exceptions_when_asked_to() -> None:
+    """mailgate.testing's setting; the server's is tests/hooks/test_calling.py's HookFailed."""
     class Broken:
         @hookimpl
         def mailgate_verify(self, address: str) -> None:
             raise RuntimeError("boom")
 
     manager = manager_with(Verify(True), Broken())
-    d = Deferred.fromCoroutine(first_answer(manager.hook.mailgate_verify, address="a@b.test"))
+    d = Deferred.fromCoroutine(Hooks(manager, Clock(), propagate_errors=True).first("mailgate_verify", address="a@b.test"))
     SynchronousTestCase().failureResultOf(d, RuntimeError)
 
 
@@ -155,7 +157,7 @@ def test_call_all_collects_every_answer_awaited() -> None:
     manager = manager_with(
         Configure("one", 1), Configure("two", succeed(2)), Configure("three", coroutine_answer(3))
     )
-    results = result_of(call_all(manager.hook.mailgate_configure, config=GatewayConfig()))
+    results = result_of(Hooks(manager, Clock()).each("mailgate_configure", config=GatewayConfig(), reactor=Clock()))
     assert results == [3, 2, 1]
     assert seen == ["three", "two", "one"]
 
@@ -197,11 +199,11 @@ def test_enabled_module_is_loaded_and_asked_before_builtins(tmp_path: Path, isol
     name = write_plugin(tmp_path / "plugins", ROUTE_PLUGIN)
     config = config_with([str(tmp_path / "plugins")], [name], domains={"local": ["sink.test"]})
     manager = load_plugins(config)
-    manager.hook.mailgate_configure(config=config)
+    manager.hook.mailgate_configure(config=config, reactor=Clock())
     assert manager.get_plugin(name) is not None
-    route = first_answer(manager.hook.mailgate_route, recipient="x@sink.test", envelope=Envelope())
+    route = Hooks(manager, Clock()).first("mailgate_route", recipient="x@sink.test", envelope=Envelope())
     assert result_of(route) == "discard"  # the built-ins would have said 550 for a local domain
-    other = first_answer(manager.hook.mailgate_route, recipient="x@remote.test", envelope=Envelope())
+    other = Hooks(manager, Clock()).first("mailgate_route", recipient="x@remote.test", envelope=Envelope())
     assert result_of(other) == "reject:554 5.7.1 Relay access denied"
 
 
@@ -216,7 +218,7 @@ def test_extra_plugins_are_asked_first(tmp_path: Path, isolated_imports: None) -
     name = write_plugin(tmp_path, ROUTE_PLUGIN)
     log: list[str] = []
     manager = load_plugins(config_with([str(tmp_path)], [name]), extra=[Route("local", log, "extra")])
-    route = first_answer(manager.hook.mailgate_route, recipient="x@sink.test", envelope=Envelope())
+    route = Hooks(manager, Clock()).first("mailgate_route", recipient="x@sink.test", envelope=Envelope())
     assert result_of(route) == "local"
     assert log == ["extra"]
 
@@ -283,5 +285,5 @@ def test_plugin_reads_its_own_table_on_configure(tmp_path: Path, isolated_import
     """)
     config = config_with([str(tmp_path)], [name], plugin={"mine": {"greeting": "hello"}})
     manager = load_plugins(config)
-    result_of(call_all(manager.hook.mailgate_configure, config=config))
+    result_of(Hooks(manager, Clock()).each("mailgate_configure", config=config, reactor=Clock()))
     assert sys.modules[name].settings == {"greeting": "hello"}

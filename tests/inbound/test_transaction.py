@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 
 from mailgate import hookimpl
+from mailgate.builtin import load_plugins
 from mailgate.config import parse_config
 from mailgate.core.errors import DeliveryError, TemporaryFailure
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope
-from mailgate.hooks.calling import call_all
-from mailgate.builtin import load_plugins
+from mailgate.hooks.calling import Hooks
 from mailgate.inbound.transaction import Deliverer
 from mailgate.outbound.spool import QueueStore
 from mailgate.outbound.spooler import Spooler
@@ -51,8 +52,8 @@ class Setup:
             "plugins": {"paths": [], "enable": []},
         })
         manager = load_plugins(config, [InlineRefusal()])
-        Deferred.fromCoroutine(call_all(manager.hook.mailgate_configure, config=config))
-        self.hooks = manager.hook
+        self.hooks = Hooks(manager, Clock())
+        Deferred.fromCoroutine(self.hooks.each("mailgate_configure", config=config, reactor=Clock()))
         run = lambda f, *a: succeed(f(*a))  # noqa: E731 - the disk, without threads
         self.root = tmp_path
         self.mailboxes = MaildirStore(str(tmp_path / "mail"), "mx.example.test", run)

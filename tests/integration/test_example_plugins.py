@@ -17,7 +17,7 @@ import pytest
 
 from mailgate.config import ConfigError
 from mailgate.builtin import load_plugins
-from mailgate.testing import as_config, route_message
+from mailgate.testing import as_config, converse, route_message
 from tests.support.gateway import wait_for
 
 PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"
@@ -32,8 +32,8 @@ def user_config(*enable: str, **sections: Any) -> dict[str, Any]:
             "plugins": {"paths": [str(PLUGINS_DIR)], "enable": list(enable)}, **sections}
 
 
-def test_header_router_routes_by_pattern_and_leaves_the_rest_alone() -> None:
-    config = user_config("header_router", plugin={"header_router": {"rules": RULES}})
+def test_address_router_routes_by_pattern_and_leaves_the_rest_alone() -> None:
+    config = user_config("address_router", plugin={"address_router": {"rules": RULES}})
     result = route_message([], config, "a@remote.test",
                            ["support+billing@example.test", "x@spam.test", "nobody@example.test"])
     assert result.routes == {"support+billing@example.test": "smtp:127.0.0.1:2626"}
@@ -41,17 +41,17 @@ def test_header_router_routes_by_pattern_and_leaves_the_rest_alone() -> None:
     assert result.replies["nobody@example.test"].startswith("550 5.1.1")  # the built-ins decided
 
 
-def test_header_router_without_rules_routes_nothing() -> None:
-    result = route_message([], user_config("header_router"), "", ["support+x@example.test"])
+def test_address_router_without_rules_routes_nothing() -> None:
+    result = route_message([], user_config("address_router"), "", ["support+x@example.test"])
     assert result.refused["support+x@example.test"].code == 550
 
 
-def test_header_router_names_a_bad_rule() -> None:
+def test_address_router_names_a_bad_rule() -> None:
     rules = [RULES[0], {"match": "(unclosed", "route": "discard"}, {"route": "discard"}]
     with pytest.raises(ConfigError) as caught:
-        route_message([], user_config("header_router", plugin={"header_router": {"rules": rules}}))
+        route_message([], user_config("address_router", plugin={"address_router": {"rules": rules}}))
     assert [p.split(":")[0] for p in caught.value.problems] == [
-        "plugin.header_router.rules[1]", "plugin.header_router.rules[2]"
+        "plugin.address_router.rules[1]", "plugin.address_router.rules[2]"
     ]
 
 
@@ -80,9 +80,9 @@ def test_spool_gateway_write_failure_is_temporary(tmp_path: Path) -> None:
 def test_all_three_together_with_the_router_feeding_the_spool(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     config = user_config(
-        "blackhole", "header_router", "spool_gateway",
+        "blackhole", "address_router", "spool_gateway",
         plugin={"blackhole": {"domains": ["devnull.test"]},
-                "header_router": {"rules": [{"match": "^archive@", "route": f"spool:{spool}"}]}},
+                "address_router": {"rules": [{"match": "^archive@", "route": f"spool:{spool}"}]}},
     )
     result = route_message([], config, "a@remote.test", ["gone@devnull.test", "archive@example.test"],
                            deliver=True)
@@ -118,8 +118,8 @@ def test_a_real_gateway_loads_the_examples_from_plugins_paths(
     gateway = make_gateway(extra=textwrap.dedent(f"""\
         [plugins]
         paths = [{json.dumps(str(PLUGINS_DIR))}]
-        enable = ["header_router", "spool_gateway"]
-        [plugin.header_router]
+        enable = ["address_router", "spool_gateway"]
+        [plugin.address_router]
         rules = [
           {{match = '^support\\+.*@example\\.test$', route = {json.dumps(f"spool:{spool}")}}},
           {{match = '@spam\\.test$', route = "reject:550 5.7.1 no"}},
@@ -174,3 +174,25 @@ def test_the_testing_example_of_the_guide_passes(tmp_path: Path, monkeypatch: py
     namespace: dict[str, Any] = {}
     exec(guide_block("## Testing a plugin", "python"), namespace)
     namespace["test_acme_routes_and_delivers"](tmp_path)
+
+
+def test_header_router_reroutes_a_message_by_a_header_field() -> None:
+    """Routing by content: the recipients were accepted at RCPT, a header picks their route."""
+    rules = [{"header": "X-Ticket-Queue", "match": "^support$", "route": "crm:support"}]
+    smtp = converse([], user_config("header_router", plugin={"header_router": {"rules": rules}},
+                                    relay={"transport": {"inbox.test": "crm:default"}}))
+    smtp.send("EHLO client.test")
+    for queue in ("support", "sales"):
+        replies = smtp.send(f"MAIL FROM:<a@remote.test>\r\nRCPT TO:<desk@inbox.test>\r\nDATA\r\n"
+                            f"X-Ticket-Queue: {queue}\r\nSubject: help\r\n\r\nhi\r\n.\r\n".encode())
+        assert replies[-1].startswith("250 2.0.0")
+    assert [routes for _, routes in smtp.queued] == [{"desk@inbox.test": "crm:support"},
+                                                      {"desk@inbox.test": "crm:default"}]
+
+
+def test_header_router_names_a_bad_header_rule() -> None:
+    rules = [{"header": "Subject", "match": "(unclosed", "route": "discard"}, {"match": "x", "route": "discard"}]
+    with pytest.raises(ConfigError) as caught:
+        converse([], user_config("header_router", plugin={"header_router": {"rules": rules}}))
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "plugin.header_router.rules[0]", "plugin.header_router.rules[1]"]

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 
+from mailgate.builtin import load_plugins
 from mailgate.config import parse_config
-from mailgate.inbound.transaction import Deliverer
+from mailgate.core.reply import Reply
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope
-from mailgate.store.maildir_writer import StoredMessage
-from mailgate.builtin import load_plugins
-from mailgate.core.reply import Reply
+from mailgate.hooks.calling import Hooks
 from mailgate.inbound.routing import LOOP, expand_list, resolve
+from mailgate.inbound.transaction import Deliverer
+from mailgate.store.maildir_writer import StoredMessage
 from tests.support.gateway import Gateway
 
 SETTINGS = {
@@ -51,8 +53,8 @@ def hooks(tmp_path: Path, fast_hashes, monkeypatch):
         users.add_user(str(users_file), f"{name}@example.test", "pw")
     config = parse_config({**SETTINGS, "users": {"file": str(users_file)}})
     manager = load_plugins(config)
-    manager.hook.mailgate_configure(config=config)
-    return manager.hook
+    manager.hook.mailgate_configure(config=config, reactor=Clock())
+    return Hooks(manager, Clock())
 
 
 def test_forward_replaces_and_relays_remote_targets(hooks) -> None:

@@ -11,12 +11,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from mailgate import hookimpl
+from mailgate.builtin import load_plugins
 from mailgate.config import parse_config
 from mailgate.core.errors import TemporaryFailure
 from mailgate.core.reply import Reply
 from mailgate.core.route import Route, host_port
 from mailgate.core.session import Envelope
-from mailgate.builtin import load_plugins
+from mailgate.hooks.calling import Hooks
 from mailgate.outbound.bounces import BounceSender
 from mailgate.outbound.retry import RetryPolicy
 from mailgate.outbound.scheduler import Scheduler
@@ -79,7 +80,7 @@ class Harness:
         policy = RetryPolicy.from_config(self.config.relay)
         bounces = BounceSender("mx.example.test", policy.max_queue_seconds, self.store.message_path, run,
                                self.inject)
-        plugins = HookTransport(self.manager.hook, lambda job: run(read_wire_form, job.message_path))
+        plugins = HookTransport(Hooks(self.manager, self.clock), lambda job: run(read_wire_form, job.message_path))
         queue = Scheduler(self.spooler, {scheme: self.relay for scheme in SCHEMES}, plugins, bounces, policy,
                           self.clock, run, self.config.relay.delay_warning_seconds)
         Deferred.fromCoroutine(queue.start())

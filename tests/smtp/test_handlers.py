@@ -40,7 +40,8 @@ def test_an_envelope_keeps_the_session_it_was_opened_in(server: Server) -> None:
     policy, channel = server.factory.policy, RecordingChannel()
     state = SessionState(Session(peer="192.0.2.1", listener="mx"))
     assert session_commands.ehlo("client.test", state, channel, policy).code == 250
-    assert mail_command.mail("FROM:<a@remote.test>", state, channel, policy) == mail_command.OK
+    answer = mail_command.mail("FROM:<a@remote.test>", state, channel, policy)  # the plugins' verdict: awaited
+    assert SynchronousTestCase().successResultOf(Deferred.fromCoroutine(answer)) == mail_command.OK
     assert state.envelope is not None
     opened_in = state.envelope.session
     assert opened_in == Session(peer="192.0.2.1", helo="client.test", listener="mx")
@@ -57,7 +58,7 @@ def test_refusals_need_no_coroutine(server: Server) -> None:
     assert rcpt_command.rcpt(f"TO:<{ALICE}>", state, channel, policy) == rcpt_command.NEED_MAIL
     assert mail_command.mail("FROM:<a@remote.test>", state, channel, policy) == mail_command.NEED_HELO
     state.greet("client.test", esmtp=False)
-    mail_command.mail("FROM:<a@remote.test>", state, channel, policy)
+    Deferred.fromCoroutine(mail_command.mail("FROM:<a@remote.test>", state, channel, policy))
     assert rcpt_command.rcpt("TO:<a@b.test> X=1", state, channel, policy) == Reply(555, "5.5.4",
                                                                                    "Unsupported parameter X")
 
@@ -65,7 +66,7 @@ def test_refusals_need_no_coroutine(server: Server) -> None:
 def test_rcpt_routes_in_a_coroutine(server: Server) -> None:
     policy, channel = server.factory.policy, RecordingChannel()
     state = SessionState(Session(peer="192.0.2.1", helo="client.test"))
-    mail_command.mail("FROM:<a@remote.test>", state, channel, policy)
+    Deferred.fromCoroutine(mail_command.mail("FROM:<a@remote.test>", state, channel, policy))
     pending = rcpt_command.rcpt(f"TO:<{ALICE}>", state, channel, policy)
     assert not isinstance(pending, Reply)
     answer = SynchronousTestCase().successResultOf(Deferred.fromCoroutine(pending))

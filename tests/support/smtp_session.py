@@ -17,9 +17,10 @@ from zope.interface import directlyProvides
 from mailgate import hookimpl
 from mailgate.accounts import users_file as users
 from mailgate.accounts.cred import AccountsChecker, AddressRealm, AuthThrottle
+from mailgate.builtin import load_plugins
 from mailgate.config import GatewayConfig, parse_config
 from mailgate.core.session import Envelope
-from mailgate.builtin import load_plugins
+from mailgate.hooks.calling import Hooks
 from mailgate.smtp.factory import SMTPFactory
 from mailgate.smtp.policy import ListenerPolicy
 from mailgate.smtp.session import SMTPSession
@@ -104,15 +105,15 @@ class Server:
         }
         self.config: GatewayConfig = parse_config(document)
         manager = load_plugins(self.config, extra=extra_plugins)
-        manager.hook.mailgate_configure(config=self.config)
         self.clock = Clock()
+        manager.hook.mailgate_configure(config=self.config, reactor=self.clock)
         self.deliverer = RecordingDeliverer()
         portal = throttle = None
         if auth:  # passwords checked in the reactor thread: nothing to wait for but the Clock
             checker = AccountsChecker(users.Accounts(str(users_file)), lambda f, *a: maybeDeferred(f, *a))
             portal, throttle = Portal(AddressRealm(), [checker]), AuthThrottle(self.clock)
         self.factory = SMTPFactory(ListenerPolicy(
-            self.config, self.config.listen[0], manager.hook, self.deliverer, self.clock, tls_options,
+            self.config, self.config.listen[0], Hooks(manager, self.clock), self.deliverer, self.clock, tls_options,
             portal=portal, throttle=throttle,
         ))
 

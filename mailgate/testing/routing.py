@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence, Union
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from mailgate import hookimpl
@@ -38,13 +39,13 @@ from mailgate.core.errors import DeliveryError
 from mailgate.core.reply import Reply
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope, Session
-from mailgate.hooks.calling import call_all
+from mailgate.hooks.calling import Hooks
 from mailgate.builtin import load_plugins
 from mailgate.inbound.routing import accept_recipient
 from mailgate.inbound.transaction import Deliverer
-from mailgate.outbound.spooler import NewEntry
 from mailgate.outbound.transport import DeliveryJob, HookTransport
 from mailgate.store.maildir_writer import StoredMessage
+from mailgate.testing.memory import MemoryStore
 
 DEFAULT_MESSAGE = (
     b"From: sender@example.test\r\nTo: recipient@example.test\r\n"
@@ -215,21 +216,22 @@ async def route_message_async(
     plugin raises propagates, so a bug shows as a traceback.
     """
     gateway_config = as_config(config)
-    manager = load_plugins(gateway_config, extra=plugins)
-    await call_all(manager.hook.mailgate_configure, config=gateway_config)
+    clock = Clock()
+    hooks = Hooks(load_plugins(gateway_config, extra=plugins), clock, propagate_errors=True)
+    await hooks.each("mailgate_configure", config=gateway_config, reactor=clock)
     session = Session(peer=client_ip, helo="client.example.test", user=authenticated_as,
                       listener=DEFAULT_LISTEN["name"])
     envelope = Envelope(mail_from=normalize_mailbox(mail_from) if mail_from else "", session=session,
                         may_relay=may_relay or authenticated_as is not None)
     result = RoutingResult(envelope)
     for address in rcpt_to:
-        await _rcpt(manager.hook, result, address)
+        await _rcpt(hooks, result, address)
     if deliver:
-        result.deliveries = await _deliver(manager.hook, envelope, _crlf(message))
+        result.deliveries = await _deliver(hooks, envelope, _crlf(message))
     return result
 
 
-async def _rcpt(hooks: Any, result: RoutingResult, address: str) -> None:
+async def _rcpt(hooks: Hooks, result: RoutingResult, address: str) -> None:
     """One RCPT TO, answered by the code the SMTP session runs."""
     try:
         recipient = normalize_mailbox(address)
@@ -243,29 +245,10 @@ async def _rcpt(hooks: Any, result: RoutingResult, address: str) -> None:
     result.replies[recipient] = str(reply)
 
 
-class _Kept:
-    """The delivery transaction's store and spool, in memory: what it would have kept."""
-
-    def __init__(self) -> None:
-        self.entries: list[NewEntry] = []
-
-    def deliver_all(self, copies: Sequence[tuple[Sequence[str], StoredMessage]]) -> Deferred:
-        return succeed([])
-
-    async def add(self, entries: Sequence[NewEntry]) -> None:
-        self.entries.extend(entries)
-
-    def remove(self, queue_id: str) -> Deferred:
-        return succeed(None)
-
-    def release(self, queue_ids: Sequence[str]) -> None:
-        pass
-
-
-async def _deliver(hooks: Any, envelope: Envelope, message: bytes) -> list[DeliveryAttempt]:
+async def _deliver(hooks: Hooks, envelope: Envelope, message: bytes) -> list[DeliveryAttempt]:
     """The server's delivery transaction (inline gateways at DATA), then each queued
     route offered to `mailgate_deliver` the way the queue's plugin transport does."""
-    kept = _Kept()
+    kept = MemoryStore()
     stored = StoredMessage.build(b"", [message.replace(b"\r\n", b"\n")], len(message), message.count(b"\n"))
     by_route = _plugin_routes(envelope)
     try:
@@ -273,7 +256,7 @@ async def _deliver(hooks: Any, envelope: Envelope, message: bytes) -> list[Deliv
     except DeliveryError as exc:
         return [DeliveryAttempt(route, recipients, False, inline=True, error=exc) for route, recipients in by_route.items()]
     queued = {route for _, _, recipients, _ in kept.entries for _, route in recipients}
-    transport = HookTransport(hooks, lambda job: succeed(message), fail_closed=False)
+    transport = HookTransport(hooks, lambda job: succeed(message))
     attempts = []
     for route, recipients in by_route.items():
         if route in queued:

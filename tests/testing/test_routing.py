@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-import mailgate.testing
+import mailgate.testing.routing
 from mailgate import PermanentFailure, TemporaryFailure, hookimpl
 from mailgate.config import parse_config
 from mailgate.core.session import Envelope
@@ -43,7 +43,7 @@ async def _later(value: Any) -> Any:
 
 
 def test_recording_sink_docstring_examples() -> None:
-    failures, tried = doctest.testmod(mailgate.testing, verbose=False)
+    failures, tried = doctest.testmod(mailgate.testing.routing, verbose=False)
     assert tried > 0 and failures == 0
 
 

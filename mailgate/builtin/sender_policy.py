@@ -1,0 +1,59 @@
+"""Built-in plugin: who may send as whom, and how fast (`security.sender_login`, `limits.sender_rate`).
+
+An authenticated user sends as itself or the aliases that deliver to it,
+not as anyone; and sends at most `limits.sender_rate` messages, counted at
+MAIL FROM. Both run on `mailgate_mail_from`, after users' plugins (which
+are registered later and so asked first), and the rate is spent last, so a
+sender refused for another reason is not charged for it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from twisted.internet.interfaces import IReactorTime
+
+from mailgate import hookimpl
+from mailgate.config import GatewayConfig
+from mailgate.core.reply import Reply
+from mailgate.core.session import Session
+from mailgate.limits.rate import RateLimiter
+
+NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
+
+
+class SenderPolicy:
+    """One rate limiter for the whole server: every listener's sessions count together."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, frozenset[str]] = {}
+        self._login = "owned"
+        self._rate: RateLimiter | None = None
+
+    @hookimpl
+    def mailgate_configure(self, config: GatewayConfig, reactor: IReactorTime) -> None:
+        self._owners = owned_senders(config)
+        self._login = config.security.sender_login
+        self._rate = RateLimiter(config.limits.sender_rate, reactor)
+
+    @hookimpl
+    def mailgate_mail_from(self, session: Session, sender: str) -> Reply | None:
+        user = session.user
+        if user is None:
+            return None
+        if sender and self._login == "owned" and sender != user and user not in self._owners.get(sender, ()):
+            return NOT_OWNED
+        wait = self._rate.take(user) if self._rate is not None else 0.0
+        if wait:
+            return Reply(450, "4.7.1", f"Sender rate limit exceeded, try again in {math.ceil(wait)} seconds")
+        return None
+
+
+def owned_senders(config: GatewayConfig) -> dict[str, frozenset[str]]:
+    """Sender address -> the users who may use it besides itself: the targets of an
+    exact forward rule (an alias delivering to them)."""
+    owners: dict[str, frozenset[str]] = {}
+    for rule in config.forward:
+        if not rule.match.startswith("*@"):
+            owners[rule.match] = owners.get(rule.match, frozenset()) | frozenset(rule.to)
+    return owners
