@@ -261,6 +261,7 @@ class Scheduler:
             id=entry.id, n=entry.attempts, delivered=sum(r.status == DELIVERED for r in entry.recipients),
             failed=len(entry.failed()), pending=len(entry.pending()),
         )
+        _warn_maybe_delivered(entry.id, [r for r in results.values() if r.maybe_delivered])
         return [r for r in was_pending if r.status == FAILED]
 
     async def _settle(self, entry: QueuedMessage, failed_now: list[RecipientState]) -> None:
@@ -285,6 +286,13 @@ class Scheduler:
         after = self._delay_warning_seconds
         waited = self._clock.seconds() - entry.arrived
         return bool(after and entry.sender and entry.pending() and not entry.warned and waited >= after)
+
+
+def _warn_maybe_delivered(queue_id: str, results: list[RecipientResult]) -> None:
+    """One line when a final reply was lost: the retry may deliver a second copy (as Postfix warns)."""
+    if results:
+        log.warn("{id}: to={to}: {why}; it stays queued, and a retry may deliver a second copy",
+                 id=queue_id, to=",".join(r.recipient for r in results), why=results[0].reply.text)
 
 
 def _unlink_after(result: object, path: str) -> object:
