@@ -17,15 +17,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from tests.support.gateway import BIN, Gateway, free_port, gateway_config
+
 GOOD = {
     "id": "GOOD1", "sender": "alice@example.test", "arrived": 0.0, "attempts": 0, "next_attempt": 0.0,
     "recipients": [{"address": "bob@remote.test", "route": "mx", "status": "pending"}],
@@ -38,30 +36,15 @@ DAMAGED = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def prepare(root: Path) -> Path:
+def prepare(root: Path) -> Gateway:
+    ports = {"smtp": free_port()}
+    (root / "etc").mkdir()
     config = root / "mailgate.toml"
-    config.write_text(f"""
-[server]
-hostname = "mx.example.test"
-[[listen]]
-name = "smtp"
-protocol = "smtp"
-endpoint = "tcp:{free_port()}:interface=127.0.0.1"
-tls = "none"
-[domains]
-local = ["example.test"]
-[users]
-file = "etc/users"
+    config.write_text(gateway_config(ports, f"""
 [relay]
 smarthost = "127.0.0.1:{free_port()}"
 retry_intervals = ["1s", "2s"]
-""")
+"""))
     queue = root / "var" / "queue"
     for name in ("msg", "env", "tmp", "control"):
         (queue / name).mkdir(parents=True, mode=0o700)
@@ -71,28 +54,21 @@ retry_intervals = ["1s", "2s"]
         (queue / "msg" / queue_id).write_bytes(b"Subject: test\n\nhello\n")
         (queue / "env" / queue_id).write_bytes(env)
         os.utime(queue / "env" / queue_id, (now, now))
-    return config
+    return Gateway(root, config, ports)
 
 
-def run(root: Path, config: Path, seconds: float) -> dict[str, object]:
-    log = root / "twistd.log"
-    server = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(log),
-                               "mailgate", "--config", str(config)], cwd=root)
+def run(gateway: Gateway, seconds: float) -> dict[str, object]:
+    gateway.start()
     try:
-        deadline = time.monotonic() + 30
-        while "mailgate started" not in (log.read_text() if log.exists() else ""):
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit(f"mailgate did not start:\n{log.read_text() if log.exists() else ''}")
-            time.sleep(0.1)
         time.sleep(seconds)
-        text = log.read_text()
-        listing = [subprocess.run([str(BIN / "mailgate"), "--config", str(config), "queue", "list", *extra],
-                                  cwd=root, capture_output=True, text=True, timeout=60, check=False)
+        text = gateway.log()
+        listing = [subprocess.run([str(BIN / "mailgate"), "--config", str(gateway.config), "queue", "list",
+                                   *extra], cwd=gateway.root, capture_output=True, text=True, timeout=60,
+                                  check=False)
                    for extra in ((), ("--json",))]
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
-    corrupt = root / "var" / "queue" / "corrupt"
+        gateway.stop()
+    corrupt = gateway.root / "var" / "queue" / "corrupt"
     return {
         "tracebacks": text.count("Traceback (most recent call last)"),
         "log lines naming a damaged entry": sum(any(q in line for q in DAMAGED) for line in text.splitlines()),
@@ -111,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mailgate-damaged-"))
     try:
-        figures = run(root, prepare(root), args.seconds)
+        figures = run(prepare(root), args.seconds)
     finally:
         if not args.keep:
             shutil.rmtree(root, True)
