@@ -11,7 +11,6 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -22,7 +21,9 @@ from mailgate.accounts.cred import AuthThrottle, build_portal
 from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.hooks.calling import Hooks
 from mailgate.inbound.transaction import Deliverer
+from mailgate.app.periodic import Periodic
 from mailgate.app.pipeline import build_pipeline
+from mailgate.net.accept_backoff import AcceptBackoff, pause_on_exhaustion
 from mailgate.outbound.scheduler import Scheduler
 from mailgate.outbound.smtp_transport import SMTPTransport
 from mailgate.smtp.factory import SMTPFactory
@@ -57,8 +58,9 @@ class GatewayService(MultiService):
         self.factories: list[Any] = []
         self.outbound: Scheduler | None = None
         self.relay: SMTPTransport | None = None
-        self._requests: LoopingCall | None = None
+        self._requests: Periodic | None = None
         self.ports: dict[str, Any] = {}  # listener name -> IListeningPort, once bound
+        self._backoffs: list[AcceptBackoff] = []
 
     def run_blocking(self, function: Any, *args: Any) -> Deferred:
         """Run a call that blocks on the disk in the disk thread pool."""
@@ -101,9 +103,9 @@ class GatewayService(MultiService):
         Deferred.fromCoroutine(self.outbound.start()).addErrback(
             lambda f: log.failure("queue: could not resume the spool", f)
         )
-        self._requests = LoopingCall(self.outbound.serve_requests)
-        self._requests.clock = self.reactor
-        self._requests.start(REQUEST_POLL_SECONDS, now=False)
+        self._requests = Periodic("queue requests (mailgate queue flush|delete)", self.outbound.serve_requests,
+                                  self.reactor, REQUEST_POLL_SECONDS)
+        self._requests.start(now=False)
 
     def _tls_options(self) -> Any:
         if all(listener.tls == "none" for listener in self.config.listen):
@@ -156,6 +158,9 @@ class GatewayService(MultiService):
 
     def _bound(self, port: Any, listener: ListenConfig) -> Any:
         self.ports[listener.name] = port
+        backoff = pause_on_exhaustion(port, self.reactor, listener.name)  # EMFILE: pause, never spin
+        if backoff is not None:
+            self._backoffs.append(backoff)
         log.info("listening: {name} ({protocol}, tls={tls}) on {address}",
                  name=listener.name, protocol=listener.protocol, tls=listener.tls, address=port.getHost())
         return port
@@ -175,6 +180,8 @@ class GatewayService(MultiService):
         return d
 
     async def _stop(self) -> None:
+        for backoff in self._backoffs:
+            backoff.stop()
         await super().stopService()
         sessions_done = DeferredList(
             [factory.shut_down() for factory in self.factories if hasattr(factory, "shut_down")],

@@ -2,7 +2,9 @@
 
 When a server runs on the spool (it holds the queue lock), flush and delete
 are requests it carries out within a second, so nothing races its own
-writes; otherwise the CLI acts on the spool directly.
+writes; otherwise the CLI acts on the spool directly. Damaged entries (in
+corrupt/, or in env/ and not yet tried) are listed with their reason, and
+one bad file never hides the rest of the queue.
 """
 
 from __future__ import annotations
@@ -11,16 +13,26 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mailgate.config import load_config
-from mailgate.outbound.spool import QueuedMessage, QueueStore
+from mailgate.outbound.spool import DamagedEntry, QueuedMessage, QueueStore
 
 REQUEST_DEADLINE_SECONDS = 15.0
 
 
 class CommandError(Exception):
     """An expected failure; main() prints it as one line and exits 1."""
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A queue entry that cannot be delivered as it is, and what could be read of it."""
+
+    queue_id: str
+    reason: str
+    entry: QueuedMessage | None
 
 
 def add_queue_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -41,25 +53,53 @@ def _store(args: argparse.Namespace) -> QueueStore:
 
 
 def _list(args: argparse.Namespace) -> int:
-    entries = sorted(_store(args).entries(), key=lambda e: e.arrived)
+    entries, damaged = survey(_store(args))
+    items = [describe(entry) for entry in sorted(entries, key=lambda e: e.arrived)]
+    items += [describe_damaged(item) for item in damaged]
     if args.json:
-        print(json.dumps([describe(entry) for entry in entries], indent=2))
+        print(json.dumps(items, indent=2))
         return 0
-    for entry in entries:
-        item = describe(entry)
-        print(f"{item['id']}  {item['arrived']}  <{item['sender']}>  attempts={item['attempts']}  "
-              f"next={item['next_attempt']}")
+    for item in items:
+        if item["corrupt"]:
+            print(f"{item['id']}  corrupt: {item['reason']}")
+        else:
+            print(f"{item['id']}  {item['arrived']}  <{item['sender']}>  attempts={item['attempts']}  "
+                  f"next={item['next_attempt']}")
         for recipient in item["recipients"]:
             print(f"    {recipient}")
         if item["last_error"]:
             print(f"    last error: {item['last_error']}")
-    if not entries:
+    if not items:
         print("queue is empty")
     return 0
 
 
+def survey(store: QueueStore) -> tuple[list[QueuedMessage], list[Damaged]]:
+    """The entries in env/, and the damaged ones: those in corrupt/ and those in env/
+    whose envelope cannot be read or whose message is missing or of another length
+    (a stat; the checksum is read by the server before each attempt)."""
+    entries, damaged = [], []
+    for queue_id in sorted(store.ids()):
+        entry = None
+        try:
+            entry = store.load(queue_id)
+            if entry is not None:
+                store.check_message(entry, checksum=False)
+                entries.append(entry)
+        except DamagedEntry as damage:
+            damaged.append(Damaged(queue_id, str(damage), entry))
+    for queue_id in store.corrupt.ids():
+        aside = store.corrupt.read(queue_id)
+        try:
+            readable = QueuedMessage.from_json(aside.envelope or b"", queue_id)
+        except DamagedEntry:
+            readable = None
+        damaged.append(Damaged(queue_id, aside.reason, readable))
+    return entries, damaged
+
+
 def describe(entry: QueuedMessage) -> dict:
-    """The SPEC's `queue list --json` object for one entry."""
+    """The SPEC's `queue list --json` object for one entry, with `corrupt` false."""
     return {
         "id": entry.id,
         "sender": entry.sender,
@@ -68,7 +108,19 @@ def describe(entry: QueuedMessage) -> dict:
         "arrived": _iso(entry.arrived),
         "next_attempt": _iso(entry.next_attempt),
         "last_error": entry.last_error,
+        "corrupt": False,
+        "reason": None,
     }
+
+
+def describe_damaged(item: Damaged) -> dict:
+    """A damaged entry's object: what could be read of it (null where nothing could), and why."""
+    if item.entry is not None:
+        described = describe(item.entry)
+    else:
+        described = {"id": item.queue_id, "sender": None, "recipients": [], "attempts": None,
+                     "arrived": None, "next_attempt": None, "last_error": None}
+    return {**described, "corrupt": True, "reason": item.reason}
 
 
 def _iso(seconds: float) -> str:
@@ -99,7 +151,7 @@ def _mark_all_due(store: QueueStore) -> int:
 
 def _delete(args: argparse.Namespace) -> int:
     store, queue_id = _store(args), args.queue_id
-    if "/" in queue_id or "." in queue_id or store.load(queue_id) is None:
+    if "/" in queue_id or "." in queue_id or not store.exists(queue_id):
         raise CommandError(f"no queued message {queue_id}")
     if store.lock():
         try:

@@ -23,7 +23,7 @@ from mailgate.core.session import Envelope, Session
 from mailgate.outbound.bounces import BounceSender
 from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
 from mailgate.outbound.retry import RetryPolicy
-from mailgate.outbound.spool import DELIVERED, FAILED, QueuedMessage, RecipientState
+from mailgate.outbound.spool import DELIVERED, FAILED, DamagedEntry, QueuedMessage, RecipientState
 from mailgate.outbound.spooler import Blocking, Spooler
 from mailgate.outbound.transport import DeliveryJob, RecipientResult, Transport
 from mailgate.store.durable import unlink_quietly
@@ -73,15 +73,17 @@ class Scheduler:
 
     async def start(self) -> None:
         """Resume everything a previous run left queued (one listing of env/)."""
-        entries = await self._run(self._load_all)
+        set_aside, entries = await self._run(self._load_all)
+        for queue_id, reason in set_aside:
+            _log_set_aside(queue_id, reason)
         for queue_id, next_attempt in entries:
             self.schedule(queue_id, next_attempt)
         if entries:
             log.info("queue: resumed {count} queued message(s)", count=len(entries))
 
-    def _load_all(self) -> list[tuple[str, float]]:
-        self.store.prepare()
-        return self.store.next_attempts()
+    def _load_all(self) -> tuple[list[tuple[str, str]], list[tuple[str, float]]]:
+        set_aside = self.store.prepare()
+        return set_aside, self.store.next_attempts()
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop starting attempts; wait for those in flight, but not past the grace.
@@ -200,7 +202,11 @@ class Scheduler:
         if queue_id in self._deleted:
             await self.spooler.remove(queue_id)  # in case a save raced the delete
             return
-        entry = await self._run(self.store.load, queue_id)
+        try:
+            entry = await self._run(self.store.load_checked, queue_id)
+        except DamagedEntry as damage:
+            await self._set_aside(queue_id, str(damage))
+            return
         if entry is None:
             return
         groups = self._groups(entry)
@@ -213,6 +219,20 @@ class Scheduler:
         if self._abandoned:
             return  # stop() gave up waiting: leave the entry as it was
         await self._settle(entry, failed_now)
+
+    async def _set_aside(self, queue_id: str, reason: str) -> None:
+        """A damaged entry goes to corrupt/ with one log line, never to be tried again:
+        every attempt would fail alike, and a message cut short must not be relayed."""
+        if queue_id in self._deleted:
+            return  # `queue delete` took its files while they were read
+        try:
+            moved = await self._run(self.store.set_aside, queue_id, reason)
+        except OSError as error:  # it stays in env/, unscheduled until the next start
+            log.error("queue: {id}: damaged ({reason}), and not moved to corrupt/: {error}",
+                      id=queue_id, reason=reason, error=error)
+            return
+        if moved:
+            _log_set_aside(queue_id, reason)
 
     def _groups(self, entry: QueuedMessage) -> dict[Group, list[RecipientState]]:
         """Pending recipients by (transport, destination): one delivery each."""
@@ -261,6 +281,7 @@ class Scheduler:
             id=entry.id, n=entry.attempts, delivered=sum(r.status == DELIVERED for r in entry.recipients),
             failed=len(entry.failed()), pending=len(entry.pending()),
         )
+        _warn_maybe_delivered(entry.id, [r for r in results.values() if r.maybe_delivered])
         return [r for r in was_pending if r.status == FAILED]
 
     async def _settle(self, entry: QueuedMessage, failed_now: list[RecipientState]) -> None:
@@ -285,6 +306,17 @@ class Scheduler:
         after = self._delay_warning_seconds
         waited = self._clock.seconds() - entry.arrived
         return bool(after and entry.sender and entry.pending() and not entry.warned and waited >= after)
+
+
+def _log_set_aside(queue_id: str, reason: str) -> None:
+    log.error("queue: {id}: damaged entry set aside in corrupt/: {reason}", id=queue_id, reason=reason)
+
+
+def _warn_maybe_delivered(queue_id: str, results: list[RecipientResult]) -> None:
+    """One line when a final reply was lost: the retry may deliver a second copy (as Postfix warns)."""
+    if results:
+        log.warn("{id}: to={to}: {why}; it stays queued, and a retry may deliver a second copy",
+                 id=queue_id, to=",".join(r.recipient for r in results), why=results[0].reply.text)
 
 
 def _unlink_after(result: object, path: str) -> object:

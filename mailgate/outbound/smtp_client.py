@@ -1,14 +1,16 @@
 """The wire level of one outbound SMTP connection, below the relay's dialogue.
 
-Replies are read whole (multi-line ones too) and handed out in order;
-commands go out in one write; the message body is streamed from its file
-as canonical, dot-stuffed CRLF. What the replies mean is the relay's business.
+Replies are read whole (multi-line ones too) and handed out in order, each
+awaited under its command's own timeout; commands go out in one write; the
+message body is streamed from its file as canonical, dot-stuffed CRLF.
+What the replies mean is the relay's business.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
+from dataclasses import dataclass, fields
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -27,26 +29,55 @@ class SessionClosed(Exception):
     """The connection ended, timed out or spoke gibberish; the text says which."""
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """RFC 5321 4.5.3.2: how long to wait for each reply, in seconds.
+
+    Per command, never one figure for the whole session: the reply after
+    the final dot gets 10 minutes, because a server may take long to commit
+    the message, and a client that gives up sooner sends the same message
+    again at the next attempt (a duplicate). Tests shorten them (`uniform`).
+    """
+
+    greeting: float = 300.0  # the initial 220
+    mail: float = 300.0  # MAIL FROM
+    rcpt: float = 300.0  # each RCPT TO
+    data_init: float = 120.0  # DATA, until its 354
+    data_block: float = 180.0  # each block of the message, until the server takes it
+    data_end: float = 600.0  # the final dot, until its reply
+    command: float = 300.0  # EHLO, HELO, STARTTLS, RSET, QUIT: the RFC names none; Postfix waits 300 s
+
+    @classmethod
+    def uniform(cls, seconds: float) -> Timeouts:
+        """Every wait the same length (tests)."""
+        return cls(**{field.name: seconds for field in fields(cls)})
+
+
 class ClientProtocol(LineReceiver):
     """Reads replies (multi-line ones whole) and hands them out in order.
 
     Replies are queued, so pipelined commands can be written at once and
-    their replies collected one by one (RFC 2920). One idle timer guards
-    every read and the body upload: any silence longer than the timeout
-    aborts the connection (RFC 5321 4.5.3.2).
+    their replies collected one by one (RFC 2920). A timer runs only while
+    the client waits: for a reply (`read_reply`, each with its command's
+    timeout) or for the server to take the message (`expect`); silence that
+    long aborts the connection (RFC 5321 4.5.3.2). Bytes arriving, or a
+    block of the message taken, start the wait anew. Between transactions
+    nothing is awaited and no timer runs (a cached session has its own).
     """
 
     delimiter = b"\n"  # and strip "\r": a sloppy server's bare LF still ends a line
     MAX_LENGTH = 65536
 
-    def __init__(self, reactor: Any, timeout_seconds: float) -> None:
-        self._reactor, self._timeout_seconds = reactor, timeout_seconds
+    def __init__(self, reactor: Any, timeouts: Timeouts) -> None:
+        self._reactor, self.timeouts = reactor, timeouts
         self._lines: list[str] = []
         self._replies: deque[Reply] = deque()
         self.replies_received = 0  # a reused session that dies before any reply took nothing
         self._waiting: Deferred[Reply] | None = None
         self.error: SessionClosed | None = None
         self._timer: Any = None
+        self._timer_seconds = 0.0
+        self.producer: BodyProducer | None = None  # the message being sent, if any
         self.closed: Deferred[None] = Deferred()
 
     @property
@@ -54,13 +85,21 @@ class ClientProtocol(LineReceiver):
         """The TCP (or TLS) transport; only used while connected."""
         return connection_view(self.transport)
 
-    def connectionMade(self) -> None:
-        why = f"no answer within {self._timeout_seconds:g} s"
-        self._timer = self._reactor.callLater(self._timeout_seconds, self._abort, why)
+    def expect(self, seconds: float, what: str) -> None:
+        """Give the server `seconds` of silence before `what` counts as lost (one timer)."""
+        self._disarm()
+        self._timer_seconds = seconds
+        self._timer = self._reactor.callLater(seconds, self._abort, f"{what}: no answer within {seconds:g} s")
 
     def touch(self) -> None:
+        """Progress: the wait under way starts again."""
         if self._timer is not None and self._timer.active():
-            self._timer.reset(self._timeout_seconds)
+            self._timer.reset(self._timer_seconds)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def dataReceived(self, data: bytes) -> None:
         self.touch()
@@ -83,6 +122,7 @@ class ClientProtocol(LineReceiver):
         self._lines = []
         self.replies_received += 1
         if self._waiting is not None:
+            self._disarm()  # before the callback: it may start the next wait
             waiting, self._waiting = self._waiting, None
             waiting.callback(reply)
         else:
@@ -96,11 +136,12 @@ class ClientProtocol(LineReceiver):
         self.connection.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        self._disarm()
         if self.error is None:
             value = getattr(reason, "value", reason)
             self.error = SessionClosed(f"connection lost: {type(value).__name__}: {value}")
+        if self.producer is not None:  # TCP stops it too; stopping twice is harmless
+            self.producer.stopProducing()
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
             waiting.errback(self.error)
@@ -109,19 +150,21 @@ class ClientProtocol(LineReceiver):
     def has_unread_reply(self) -> bool:
         return bool(self._replies or self._lines)
 
-    def read_reply(self) -> Deferred[Reply]:
+    def read_reply(self, seconds: float, what: str) -> Deferred[Reply]:
+        """The next reply, to `what` (a command's name), given up on after `seconds` of silence."""
+        self._disarm()
         if self._replies:
             return succeed(self._replies.popleft())
         if self.error is not None:
             return fail(self.error)
         self._waiting = Deferred()
+        self.expect(seconds, what)
         return self._waiting
 
     def send(self, *commands: str) -> None:
         """Write commands in one write: with PIPELINING that is one TCP segment."""
         if any(c in command for command in commands for c in "\r\n"):
             raise ValueError(f"line end inside an SMTP command: {commands!r}")
-        self.touch()
         self.connection.write("".join(f"{command}\r\n" for command in commands).encode("utf-8"))
 
     async def quit(self, *, wait_for_reply: bool = True) -> None:
@@ -135,7 +178,7 @@ class ClientProtocol(LineReceiver):
             self.send("QUIT")
             if wait_for_reply:
                 try:
-                    await self.read_reply()
+                    await self.read_reply(self.timeouts.command, "QUIT")
                 except SessionClosed:
                     pass  # results are known; a rude goodbye changes nothing
         await self.close()
@@ -154,12 +197,20 @@ class BodyProducer:
     A pull producer: the transport asks for the next block only when its
     buffer has drained, so a 1 GB message never sits in memory, and each
     block is converted with a few bytes.replace calls, never per line.
+    A server that takes no block for `Timeouts.data_block` is given up on.
     """
 
     def __init__(self, handle: BinaryIO, protocol: ClientProtocol) -> None:
         self._handle, self._protocol = handle, protocol
         self._crlf, self._dots = CRLFConverter(), DotStuffer()
         self.done: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        """Send the whole message; fires once the last block (with the dot) is written."""
+        self._protocol.expect(self._protocol.timeouts.data_block, "message data")
+        self._protocol.producer = self
+        self._protocol.connection.registerProducer(self, False)
+        return self.done
 
     def resumeProducing(self) -> None:
         if self.done.called:
@@ -172,9 +223,11 @@ class BodyProducer:
             return
         transport.write(self._dots.feed(self._crlf.finish()) + self._dots.finish())
         transport.unregisterProducer()
+        self._protocol.producer = None
         self.done.callback(None)
 
     def stopProducing(self) -> None:
+        self._protocol.producer = None
         if not self.done.called:
             error = self._protocol.error or SessionClosed("connection lost while sending the message")
             self.done.errback(error)

@@ -20,11 +20,12 @@ from mailgate.core.reply import Reply
 from mailgate.core.route import Route
 from mailgate.net.dns import MXResolver
 from mailgate.outbound.connection_cache import ConnectionCache, Key, OpenSession
-from mailgate.outbound.smtp_client import BodyProducer, ClientProtocol, SessionClosed, wire_size
+from mailgate.outbound.smtp_client import BodyProducer, ClientProtocol, SessionClosed, Timeouts, wire_size
 from mailgate.outbound.transport import DeliveryJob, RecipientResult, same_result
 
 TLS_MODES = ("none", "opportunistic", "verify")
 SCHEMES = ("mx", "smtp")  # the routes this transport delivers
+RFC_5321_TIMEOUTS = Timeouts()
 log = Logger()
 
 
@@ -33,6 +34,11 @@ def _result(reply: Reply, recipient: str, host: str) -> RecipientResult:
     if not reply.enhanced:
         reply = Reply(reply.code, f"{reply.code // 100}.0.0", reply.text)
     return RecipientResult(recipient, reply, host)
+
+
+class _FinalReplyLost(SessionClosed):
+    """The whole message and its dot went out, and no reply came back (timeout,
+    connection lost): the server may have taken the message (RFC 5321 4.5.3.2)."""
 
 
 class _SetupFailed(DeliveryError):
@@ -82,17 +88,18 @@ class SMTPTransport:
     both modes (tests pass a trust root for their self-signed certificate).
     With `connection_cache_seconds`, a session that ended cleanly waits that
     long for the next message to the same host (mailgate.outbound.connection_cache).
+    Each reply is awaited under RFC 5321's timeout for its command (`timeouts`).
     """
 
     def __init__(self, reactor: Any, *, helo_name: str, tls_mode: str, resolver: MXResolver,
-                 mx_port: int = 25, timeout_seconds: float = 300, connect_timeout_seconds: float = 30,
+                 mx_port: int = 25, timeouts: Timeouts = RFC_5321_TIMEOUTS, connect_timeout_seconds: float = 30,
                  client_tls_options: Callable[[str], Any] | None = None,
                  connection_cache_seconds: float = 0.0, smarthost: tuple[str, int] | None = None) -> None:
         if tls_mode not in TLS_MODES:
             raise ValueError(f"tls_mode must be one of {TLS_MODES}, not {tls_mode!r}")
         self._reactor, self._helo_name, self._tls_mode = reactor, helo_name, tls_mode
         self._resolver, self._mx_port = resolver, mx_port
-        self._timeout_seconds, self._connect_timeout_seconds = timeout_seconds, connect_timeout_seconds
+        self._timeouts, self._connect_timeout_seconds = timeouts, connect_timeout_seconds
         self._client_tls_options = client_tls_options
         self._cache = ConnectionCache(reactor, connection_cache_seconds)
         self._smarthost = smarthost
@@ -181,7 +188,7 @@ class SMTPTransport:
         host, address, port = key
         endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         endpoint = endpoint_type(self._reactor, address, port, timeout=self._connect_timeout_seconds)
-        protocol = ClientProtocol(self._reactor, self._timeout_seconds)
+        protocol = ClientProtocol(self._reactor, self._timeouts)
         try:
             await connectProtocol(endpoint, protocol)
         except Exception as error:
@@ -210,7 +217,7 @@ class SMTPTransport:
         """
         protocol, before = session.protocol, session.protocol.replies_received
         try:
-            results = await self._transaction(protocol, job, key[0], session.extensions)
+            results = await self._transaction(protocol, job, key, session.extensions)
         except SessionClosed as error:
             await protocol.close(abort=True)
             if session.transactions and protocol.replies_received == before:
@@ -227,7 +234,7 @@ class SMTPTransport:
     async def _open(self, protocol: ClientProtocol, host: str, where: str,
                     use_tls: bool) -> dict[str, str]:
         """Greeting, EHLO and STARTTLS: everything before the mail transaction."""
-        greeting = await protocol.read_reply()
+        greeting = await protocol.read_reply(self._timeouts.greeting, "greeting")
         if not greeting.positive:
             raise _SetupFailed("4.4.1", f"{where}: greeting: {greeting.code} {greeting.one_line}")
         extensions = await self._hello(protocol, where)
@@ -236,7 +243,7 @@ class SMTPTransport:
         if "STARTTLS" not in extensions:
             return self._without_tls(extensions, where, "STARTTLS not offered")
         protocol.send("STARTTLS")
-        reply = await protocol.read_reply()
+        reply = await protocol.read_reply(self._timeouts.command, "STARTTLS")
         if reply.code != 220:
             return self._without_tls(extensions, where, f"STARTTLS refused: {reply.code}")
         protocol.connection.startTLS(self._tls_options(host))
@@ -261,28 +268,29 @@ class SMTPTransport:
     async def _hello(self, protocol: ClientProtocol, where: str) -> dict[str, str]:
         """EHLO, or HELO for an old server that rejects EHLO with 5xx (RFC 5321 3.2)."""
         protocol.send(f"EHLO {self._helo_name}")
-        reply = await protocol.read_reply()
+        reply = await protocol.read_reply(self._timeouts.command, "EHLO")
         if reply.positive:
             return _extensions(reply)
         if reply.code >= 500:
             protocol.send(f"HELO {self._helo_name}")
-            reply = await protocol.read_reply()
+            reply = await protocol.read_reply(self._timeouts.command, "HELO")
             if reply.positive:
                 return {}
         raise _SetupFailed("4.4.1", f"{where}: hello: {reply.code} {reply.one_line}")
 
-    async def _transaction(self, protocol: ClientProtocol, job: _Job, host: str,
+    async def _transaction(self, protocol: ClientProtocol, job: _Job, key: Key,
                            extensions: dict[str, str]) -> list[RecipientResult]:
         """MAIL, RCPTs, DATA (all in one write with PIPELINING), body, final reply."""
+        host, timeouts = key[0], self._timeouts
         params = [f"SIZE={wire_size(job.message_path)}"] if "SIZE" in extensions else []
         params += ["BODY=8BITMIME"] if "8BITMIME" in extensions else []
         mail = " ".join([f"MAIL FROM:<{job.mail_from}>", *params])
         rcpts = [f"RCPT TO:<{recipient}>" for recipient in job.recipients]
         if "PIPELINING" in extensions:
             protocol.send(mail, *rcpts, "DATA")  # RFC 2920: DATA may end the batch
-            mail_reply = await protocol.read_reply()
-            rcpt_replies = [await protocol.read_reply() for _ in rcpts]
-            data_reply: Reply | None = await protocol.read_reply()
+            mail_reply = await protocol.read_reply(timeouts.mail, "MAIL")
+            rcpt_replies = [await protocol.read_reply(timeouts.rcpt, "RCPT") for _ in rcpts]
+            data_reply: Reply | None = await protocol.read_reply(timeouts.data_init, "DATA")
         else:
             mail_reply, rcpt_replies, data_reply = await self._lockstep(protocol, mail, rcpts)
         if not mail_reply.positive:
@@ -291,43 +299,64 @@ class SMTPTransport:
         if not any(reply.positive for reply in rcpt_replies):
             await self._abandon(protocol, data_reply)
             return [_result(reply, r, host) for r, reply in zip(job.recipients, rcpt_replies)]
-        final = await self._data(protocol, job, data_reply)
+        try:
+            final = await self._data(protocol, job, data_reply)
+        except _FinalReplyLost as lost:
+            return _maybe_delivered(job, rcpt_replies, key, lost)
         return [_result(final if reply.positive else reply, r, host)
                 for r, reply in zip(job.recipients, rcpt_replies)]
 
     async def _lockstep(self, protocol: ClientProtocol, mail: str,
                         rcpts: list[str]) -> tuple[Reply, list[Reply], Reply | None]:
         """Without PIPELINING: one command, one reply; DATA only if someone was accepted."""
+        timeouts = self._timeouts
         protocol.send(mail)
-        mail_reply = await protocol.read_reply()
+        mail_reply = await protocol.read_reply(timeouts.mail, "MAIL")
         if not mail_reply.positive:
             return mail_reply, [], None
         rcpt_replies = []
         for rcpt in rcpts:
             protocol.send(rcpt)
-            rcpt_replies.append(await protocol.read_reply())
+            rcpt_replies.append(await protocol.read_reply(timeouts.rcpt, "RCPT"))
         if not any(reply.positive for reply in rcpt_replies):
             return mail_reply, rcpt_replies, None
         protocol.send("DATA")
-        return mail_reply, rcpt_replies, await protocol.read_reply()
+        return mail_reply, rcpt_replies, await protocol.read_reply(timeouts.data_init, "DATA")
 
     async def _data(self, protocol: ClientProtocol, job: _Job, data_reply: Reply | None) -> Reply:
-        """Send the body after 354 and return the final reply (or DATA's refusal)."""
+        """Send the body after 354 and return the final reply (or DATA's refusal).
+
+        _FinalReplyLost once the dot has gone: from then on the server may
+        have the message, whatever happens to the connection.
+        """
         assert data_reply is not None
         if data_reply.code != 354:
             if data_reply.code >= 400:
                 return data_reply
             return Reply(451, "4.5.0", f"unexpected reply to DATA: {data_reply.code}")
         with open(job.message_path, "rb") as handle:
-            producer = BodyProducer(handle, protocol)
-            protocol.connection.registerProducer(producer, False)
-            await producer.done
-        return await protocol.read_reply()
+            await BodyProducer(handle, protocol).start()
+        try:
+            return await protocol.read_reply(self._timeouts.data_end, "end of data")
+        except SessionClosed as error:
+            why = str(error)  # a timeout names the end of data already; a lost connection does not
+            raise _FinalReplyLost(why if why.startswith("end of data") else f"end of data: {why}") from error
 
     async def _abandon(self, protocol: ClientProtocol, data_reply: Reply | None) -> None:
         """Nobody to deliver to: end a DATA the server wrongly accepted, then RSET."""
         if data_reply is not None and data_reply.code == 354:
             protocol.connection.write(b".\r\n")  # RFC 2920 3.1: an empty message, rejected
-            await protocol.read_reply()
+            await protocol.read_reply(self._timeouts.data_end, "end of data")
         protocol.send("RSET")
-        await protocol.read_reply()
+        await protocol.read_reply(self._timeouts.command, "RSET")
+
+
+def _maybe_delivered(job: _Job, rcpt_replies: list[Reply], key: Key,
+                     lost: _FinalReplyLost) -> list[RecipientResult]:
+    """The accepted recipients' reply after the dot never came: deferred, and marked
+    as Postfix does ("message may be sent more than once"); refused ones keep their reply."""
+    host = key[0]
+    reply = Reply(451, "4.4.2", f"{_where(key)}: {lost}; the message may have been delivered")
+    return [RecipientResult(recipient, reply, host, maybe_delivered=True) if answer.positive
+            else _result(answer, recipient, host)
+            for recipient, answer in zip(job.recipients, rcpt_replies)]

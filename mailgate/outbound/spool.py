@@ -3,75 +3,41 @@
 Layout under `<state_dir>/queue/`:
 
     msg/<id>    the message, LF line ends, trace headers included; never rewritten
-    env/<id>    JSON: sender, arrival, attempts and every recipient's state;
-                its mtime is the next attempt (as Postfix dates deferred files)
+    env/<id>    JSON: sender, arrival, attempts and every recipient's state, and
+                the message's length and SHA-256; its mtime is the next attempt
+                (as Postfix dates deferred files)
     tmp/        files being written; anything here after a crash is garbage
     control/    requests from `mailgate queue flush|delete` to the running server
+    corrupt/    damaged entries, set aside (mailgate.outbound.corrupt)
     lock        held (flock) by the running server, so the CLI knows to ask it
 
 A message is queued when its env/ file is renamed into place, after the
 message file and both directories are fsynced; only then is the client told
 250. State changes rewrite env/<id> the same way (temp, fsync, rename), so a
 crash leaves the old state or the new, never half of one: at worst one
-recipient is tried again. Every function here blocks on the disk: callers
-run them in a thread pool.
+recipient is tried again. An entry that cannot be read, or whose message
+is missing or not the one queued (its length and checksum are checked
+before each attempt), is DamagedEntry: it is set aside in corrupt/, never
+retried and never relayed cut short. Every function here blocks on the
+disk: callers run them in a thread pool.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
+import hashlib
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
+from mailgate.outbound.corrupt import CorruptDirectory
+from mailgate.outbound.entry import (
+    DELIVERED, FAILED, MISSING_MESSAGE, PENDING, DamagedEntry, QueuedMessage, RecipientState,
+)
 from mailgate.store.durable import sync_paths, unlink_quietly, write_durably
 from mailgate.store.maildir_writer import StoredMessage
 
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-
-
-@dataclass
-class RecipientState:
-    address: str
-    route: str
-    status: str = PENDING
-    code: int | None = None  # the last reply's code, for the DSN
-    enhanced: str | None = None
-    diagnostic: str | None = None  # the last reply's text or our reason
-    remote_mta: str | None = None
-
-
-@dataclass
-class QueuedMessage:
-    id: str
-    sender: str  # "" for the null sender: never bounced to
-    arrived: float  # unix seconds
-    recipients: list[RecipientState]
-    attempts: int = 0
-    next_attempt: float = 0.0
-    last_error: str | None = None
-    warned: bool = False  # a delay warning was sent
-    session: dict[str, Any] = field(default_factory=dict)  # core.Session.to_dict() of the sending session
-    parameters: dict[str, str | None] = field(default_factory=dict)  # MAIL FROM's ESMTP parameters
-    extra: dict = field(default_factory=dict)  # room for plugins' bookkeeping
-
-    def pending(self) -> list[RecipientState]:
-        return [r for r in self.recipients if r.status == PENDING]
-
-    def failed(self) -> list[RecipientState]:
-        return [r for r in self.recipients if r.status == FAILED]
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "QueuedMessage":
-        """Entries written by an older version lack the newer fields: they get the defaults."""
-        raw = json.loads(data)
-        raw["recipients"] = [RecipientState(**r) for r in raw["recipients"]]
-        return cls(**raw)
+__all__ = ["DELIVERED", "FAILED", "PENDING", "DamagedEntry", "QueueStore", "QueuedMessage", "RecipientState"]
 
 
 class QueueStore:
@@ -83,10 +49,12 @@ class QueueStore:
         self._env = os.path.join(directory, "env")
         self._tmp = os.path.join(directory, "tmp")
         self._control = os.path.join(directory, "control")
+        self.corrupt = CorruptDirectory(os.path.join(directory, "corrupt"))
         self._lock_fd: int | None = None
 
-    def prepare(self) -> None:
-        """Create the directories and clear what a crash left half-written."""
+    def prepare(self) -> list[tuple[str, str]]:
+        """Create the directories and clear what a crash left half-written; return the
+        (id, reason) of each entry set aside as damaged."""
         for path in (self._msg, self._env, self._tmp, self._control):
             os.makedirs(path, mode=0o700, exist_ok=True)
         for name in os.listdir(self._tmp):
@@ -94,8 +62,11 @@ class QueueStore:
         queued, stored = set(os.listdir(self._env)), set(os.listdir(self._msg))
         for name in stored - queued:  # never acknowledged: its env/ never landed
             unlink_quietly(os.path.join(self._msg, name))
-        for name in queued - stored:  # never acknowledged: 250 waits for both renames' sync
-            unlink_quietly(os.path.join(self._env, name))
+        # add_batch renames msg/ before env/ and remove_batch unlinks env/ first, so
+        # an envelope without its message is damage: kept for the operator, not deleted.
+        for name in sorted(queued - stored):
+            self.set_aside(name, MISSING_MESSAGE)
+        return [(name, MISSING_MESSAGE) for name in sorted(queued - stored)]
 
     def message_path(self, queue_id: str) -> str:
         return os.path.join(self._msg, queue_id)
@@ -122,6 +93,8 @@ class QueueStore:
         hears 250. A job is one transaction: all its entries land or none."""
         writes = []
         for entries in jobs:
+            for entry, message in entries:
+                entry.message_size, entry.message_sha256 = _fingerprint([message.transit_header, *message.body])
             writes.append([
                 write
                 for entry, message in entries
@@ -148,7 +121,7 @@ class QueueStore:
                 os.unlink(os.path.join(self._env, queue_id))
                 results.append(True)
             except FileNotFoundError:
-                results.append(False)
+                results.append(self._remove_set_aside(queue_id))
             except OSError as exc:
                 results.append(exc)
         try:
@@ -160,6 +133,13 @@ class QueueStore:
                 unlink_quietly(self.message_path(queue_id))
         return results
 
+    def _remove_set_aside(self, queue_id: str) -> BaseException | bool:
+        """`queue delete` of an entry in corrupt/: False if there is none there either."""
+        try:
+            return self.corrupt.remove(queue_id)
+        except OSError as exc:
+            return exc
+
     def _env_write(self, entry: QueuedMessage) -> Write:
         """An env/ file whose mtime is its next attempt: start-up reads dates, not files."""
         tmp = self._tmp_path(entry.id, ".env")
@@ -169,12 +149,43 @@ class QueueStore:
         return os.path.join(self._tmp, queue_id + suffix)
 
     def load(self, queue_id: str) -> QueuedMessage | None:
-        """The entry, or None if it is gone (delivered, or deleted by the CLI)."""
+        """The entry, or None if it is gone (delivered, or deleted by the CLI);
+        DamagedEntry if its envelope cannot be read."""
         try:
             with open(os.path.join(self._env, queue_id), "rb") as handle:
-                return QueuedMessage.from_json(handle.read())
+                data = handle.read()
         except FileNotFoundError:
             return None
+        return QueuedMessage.from_json(data, queue_id)
+
+    def load_checked(self, queue_id: str) -> QueuedMessage | None:
+        """load(), with the message checked against its length and checksum (before an attempt)."""
+        entry = self.load(queue_id)
+        if entry is not None:
+            self.check_message(entry)
+        return entry
+
+    def check_message(self, entry: QueuedMessage, checksum: bool = True) -> None:
+        """DamagedEntry if msg/<id> is missing or not as queued. Entries queued by 0.1
+        recorded no length: for them only a missing message counts."""
+        path = self.message_path(entry.id)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            raise DamagedEntry(MISSING_MESSAGE) from None
+        if entry.message_size is not None and size != entry.message_size:
+            raise DamagedEntry(f"message file has {size} bytes, {entry.message_size} were queued")
+        if checksum and entry.message_sha256 is not None and _file_sha256(path) != entry.message_sha256:
+            raise DamagedEntry("message file does not match its SHA-256 checksum")
+
+    def set_aside(self, queue_id: str, reason: str) -> bool:
+        """Move a damaged entry's files to corrupt/, with the reason; False if it was gone."""
+        return self.corrupt.set_aside(queue_id, reason, os.path.join(self._env, queue_id),
+                                      self.message_path(queue_id))
+
+    def exists(self, queue_id: str) -> bool:
+        """Queued, damaged or not, or set aside in corrupt/."""
+        return os.path.lexists(os.path.join(self._env, queue_id)) or queue_id in self.corrupt.ids()
 
     def ids(self) -> list[str]:
         try:
@@ -202,9 +213,12 @@ class QueueStore:
         return found
 
     def entries(self) -> Iterator[QueuedMessage]:
-        """Every entry, read from disk: for start-up and `mailgate queue list`."""
+        """Every entry that can be read (damaged ones are skipped), read from disk."""
         for queue_id in self.ids():
-            entry = self.load(queue_id)
+            try:
+                entry = self.load(queue_id)
+            except DamagedEntry:
+                continue
             if entry is not None:
                 yield entry
 
@@ -248,6 +262,21 @@ class QueueStore:
 
 
 Write = tuple[str, str, list[bytes], "float | None"]  # temp path, final path, content, mtime
+def _fingerprint(chunks: Iterable[bytes]) -> tuple[int, str]:
+    """Length and SHA-256 of the message file these chunks make."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _commit(jobs: Sequence[list[Write]], directories: set[str]) -> list[BaseException | None]:

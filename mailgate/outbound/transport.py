@@ -30,6 +30,7 @@ class RecipientResult:
     recipient: str
     reply: Reply  # the server's, else a synthetic 4xx for connection/timeout/TLS problems
     remote_mta: str | None = None  # host that answered, None if none did
+    maybe_delivered: bool = False  # the whole message went, its final reply never came
 
     @property
     def delivered(self) -> bool:

@@ -16,11 +16,16 @@ def write_durably(
     With fsync=False the caller makes the data durable later, for a whole
     batch at once (`sync_paths`). `mtime`, when given, is set before the
     sync, so it is as durable as the data (the queue keeps a date there).
+    A short write (a disk or a file-size limit filling up: the kernel writes
+    what fits and says how much) is carried on until the kernel raises
+    ENOSPC or EFBIG, so a file is never left shorter than its chunks.
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with open(fd, "wb", buffering=0) as handle:
         for chunk in chunks:
-            handle.write(chunk)
+            rest = memoryview(chunk)
+            while rest:
+                rest = rest[handle.write(rest) :]
         if mtime is not None:
             os.utime(fd, (mtime, mtime))
         if fsync:

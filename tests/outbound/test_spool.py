@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def test_add_writes_message_without_return_path_and_state(tmp_path: Path) -> Non
     assert data.startswith(b"Received: by mx")
     assert data.endswith(b"\nSubject: s\n\nhello\n")
     loaded = s.load("Q1")
+    assert (loaded.message_size, loaded.message_sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    loaded.message_size = loaded.message_sha256 = None
     assert loaded == entry()
     assert os.listdir(tmp_path / "queue" / "tmp") == []
 
@@ -128,12 +131,16 @@ def test_failed_write_leaves_no_tmp_and_the_next_save_works(tmp_path: Path, monk
     assert s.load("Q1").attempts == 5
 
 
-def test_prepare_drops_an_entry_whose_message_never_landed(tmp_path: Path) -> None:
+def test_prepare_sets_aside_an_entry_whose_message_is_missing(tmp_path: Path) -> None:
+    """The message goes into msg/ before the envelope into env/, and leaves it after:
+    an envelope alone is damage, kept for the operator in corrupt/, not deleted."""
     s = store(tmp_path)
-    s.add(entry("KEEP"), message())
-    os.unlink(s.message_path("KEEP"))  # as after a crash between the renames, before any 250
-    s.prepare()
+    s.add(entry("LOST"), message())
+    os.unlink(s.message_path("LOST"))
+    assert s.prepare() == [("LOST", "message file missing")]
     assert s.ids() == []
+    assert sorted(os.listdir(tmp_path / "queue" / "corrupt")) == ["LOST.env", "LOST.reason"]
+    assert s.corrupt.read("LOST").reason == "message file missing"
 
 
 def test_a_batch_shares_syncs_and_isolates_a_failing_job(tmp_path: Path, monkeypatch) -> None:

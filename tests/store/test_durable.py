@@ -1,9 +1,11 @@
-"""Tests for mailgate.store.durable.replace_file: whole-file replacement, mode first, fsyncs, no leftovers."""
+"""Tests for mailgate.store.durable: whole-file replacement, mode first, fsyncs, no leftovers, no short files."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,24 @@ def test_failure_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatc
         durable.replace_file(str(target), b"new")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["users"]
+
+
+SHORT_WRITE_CHILD = """
+import errno, resource, signal, sys
+from mailgate.store.durable import write_durably
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    write_durably(sys.argv[1], [b"h" * 600, b"b" * 600])  # the kernel takes 400 of the second
+except OSError as exc:
+    sys.exit(0 if exc.errno == errno.EFBIG else 3)
+sys.exit(2)
+"""
+
+
+def test_a_short_write_is_an_error_not_a_shorter_file(tmp_path: Path) -> None:
+    """A file-size limit (or a disk filling up) makes write(2) take only what fits and
+    say so; the writer goes on and gets EFBIG, instead of leaving 1000 of 1200 bytes."""
+    done = subprocess.run([sys.executable, "-c", SHORT_WRITE_CHILD, str(tmp_path / "message")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, (done.returncode, done.stderr)
