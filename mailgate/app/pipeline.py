@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from mailgate.config import GatewayConfig
 from mailgate.core.route import host_port
 from mailgate.hooks.calling import Hooks
+from mailgate.hooks.events import Events
 from mailgate.inbound.transaction import Deliverer
 from mailgate.net.dns import MXResolver, make_resolver
 from mailgate.outbound.bounces import BounceSender
@@ -55,6 +56,6 @@ def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
     scheduler = Scheduler(
         spooler, {scheme: smtp for scheme in SCHEMES},
         HookTransport(hooks, lambda job: run_blocking(read_wire_form, job.message_path)), bounces, policy,
-        reactor, run_blocking, delay_warning_seconds=relay.delay_warning_seconds,
+        reactor, run_blocking, delay_warning_seconds=relay.delay_warning_seconds, events=Events(hooks),
     )
     return Pipeline(deliverer, scheduler, smtp)

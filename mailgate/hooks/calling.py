@@ -54,6 +54,7 @@ class Hooks:
         self._clock = clock
         self.timeout_seconds = timeout_seconds
         self._propagate_errors = propagate_errors
+        self._told: list[tuple[str, list[HookImpl], dict[str, object]]] = []  # notify()'s, for the next turn
 
     def implemented(self, name: str) -> bool:
         """Whether any plugin implements the hook: callers skip building its arguments if not."""
@@ -102,13 +103,19 @@ class Hooks:
         failures are logged. Costs nothing when no plugin implements it.
         """
         impls = self._impls(name)
-        if impls:
-            self._clock.callLater(0, self._notify_now, name, impls, kwargs)
+        if not impls:
+            return
+        if not self._told:
+            self._clock.callLater(0, self._notify_now)
+        self._told.append((name, impls, kwargs))
 
-    def _notify_now(self, name: str, impls: list[HookImpl], kwargs: dict[str, object]) -> None:
-        for impl in impls:
-            d = Deferred.fromCoroutine(self._call(name, impl, kwargs))
-            d.addErrback(self._log_notify_failure, name)
+    def _notify_now(self) -> None:
+        """Everything told since the last turn, in the order it was told."""
+        told, self._told = self._told, []
+        for name, impls, kwargs in told:
+            for impl in impls:
+                d = Deferred.fromCoroutine(self._call(name, impl, kwargs))
+                d.addErrback(self._log_notify_failure, name)
 
     @staticmethod
     def _log_notify_failure(failure: Failure, name: str) -> None:

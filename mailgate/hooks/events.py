@@ -21,12 +21,12 @@ _stamp: tuple[int, str] = (0, "")  # the last second formatted: most events shar
 class Events:
     """Builds event dicts (the SPEC's fields) and hands them to `mailgate_event`."""
 
-    def __init__(self, hooks: Hooks) -> None:
-        self._hooks = hooks
+    def __init__(self, hooks: Hooks | None) -> None:
+        self._hooks = hooks  # None: nobody listens (a part built without plugins, in a test)
 
     @property
     def wanted(self) -> bool:
-        return self._hooks.implemented("mailgate_event")
+        return self._hooks is not None and self._hooks.implemented("mailgate_event")
 
     def emit(self, kind: str, *, queue_id: str = "", mail_from: str = "", recipient: str = "",
              route: str = "", reply: Reply | None = None, client: str = "", attempt: int = 0) -> None:
@@ -38,6 +38,7 @@ class Events:
             "recipient": recipient, "route": str(route), "reply": str(reply) if reply is not None else "",
             "client": client, "attempt": attempt,
         }
+        assert self._hooks is not None
         self._hooks.notify("mailgate_event", event=event)
 
 

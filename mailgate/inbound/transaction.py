@@ -36,6 +36,16 @@ from mailgate.store.maildir_writer import StoredMessage
 log = Logger()
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """One recipient the transaction delivered itself."""
+
+    queue_id: str
+    mail_from: str
+    recipient: str
+    route: Route
+
+
 
 class Spool(Protocol):
     """What the transaction needs of the outbound spool (mailgate.outbound.spooler.Spooler)."""
@@ -60,8 +70,9 @@ class Part:
     queue_id: str
     envelope: Envelope
     message: StoredMessage
-    local: list[str] = field(default_factory=list)  # mailbox addresses
+    local: list[tuple[str, Route]] = field(default_factory=list)  # (recipient, route) for a Maildir
     queued: list[tuple[str, Route]] = field(default_factory=list)  # (recipient, route) for the queue
+    inline: list[tuple[str, Route]] = field(default_factory=list)  # delivered while the client waited
 
 
 class Deliverer:
@@ -74,8 +85,12 @@ class Deliverer:
         self._hostname = hostname
 
     async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str, *,
-                      inline: bool = True) -> None:
-        """Deliver or queue everything, or raise DeliveryError having kept nothing."""
+                      inline: bool = True) -> list[Delivered]:
+        """Deliver or queue everything, or raise DeliveryError having kept nothing.
+
+        Returns what was delivered at once (Maildirs, inline gateways), for
+        the caller's `delivered` events; the queue tells of the rest.
+        """
         original, lists = split_routes(Part(queue_id, envelope, message), envelope.routes)
         parts = [original]
         for index, list_address in enumerate(lists):
@@ -86,6 +101,8 @@ class Deliverer:
             for part in parts:
                 part.queued = await self._deliver_inline(part)
         await self._commit(parts)
+        return [Delivered(part.queue_id, part.envelope.mail_from, recipient, route)
+                for part in parts for recipient, route in (*part.local, *part.inline)]
 
     async def inject(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
         """Deliver a message mailgate wrote itself (a bounce): routed like any other."""
@@ -140,12 +157,14 @@ class Deliverer:
             answer = await self._hooks.first("mailgate_deliver_inline", route=route, envelope=scoped, message=wire)
             if answer is None:
                 remaining.extend((recipient, route) for recipient in recipients)
+            else:
+                part.inline.extend((recipient, route) for recipient in recipients)
         return remaining
 
     async def _commit(self, parts: list[Part]) -> None:
         """Queue entries in one group commit, Maildir copies in another; all or none."""
         entries = [(p.queue_id, p.envelope, p.queued, p.message) for p in parts if p.queued]
-        copies = [(p.local, p.message) for p in parts if p.local]
+        copies = [([route.mailbox(recipient) for recipient, route in p.local], p.message) for p in parts if p.local]
         try:
             if entries:
                 await self._spool.add(entries)
@@ -175,7 +194,7 @@ def split_routes(part: Part, routes: dict[str, Route]) -> tuple[Part, list[str]]
     lists: list[str] = []
     for recipient, route in routes.items():
         if route.scheme == "local":
-            part.local.append(route.mailbox(recipient))
+            part.local.append((recipient, route))
         elif route.scheme == "list":
             lists.append(route.mailbox(recipient))
         elif route.scheme != "discard":

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from mailgate.core.reply import Reply
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope, Session
+from mailgate.hooks.events import Events
 from mailgate.outbound.bounces import BounceSender
 from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
 from mailgate.outbound.retry import RetryPolicy
@@ -50,6 +51,7 @@ class Scheduler:
         clock: IReactorTime,
         run_blocking: Blocking,
         delay_warning_seconds: float = 0.0,
+        events: Events | None = None,
     ) -> None:
         self.spooler = spooler
         self.store = spooler.store
@@ -60,6 +62,7 @@ class Scheduler:
         self._clock = clock
         self._run = run_blocking
         self._delay_warning_seconds = delay_warning_seconds
+        self._events = events if events is not None else Events(None)
         self._heap: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}  # id -> its live heap time; stale heap entries skipped
         self._running: dict[str, Deferred] = {}
@@ -270,12 +273,14 @@ class Scheduler:
                 recipient.status = FAILED
             else:
                 entry.last_error = str(reply)
-        if entry.pending() and self._policy.expired(entry.arrived, now):
-            for recipient in entry.pending():
-                recipient.status = FAILED
-                recipient.enhanced = "4.4.7"
-                recipient.diagnostic = f"message expired in queue; last error: {recipient.diagnostic}"
+        expired = entry.pending() if self._policy.expired(entry.arrived, now) else []
+        for recipient in expired:
+            recipient.status = FAILED
+            recipient.enhanced = "4.4.7"
+            recipient.diagnostic = f"message expired in queue; last error: {recipient.diagnostic}"
         entry.next_attempt = now + self._policy.delay(entry.attempts)
+        if self._events.wanted:
+            self._tell(entry, was_pending, results, expired)
         log.info(
             "{id}: attempt {n}: {delivered} delivered, {failed} failed, {pending} deferred",
             id=entry.id, n=entry.attempts, delivered=sum(r.status == DELIVERED for r in entry.recipients),
@@ -283,6 +288,17 @@ class Scheduler:
         )
         _warn_maybe_delivered(entry.id, [r for r in results.values() if r.maybe_delivered])
         return [r for r in was_pending if r.status == FAILED]
+
+    def _tell(self, entry: QueuedMessage, attempted: list[RecipientState], results: dict[str, RecipientResult],
+              expired: list[RecipientState]) -> None:
+        """One mailgate_event per recipient attempted: delivered, deferred, bounced or expired."""
+        for recipient in attempted:
+            result = results.get(recipient.address)
+            kind = ("expired" if recipient in expired else "delivered" if recipient.status == DELIVERED
+                    else "bounced" if recipient.status == FAILED else "deferred")
+            self._events.emit(kind, queue_id=entry.id, mail_from=entry.sender, recipient=recipient.address,
+                              route=recipient.route, reply=result.reply if result is not None else None,
+                              attempt=entry.attempts)
 
     async def _settle(self, entry: QueuedMessage, failed_now: list[RecipientState]) -> None:
         """Bounce what failed in this attempt at once (as Postfix does: a sender

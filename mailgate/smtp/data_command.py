@@ -21,6 +21,7 @@ from mailgate.core.session import Envelope
 from mailgate.core.trace import trace_header
 from mailgate.hooks.calling import FAILED, HookFailed
 from mailgate.inbound.message_hooks import run_message_hooks
+from mailgate.inbound.transaction import Delivered
 from mailgate.smtp.channel import Channel
 from mailgate.smtp.data_reader import DataReader
 from mailgate.smtp.policy import ListenerPolicy
@@ -35,6 +36,7 @@ NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
 NO_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+DELIVERED = Reply(250, "2.0.0", "Delivered")  # what a `delivered` event says of a Maildir or inline gateway
 BARE_NEWLINE = Reply(550, "5.5.2", "Message contains bare CR or LF characters")
 NUL = Reply(550, "5.5.2", "Message contains NUL characters")
 
@@ -78,7 +80,7 @@ async def finish_message(reader: DataReader, envelope: Envelope, esmtp: bool, po
     if isinstance(message, Reply):
         return _refused(envelope, queue_id, message, policy)
     try:
-        await policy.deliverer.deliver(envelope, message, queue_id)
+        delivered = await policy.deliverer.deliver(envelope, message, queue_id)
     except DeliveryError as exc:
         log.warn("{id}: delivery failed: {reason}", id=queue_id, reason=exc.reason)
         return _refused(envelope, queue_id, exc.reply, policy)
@@ -87,10 +89,18 @@ async def finish_message(reader: DataReader, envelope: Envelope, esmtp: bool, po
         id=queue_id, sender=envelope.mail_from, rcpts=len(envelope.rcpt_to), size=message.size,
     )
     if policy.events.wanted:
-        for recipient, route in envelope.routes.items():
-            policy.events.emit("received", queue_id=queue_id, mail_from=envelope.mail_from, recipient=recipient,
-                               route=route, client=envelope.session.peer)
+        _tell_received(envelope, queue_id, delivered, policy)
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def _tell_received(envelope: Envelope, queue_id: str, delivered: list[Delivered], policy: ListenerPolicy) -> None:
+    """`received` for every recipient, then `delivered` for those already in their Maildir or gateway."""
+    for recipient, route in envelope.routes.items():
+        policy.events.emit("received", queue_id=queue_id, mail_from=envelope.mail_from, recipient=recipient,
+                           route=route, client=envelope.session.peer)
+    for done in delivered:
+        policy.events.emit("delivered", queue_id=done.queue_id, mail_from=done.mail_from, recipient=done.recipient,
+                           route=done.route, reply=DELIVERED, attempt=1)
 
 
 async def _message(reader: DataReader, envelope: Envelope, esmtp: bool, queue_id: str,

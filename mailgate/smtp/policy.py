@@ -18,13 +18,14 @@ from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.core.session import Envelope
 from mailgate.hooks.calling import Hooks
 from mailgate.hooks.events import Events
+from mailgate.inbound.transaction import Delivered
 from mailgate.store.maildir_writer import StoredMessage
 
 
 class MessageDeliverer(Protocol):
     """What the end of DATA needs of mailgate.inbound.transaction.Deliverer."""
 
-    async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None: ...
+    async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> list[Delivered]: ...
 
 
 class ListenerPolicy:

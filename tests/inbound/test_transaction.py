@@ -86,8 +86,10 @@ def setup(tmp_path: Path) -> Setup:
 
 
 def test_everything_is_stored_and_released_together(setup: Setup) -> None:
-    assert setup.deliver({"team@example.test": "list:team@example.test", "bob@example.test": "local",
-                          "dan@remote.test": "mx"}) is None
+    delivered = setup.deliver({"team@example.test": "list:team@example.test", "bob@example.test": "local",
+                               "dan@remote.test": "mx"})
+    assert sorted((d.queue_id, d.recipient) for d in delivered) == [("Q1", "bob@example.test"),
+                                                                    ("Q1L0", "alice@example.test")]
     assert len(setup.local_copies()) == 2  # alice's list copy, bob's own
     assert sorted(setup.store.ids()) == ["Q1", "Q1L0"] and sorted(setup.released) == ["Q1", "Q1L0"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mailgate.outbound.spool import QueuedMessage, RecipientState
 from mailgate.store.maildir_writer import StoredMessage
-from tests.integration.test_outbound import ALICE, BOB, PRIMARY, GatewayTestCase, pause
+from tests.support.relay_gateway import ALICE, BOB, PRIMARY, GatewayTestCase, pause
 from tests.support.gateway import eventually
 
 UNREADABLE = {

@@ -39,12 +39,13 @@ class RecordingDeliverer:
         self.error: Exception | None = None
         self.gate: Deferred[None] | None = None  # when set, delivery waits for it
 
-    async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
+    async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> list[Any]:
         if self.gate is not None:
             await self.gate
         if self.error is not None:
             raise self.error
         self.calls.append((envelope, message.header + b"".join(message.body)))
+        return []  # delivered nothing itself: the events tell only of receiving
 
 
 class Routes:
