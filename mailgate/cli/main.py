@@ -7,6 +7,7 @@ import getpass
 import sys
 from collections.abc import Callable, Sequence
 
+from mailgate import __version__
 from mailgate.accounts import users_file as users
 from mailgate.cli.queue import CommandError, add_queue_commands
 from mailgate.config import ConfigError, GatewayConfig, load_config
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailgate", description="Manage a mailgate gateway.")
+    parser.add_argument("--version", action="version", version=f"mailgate {__version__}")
     parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
                         help=f"configuration file (default: {DEFAULT_CONFIG})")
     # `--config` is also accepted after the command (`mailgate check-config --config FILE`);

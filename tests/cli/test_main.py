@@ -159,6 +159,14 @@ def test_foreign_domain_is_allowed_with_a_warning(workdir: Path) -> None:
     assert accounts(workdir).exists("dave@elsewhere.test")
 
 
+def test_version(workdir: Path) -> None:
+    """`mailgate --version` names the package's version and exits 0 (SPEC 0.2)."""
+    from mailgate import __version__
+
+    result = mailgate(workdir, "--version")
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"mailgate {__version__}\n", "")
+
+
 def test_check_config_good(workdir: Path) -> None:
     result = mailgate(workdir, "check-config")
     assert (result.returncode, result.stdout) == (0, "config OK: etc/mailgate.toml\n")
