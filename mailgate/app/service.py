@@ -111,7 +111,7 @@ class GatewayService(MultiService):
         cert, key = self.config.tls.certificate, self.config.tls.key
         if ensure_certificate(cert, key, self.config.server.hostname):
             log.warn("tls.certificate: {cert} was missing: generated a self-signed certificate", cert=cert)
-        return server_tls_options(cert, key)
+        return server_tls_options(cert, key, self.config.tls.ciphers)
 
     def _factory(self, listener: ListenConfig, deliverer: Deliverer, tls_options: Any) -> Factory:
         if listener.protocol == "pop3":

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import math
 import re
+import ssl
 from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
@@ -270,6 +271,21 @@ def endpoint(value: Any) -> str:
         serverFromString(MemoryReactor(), string(value))
     except Exception as error:
         raise ValueError(f"not a server endpoint ({error}): {value!r}") from None
+    return value
+
+
+CIPHER_PROFILES = ("intermediate", "legacy")  # mailgate.net.tls.CIPHER_PROFILES says what each offers
+
+
+def ciphers(value: Any) -> str:
+    """A cipher profile name, or an OpenSSL cipher string that selects some suite."""
+    if text(value) in CIPHER_PROFILES:
+        return value
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(value)
+    except ssl.SSLError:
+        raise ValueError(f"expected {' | '.join(CIPHER_PROFILES)} or an OpenSSL cipher string that selects "
+                         f"some cipher suite, got {value!r}") from None
     return value
 
 

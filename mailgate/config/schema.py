@@ -14,6 +14,7 @@ from mailgate.config.checks import (
     address,
     boolean,
     choice,
+    ciphers,
     command,
     domain,
     endpoint,
@@ -188,7 +189,7 @@ _PLUGINS = {"paths": Key(list_of(text)), "enable": Key(list_of(module_name))}
 _DOCUMENT = {
     "server": Key(table_of(ServerConfig, {"hostname": Key(domain), "state_dir": Key(text)})),
     "listen": Key(list_of(table_of(ListenConfig, _LISTEN, _default_auth), True, "name"), required=True),
-    "tls": Key(table_of(TLSConfig, {"certificate": Key(text), "key": Key(text)})),
+    "tls": Key(table_of(TLSConfig, {"certificate": Key(text), "key": Key(text), "ciphers": Key(ciphers)})),
     "security": Key(table_of(SecurityConfig, _SECURITY)),
     "domains": Key(table_of(DomainsConfig, {"local": Key(list_of(domain))})),
     "store": Key(table_of(StoreConfig, {"maildir_root": Key(text)})),

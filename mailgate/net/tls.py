@@ -11,12 +11,27 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet.interfaces import INegotiated, ISSLTransport
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from mailgate.store.durable import replace_file
 
 CERTIFICATE_LIFETIME = datetime.timedelta(days=3650)
+
+# `tls.ciphers` profiles: the TLS 1.2 suites offered (TLS 1.3 has only strong ones, always on).
+# "intermediate" is Mozilla's profile of that name (ssl-config.mozilla.org, guidelines 5.7):
+# ECDHE or DHE key exchange (forward secrecy) and AEAD ciphers only. DHE suites need DH
+# parameters, which mailgate does not set, so in practice the ECDHE ones are offered.
+# "legacy" is None: Twisted's own default list, what mailgate 0.1 offered, which adds
+# static-RSA key exchange and CBC suites (AES128-SHA, ...) for clients that have nothing else.
+CIPHER_PROFILES: dict[str, str | None] = {
+    "intermediate": (
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+        "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+    ),
+    "legacy": None,
+}
 
 
 def ensure_certificate(cert_path: str, key_path: str, hostname: str) -> bool:
@@ -96,12 +111,12 @@ def _alt_names(hostname: str) -> list[x509.GeneralName]:
     return names
 
 
-def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:
+def server_tls_options(cert_path: str, key_path: str, ciphers: str = "intermediate") -> CertificateOptions:
     """Load PEM files into a Twisted server context factory, TLS 1.2 or newer.
 
     The certificate file may hold a chain (leaf first); the rest is sent as
-    intermediates. Twisted's default cipher list is kept: it is maintained
-    with the library and already excludes the weak suites.
+    intermediates. `ciphers` is a CIPHER_PROFILES name or an OpenSSL cipher
+    string (`tls.ciphers`).
     """
     with open(cert_path, "rb") as handle:
         chain = x509.load_pem_x509_certificates(handle.read())
@@ -114,7 +129,16 @@ def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:
         certificate=chain[0],  # type: ignore[arg-type]
         extraCertChain=chain[1:],  # type: ignore[arg-type]
         raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=_acceptable_ciphers(ciphers),
     )
+
+
+def _acceptable_ciphers(ciphers: str) -> AcceptableCiphers | None:
+    """None (Twisted's default list) for "legacy"; else the profile's or the given OpenSSL string."""
+    cipher_string = CIPHER_PROFILES.get(ciphers, ciphers)
+    if cipher_string is None:
+        return None
+    return AcceptableCiphers.fromOpenSSLCipherString(cipher_string)
 
 
 def is_tls(transport: object) -> bool:

@@ -30,6 +30,7 @@ from mailgate.store.maildir_writer import StoredMessage, deliver_durably
 from mailgate.pop3.session import POP3Factory
 from mailgate.net.tls import ensure_certificate, is_tls, server_tls_options
 from mailgate.accounts.users_file import Accounts
+from tests.support.gateway import tls12_handshake
 
 ALICE, PASSWORD = "alice@example.test", "pa ss"
 BODY = [b"Subject: over TLS\n\n.dotted line\n", (b"y" * 999 + b"\n") * 100, b"bye\n"]  # poplib: lines < 2048
@@ -231,3 +232,61 @@ class LoopbackTests(TestCase):
             return "refused"
         client.close()
         return "accepted"
+
+
+class CipherTests(TestCase):
+    """TLS 1.2 suites a real client may negotiate: forward secrecy and AEAD only, unless `legacy`."""
+
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.cert, self.key = os.path.join(self.directory, "c.pem"), os.path.join(self.directory, "k.pem")
+        ensure_certificate(self.cert, self.key, "localhost")
+
+    async def listen(self, ciphers: str | None) -> int:
+        options = server_tls_options(self.cert, self.key) if ciphers is None else \
+            server_tls_options(self.cert, self.key, ciphers)
+        factory = TLSMemoryBIOFactory(options, False, POP3Factory(
+            accounts=FakeAccounts(), maildir_root=self.directory, hostname="localhost", tls_options=None,
+            plaintext_auth="tls", reactor=reactor,
+        ))  # fmt: skip
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def test_default_offers_forward_secret_aead_suites_only(self) -> Deferred[None]:
+        async def run() -> None:
+            port = await self.listen(None)
+            for suite in ("AES128-SHA", "AES128-GCM-SHA256", "AES256-SHA256", "ECDHE-RSA-AES128-SHA"):
+                self.assertEqual(await deferToThread(tls12_handshake, port, suite), "refused", suite)
+            for suite in ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305"):
+                self.assertEqual(await deferToThread(tls12_handshake, port, suite), suite)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_intermediate_is_the_default(self) -> Deferred[None]:
+        async def run() -> None:
+            port = await self.listen("intermediate")
+            self.assertEqual(await deferToThread(tls12_handshake, port, "AES128-SHA"), "refused")
+            self.assertEqual(await deferToThread(tls12_handshake, port, "ECDHE-RSA-AES256-GCM-SHA384"),
+                             "ECDHE-RSA-AES256-GCM-SHA384")
+
+        return Deferred.fromCoroutine(run())
+
+    def test_legacy_still_serves_old_clients(self) -> Deferred[None]:
+        async def run() -> None:
+            port = await self.listen("legacy")
+            for suite in ("AES128-SHA", "AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"):
+                self.assertEqual(await deferToThread(tls12_handshake, port, suite), suite)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_an_openssl_cipher_string(self) -> Deferred[None]:
+        async def run() -> None:
+            port = await self.listen("ECDHE+CHACHA20")
+            self.assertEqual(await deferToThread(tls12_handshake, port, "ECDHE-RSA-AES128-GCM-SHA256"), "refused")
+            self.assertEqual(await deferToThread(tls12_handshake, port, "ECDHE-RSA-CHACHA20-POLY1305"),
+                             "ECDHE-RSA-CHACHA20-POLY1305")
+
+        return Deferred.fromCoroutine(run())
+
