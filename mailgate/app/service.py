@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -19,7 +19,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from mailgate.accounts.cred import AuthThrottle, build_portal
-from mailgate.config import GatewayConfig, ListenConfig
+from mailgate.app import preflight
+from mailgate.config import ConfigError, GatewayConfig, ListenConfig
 from mailgate.inbound.transaction import Deliverer
 from mailgate.app.pipeline import build_pipeline
 from mailgate.outbound.scheduler import Scheduler
@@ -57,12 +58,14 @@ class GatewayService(MultiService):
         self.relay: SMTPTransport | None = None
         self._requests: LoopingCall | None = None
         self.ports: dict[str, Any] = {}  # listener name -> IListeningPort, once bound
+        self._tls: Any = None  # the listeners' TLS context factory, when one uses TLS
 
     def run_blocking(self, function: Any, *args: Any) -> Deferred:
         """Run a call that blocks on the disk in the disk thread pool."""
         return deferToThreadPool(self.reactor, self.threadpool, function, *args)
 
     def privilegedStartService(self) -> None:
+        self._tls = self._prepare_files()
         if self._configured.called:
             self._build_listeners()  # children bound by super(), before privileges drop
         else:
@@ -73,8 +76,26 @@ class GatewayService(MultiService):
         log.critical("plugins: mailgate_configure failed: {error}", error=failure.getErrorMessage())
         self.reactor.stop()
 
+    def _prepare_files(self) -> Any:
+        """Check and make directories and the TLS pair, in --rundir; the listeners' TLS options."""
+        problems = preflight.file_problems(self.config)
+        if problems:
+            _fail_startup(*problems)
+        try:
+            if preflight.prepare_files(self.config):
+                log.warn("tls.certificate: {cert} and tls.key: {key} were missing: generated a self-signed pair",
+                         cert=self.config.tls.certificate, key=self.config.tls.key)
+        except OSError as error:
+            _fail_startup(f"{error.filename}: cannot create: {error.strerror}")
+        if not preflight.uses_tls(self.config):
+            return None
+        try:
+            return preflight.load_tls(self.config)
+        except ConfigError as error:
+            _fail_startup(*error.problems)
+
     def _build_listeners(self) -> None:
-        tls_options = self._tls_options()
+        tls_options = self._tls
         pipeline = build_pipeline(self.config, self.plugin_manager.hook, self.reactor, self.run_blocking)
         self.outbound, self.relay, deliverer = pipeline.scheduler, pipeline.smtp, pipeline.deliverer
         self.accounts = Accounts(self.config.users.file)
@@ -102,16 +123,6 @@ class GatewayService(MultiService):
         self._requests = LoopingCall(self.outbound.serve_requests)
         self._requests.clock = self.reactor
         self._requests.start(REQUEST_POLL_SECONDS, now=False)
-
-    def _tls_options(self) -> Any:
-        if all(listener.tls == "none" for listener in self.config.listen):
-            return None
-        from mailgate.net.tls import ensure_certificate, server_tls_options
-
-        cert, key = self.config.tls.certificate, self.config.tls.key
-        if ensure_certificate(cert, key, self.config.server.hostname):
-            log.warn("tls.certificate: {cert} was missing: generated a self-signed certificate", cert=cert)
-        return server_tls_options(cert, key, self.config.tls.ciphers)
 
     def _factory(self, listener: ListenConfig, deliverer: Deliverer, tls_options: Any) -> Factory:
         if listener.protocol == "pop3":
@@ -198,12 +209,13 @@ class GatewayService(MultiService):
                 session.transport.abortConnection()
 
 
-def _fail_startup(problem: str) -> None:
-    """One line naming the key, on the real stderr and in the log, then exit 1.
+def _fail_startup(*problems: str) -> NoReturn:
+    """One line per problem naming the key, on the real stderr and in the log, then exit 1.
 
-    twistd has already pointed sys.stderr at its log by now, so the line
-    goes to both: the operator at the terminal and the log reader see it.
+    twistd has already pointed sys.stderr at its log by now, so the lines
+    go to both: the operator at the terminal and the log reader see them.
     """
-    log.critical("{problem}", problem=problem)
-    print(problem, file=sys.__stderr__)
+    for problem in problems:
+        log.critical("{problem}", problem=problem)
+        print(problem, file=sys.__stderr__)
     raise SystemExit(1)

@@ -11,7 +11,7 @@ from twisted.python import usage
 
 from mailgate.config import ConfigError, GatewayConfig, load_config
 from mailgate.hooks.calling import call_all
-from mailgate.builtin import load_plugins
+from mailgate.app.preflight import build_plugins
 
 DEFAULT_CONFIG = "etc/mailgate.toml"
 
@@ -42,7 +42,7 @@ def build_service(config: GatewayConfig, reactor: Any, extra_plugins: tuple = ()
     """
     from mailgate.app.service import GatewayService
 
-    manager = load_plugins(config, extra_plugins)
+    manager = build_plugins(config, extra_plugins)
     configured = Deferred.fromCoroutine(call_all(manager.hook.mailgate_configure, config=config))
     if configured.called:  # every plugin answered synchronously: errors surface now
         failures: list[Any] = []

@@ -95,6 +95,14 @@ class Gateway:
         wait_for(self._started, STARTUP_DEADLINE_SECONDS, "mailgate to start")
         return self
 
+    def run_until_exit(self, timeout: float = STARTUP_DEADLINE_SECONDS) -> subprocess.CompletedProcess[str]:
+        """Run twistd in the foreground until it exits by itself (start-up refused): status and output."""
+        return subprocess.run(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log_path),
+             "mailgate", "--config", str(self.config)],
+            cwd=self.root, capture_output=True, text=True, timeout=timeout,
+        )
+
     def _started(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             output = self.process.stdout.read().decode() if self.process.stdout else ""

@@ -1,0 +1,133 @@
+"""Start-up's checks before anything is bound: plugins, the TLS pair, the directories.
+
+`twistd mailgate` builds the plugin manager in makeService, checks and
+prepares the files in privilegedStartService (in --rundir, before
+--uid/--gid apply), and checks what the dropped user can write in
+startService. `mailgate check-config` calls the same functions, short of
+writing anything, so what it passes start-up accepts.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pluggy import PluginManager
+
+from mailgate.builtin import load_plugins
+from mailgate.config import ConfigError, GatewayConfig
+from mailgate.net.tls import TLSLoadError, ensure_certificate, server_tls_options
+from mailgate.store.durable import Owner, make_directories
+
+TLS_DIRECTORY_MODE = 0o755  # the certificate is public; the key file itself is 0600
+
+
+def check(config: GatewayConfig) -> list[str]:
+    """Every problem start-up would find, one line each; nothing is written.
+
+    Plugins are imported from `plugins.paths` as the current directory
+    resolves them; the files' checks resolve against it too, so call this
+    where twistd would stand (its --rundir) once the plugins are loaded.
+    """
+    return plugin_problems(config) + file_problems(config)
+
+
+def plugin_problems(config: GatewayConfig) -> list[str]:
+    try:
+        build_plugins(config)
+    except ConfigError as error:
+        return list(error.problems)
+    return []
+
+
+def build_plugins(config: GatewayConfig, extra: tuple = ()) -> PluginManager:
+    """The plugin manager (ConfigError for a plugin that won't import, or a misspelt hook)."""
+    return load_plugins(config, extra)
+
+
+def file_problems(config: GatewayConfig) -> list[str]:
+    """The state directories, then the TLS pair, relative to the current directory."""
+    problems: dict[str, str] = {}
+    for key, path in state_directories(config):
+        if key not in problems and (problem := _directory_problem(key, path)):
+            problems[key] = problem  # var/queue can't be made if var can't: say it once
+    return list(problems.values()) + _tls_problems(config)
+
+
+def state_directories(config: GatewayConfig) -> list[tuple[str, str]]:
+    """(key, directory) for every directory the server writes in, outermost first."""
+    state = config.server.state_dir
+    return [("server.state_dir", state), ("server.state_dir", queue_directory(config)),
+            ("store.maildir_root", config.store.maildir_root)]
+
+
+def queue_directory(config: GatewayConfig) -> str:
+    return os.path.join(config.server.state_dir, "queue")
+
+
+def uses_tls(config: GatewayConfig) -> bool:
+    return any(listener.tls != "none" for listener in config.listen)
+
+
+def _tls_problems(config: GatewayConfig) -> list[str]:
+    if not uses_tls(config):
+        return []
+    paths = {"tls.certificate": config.tls.certificate, "tls.key": config.tls.key}
+    present = {key: os.path.lexists(path) for key, path in paths.items()}
+    if all(present.values()):
+        try:
+            load_tls(config)
+        except ConfigError as error:
+            return list(error.problems)
+        return []
+    if any(present.values()):
+        (missing,) = (key for key, there in present.items() if not there)
+        (other,) = (key for key, there in present.items() if there)
+        return [(f"{missing}: {paths[missing]} does not exist, but {other} {paths[other]} does: a self-signed "
+                 f"pair is made only when both are missing, and never over a file of yours")]
+    directories = {os.path.dirname(os.path.abspath(path)): key for key, path in reversed(paths.items())}
+    problems = (_directory_problem(key, directory, below=os.getcwd()) for directory, key in directories.items())
+    return [problem for problem in problems if problem]
+
+
+def _directory_problem(key: str, path: str, below: str | None = None) -> str | None:
+    """None if `path` is a directory or can be made (only below `below`, when given)."""
+    if os.path.isdir(path):
+        return None
+    if os.path.lexists(path):
+        return f"{key}: {path} is not a directory"
+    ancestor = os.path.abspath(path)
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        return f"{key}: cannot create {path}: {ancestor} is not a directory"
+    if below is not None and os.path.commonpath([below, os.path.abspath(path)]) != below:
+        return (f"{key}: directory {path} does not exist (mailgate makes the directories of a generated "
+                f"certificate only below its run directory, {below})")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{key}: cannot create {path}: {ancestor} is not writable"
+    return None
+
+
+def prepare_files(config: GatewayConfig, owner: Owner | None = None) -> bool:
+    """Make a self-signed pair when neither file exists (then True).
+
+    Everything made here belongs to `owner` (the uid and gid twistd will
+    switch to), so the server can still write there once privileges drop.
+    Call after file_problems() found nothing.
+    """
+    if not uses_tls(config):
+        return False
+    cert, key = config.tls.certificate, config.tls.key
+    if os.path.lexists(cert) or os.path.lexists(key):
+        return False
+    for path in (cert, key):
+        make_directories(os.path.dirname(os.path.abspath(path)), TLS_DIRECTORY_MODE, owner)
+    return ensure_certificate(cert, key, config.server.hostname, owner)
+
+
+def load_tls(config: GatewayConfig) -> object:
+    """The listeners' TLS context factory; ConfigError naming the key when the pair can't be served."""
+    try:
+        return server_tls_options(config.tls.certificate, config.tls.key, config.tls.ciphers)
+    except TLSLoadError as error:
+        raise ConfigError([f"tls.{error.which}: {error}"]) from None
