@@ -147,7 +147,11 @@ class GatewayService(MultiService):
         )
 
     def _listen(self, index: int, listener: ListenConfig, factory: Factory) -> None:
-        endpoint = serverFromString(self.reactor, listener.endpoint)
+        try:
+            endpoint = serverFromString(self.reactor, listener.endpoint)
+        except (IndexError, KeyError):  # the config checked its form: only systemd's lookup is left
+            _fail_startup(f"listen[{index}].endpoint: {listener.endpoint}: no such socket was passed by systemd "
+                          "(LISTEN_FDS)")
         service = StreamServerEndpointService(endpoint, factory)
         service._raiseSynchronously = True  # a port in use must stop start-up, not just log
         service.setName(f"listen.{listener.name}")

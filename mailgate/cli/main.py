@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from mailgate import __version__
 from mailgate.accounts import users_file as users
+from mailgate.app import preflight
 from mailgate.cli.queue import CommandError, add_queue_commands
 from mailgate.config import ConfigError, GatewayConfig, load_config
 
@@ -81,7 +82,11 @@ def _add_check_config_command(commands: argparse._SubParsersAction,
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    load_config(args.config)  # ConfigError: main() prints its problem lines
+    """Start-up's own checks (mailgate.app.preflight), short of binding or writing anything."""
+    config = load_config(args.config)  # ConfigError: main() prints its problem lines
+    problems = preflight.check(config)
+    if problems:
+        raise ConfigError(problems)
     print(f"config OK: {args.config}")
     return 0
 
