@@ -10,6 +10,7 @@ writing anything, so what it passes start-up accepts.
 from __future__ import annotations
 
 import os
+import stat
 
 from pluggy import PluginManager
 
@@ -109,12 +110,14 @@ def _directory_problem(key: str, path: str, below: str | None = None) -> str | N
 
 
 def prepare_files(config: GatewayConfig, owner: Owner | None = None) -> bool:
-    """Make a self-signed pair when neither file exists (then True).
+    """Make the state directories, and a self-signed pair when neither file exists (then True).
 
     Everything made here belongs to `owner` (the uid and gid twistd will
     switch to), so the server can still write there once privileges drop.
     Call after file_problems() found nothing.
     """
+    for _, directory in state_directories(config):
+        make_directories(directory, 0o700, owner)
     if not uses_tls(config):
         return False
     cert, key = config.tls.certificate, config.tls.key
@@ -131,3 +134,29 @@ def load_tls(config: GatewayConfig) -> object:
         return server_tls_options(config.tls.certificate, config.tls.key, config.tls.ciphers)
     except TLSLoadError as error:
         raise ConfigError([f"tls.{error.which}: {error}"]) from None
+
+
+def access_problems(config: GatewayConfig) -> list[str]:
+    """What this process (the user twistd switched to) cannot write or read but must."""
+    problems = []
+    for key, directory in (("server.state_dir", queue_directory(config)),
+                           ("store.maildir_root", config.store.maildir_root)):
+        for path in [directory, *_subdirectories(directory)]:
+            if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+                problems.append(f"{key}: {path} is not writable by uid {os.geteuid()} ({_owner_and_mode(path)})")
+    users = config.users.file
+    if os.path.exists(users) and not os.access(users, os.R_OK):
+        problems.append(f"users.file: {users} is not readable by uid {os.geteuid()} ({_owner_and_mode(users)})")
+    return problems
+
+
+def _subdirectories(directory: str) -> list[str]:
+    try:
+        return sorted(entry.path for entry in os.scandir(directory) if entry.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def _owner_and_mode(path: str) -> str:
+    info = os.stat(path)
+    return f"owner {info.st_uid}:{info.st_gid}, mode {stat.S_IMODE(info.st_mode):04o}"

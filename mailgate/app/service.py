@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
-
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService
@@ -26,6 +27,7 @@ from mailgate.app.pipeline import build_pipeline
 from mailgate.outbound.scheduler import Scheduler
 from mailgate.outbound.smtp_transport import SMTPTransport
 from mailgate.smtp.session import SMTPFactory
+from mailgate.store.durable import Owner
 from mailgate.accounts.users_file import Accounts
 
 log = Logger()
@@ -45,9 +47,12 @@ class GatewayService(MultiService):
     """
 
     def __init__(
-        self, config: GatewayConfig, plugin_manager: Any, reactor: Any, configured: Deferred
+        self, config: GatewayConfig, plugin_manager: Any, reactor: Any, configured: Deferred,
+        owner: Owner | None = None, twistd: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.owner = owner  # twistd's --uid/--gid: who gets the directories and files made as root
+        self.twistd = twistd  # twistd's own options, when it runs us: its status pipe, for start-up errors
         self._configured = configured
         self.config = config
         self.plugin_manager = plugin_manager
@@ -80,19 +85,19 @@ class GatewayService(MultiService):
         """Check and make directories and the TLS pair, in --rundir; the listeners' TLS options."""
         problems = preflight.file_problems(self.config)
         if problems:
-            _fail_startup(*problems)
+            self._fail_startup(*problems)
         try:
-            if preflight.prepare_files(self.config):
+            if preflight.prepare_files(self.config, self.owner):
                 log.warn("tls.certificate: {cert} and tls.key: {key} were missing: generated a self-signed pair",
                          cert=self.config.tls.certificate, key=self.config.tls.key)
         except OSError as error:
-            _fail_startup(f"{error.filename}: cannot create: {error.strerror}")
+            self._fail_startup(f"{error.filename}: cannot create: {error.strerror}")
         if not preflight.uses_tls(self.config):
             return None
         try:
             return preflight.load_tls(self.config)
         except ConfigError as error:
-            _fail_startup(*error.problems)
+            self._fail_startup(*error.problems)
 
     def _build_listeners(self) -> None:
         tls_options = self._tls
@@ -113,7 +118,11 @@ class GatewayService(MultiService):
     def _start_queue(self) -> None:
         """Lock the spool, resume what is queued, and serve the CLI's requests."""
         store = self.outbound.store
-        if not store.lock():
+        try:
+            locked = store.lock()
+        except OSError as error:
+            self._fail_startup(f"server.state_dir: cannot lock the queue: {error.filename}: {error.strerror}")
+        if not locked:
             log.critical("server.state_dir: {dir} is in use by another running mailgate", dir=store.directory)
             self.reactor.stop()
             return
@@ -150,7 +159,7 @@ class GatewayService(MultiService):
         try:
             endpoint = serverFromString(self.reactor, listener.endpoint)
         except (IndexError, KeyError):  # the config checked its form: only systemd's lookup is left
-            _fail_startup(f"listen[{index}].endpoint: {listener.endpoint}: no such socket was passed by systemd "
+            self._fail_startup(f"listen[{index}].endpoint: {listener.endpoint}: no such socket was passed by systemd "
                           "(LISTEN_FDS)")
         service = StreamServerEndpointService(endpoint, factory)
         service._raiseSynchronously = True  # a port in use must stop start-up, not just log
@@ -162,7 +171,7 @@ class GatewayService(MultiService):
             try:
                 original()
             except CannotListenError as exc:
-                _fail_startup(f"listen[{index}].endpoint: cannot listen on {listener.endpoint}: {exc.socketError}")
+                self._fail_startup(f"listen[{index}].endpoint: cannot listen on {listener.endpoint}: {exc.socketError}")
             service._waitingForPort.addCallback(self._bound, listener)
 
         service.privilegedStartService = bind
@@ -174,6 +183,9 @@ class GatewayService(MultiService):
         return port
 
     def startService(self) -> None:
+        problems = preflight.access_problems(self.config)  # privileges are dropped by now
+        if problems:
+            self._fail_startup(*problems)
         self.threadpool.start()
         if self.outbound is not None:
             self._start_queue()
@@ -207,19 +219,31 @@ class GatewayService(MultiService):
         self.threadpool.stop()
         log.info("mailgate stopped cleanly")
 
+    def _fail_startup(self, *problems: str) -> NoReturn:
+        fail_startup(problems, self.twistd)
+
     def _abort_sessions(self) -> None:
         for factory in self.factories:
             for session in list(getattr(factory, "sessions", ())):
                 session.transport.abortConnection()
 
 
-def _fail_startup(*problems: str) -> NoReturn:
+def fail_startup(problems: tuple[str, ...], twistd: Mapping[str, Any] | None = None) -> NoReturn:
     """One line per problem naming the key, on the real stderr and in the log, then exit 1.
 
     twistd has already pointed sys.stderr at its log by now, so the lines
     go to both: the operator at the terminal and the log reader see them.
+    A daemonizing twistd's launcher waits on a status pipe for an Exception
+    and would wait forever for a SystemExit, so the first line (twistd
+    reads 100 bytes) is written there, for it to show at the terminal.
     """
     for problem in problems:
         log.critical("{problem}", problem=problem)
         print(problem, file=sys.__stderr__)
+    status_pipe = twistd.get("statusPipe") if twistd is not None else None
+    if status_pipe is not None:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        os.write(status_pipe, b"1 " + (problems[0] + more).encode("utf-8", "replace")[:98])
+        os.close(status_pipe)
+        twistd["statusPipe"] = None  # type: ignore[index]  # twistd's own options, a dict
     raise SystemExit(1)
