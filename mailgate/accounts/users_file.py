@@ -7,6 +7,7 @@ import functools
 import hashlib
 import hmac
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,12 @@ from contextlib import contextmanager
 import bcrypt
 
 from mailgate.core.addresses import AddressError, normalize_mailbox
-from mailgate.store.durable import replace_file
+from mailgate.store.durable import (
+    Owner,
+    inherited_owner,
+    make_directories,
+    replace_file,
+)
 
 BCRYPT_ROUNDS = 12  # tests lower this in-process; files written by the CLI use 12
 BCRYPT_MAX_BYTES = 72
@@ -255,22 +261,42 @@ def _find(lines: list[str], address: str) -> int | None:
 
 
 def _rewrite(path: str, edit: Callable[[list[str]], list[str]]) -> None:
-    """Read-modify-write under a lock, so concurrent `mailgate user` runs can't lose updates."""
+    """Read-modify-write under a lock, so concurrent `mailgate user` runs can't lose updates.
+
+    The new file keeps the owner, group and mode of the one it replaces (a
+    new one: its directory's owner and group, mode 0600), and so do the
+    directories and the lock file made for it: root running `mailgate
+    user` beside a server started with --uid/--gid must not lock the
+    server out of its own users file.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with _locked(path + ".lock"):
+    make_directories(directory, 0o755, _giveable(inherited_owner(directory)))
+    with _locked(path + ".lock", _giveable(inherited_owner(directory))):
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
                 lines = f.readlines()  # comments and unknown lines are kept as they are
+                info = os.fstat(f.fileno())
+            owner, mode = (info.st_uid, info.st_gid), stat.S_IMODE(info.st_mode)
         except FileNotFoundError:
-            lines = []
-        replace_file(path, "".join(edit(lines)).encode("utf-8", "surrogateescape"), mode=0o600)
+            lines, owner, mode = [], inherited_owner(directory), 0o600
+        replace_file(path, "".join(edit(lines)).encode("utf-8", "surrogateescape"), mode=mode,
+                     owner=_giveable(owner))
+
+
+def _giveable(owner: Owner) -> Owner | None:
+    """`owner` when this process may give files to it (root may); None: files stay ours."""
+    return owner if os.geteuid() == 0 else None
 
 
 @contextmanager
-def _locked(lock_path: str) -> Iterator[None]:
+def _locked(lock_path: str, owner: Owner | None) -> Iterator[None]:
     # The lock file stays: unlinking it would let a waiter lock a file nobody else sees.
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        if owner is not None:
+            os.fchown(fd, *owner)
+    except FileExistsError:
+        fd = os.open(lock_path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -11,10 +11,13 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from mailgate.config import load_config
 from mailgate.outbound.spool import QueuedMessage, QueueStore
+from mailgate.store.durable import inherited_owner
 
 REQUEST_DEADLINE_SECONDS = 15.0
 
@@ -38,6 +41,25 @@ def add_queue_commands(commands: argparse._SubParsersAction, common: argparse.Ar
 def _store(args: argparse.Namespace) -> QueueStore:
     config = load_config(args.config)
     return QueueStore(os.path.join(config.server.state_dir, "queue"))
+
+
+@contextmanager
+def _as_owner_of(directory: str) -> Iterator[None]:
+    """Root acts on a spool as the user it belongs to (seteuid), so that what it
+    writes there (requests, rewritten entries, the lock file) stays the
+    server's: a server started with --uid/--gid could not read files of root's."""
+    uid, gid = inherited_owner(directory)
+    if os.geteuid() != 0 or uid == 0:
+        yield
+        return
+    saved_gid = os.getegid()
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(saved_gid)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -77,6 +99,11 @@ def _iso(seconds: float) -> str:
 
 def _flush(args: argparse.Namespace) -> int:
     store = _store(args)
+    with _as_owner_of(store.directory):
+        return _flush_store(store)
+
+
+def _flush_store(store: QueueStore) -> int:
     if store.lock():
         try:
             count = _mark_all_due(store)
@@ -98,7 +125,12 @@ def _mark_all_due(store: QueueStore) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    store, queue_id = _store(args), args.queue_id
+    store = _store(args)
+    with _as_owner_of(store.directory):
+        return _delete_from(store, args.queue_id)
+
+
+def _delete_from(store: QueueStore, queue_id: str) -> int:
     if "/" in queue_id or "." in queue_id or store.load(queue_id) is None:
         raise CommandError(f"no queued message {queue_id}")
     if store.lock():

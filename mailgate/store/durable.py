@@ -67,6 +67,18 @@ def replace_file(
     fsync_dir(directory)
 
 
+def inherited_owner(path: str) -> Owner:
+    """The uid and gid of `path`, or of its nearest existing parent: whom a file made there belongs with."""
+    current = os.path.abspath(path)
+    while True:
+        try:
+            info = os.stat(current)
+        except FileNotFoundError:
+            current = os.path.dirname(current)
+            continue
+        return info.st_uid, info.st_gid
+
+
 def make_directories(path: str, mode: int = 0o700, owner: Owner | None = None) -> list[str]:
     """Create `path` and its missing parents; return the ones made, outermost first.
 
