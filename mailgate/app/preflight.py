@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 
 from pluggy import PluginManager
 
@@ -22,13 +23,17 @@ from mailgate.store.durable import Owner, make_directories
 TLS_DIRECTORY_MODE = 0o755  # the certificate is public; the key file itself is 0600
 
 
-def check(config: GatewayConfig) -> list[str]:
+def check(config: GatewayConfig, plugins_relative_to: str | None = None) -> list[str]:
     """Every problem start-up would find, one line each; nothing is written.
 
-    Plugins are imported from `plugins.paths` as the current directory
-    resolves them; the files' checks resolve against it too, so call this
-    where twistd would stand (its --rundir) once the plugins are loaded.
+    Call it in the directory twistd would run in (its --rundir): the files'
+    paths are relative to it. twistd imports plugins before it changes
+    there, so relative `plugins.paths` are taken relative to
+    `plugins_relative_to` (where it would be started), when given.
     """
+    if plugins_relative_to is not None:
+        paths = tuple(os.path.join(plugins_relative_to, path) for path in config.plugins.paths)
+        config = replace(config, plugins=replace(config.plugins, paths=paths))
     return plugin_problems(config) + file_problems(config)
 
 

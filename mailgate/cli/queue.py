@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,7 +64,11 @@ def _as_owner_of(directory: str) -> Iterator[None]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    entries = sorted(_store(args).entries(), key=lambda e: e.arrived)
+    store = _store(args)
+    entries = sorted(store.entries(), key=lambda e: e.arrived)
+    if not entries:  # on stderr: stdout stays what --json or a script expects
+        missing = "" if os.path.isdir(store.directory) else " (no such directory)"
+        print(f"mailgate: the queue is empty: {os.path.abspath(store.directory)}{missing}", file=sys.stderr)
     if args.json:
         print(json.dumps([describe(entry) for entry in entries], indent=2))
         return 0
@@ -75,8 +80,6 @@ def _list(args: argparse.Namespace) -> int:
             print(f"    {recipient}")
         if item["last_error"]:
             print(f"    last error: {item['last_error']}")
-    if not entries:
-        print("queue is empty")
     return 0
 
 
