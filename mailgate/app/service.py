@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from typing import Any, NoReturn
@@ -64,6 +65,7 @@ class GatewayService(MultiService):
         self._requests: LoopingCall | None = None
         self.ports: dict[str, Any] = {}  # listener name -> IListeningPort, once bound
         self._tls: Any = None  # the listeners' TLS context factory, when one uses TLS
+        self._previous_sighup: Any = None  # the handler before ours, put back at stop
 
     def run_blocking(self, function: Any, *args: Any) -> Deferred:
         """Run a call that blocks on the disk in the disk thread pool."""
@@ -186,11 +188,24 @@ class GatewayService(MultiService):
         problems = preflight.access_problems(self.config)  # privileges are dropped by now
         if problems:
             self._fail_startup(*problems)
+        self._hold_sighup()
         self.threadpool.start()
         if self.outbound is not None:
             self._start_queue()
         super().startService()
         log.info("mailgate started: {count} listener(s)", count=len(self.config.listen))
+
+    def _hold_sighup(self) -> None:
+        """SIGHUP's default action ends the process, with no clean stop: until reload
+        exists (SPEC 0.2 "Reload"), it only says so, so that `kill -HUP` or
+        `systemctl reload` never stops the server."""
+        def on_sighup(signum: int, frame: object) -> None:
+            self.reactor.callFromThread(log.warn, "SIGHUP: reload is not supported yet; configuration unchanged")
+
+        try:
+            self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
+        except ValueError:  # not the main thread (a test driving the service): no signals here
+            self._previous_sighup = None
 
     def stopService(self) -> Deferred:
         """Stop accepting, end sessions (deliveries in flight finish), then the disk pool."""
@@ -200,6 +215,8 @@ class GatewayService(MultiService):
         return d
 
     async def _stop(self) -> None:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
         await super().stopService()
         sessions_done = DeferredList(
             [factory.shut_down() for factory in self.factories if hasattr(factory, "shut_down")],
