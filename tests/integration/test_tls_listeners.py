@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -99,3 +100,38 @@ def test_a_key_that_is_not_the_certificates_stops_start_up(make_gateway, tmp_pat
     gateway = pop3s(make_gateway, f'certificate = "{cert}"\nkey = "{other_key}"')
     assert_refused_with(gateway.run_until_exit(),
                         f"tls.key: {other_key} is not the private key of the certificate in {cert}")
+
+
+FETCHMAIL = shutil.which("fetchmail")
+
+
+@pytest.mark.skipif(FETCHMAIL is None, reason="fetchmail is not on PATH (.ci/run installs it with apt-get)")
+def test_fetchmail_verifies_the_generated_certificate_as_the_readme_says(make_gateway, tmp_path: Path) -> None:
+    """The README's recipe: sslcertck with sslcertfile naming a copy of var/tls/cert.pem, by a name it holds."""
+    port = free_port()
+    gateway = make_gateway((), listeners=f'[[listen]]\nname = "pop3"\nprotocol = "pop3"\n'
+                                         f'endpoint = "tcp:{port}:interface=127.0.0.1"\ntls = "starttls"\n')
+    gateway.ports = {"pop3": port}
+    gateway.add_user("alice@example.test", "pw")
+    gateway.start()
+    home = tmp_path / "client"
+    home.mkdir()
+    copy = home / "mailgate-cert.pem"
+    shutil.copy(tmp_path / "var" / "tls" / "cert.pem", copy)
+
+    def poll(name: str) -> subprocess.CompletedProcess[str]:
+        rc = home / f"{name}.fetchmailrc"
+        rc.write_text(f'set no syslog\npoll {name} protocol POP3 port {port}\n'
+                      '  user "alice@example.test" there with password "pw" is "alice" here\n'
+                      f'  sslproto "tls1.2+" sslcertck sslcertfile {copy}\n')
+        rc.chmod(0o600)
+        return subprocess.run([FETCHMAIL, "-v", "-c", "-f", str(rc), "--pidfile", str(home / "fetchmail.pid")],
+                              env={**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)},
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    trusted = poll("localhost")
+    assert trusted.returncode == 1, trusted.stdout + trusted.stderr  # 1: checked, and no mail
+    assert "upgrade to TLS succeeded" in trusted.stdout + trusted.stderr
+    assert "No mail for alice@example.test" in trusted.stdout + trusted.stderr
+    by_address = poll("127.0.0.1")  # fetchmail matches names only, not the certificate's IP entry
+    assert "hostname mismatch" in by_address.stdout + by_address.stderr
