@@ -106,12 +106,18 @@ def _directory_problem(key: str, path: str, below: str | None = None) -> str | N
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
         return f"{key}: cannot create {path}: {ancestor} is not a directory"
-    if below is not None and os.path.commonpath([below, os.path.abspath(path)]) != below:
+    if below is not None and not _is_below(path, below):
         return (f"{key}: directory {path} does not exist (mailgate makes the directories of a generated "
                 f"certificate only below its run directory, {below})")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return f"{key}: cannot create {path}: {ancestor} is not writable"
     return None
+
+
+def _is_below(path: str, directory: str) -> bool:
+    """Whether `path` is inside `directory`, symbolic links resolved (a --rundir may be one)."""
+    real_directory = os.path.realpath(directory)
+    return os.path.commonpath([real_directory, os.path.realpath(path)]) == real_directory
 
 
 def prepare_files(config: GatewayConfig, owner: Owner | None = None) -> bool:

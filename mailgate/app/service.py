@@ -161,8 +161,8 @@ class GatewayService(MultiService):
         try:
             endpoint = serverFromString(self.reactor, listener.endpoint)
         except (IndexError, KeyError):  # the config checked its form: only systemd's lookup is left
-            self._fail_startup(f"listen[{index}].endpoint: {listener.endpoint}: no such socket was passed by systemd "
-                          "(LISTEN_FDS)")
+            self._fail_startup(f"listen[{index}].endpoint: {listener.endpoint}: no such socket was passed by "
+                               "systemd (LISTEN_FDS)")
         service = StreamServerEndpointService(endpoint, factory)
         service._raiseSynchronously = True  # a port in use must stop start-up, not just log
         service.setName(f"listen.{listener.name}")

@@ -136,3 +136,13 @@ def test_a_good_configuration_with_tls_passes_and_writes_nothing(tmp_path: Path)
     checked = check_config(tmp_path, config_text(tls_listener()))
     assert (checked.returncode, checked.stdout, checked.stderr) == (0, "config OK: mailgate.toml\n", "")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mailgate.toml"]  # no var/, no generated pair
+
+
+def test_a_pair_to_generate_below_the_run_directory_named_through_a_symbolic_link(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "link").symlink_to(run)
+    text = config_text(tls_listener(), f'[tls]\ncertificate = "{tmp_path}/link/tls/cert.pem"\n'
+                                       f'key = "{tmp_path}/link/tls/key.pem"\n')
+    checked = check_config(run, text)
+    assert (checked.returncode, checked.stderr) == (0, "")
