@@ -118,3 +118,23 @@ def test_the_checks_find_what_they_look_for() -> None:
     assert _matches("relay.transport.DOMAIN", ("relay", "transport", "a.test"))
     assert _matches("listen[].name", ("listen[]", "name"))
     assert not _matches("lists.ADDRESS.post", ("lists", "post"))
+
+
+README = ROOT / "README.md"
+
+
+def test_readme_says_how_clients_trust_the_generated_certificate() -> None:
+    """Where the file is, the names it holds, and each common client's setting (issue #12)."""
+    text = README.read_text()
+    section = text[text.index("## Trusting the self-signed certificate"):]
+    section = section[:section.index("\n## ", 1)]
+    for needed in ("var/tls/cert.pem", "`server.hostname`, `localhost` and `127.0.0.1`", "sslcertfile",
+                   "sslcertck", "tls_trust_file", "tls_fingerprint", "Thunderbird", "security exception",
+                   "-fingerprint -sha256"):
+        assert needed in section, needed
+
+
+def test_readme_runs_the_cli_as_the_service_user_or_with_rundir() -> None:
+    text = README.read_text()
+    section = text[text.index("## Running it for real"):text.index("## Trusting the self-signed certificate")]
+    assert "as the service user" in section and "--rundir /var/lib/mailgate" in section

@@ -7,15 +7,23 @@ import functools
 import hashlib
 import hmac
 import os
+import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import bcrypt
+from twisted.logger import Logger
 
 from mailgate.core.addresses import AddressError, normalize_mailbox
-from mailgate.store.durable import replace_file
+from mailgate.store.durable import (
+    Owner,
+    inherited_owner,
+    make_directories,
+    replace_file,
+)
 
 BCRYPT_ROUNDS = 12  # tests lower this in-process; files written by the CLI use 12
 BCRYPT_MAX_BYTES = 72
@@ -23,6 +31,8 @@ AUTH_CACHE_SECONDS = 300.0  # a verified password is trusted again for this long
 AUTH_CACHE_ENTRIES = 10_000  # bcrypt ignores anything longer; bcrypt>=5 raises instead
 
 Stamp = tuple[int, int, int]  # st_mtime_ns, st_size, st_ino
+
+log = Logger()
 
 
 class UserError(Exception):
@@ -57,26 +67,71 @@ def hash_password(password: str) -> str:
     return bcrypt.hashpw(secret, bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode("ascii")
 
 
+_BCRYPT = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
+# Dovecot's names for the schemes mailgate checks, and the hashes each may hold.
+_PREFIXES = {"BLF-CRYPT": ("$2a$", "$2b$", "$2y$"), "ARGON2ID": ("$argon2id$",), "ARGON2I": ("$argon2i$",)}
+_CRYPT_IDS = {"1": "MD5-CRYPT", "5": "SHA256-CRYPT", "6": "SHA512-CRYPT", "md5": "MD5-CRYPT", "sha1": "SHA1-CRYPT",
+              "y": "yescrypt", "7": "scrypt", "gy": "gost-yescrypt"}
+
+
 def check_password(password: str, hashed: str) -> bool:
-    """True if `password` matches a bcrypt hash, or an argon2 one when argon2-cffi is installed."""
-    if hashed.startswith("$argon2"):
-        return _check_argon2(password, hashed)
-    if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+    """True if `password` matches a bcrypt or argon2 hash, bare or with Dovecot's `{SCHEME}` prefix."""
+    if hash_problem(hashed) is not None:
         return False
+    bare = _without_prefix(hashed)[1]
+    if bare.startswith("$argon2"):
+        return _check_argon2(password, bare)
     # Hashes made by other tools silently used only the first 72 bytes.
     secret = password.encode("utf-8")[:BCRYPT_MAX_BYTES]
     try:
-        return bcrypt.checkpw(secret, hashed.encode("ascii"))
-    except ValueError:  # a malformed hash in the file
+        return bcrypt.checkpw(secret, bare.encode("ascii"))
+    except ValueError:  # a malformed hash that looked well formed
         return False
+
+
+def hash_problem(hashed: str) -> str | None:
+    """None for a hash mailgate can check; otherwise what it is, for the log (never the hash itself)."""
+    scheme, bare = _without_prefix(hashed)
+    if scheme is not None and scheme not in _PREFIXES:
+        return f"a {{{scheme}}} hash"
+    if scheme is not None and not bare.startswith(_PREFIXES[scheme]):
+        return f"a {{{scheme}}} prefix on a hash of another kind"
+    if bare.startswith(("$2a$", "$2b$", "$2y$")):
+        return None if _BCRYPT.fullmatch(bare) else "a malformed bcrypt hash"
+    if bare.startswith(("$argon2id$", "$argon2i$", "$argon2d$")):
+        return _argon2_problem(bare)
+    if bare.startswith("$") and bare.count("$") >= 2:
+        crypt_id = bare.split("$")[1]
+        named = f" ({_CRYPT_IDS[crypt_id]})" if crypt_id in _CRYPT_IDS else ""
+        return f"a ${crypt_id}${named} hash"
+    return "no hash mailgate knows (a plain password?)"
+
+
+def _without_prefix(hashed: str) -> tuple[str | None, str]:
+    """(SCHEME, hash) for Dovecot's `{SCHEME}hash`; (None, hash) without one."""
+    if hashed.startswith("{") and "}" in hashed:
+        scheme, _, bare = hashed[1:].partition("}")
+        return scheme.upper(), bare
+    return None, hashed
+
+
+def _argon2_problem(hashed: str) -> str | None:
+    try:
+        from argon2 import extract_parameters
+        from argon2.exceptions import InvalidHashError
+    except ImportError:  # a declared dependency, but an install can still lack it
+        return "an argon2 hash, but the argon2-cffi package is not installed"
+    try:
+        extract_parameters(hashed)
+    except (InvalidHashError, ValueError):
+        return "a malformed argon2 hash"
+    return None
 
 
 def _check_argon2(password: str, hashed: str) -> bool:
-    try:
-        from argon2 import PasswordHasher
-        from argon2.exceptions import Argon2Error, InvalidHashError
-    except ImportError:
-        return False
+    from argon2 import PasswordHasher
+    from argon2.exceptions import Argon2Error, InvalidHashError
+
     try:
         return PasswordHasher().verify(hashed, password)
     except (Argon2Error, InvalidHashError):
@@ -95,9 +150,10 @@ def parse_users(text: str) -> dict[str, str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        address, colon, hashed = line.partition(":")
+        address, colon, rest = line.partition(":")
+        hashed = rest.partition(":")[0].strip()  # Dovecot's passwd-file has more fields after the hash
         if colon and hashed:
-            users.setdefault(address.strip().lower(), hashed.strip())  # first wins, as in _find
+            users.setdefault(address.strip().lower(), hashed)  # first wins, as in _find
     return users
 
 
@@ -112,6 +168,7 @@ class Accounts:
         self._cache_seconds = cache_seconds
         self._cache_key = os.urandom(32)
         self._verified: dict[bytes, float] = {}  # digest -> when bcrypt said yes
+        self._warned: set[tuple[str, str]] = set()  # (address, problem) already logged
 
     def exists(self, address: str) -> bool:
         return address.lower() in self._current()
@@ -122,7 +179,10 @@ class Accounts:
     def verify(self, address: str, password: str) -> bool:
         """Check a password; blocking (bcrypt), so call it in a thread."""
         hashed = self._current().get(address.lower())
-        if hashed is None:
+        problem = None if hashed is None else hash_problem(hashed)
+        if problem is not None:
+            self._warn_once(address.lower(), problem)
+        if hashed is None or problem is not None:
             # Spend a hash's worth of time so response times don't reveal who exists.
             check_password(password, _dummy_hash(BCRYPT_ROUNDS))
             return False
@@ -133,6 +193,15 @@ class Accounts:
             while len(self._verified) > AUTH_CACHE_ENTRIES:
                 del self._verified[next(iter(self._verified))]
         return True
+
+    def _warn_once(self, address: str, problem: str) -> None:
+        """One log line per account and kind of hash, not one per login."""
+        with self._lock:
+            if (address, problem) in self._warned:
+                return
+            self._warned.add((address, problem))
+        log.warn("users.file: {path}: {address} has {problem}, which mailgate cannot check (it checks bcrypt "
+                 "and argon2): that account cannot log in", path=self._path, address=address, problem=problem)
 
     def verified_recently(self, address: str, password: str) -> bool:
         """True if this exact password was verified within the cache period.
@@ -255,22 +324,42 @@ def _find(lines: list[str], address: str) -> int | None:
 
 
 def _rewrite(path: str, edit: Callable[[list[str]], list[str]]) -> None:
-    """Read-modify-write under a lock, so concurrent `mailgate user` runs can't lose updates."""
+    """Read-modify-write under a lock, so concurrent `mailgate user` runs can't lose updates.
+
+    The new file keeps the owner, group and mode of the one it replaces (a
+    new one: its directory's owner and group, mode 0600), and so do the
+    directories and the lock file made for it: root running `mailgate
+    user` beside a server started with --uid/--gid must not lock the
+    server out of its own users file.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with _locked(path + ".lock"):
+    make_directories(directory, 0o755, _giveable(inherited_owner(directory)))
+    with _locked(path + ".lock", _giveable(inherited_owner(directory))):
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
                 lines = f.readlines()  # comments and unknown lines are kept as they are
+                info = os.fstat(f.fileno())
+            owner, mode = (info.st_uid, info.st_gid), stat.S_IMODE(info.st_mode)
         except FileNotFoundError:
-            lines = []
-        replace_file(path, "".join(edit(lines)).encode("utf-8", "surrogateescape"), mode=0o600)
+            lines, owner, mode = [], inherited_owner(directory), 0o600
+        replace_file(path, "".join(edit(lines)).encode("utf-8", "surrogateescape"), mode=mode,
+                     owner=_giveable(owner))
+
+
+def _giveable(owner: Owner) -> Owner | None:
+    """`owner` when this process may give files to it (root may); None: files stay ours."""
+    return owner if os.geteuid() == 0 else None
 
 
 @contextmanager
-def _locked(lock_path: str) -> Iterator[None]:
+def _locked(lock_path: str, owner: Owner | None) -> Iterator[None]:
     # The lock file stays: unlinking it would let a waiter lock a file nobody else sees.
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        if owner is not None:
+            os.fchown(fd, *owner)
+    except FileExistsError:
+        fd = os.open(lock_path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

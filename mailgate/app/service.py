@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
-
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -18,7 +20,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from mailgate.accounts.cred import AuthThrottle, build_portal
-from mailgate.config import GatewayConfig, ListenConfig
+from mailgate.app import preflight
+from mailgate.config import ConfigError, GatewayConfig, ListenConfig
 from mailgate.hooks.calling import Hooks
 from mailgate.inbound.transaction import Deliverer
 from mailgate.app.periodic import Periodic
@@ -28,6 +31,7 @@ from mailgate.outbound.scheduler import Scheduler
 from mailgate.outbound.smtp_transport import SMTPTransport
 from mailgate.smtp.factory import SMTPFactory
 from mailgate.smtp.policy import ListenerPolicy
+from mailgate.store.durable import Owner
 from mailgate.accounts.users_file import Accounts
 
 log = Logger()
@@ -47,9 +51,12 @@ class GatewayService(MultiService):
     """
 
     def __init__(
-        self, config: GatewayConfig, hooks: Hooks, reactor: Any, configured: Deferred
+        self, config: GatewayConfig, hooks: Hooks, reactor: Any, configured: Deferred,
+        owner: Owner | None = None, twistd: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.owner = owner  # twistd's --uid/--gid: who gets the directories and files made as root
+        self.twistd = twistd  # twistd's own options, when it runs us: its status pipe, for start-up errors
         self._configured = configured
         self.config = config
         self.hooks = hooks
@@ -61,12 +68,15 @@ class GatewayService(MultiService):
         self._requests: Periodic | None = None
         self.ports: dict[str, Any] = {}  # listener name -> IListeningPort, once bound
         self._backoffs: list[AcceptBackoff] = []
+        self._tls: Any = None  # the listeners' TLS context factory, when one uses TLS
+        self._previous_sighup: Any = None  # the handler before ours, put back at stop
 
     def run_blocking(self, function: Any, *args: Any) -> Deferred:
         """Run a call that blocks on the disk in the disk thread pool."""
         return deferToThreadPool(self.reactor, self.threadpool, function, *args)
 
     def privilegedStartService(self) -> None:
+        self._tls = self._prepare_files()
         if self._configured.called:
             self._build_listeners()  # children bound by super(), before privileges drop
         else:
@@ -77,8 +87,26 @@ class GatewayService(MultiService):
         log.critical("plugins: mailgate_configure failed: {error}", error=failure.getErrorMessage())
         self.reactor.stop()
 
+    def _prepare_files(self) -> Any:
+        """Check and make directories and the TLS pair, in --rundir; the listeners' TLS options."""
+        problems = preflight.file_problems(self.config)
+        if problems:
+            self._fail_startup(*problems)
+        try:
+            if preflight.prepare_files(self.config, self.owner):
+                log.warn("tls.certificate: {cert} and tls.key: {key} were missing: generated a self-signed pair",
+                         cert=self.config.tls.certificate, key=self.config.tls.key)
+        except OSError as error:
+            self._fail_startup(f"{error.filename}: cannot create: {error.strerror}")
+        if not preflight.uses_tls(self.config):
+            return None
+        try:
+            return preflight.load_tls(self.config)
+        except ConfigError as error:
+            self._fail_startup(*error.problems)
+
     def _build_listeners(self) -> None:
-        tls_options = self._tls_options()
+        tls_options = self._tls
         pipeline = build_pipeline(self.config, self.hooks, self.reactor, self.run_blocking)
         self.outbound, self.relay, deliverer = pipeline.scheduler, pipeline.smtp, pipeline.deliverer
         self.accounts = Accounts(self.config.users.file)
@@ -96,7 +124,11 @@ class GatewayService(MultiService):
     def _start_queue(self) -> None:
         """Lock the spool, resume what is queued, and serve the CLI's requests."""
         store = self.outbound.store
-        if not store.lock():
+        try:
+            locked = store.lock()
+        except OSError as error:
+            self._fail_startup(f"server.state_dir: cannot lock the queue: {error.filename}: {error.strerror}")
+        if not locked:
             log.critical("server.state_dir: {dir} is in use by another running mailgate", dir=store.directory)
             self.reactor.stop()
             return
@@ -106,16 +138,6 @@ class GatewayService(MultiService):
         self._requests = Periodic("queue requests (mailgate queue flush|delete)", self.outbound.serve_requests,
                                   self.reactor, REQUEST_POLL_SECONDS)
         self._requests.start(now=False)
-
-    def _tls_options(self) -> Any:
-        if all(listener.tls == "none" for listener in self.config.listen):
-            return None
-        from mailgate.net.tls import ensure_certificate, server_tls_options
-
-        cert, key = self.config.tls.certificate, self.config.tls.key
-        if ensure_certificate(cert, key, self.config.server.hostname):
-            log.warn("tls.certificate: {cert} was missing: generated a self-signed certificate", cert=cert)
-        return server_tls_options(cert, key)
 
     def _factory(self, listener: ListenConfig, deliverer: Deliverer, tls_options: Any) -> Factory[Any]:
         if listener.protocol == "pop3":
@@ -140,7 +162,11 @@ class GatewayService(MultiService):
         )
 
     def _listen(self, index: int, listener: ListenConfig, factory: Factory) -> None:
-        endpoint = serverFromString(self.reactor, listener.endpoint)
+        try:
+            endpoint = serverFromString(self.reactor, listener.endpoint)
+        except (IndexError, KeyError):  # the config checked its form: only systemd's lookup is left
+            self._fail_startup(f"listen[{index}].endpoint: {listener.endpoint}: no such socket was passed by "
+                               "systemd (LISTEN_FDS)")
         service = StreamServerEndpointService(endpoint, factory)
         service._raiseSynchronously = True  # a port in use must stop start-up, not just log
         service.setName(f"listen.{listener.name}")
@@ -151,7 +177,7 @@ class GatewayService(MultiService):
             try:
                 original()
             except CannotListenError as exc:
-                _fail_startup(f"listen[{index}].endpoint: cannot listen on {listener.endpoint}: {exc.socketError}")
+                self._fail_startup(f"listen[{index}].endpoint: cannot listen on {listener.endpoint}: {exc.socketError}")
             service._waitingForPort.addCallback(self._bound, listener)
 
         service.privilegedStartService = bind
@@ -166,11 +192,27 @@ class GatewayService(MultiService):
         return port
 
     def startService(self) -> None:
+        problems = preflight.access_problems(self.config)  # privileges are dropped by now
+        if problems:
+            self._fail_startup(*problems)
+        self._hold_sighup()
         self.threadpool.start()
         if self.outbound is not None:
             self._start_queue()
         super().startService()
         log.info("mailgate started: {count} listener(s)", count=len(self.config.listen))
+
+    def _hold_sighup(self) -> None:
+        """SIGHUP's default action ends the process, with no clean stop: until reload
+        exists (SPEC 0.2 "Reload"), it only says so, so that `kill -HUP` or
+        `systemctl reload` never stops the server."""
+        def on_sighup(signum: int, frame: object) -> None:
+            self.reactor.callFromThread(log.warn, "SIGHUP: reload is not supported yet; configuration unchanged")
+
+        try:
+            self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
+        except ValueError:  # not the main thread (a test driving the service): no signals here
+            self._previous_sighup = None
 
     def stopService(self) -> Deferred:
         """Stop accepting, end sessions (deliveries in flight finish), then the disk pool."""
@@ -182,6 +224,8 @@ class GatewayService(MultiService):
     async def _stop(self) -> None:
         for backoff in self._backoffs:
             backoff.stop()
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
         await super().stopService()
         sessions_done = DeferredList(
             [factory.shut_down() for factory in self.factories if hasattr(factory, "shut_down")],
@@ -201,18 +245,31 @@ class GatewayService(MultiService):
         self.threadpool.stop()
         log.info("mailgate stopped cleanly")
 
+    def _fail_startup(self, *problems: str) -> NoReturn:
+        fail_startup(problems, self.twistd)
+
     def _abort_sessions(self) -> None:
         for factory in self.factories:
             for session in list(getattr(factory, "sessions", ())):
                 session.transport.abortConnection()
 
 
-def _fail_startup(problem: str) -> None:
-    """One line naming the key, on the real stderr and in the log, then exit 1.
+def fail_startup(problems: tuple[str, ...], twistd: Mapping[str, Any] | None = None) -> NoReturn:
+    """One line per problem naming the key, on the real stderr and in the log, then exit 1.
 
-    twistd has already pointed sys.stderr at its log by now, so the line
-    goes to both: the operator at the terminal and the log reader see it.
+    twistd has already pointed sys.stderr at its log by now, so the lines
+    go to both: the operator at the terminal and the log reader see them.
+    A daemonizing twistd's launcher waits on a status pipe for an Exception
+    and would wait forever for a SystemExit, so the first line (twistd
+    reads 100 bytes) is written there, for it to show at the terminal.
     """
-    log.critical("{problem}", problem=problem)
-    print(problem, file=sys.__stderr__)
+    for problem in problems:
+        log.critical("{problem}", problem=problem)
+        print(problem, file=sys.__stderr__)
+    status_pipe = twistd.get("statusPipe") if twistd is not None else None
+    if status_pipe is not None:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        os.write(status_pipe, b"1 " + (problems[0] + more).encode("utf-8", "replace")[:98])
+        os.close(status_pipe)
+        twistd["statusPipe"] = None  # type: ignore[index]  # twistd's own options, a dict
     raise SystemExit(1)

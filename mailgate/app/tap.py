@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import sys
 from typing import Any
 
@@ -10,8 +12,9 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from mailgate.config import ConfigError, GatewayConfig, load_config
-from mailgate.hooks.calling import Hooks
 from mailgate.builtin import load_plugins
+from mailgate.hooks.calling import Hooks
+from mailgate.store.durable import Owner
 
 DEFAULT_CONFIG = "etc/mailgate.toml"
 
@@ -26,14 +29,33 @@ def makeService(options: Options) -> IService:
 
     try:
         config = load_config(options["config"])
-        return build_service(config, reactor)
+        return build_service(config, reactor, owner=twistd_owner(options), twistd=getattr(options, "parent", None))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         raise SystemExit(1) from None
 
 
-def build_service(config: GatewayConfig, reactor: Any, extra_plugins: tuple = ()) -> IService:
+def twistd_owner(options: usage.Options) -> Owner | None:
+    """The uid and gid twistd will switch to after privilegedStartService, if it will.
+
+    twistd's own options are our Options' `parent`, with --uid/--gid as
+    numbers; a --uid without --gid means that user's group, as twistd does.
+    Only root can give files away, and only root switches.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None or os.geteuid() != 0:
+        return None
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is None and gid is None:
+        return None
+    if uid is not None and gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    return (-1 if uid is None else uid, gid)
+
+
+def build_service(config: GatewayConfig, reactor: Any, extra_plugins: tuple = (),
+                  owner: Owner | None = None, twistd: Any = None) -> IService:
     """Load plugins, let them configure, and build the gateway service.
 
     mailgate_configure runs here, before any port is bound, so a plugin's
@@ -49,4 +71,4 @@ def build_service(config: GatewayConfig, reactor: Any, extra_plugins: tuple = ()
         configured.addErrback(failures.append)
         if failures:
             failures[0].raiseException()
-    return GatewayService(config, hooks, reactor, configured)
+    return GatewayService(config, hooks, reactor, configured, owner, twistd)

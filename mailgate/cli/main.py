@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from collections.abc import Callable, Sequence
 
+from mailgate import __version__
 from mailgate.accounts import users_file as users
+from mailgate.app import preflight
 from mailgate.cli.queue import CommandError, add_queue_commands
 from mailgate.config import ConfigError, GatewayConfig, load_config
 
@@ -20,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; 0 on success, 1 on an expected error (one line each on stderr)."""
     args = build_parser().parse_args(argv)
     try:
+        _enter_rundir(args)
         return args.handler(args)
     except (users.UserError, CommandError) as e:
         return _fail(str(e))
@@ -35,15 +39,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _enter_rundir(args: argparse.Namespace) -> None:
+    """Change to --rundir as twistd does: after taking the --config path where we started."""
+    args.config_file = args.config  # as given, for messages
+    args.config = os.path.abspath(args.config)
+    args.launched_in = os.getcwd()  # plugins.paths are relative to it, as twistd reads them before --rundir
+    if args.rundir is None:
+        return
+    try:
+        os.chdir(args.rundir)
+    except OSError as error:
+        raise CommandError(f"--rundir {args.rundir}: {error.strerror}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailgate", description="Manage a mailgate gateway.")
+    parser.add_argument("--version", action="version", version=f"mailgate {__version__}")
     parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
-                        help=f"configuration file (default: {DEFAULT_CONFIG})")
-    # `--config` is also accepted after the command (`mailgate check-config --config FILE`);
-    # SUPPRESS keeps a subcommand from overwriting the top-level value when it is absent.
+                        help=f"configuration file (default: {DEFAULT_CONFIG}), relative to where you are")
+    parser.add_argument("--rundir", default=None, metavar="DIR",
+                        help="the server's run directory (twistd --rundir): relative paths in the "
+                             "configuration are relative to it (default: the current directory)")
+    # `--config` and `--rundir` are also accepted after the command (`mailgate check-config --config
+    # FILE`); SUPPRESS keeps a subcommand from overwriting the top-level value when it is absent.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
-                        help="configuration file")
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE", help="configuration file")
+    common.add_argument("--rundir", default=argparse.SUPPRESS, metavar="DIR", help="the server's run directory")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_user_commands(commands, common)
     _add_check_config_command(commands, common)
@@ -79,8 +100,12 @@ def _add_check_config_command(commands: argparse._SubParsersAction,
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    load_config(args.config)  # ConfigError: main() prints its problem lines
-    print(f"config OK: {args.config}")
+    """Start-up's own checks (mailgate.app.preflight), short of binding or writing anything."""
+    config = load_config(args.config)  # ConfigError: main() prints its problem lines
+    problems = preflight.check(config, plugins_relative_to=args.launched_in)
+    if problems:
+        raise ConfigError(problems)
+    print(f"config OK: {args.config_file}")
     return 0
 
 
@@ -109,8 +134,12 @@ def _user_del(args: argparse.Namespace) -> int:
 
 def _user_list(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    for address in users.Accounts(config.users.file).addresses():
+    addresses = users.Accounts(config.users.file).addresses()
+    for address in addresses:
         print(address)
+    if not addresses:  # on stderr: stdout stays one address per line, for scripts
+        missing = "" if os.path.exists(config.users.file) else " (no such file)"
+        print(f"mailgate: no accounts in {os.path.abspath(config.users.file)}{missing}", file=sys.stderr)
     return 0
 
 

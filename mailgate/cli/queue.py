@@ -12,12 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mailgate.config import load_config
 from mailgate.outbound.spool import DamagedEntry, QueuedMessage, QueueStore
+from mailgate.store.durable import inherited_owner
 
 REQUEST_DEADLINE_SECONDS = 15.0
 
@@ -52,10 +56,33 @@ def _store(args: argparse.Namespace) -> QueueStore:
     return QueueStore(os.path.join(config.server.state_dir, "queue"))
 
 
+@contextmanager
+def _as_owner_of(directory: str) -> Iterator[None]:
+    """Root acts on a spool as the user it belongs to (seteuid), so that what it
+    writes there (requests, rewritten entries, the lock file) stays the
+    server's: a server started with --uid/--gid could not read files of root's."""
+    uid, gid = inherited_owner(directory)
+    if os.geteuid() != 0 or uid == 0:
+        yield
+        return
+    saved_gid = os.getegid()
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(saved_gid)
+
+
 def _list(args: argparse.Namespace) -> int:
-    entries, damaged = survey(_store(args))
+    store = _store(args)
+    entries, damaged = survey(store)
     items = [describe(entry) for entry in sorted(entries, key=lambda e: e.arrived)]
     items += [describe_damaged(item) for item in damaged]
+    if not items:  # on stderr: stdout stays what --json or a script expects
+        missing = "" if os.path.isdir(store.directory) else " (no such directory)"
+        print(f"mailgate: the queue is empty: {os.path.abspath(store.directory)}{missing}", file=sys.stderr)
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
@@ -69,8 +96,6 @@ def _list(args: argparse.Namespace) -> int:
             print(f"    {recipient}")
         if item["last_error"]:
             print(f"    last error: {item['last_error']}")
-    if not items:
-        print("queue is empty")
     return 0
 
 
@@ -129,6 +154,11 @@ def _iso(seconds: float) -> str:
 
 def _flush(args: argparse.Namespace) -> int:
     store = _store(args)
+    with _as_owner_of(store.directory):
+        return _flush_store(store)
+
+
+def _flush_store(store: QueueStore) -> int:
     if store.lock():
         try:
             count = _mark_all_due(store)
@@ -150,7 +180,12 @@ def _mark_all_due(store: QueueStore) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    store, queue_id = _store(args), args.queue_id
+    store = _store(args)
+    with _as_owner_of(store.directory):
+        return _delete_from(store, args.queue_id)
+
+
+def _delete_from(store: QueueStore, queue_id: str) -> int:
     if "/" in queue_id or "." in queue_id or not store.exists(queue_id):
         raise CommandError(f"no queued message {queue_id}")
     if store.lock():

@@ -13,6 +13,8 @@ import ipaddress
 import json
 import math
 import re
+import socket
+import ssl
 from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
@@ -277,9 +279,42 @@ def nameserver(value: Any) -> str:
 def endpoint(value: Any) -> str:
     """A Twisted server endpoint string; parsing on a MemoryReactor binds nothing."""
     try:
-        serverFromString(MemoryReactor(), string(value))
+        if string(value).startswith("systemd:"):
+            _systemd_endpoint(value)
+        else:
+            serverFromString(MemoryReactor(), value)
     except Exception as error:
         raise ValueError(f"not a server endpoint ({error}): {value!r}") from None
+    return value
+
+
+def _systemd_endpoint(value: str) -> None:
+    """Twisted's parser looks the socket up in LISTEN_FDS: outside systemd (check-config
+    in a shell) every such endpoint would fail, so only its form is checked here."""
+    options = dict(part.partition("=")[::2] for part in value.split(":")[1:])
+    unknown = set(options) - {"domain", "index", "name"}
+    if unknown:
+        raise ValueError(f"unknown option {min(unknown)!r}")
+    if not options.get("domain") or not hasattr(socket, "AF_" + options["domain"]):
+        raise ValueError("domain must be an address family such as INET, INET6 or UNIX")
+    if ("index" in options) == ("name" in options):
+        raise ValueError("specify exactly one of index or name")
+    if "index" in options and not options["index"].isdigit():
+        raise ValueError(f"index must be a number, got {options['index']!r}")
+
+
+CIPHER_PROFILES = ("intermediate", "legacy")  # mailgate.net.tls.CIPHER_PROFILES says what each offers
+
+
+def ciphers(value: Any) -> str:
+    """A cipher profile name, or an OpenSSL cipher string that selects some suite."""
+    if text(value) in CIPHER_PROFILES:
+        return value
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(value)
+    except ssl.SSLError:
+        raise ValueError(f"expected {' | '.join(CIPHER_PROFILES)} or an OpenSSL cipher string that selects "
+                         f"some cipher suite, got {value!r}") from None
     return value
 
 

@@ -38,6 +38,7 @@ class ListenConfig:
 class TLSConfig:
     certificate: str = "var/tls/cert.pem"
     key: str = "var/tls/key.pem"
+    ciphers: str = "intermediate"  # intermediate | legacy | an OpenSSL cipher string (TLS 1.2 suites)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Crash-safe file primitives: write and fsync, replace a file whole, fsync a directory, sync many paths at once."""
+"""Crash-safe file primitives: write and fsync, replace a file whole, make directories, sync many paths at once."""
 
 from __future__ import annotations
 
@@ -32,28 +32,83 @@ def write_durably(
             os.fsync(fd)
 
 
-def replace_file(path: str, data: bytes, mode: int = 0o600) -> None:
+Owner = tuple[int, int]  # uid, gid
+
+
+def replace_file(
+    path: str, data: bytes, mode: int = 0o600, *, owner: Owner | None = None, exclusive: bool = False
+) -> None:
     """Replace `path` whole with `data`: a reader sees the old file or the new one, never a part.
 
-    The temporary file beside it gets `mode` before any byte is written, so
-    a secret (a TLS key, password hashes) is never readable by others, even
-    for a moment. Data is fsynced before the rename and the directory after
-    it, so after a crash the name points at the old file or the whole new one.
-    On failure the temporary file is removed and `path` is untouched.
+    The temporary file beside it gets `mode` (and `owner`, a uid and gid,
+    when given) before any byte is written, so a secret (a TLS key,
+    password hashes) is never readable by others, even for a moment. Data
+    is fsynced before the rename and the directory after it, so after a
+    crash the name points at the old file or the whole new one. With
+    `exclusive` the file is linked into place instead of renamed: an
+    existing `path` is never replaced (FileExistsError). On failure the
+    temporary file is removed and `path` is untouched.
     """
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with open(fd, "wb") as handle:  # closes fd whatever happens next
+            if owner is not None:
+                os.fchown(fd, *owner)
             os.fchmod(fd, mode)  # mkstemp made it 0600; the mode is exact, whatever the umask
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        if exclusive:
+            try:
+                os.link(temporary, path)
+            finally:
+                os.unlink(temporary)
+        else:
+            os.replace(temporary, path)
     except BaseException:
         unlink_quietly(temporary)
         raise
     fsync_dir(directory)
+
+
+def inherited_owner(path: str) -> Owner:
+    """The uid and gid of `path`, or of its nearest existing parent: whom a file made there belongs with."""
+    current = os.path.abspath(path)
+    while True:
+        try:
+            info = os.stat(current)
+        except FileNotFoundError:
+            current = os.path.dirname(current)
+            continue
+        return info.st_uid, info.st_gid
+
+
+def make_directories(path: str, mode: int = 0o700, owner: Owner | None = None) -> list[str]:
+    """Create `path` and its missing parents; return the ones made, outermost first.
+
+    Each new directory gets `mode` (less the umask) and, when given,
+    `owner` (a uid and gid), and its parent is fsynced so it survives a
+    crash. Existing directories are left as they are.
+    """
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current) and current != os.path.dirname(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    made: list[str] = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            if os.path.isdir(directory):  # made meanwhile by someone else
+                continue
+            raise
+        if owner is not None:
+            os.chown(directory, *owner)
+        fsync_dir(os.path.dirname(directory))
+        made.append(directory)
+    return made
 
 
 def fsync_dir(path: str) -> None:

@@ -50,18 +50,6 @@ def test_check_password_rejects_plain_and_malformed_hashes() -> None:
     assert not users.check_password("s3cret", "")
 
 
-def test_argon2_only_with_library() -> None:
-    """argon2-cffi is optional; without it an argon2 hash never matches."""
-    try:
-        import argon2  # noqa: F401
-    except ImportError:
-        assert not users.check_password("x", "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA")
-    else:
-        hashed = argon2.PasswordHasher().hash("x")
-        assert users.check_password("x", hashed)
-        assert not users.check_password("y", hashed)
-
-
 def test_overlong_password_is_refused_on_hashing() -> None:
     with pytest.raises(UserError, match="72 bytes"):
         users.hash_password("x" * 73)

@@ -121,11 +121,6 @@ def test_del_unknown_user(workdir: Path) -> None:
     assert_one_line_error(result, "no such user nobody@example.test")
 
 
-def test_list_without_users_file(workdir: Path) -> None:
-    result = mailgate(workdir, "user", "list")
-    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
-
-
 def test_empty_password_refused(workdir: Path) -> None:
     result = mailgate(workdir, "user", "add", "alice@example.test", "--password-stdin", stdin="\n")
     assert_one_line_error(result, "empty password refused")
@@ -157,6 +152,14 @@ def test_foreign_domain_is_allowed_with_a_warning(workdir: Path) -> None:
     assert result.returncode == 0
     assert result.stderr == "mailgate: warning: elsewhere.test is not in domains.local\n"
     assert accounts(workdir).exists("dave@elsewhere.test")
+
+
+def test_version(workdir: Path) -> None:
+    """`mailgate --version` names the package's version and exits 0 (SPEC 0.2)."""
+    from mailgate import __version__
+
+    result = mailgate(workdir, "--version")
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"mailgate {__version__}\n", "")
 
 
 def test_check_config_good(workdir: Path) -> None:
@@ -213,3 +216,66 @@ def test_password_stdin_with_text_stream(workdir: Path,
     monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
     assert cli.main(["user", "add", "alice@example.test", "--password-stdin"]) == 0
     assert accounts(workdir).verify("alice@example.test", "pw")
+
+
+# --rundir: relative paths in the configuration resolve against it, as for twistd --rundir.
+
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Path:
+    """A directory other than the run directory, to run the command from."""
+    path = tmp_path / "elsewhere"
+    path.mkdir()
+    return path
+
+
+def test_rundir_finds_the_servers_users_file_from_anywhere(workdir: Path, elsewhere: Path) -> None:
+    """Issue #12: from another directory `user list` printed nothing, and `user add` made a second file."""
+    given_user(workdir, "alice@example.test")
+    config = str(workdir / "etc" / "mailgate.toml")
+    for args in (("--rundir", str(workdir), "--config", config, "user", "list"),
+                 ("--config", config, "user", "list", "--rundir", str(workdir))):
+        result = mailgate(elsewhere, *args)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "alice@example.test\n", "")
+    result = mailgate(elsewhere, "--rundir", str(workdir), "--config", config, "user", "add", "bob@example.test",
+                      "--password-stdin", stdin="pw\n")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert accounts(workdir).addresses() == ["alice@example.test", "bob@example.test"]
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_relative_config_is_read_before_changing_to_rundir(workdir: Path, elsewhere: Path) -> None:
+    """As twistd reads --config before it applies --rundir."""
+    (elsewhere / "mailgate.toml").write_text(GOOD_CONFIG)
+    given_user(workdir, "alice@example.test")
+    result = mailgate(elsewhere, "--config", "mailgate.toml", "--rundir", str(workdir), "user", "list")
+    assert (result.returncode, result.stdout) == (0, "alice@example.test\n")
+    result = mailgate(elsewhere, "--config", "mailgate.toml", "--rundir", str(workdir), "check-config")
+    assert (result.returncode, result.stdout) == (0, "config OK: mailgate.toml\n")
+
+
+def test_a_missing_rundir_is_one_line(workdir: Path) -> None:
+    result = mailgate(workdir, "--rundir", str(workdir / "nowhere"), "user", "list")
+    assert_one_line_error(result, f"--rundir {workdir / 'nowhere'}: No such file or directory")
+
+
+def test_an_empty_user_list_says_which_file_it_read(workdir: Path) -> None:
+    result = mailgate(workdir, "user", "list")
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr == f"mailgate: no accounts in {workdir / 'etc' / 'users'} (no such file)\n"
+    (workdir / "etc" / "users").write_text("# nobody yet\n")
+    result = mailgate(workdir, "user", "list")
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr == f"mailgate: no accounts in {workdir / 'etc' / 'users'}\n"
+
+
+def test_an_empty_queue_list_says_which_directory_it_read(workdir: Path) -> None:
+    queue = workdir / "var" / "queue"
+    result = mailgate(workdir, "queue", "list")
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr == f"mailgate: the queue is empty: {queue} (no such directory)\n"
+    result = mailgate(workdir, "queue", "list", "--json")
+    assert (result.returncode, result.stdout) == (0, "[]\n")
+    assert result.stderr == f"mailgate: the queue is empty: {queue} (no such directory)\n"
+    (queue / "env").mkdir(parents=True)
+    result = mailgate(workdir, "queue", "list")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", f"mailgate: the queue is empty: {queue}\n")

@@ -167,6 +167,8 @@ EVENTS_OK = {"name": "crm", "url": "http://127.0.0.1:8080/events"}
     ({"server": {"hostname": "not a host"}}, "server.hostname"),
     ({"server": "mail.example.test"}, "server"),
     ({"tls": {"certificate": ""}}, "tls.certificate"),
+    ({"tls": {"ciphers": "modern-ish"}}, "tls.ciphers"),
+    ({"tls": {"ciphers": ""}}, "tls.ciphers"),
     ({"security": {"plaintext_auth": "never"}}, "security.plaintext_auth"),
     ({"security": {"vrfy": "on"}}, "security.vrfy"),
     ({"security": {"expn": True}}, "security.expn"),
@@ -241,6 +243,12 @@ EVENTS_OK = {"name": "crm", "url": "http://127.0.0.1:8080/events"}
 def test_each_problem_names_its_key(sections: dict[str, Any], path: str) -> None:
     problems = problems_of(with_sections(**sections))
     assert [p.partition(": ")[0] for p in problems] == [path]
+
+
+def test_tls_ciphers_default_profile_and_cipher_strings() -> None:
+    assert parse_config(MINIMAL).tls.ciphers == "intermediate"
+    for value in ("legacy", "intermediate", "ECDHE+AESGCM:!aNULL"):
+        assert parse_config(with_sections(tls={"ciphers": value})).tls.ciphers == value
 
 
 def test_unknown_key_says_so() -> None:

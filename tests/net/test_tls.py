@@ -28,8 +28,9 @@ from zope.interface import directlyProvides
 from mailgate.accounts import users_file as users
 from mailgate.store.maildir_writer import StoredMessage, deliver_durably
 from mailgate.pop3.session import POP3Factory
-from mailgate.net.tls import ensure_certificate, is_tls, server_tls_options
+from mailgate.net.tls import TLSLoadError, ensure_certificate, is_tls, server_tls_options
 from mailgate.accounts.users_file import Accounts
+from tests.support.gateway import tls12_handshake
 
 ALICE, PASSWORD = "alice@example.test", "pa ss"
 BODY = [b"Subject: over TLS\n\n.dotted line\n", (b"y" * 999 + b"\n") * 100, b"bye\n"]  # poplib: lines < 2048
@@ -46,6 +47,7 @@ class CertificateTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.directory, True)
         self.cert = os.path.join(self.directory, "tls", "deeper", "cert.pem")
         self.key = os.path.join(self.directory, "tls", "key.pem")
+        os.makedirs(os.path.dirname(self.cert))
 
     def load(self) -> x509.Certificate:
         with open(self.cert, "rb") as handle:
@@ -69,18 +71,72 @@ class CertificateTests(SynchronousTestCase):
         self.assertFalse(ensure_certificate(self.cert, self.key, "other.example.test"))
         self.assertEqual(self.load().serial_number, before)
 
-    def test_missing_key_regenerates_the_pair(self) -> None:
+    def test_one_missing_file_is_refused_and_the_other_kept(self) -> None:
+        """A typo in one path must never replace the operator's other file (SPEC 0.2)."""
         ensure_certificate(self.cert, self.key, "mail.example.test")
-        before = self.load().serial_number
+        with open(self.cert, "rb") as handle:
+            before = handle.read()
         os.unlink(self.key)
-        self.assertTrue(ensure_certificate(self.cert, self.key, "mail.example.test"))
-        self.assertNotEqual(self.load().serial_number, before)
-        server_tls_options(self.cert, self.key).getContext()  # key and cert match
+        with self.assertRaises(FileExistsError) as caught:
+            ensure_certificate(self.cert, self.key, "mail.example.test")
+        self.assertEqual(caught.exception.filename, self.cert)
+        with open(self.cert, "rb") as handle:
+            self.assertEqual(handle.read(), before)
+        self.assertFalse(os.path.exists(self.key))
+
+    def test_directories_are_not_made(self) -> None:
+        with self.assertRaises(FileNotFoundError):
+            ensure_certificate(os.path.join(self.directory, "nowhere", "c.pem"), self.key, "mail.example.test")
+        self.assertFalse(os.path.exists(os.path.join(self.directory, "nowhere")))
+        self.assertEqual(os.listdir(os.path.dirname(self.key)), ["deeper"])  # no key, no temporary file
+
+    def test_generated_files_get_the_owner(self) -> None:
+        ensure_certificate(self.cert, self.key, "mail.example.test", owner=(12345, 12346))
+        for path in (self.cert, self.key):
+            self.assertEqual((os.stat(path).st_uid, os.stat(path).st_gid), (12345, 12346))
 
     def test_ip_hostname_becomes_ip_san(self) -> None:
         ensure_certificate(self.cert, self.key, "192.0.2.1")
         san = self.load().extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertIn(ipaddress.ip_address("192.0.2.1"), san.get_values_for_type(x509.IPAddress))
+
+
+class LoadTests(SynchronousTestCase):
+    """server_tls_options loads and checks everything at once: one error naming the file."""
+
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.cert, self.key = self.pair("a")
+
+    def pair(self, name: str) -> tuple[str, str]:
+        cert, key = os.path.join(self.directory, f"{name}.crt"), os.path.join(self.directory, f"{name}.key")
+        ensure_certificate(cert, key, "mail.example.test")
+        return cert, key
+
+    def refusal(self, cert: str, key: str, ciphers: str = "intermediate") -> tuple[str, str]:
+        with self.assertRaises(TLSLoadError) as caught:
+            server_tls_options(cert, key, ciphers)
+        return caught.exception.which, str(caught.exception)
+
+    def test_a_key_of_another_certificate(self) -> None:
+        _, other = self.pair("b")
+        self.assertEqual(self.refusal(self.cert, other),
+                         ("key", f"{other} is not the private key of the certificate in {self.cert}"))
+
+    def test_files_that_are_not_pem(self) -> None:
+        self.assertEqual(self.refusal(self.key, self.key), ("certificate", f"{self.key}: not a PEM certificate"))
+        self.assertEqual(self.refusal(self.cert, self.cert),
+                         ("key", f"{self.cert}: not an unencrypted PEM private key"))
+
+    def test_unreadable_file(self) -> None:
+        missing = os.path.join(self.directory, "missing.pem")
+        self.assertEqual(self.refusal(missing, self.key),
+                         ("certificate", f"{missing}: cannot read: No such file or directory"))
+
+    def test_ciphers_openssl_cannot_use(self) -> None:
+        which, _ = self.refusal(self.cert, self.key, "eNULL")
+        self.assertEqual(which, "ciphers")
 
 
 class IsTLSTests(SynchronousTestCase):
@@ -115,6 +171,7 @@ class LoopbackTests(TestCase):
         self.addCleanup(shutil.rmtree, self.directory, True)
         self.cert = os.path.join(self.directory, "tls", "cert.pem")
         key = os.path.join(self.directory, "tls", "key.pem")
+        os.mkdir(os.path.dirname(key))
         ensure_certificate(self.cert, key, "mail.example.test")
         users_file = os.path.join(self.directory, "users")
         with open(users_file, "w") as handle:
@@ -231,3 +288,61 @@ class LoopbackTests(TestCase):
             return "refused"
         client.close()
         return "accepted"
+
+
+class CipherTests(TestCase):
+    """TLS 1.2 suites a real client may negotiate: forward secrecy and AEAD only, unless `legacy`."""
+
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.cert, self.key = os.path.join(self.directory, "c.pem"), os.path.join(self.directory, "k.pem")
+        ensure_certificate(self.cert, self.key, "localhost")
+
+    async def listen(self, ciphers: str | None) -> int:
+        options = server_tls_options(self.cert, self.key) if ciphers is None else \
+            server_tls_options(self.cert, self.key, ciphers)
+        factory = TLSMemoryBIOFactory(options, False, POP3Factory(
+            accounts=FakeAccounts(), maildir_root=self.directory, hostname="localhost", tls_options=None,
+            plaintext_auth="tls", reactor=reactor,
+        ))  # fmt: skip
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def test_default_offers_forward_secret_aead_suites_only(self) -> Deferred[None]:
+        async def run() -> None:
+            port = await self.listen(None)
+            for suite in ("AES128-SHA", "AES128-GCM-SHA256", "AES256-SHA256", "ECDHE-RSA-AES128-SHA"):
+                self.assertEqual(await deferToThread(tls12_handshake, port, suite), "refused", suite)
+            for suite in ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305"):
+                self.assertEqual(await deferToThread(tls12_handshake, port, suite), suite)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_intermediate_is_the_default(self) -> Deferred[None]:
+        async def run() -> None:
+            port = await self.listen("intermediate")
+            self.assertEqual(await deferToThread(tls12_handshake, port, "AES128-SHA"), "refused")
+            self.assertEqual(await deferToThread(tls12_handshake, port, "ECDHE-RSA-AES256-GCM-SHA384"),
+                             "ECDHE-RSA-AES256-GCM-SHA384")
+
+        return Deferred.fromCoroutine(run())
+
+    def test_legacy_still_serves_old_clients(self) -> Deferred[None]:
+        async def run() -> None:
+            port = await self.listen("legacy")
+            for suite in ("AES128-SHA", "AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"):
+                self.assertEqual(await deferToThread(tls12_handshake, port, suite), suite)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_an_openssl_cipher_string(self) -> Deferred[None]:
+        async def run() -> None:
+            port = await self.listen("ECDHE+CHACHA20")
+            self.assertEqual(await deferToThread(tls12_handshake, port, "ECDHE-RSA-AES128-GCM-SHA256"), "refused")
+            self.assertEqual(await deferToThread(tls12_handshake, port, "ECDHE-RSA-CHACHA20-POLY1305"),
+                             "ECDHE-RSA-CHACHA20-POLY1305")
+
+        return Deferred.fromCoroutine(run())
+

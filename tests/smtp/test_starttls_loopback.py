@@ -56,6 +56,7 @@ class STARTTLSLoopbackTests(TestCase):
         self.patch(users, "BCRYPT_ROUNDS", 4)
         directory = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, directory, True)
+        (directory / "tls").mkdir()  # ensure_certificate makes files, never directories
         self.cert, key = str(directory / "tls" / "cert.pem"), str(directory / "tls" / "key.pem")
         ensure_certificate(self.cert, key, HOSTNAME)
         self.server = Server(directory, tls_options=server_tls_options(self.cert, key), auth=True)

@@ -1,4 +1,5 @@
-"""Tests for mailgate.store.durable: whole-file replacement, mode first, fsyncs, no leftovers, no short files."""
+"""Tests for mailgate.store.durable: whole-file replacement (mode and owner first, fsyncs, no leftovers),
+directories, no short files."""
 
 from __future__ import annotations
 
@@ -88,3 +89,37 @@ def test_a_short_write_is_an_error_not_a_shorter_file(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", SHORT_WRITE_CHILD, str(tmp_path / "message")],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, (done.returncode, done.stderr)
+
+
+def test_exclusive_never_replaces_an_existing_file(tmp_path: Path) -> None:
+    target = tmp_path / "cert.pem"
+    durable.replace_file(str(target), b"first", exclusive=True)
+    with pytest.raises(FileExistsError):
+        durable.replace_file(str(target), b"second", exclusive=True)
+    assert target.read_bytes() == b"first"
+    assert os.listdir(tmp_path) == ["cert.pem"]  # no temporary file left
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_owner_is_set_on_the_new_file(tmp_path: Path) -> None:
+    target = tmp_path / "users"
+    durable.replace_file(str(target), b"a:b\n", mode=0o640, owner=(12345, 12346))
+    info = target.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (12345, 12346, 0o640)
+
+
+def test_make_directories_makes_the_missing_ones_only(tmp_path: Path) -> None:
+    (tmp_path / "var").mkdir(mode=0o755)
+    made = durable.make_directories(str(tmp_path / "var" / "queue" / "msg"), 0o700)
+    assert made == [str(tmp_path / "var" / "queue"), str(tmp_path / "var" / "queue" / "msg")]
+    assert stat.S_IMODE((tmp_path / "var" / "queue").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o755
+    assert durable.make_directories(str(tmp_path / "var" / "queue")) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away needs root")
+def test_make_directories_gives_the_new_ones_to_the_owner(tmp_path: Path) -> None:
+    durable.make_directories(str(tmp_path / "var" / "tls"), owner=(12345, 12346))
+    for path in (tmp_path / "var", tmp_path / "var" / "tls"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (12345, 12346)
+    assert tmp_path.stat().st_uid == os.geteuid()

@@ -26,6 +26,19 @@ def client_tls() -> ssl.SSLContext:
     return context
 
 
+def tls12_handshake(port: int, suite: str) -> str:
+    """The suite negotiated on 127.0.0.1:`port` by an implicit-TLS client offering only TLS 1.2
+    and only `suite` (an OpenSSL name), or "refused"."""
+    context = client_tls()
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(f"{suite}:@SECLEVEL=0")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(raw) as tls:
+            return str(tls.cipher()[0])
+    except (ssl.SSLError, OSError):
+        return "refused"
+
+
 async def eventually(predicate: Callable[[], object], what: str, seconds: float = 15.0) -> object:
     """Poll `predicate` without blocking the reactor (trial tests whose fakes
     live in it) until it returns something truthy, or fail at the deadline."""
@@ -84,6 +97,14 @@ class Gateway:
         )
         wait_for(self._started, STARTUP_DEADLINE_SECONDS, "mailgate to start")
         return self
+
+    def run_until_exit(self, timeout: float = STARTUP_DEADLINE_SECONDS) -> subprocess.CompletedProcess[str]:
+        """Run twistd in the foreground until it exits by itself (start-up refused): status and output."""
+        return subprocess.run(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log_path),
+             "mailgate", "--config", str(self.config)],
+            cwd=self.root, capture_output=True, text=True, timeout=timeout,
+        )
 
     def _started(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
