@@ -1,4 +1,4 @@
-"""The architecture holds: packages depend downwards only, modules stay small."""
+"""The architecture holds: packages depend downwards only, types check, modules stay small."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ def test_the_import_layers_hold() -> None:
     """pyproject.toml's import-linter contracts: core imports nothing of mailgate, and so on."""
     result = run(str(BIN / "lint-imports"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_mypy_finds_no_error() -> None:
+    """pyproject.toml's [tool.mypy], with the mypy-zope plugin for Twisted's interfaces."""
+    result = run(str(BIN / "mypy"))
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
 
 
 def test_modules_stay_readable() -> None:

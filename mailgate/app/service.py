@@ -119,11 +119,11 @@ class GatewayService(MultiService):
                 factory = TLSMemoryBIOFactory(tls_options, False, factory)
             self._listen(index, listener, factory)
         if self.running:  # configured late: startService has already run
-            self._start_queue()
+            self._start_queue(pipeline.scheduler)
 
-    def _start_queue(self) -> None:
+    def _start_queue(self, scheduler: Scheduler) -> None:
         """Lock the spool, resume what is queued, and serve the CLI's requests."""
-        store = self.outbound.store
+        store = scheduler.store
         try:
             locked = store.lock()
         except OSError as error:
@@ -132,10 +132,10 @@ class GatewayService(MultiService):
             log.critical("server.state_dir: {dir} is in use by another running mailgate", dir=store.directory)
             self.reactor.stop()
             return
-        Deferred.fromCoroutine(self.outbound.start()).addErrback(
+        Deferred.fromCoroutine(scheduler.start()).addErrback(
             lambda f: log.failure("queue: could not resume the spool", f)
         )
-        self._requests = Periodic("queue requests (mailgate queue flush|delete)", self.outbound.serve_requests,
+        self._requests = Periodic("queue requests (mailgate queue flush|delete)", scheduler.serve_requests,
                                   self.reactor, REQUEST_POLL_SECONDS)
         self._requests.start(now=False)
 
@@ -167,20 +167,9 @@ class GatewayService(MultiService):
         except (IndexError, KeyError):  # the config checked its form: only systemd's lookup is left
             self._fail_startup(f"listen[{index}].endpoint: {listener.endpoint}: no such socket was passed by "
                                "systemd (LISTEN_FDS)")
-        service = StreamServerEndpointService(endpoint, factory)
-        service._raiseSynchronously = True  # a port in use must stop start-up, not just log
+        service = ListenerService(endpoint, factory, index, listener, self)
         service.setName(f"listen.{listener.name}")
         service.setServiceParent(self)
-        original = service.privilegedStartService
-
-        def bind() -> None:
-            try:
-                original()
-            except CannotListenError as exc:
-                self._fail_startup(f"listen[{index}].endpoint: cannot listen on {listener.endpoint}: {exc.socketError}")
-            service._waitingForPort.addCallback(self._bound, listener)
-
-        service.privilegedStartService = bind
 
     def _bound(self, port: Any, listener: ListenConfig) -> Any:
         self.ports[listener.name] = port
@@ -198,7 +187,7 @@ class GatewayService(MultiService):
         self._hold_sighup()
         self.threadpool.start()
         if self.outbound is not None:
-            self._start_queue()
+            self._start_queue(self.outbound)
         super().startService()
         log.info("mailgate started: {count} listener(s)", count=len(self.config.listen))
 
@@ -252,6 +241,25 @@ class GatewayService(MultiService):
         for factory in self.factories:
             for session in list(getattr(factory, "sessions", ())):
                 session.transport.abortConnection()
+
+
+class ListenerService(StreamServerEndpointService):
+    """One [[listen]] table's port: bound before privileges drop, a failure stopping start-up."""
+
+    def __init__(self, endpoint: Any, factory: Factory[Any], index: int, listener: ListenConfig,
+                 gateway: GatewayService) -> None:
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True  # a port in use must stop start-up, not just log
+        self._index, self._listener, self._gateway = index, listener, gateway
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as exc:
+            self._gateway._fail_startup(f"listen[{self._index}].endpoint: cannot listen on "
+                                        f"{self._listener.endpoint}: {exc.socketError}")
+        assert self._waitingForPort is not None
+        self._waitingForPort.addCallback(self._gateway._bound, self._listener)
 
 
 def fail_startup(problems: tuple[str, ...], twistd: Mapping[str, Any] | None = None) -> NoReturn:
