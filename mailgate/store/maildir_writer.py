@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -84,26 +83,25 @@ def mailbox_path(root: str, address: str) -> str:
     return os.path.join(root, domain, local)
 
 
-def sweep_tmp(mailbox: str, hostname: str, now: float | None = None) -> int:
-    """Remove what a crash left in tmp/; return how many files went.
+def sweep_tmp(mailbox: str, now: float | None = None) -> int:
+    """Remove what crashes left in tmp/ long ago; return how many files went.
 
-    Our own leftovers (this host, another process id) are garbage at once;
-    anything else only after 36 hours, the Maildir rule, since another
-    program may be writing it right now. Run once per mailbox per process,
-    on its first delivery, so start-up never walks every mailbox.
+    Only files untouched for 36 hours go (qmail's rule), whoever wrote them:
+    another process of this server (workers), another node sharing the
+    Maildir, or another program may be writing any younger file right now,
+    and a name's host and process id prove nothing across machines. Run
+    once per mailbox per process, on its first delivery, so start-up never
+    walks every mailbox.
     """
     tmp, removed = os.path.join(mailbox, "tmp"), 0
     now = time.time() if now is None else now
-    ours = re.compile(rf"\d+\.M\d+P(\d+)Q\d+\.{re.escape(_safe_host(hostname))},")
     try:
         entries = list(os.scandir(tmp))
     except FileNotFoundError:
         return 0
     for entry in entries:
-        match = ours.match(entry.name)
-        stale = match is not None and int(match.group(1)) != os.getpid()
         try:
-            if stale or now - entry.stat().st_mtime > TMP_MAX_AGE_SECONDS:
+            if now - entry.stat().st_mtime > TMP_MAX_AGE_SECONDS:
                 os.unlink(entry.path)
                 removed += 1
         except OSError:
@@ -207,7 +205,7 @@ def _write_tmp(mailboxes: Sequence[str], message: StoredMessage, hostname: str) 
         ensure_maildir(mailbox)
         if mailbox not in _swept:
             _swept.add(mailbox)
-            sweep_tmp(mailbox, hostname)
+            sweep_tmp(mailbox)
     tmp = os.path.join(mailboxes[0], "tmp", unique_name(hostname, message))
     try:
         write_durably(tmp, [message.header, *message.body], fsync=False)

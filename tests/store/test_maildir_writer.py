@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,7 +18,13 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
 from mailgate.store import maildir_writer as maildir
-from mailgate.store.maildir_writer import MaildirStore, StoredMessage, deliver_durably, ensure_maildir, mailbox_path
+from mailgate.store.maildir_writer import (
+    MaildirStore,
+    StoredMessage,
+    deliver_durably,
+    ensure_maildir,
+    mailbox_path,
+)
 
 HEADER = b"Return-Path: <bob@remote.test>\nReceived: from x\n"
 BODY = [b"Subject: hi\n\n", b"line one\n", b"line two\n"]
@@ -311,17 +319,23 @@ def result_of(d: Deferred) -> object:
     return results[0]
 
 
-def test_sweep_removes_our_crash_leftovers_and_old_foreign_files(tmp_path: Path) -> None:
+def test_sweep_removes_only_what_no_one_can_still_be_writing(tmp_path: Path) -> None:
+    """Only files untouched for 36 hours go: another worker or node of the same
+    host name may be writing a young one right now (issue #18: deliveries of a
+    second process failed when its tmp/ files were swept away)."""
     box = tmp_path / "box"
     ensure_maildir(str(box))
-    leftover = box / "tmp" / f"1700000000.M5P{os.getpid() + 1}Q1.h,S=1,W=1"
+    other_process = box / "tmp" / f"1700000000.M5P{os.getpid() + 1}Q1.h,S=1,W=1"
     in_flight = box / "tmp" / f"1700000000.M5P{os.getpid()}Q2.h,S=1,W=1"
+    old_leftover = box / "tmp" / f"1600000000.M5P{os.getpid() + 1}Q3.h,S=1,W=1"
     foreign_new, foreign_old = box / "tmp" / "procmail.123", box / "tmp" / "procmail.456"
-    for path in (leftover, in_flight, foreign_new, foreign_old):
+    for path in (other_process, in_flight, old_leftover, foreign_new, foreign_old):
         path.write_bytes(b"x")
-    os.utime(foreign_old, (1, 1))
-    assert maildir.sweep_tmp(str(box), "h") == 2
-    assert sorted(p.name for p in (box / "tmp").iterdir()) == sorted([in_flight.name, foreign_new.name])
+    for path in (old_leftover, foreign_old):
+        os.utime(path, (1, 1))
+    assert maildir.sweep_tmp(str(box)) == 2
+    assert sorted(p.name for p in (box / "tmp").iterdir()) == sorted(
+        [other_process.name, in_flight.name, foreign_new.name])
 
 
 def test_first_delivery_to_a_mailbox_sweeps_its_tmp(tmp_path: Path) -> None:
@@ -329,5 +343,35 @@ def test_first_delivery_to_a_mailbox_sweeps_its_tmp(tmp_path: Path) -> None:
     ensure_maildir(str(box))
     leftover = box / "tmp" / f"1700000000.M5P{os.getpid() + 1}Q1.h,S=1,W=1"
     leftover.write_bytes(b"half a message")
+    os.utime(leftover, (1, 1))  # a crash's, long ago
     deliver_durably([str(box)], message(), "h")
     assert not leftover.exists()
+
+
+DELIVERING_CHILD = """
+import sys
+from mailgate.store.maildir_writer import StoredMessage, deliver_durably
+body = b"Subject: x\\n\\n" + b"y" * 20000 + b"\\n"
+failures = 0
+for n in range(int(sys.argv[2])):
+    try:
+        deliver_durably([sys.argv[1]], StoredMessage.build(b"", [body], len(body), body.count(b"\\n")), "same.host")
+    except OSError as exc:
+        failures += 1
+        print(exc, file=sys.stderr)
+sys.exit(1 if failures else 0)
+"""
+
+
+def test_processes_of_one_host_delivering_to_one_maildir_never_spoil_each_other(tmp_path: Path) -> None:
+    """Workers, or nodes sharing maildir_root under one server.hostname: each starts
+    with a sweep of tmp/ while the others are writing there; none may lose a file."""
+    box = tmp_path / "shared"
+    ensure_maildir(str(box))
+    children = []
+    for _ in range(8):  # started one after another, so each one's first sweep meets the others' writes
+        children.append(subprocess.Popen([sys.executable, "-c", DELIVERING_CHILD, str(box), "60"],
+                                         stderr=subprocess.PIPE, text=True))
+    results = [(child.wait(timeout=120), child.stderr.read() if child.stderr else "") for child in children]
+    assert [code for code, _ in results] == [0] * 8, [err for _, err in results if err][:2]
+    assert len(os.listdir(box / "new")) == 8 * 60 and os.listdir(box / "tmp") == []
