@@ -19,10 +19,13 @@ from mailgate.core.route import host_port
 from mailgate.hooks.calling import Hooks
 from mailgate.hooks.events import Events
 from mailgate.inbound.transaction import Deliverer
-from mailgate.net.dns import MXResolver, make_resolver
+from mailgate.app.preflight import smarthost_password
+from mailgate.net.dns import OUTBOUND_DNS_TIMEOUTS, MXResolver, make_resolver
 from mailgate.outbound.bounces import BounceSender
+from mailgate.outbound.pools import Pools
 from mailgate.outbound.retry import RetryPolicy
 from mailgate.outbound.scheduler import Scheduler
+from mailgate.outbound.smtp_dialogue import Credentials
 from mailgate.outbound.smtp_transport import SCHEMES, SMTPTransport
 from mailgate.outbound.spool import QueueStore
 from mailgate.outbound.spooler import Spooler
@@ -44,11 +47,14 @@ def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
     mailboxes = MaildirStore(config.store.maildir_root, hostname, run_blocking)
     spooler = Spooler(QueueStore(os.path.join(config.server.state_dir, "queue")), run_blocking, reactor.seconds)
     deliverer = Deliverer(mailboxes, spooler, hooks, hostname)
+    credentials = (Credentials(relay.smarthost_username, smarthost_password(config))
+                   if relay.smarthost_username else None)
     smtp = SMTPTransport(
         reactor, helo_name=hostname, tls_mode=relay.tls,
-        resolver=MXResolver(make_resolver(relay.nameservers, reactor)), mx_port=relay.port,
-        connection_cache_seconds=relay.connection_cache_seconds,
+        resolver=MXResolver(make_resolver(relay.nameservers, reactor, timeouts=OUTBOUND_DNS_TIMEOUTS)),
+        mx_port=relay.port, connection_cache_seconds=relay.connection_cache_seconds,
         smarthost=host_port(relay.smarthost) if relay.smarthost else None,
+        smarthost_credentials=credentials, pools=Pools(relay.pool, hostname, hooks), relay=relay,
     )
     policy = RetryPolicy.from_config(relay)
     bounces = BounceSender(hostname, policy.max_queue_seconds, spooler.store.message_path, run_blocking,

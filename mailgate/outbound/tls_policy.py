@@ -1,0 +1,68 @@
+"""What TLS each outbound host needs: relay.tls, the smarthost's settings, MTA-STS and DANE.
+
+The strictest rule that applies wins and nothing weakens it: a host that
+DANE or an enforced MTA-STS policy covers is never sent mail in plain
+text, whatever `relay.tls` says (RFC 7672 2.2, RFC 8461 5). DANE, where
+an MX host has authenticated TLSA records, comes before MTA-STS (RFC 8461
+section 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
+from twisted.logger import Logger
+
+from mailgate.outbound.smtp_dialogue import HostTLS
+
+log = Logger()
+
+HostTLSFor = Callable[[str], Awaitable[HostTLS]]
+
+
+class TLSPolicy:
+    """HostTLS for smarthost, `smtp:` and MX hosts.
+
+    `client_tls_options(hostname)` replaces the default client options of
+    "opportunistic" and "verify" (tests pass a trust root for their
+    self-signed certificate).
+    """
+
+    def __init__(self, tls_mode: str, *, client_tls_options: Callable[[str], Any] | None = None,
+                 smarthost_tls: str = "starttls") -> None:
+        self._mode, self._client_tls_options, self._smarthost_tls = tls_mode, client_tls_options, smarthost_tls
+
+    async def for_mx(self, domain: str, hosts: list[str], port: int) -> tuple[list[str], HostTLSFor]:
+        """The MX hosts to try and the TLS each needs."""
+        async def tls_for(host: str) -> HostTLS:
+            return self.for_host(host)
+        return hosts, tls_for
+
+    def for_host(self, host: str) -> HostTLS:
+        """relay.tls for a host nothing else covers."""
+        if self._mode == "none":
+            return HostTLS("none")
+        if self._mode == "verify":
+            return HostTLS("required", self._options(host, verify=True), "relay.tls = verify", "4.7.4")
+        return HostTLS("opportunistic", self._options(host, verify=False))
+
+    def for_smarthost(self, host: str, authenticating: bool) -> HostTLS:
+        """relay.smarthost_tls; AUTH needs TLS to succeed (RFC 4954 4: never a password in clear)."""
+        verify = self._mode == "verify"
+        if self._smarthost_tls == "none":
+            return HostTLS("none")
+        if self._smarthost_tls == "implicit":
+            return HostTLS("required", self._options(host, verify), "relay.smarthost_tls = implicit", implicit=True)
+        if authenticating:
+            return HostTLS("required", self._options(host, verify), "relay.smarthost_username (AUTH only over TLS)",
+                           "4.7.4")
+        return self.for_host(host)
+
+    def _options(self, host: str, verify: bool) -> Callable[[], Any]:
+        hook = self._client_tls_options
+        if hook is not None:
+            return lambda: hook(host)
+        if verify:
+            return lambda: optionsForClientTLS(host)
+        return CertificateOptions  # verify=False: opportunistic encryption (RFC 7435)
