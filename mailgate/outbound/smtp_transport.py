@@ -104,9 +104,13 @@ class SMTPTransport:
             return same_result(envelope.rcpt_to, reply)
         if isinstance(job.destination, tuple):
             host, port = job.destination
-            return await self.deliver_to_host(host, port, envelope.mail_from, envelope.rcpt_to, path, pool=pool)
-        return await self.deliver_by_mx(str(job.destination), envelope.mail_from, envelope.rcpt_to, path,
-                                        pool=pool)
+            results = await self.deliver_to_host(host, port, envelope.mail_from, envelope.rcpt_to, path, pool=pool)
+        else:
+            results = await self.deliver_by_mx(str(job.destination), envelope.mail_from, envelope.rcpt_to, path,
+                                               pool=pool)
+        if pool is None:
+            return results
+        return [replace(result, reporting_mta=pool.helo) for result in results]
 
     async def close_idle(self) -> None:
         """Say QUIT on every cached session (the server is stopping)."""
