@@ -55,6 +55,8 @@ class ConnectionCache:
             return False
         session.timer = self._reactor.callLater(self._idle_seconds, self._expire, key, session)
         self._idle.setdefault(key, []).append(session)
+        if session.site is not None:
+            session.site.idle_added()
         return True
 
     def take(self, key: Key) -> OpenSession | None:
@@ -68,6 +70,8 @@ class ConnectionCache:
         while waiting:
             session = waiting.pop()
             session.timer.cancel()
+            if session.site is not None:
+                session.site.idle_removed(wake=False)
             if session.protocol.error is None and not session.protocol.has_unread_reply():
                 self._forget_if_empty(key)
                 return session
@@ -83,6 +87,7 @@ class ConnectionCache:
                     waiting.remove(session)
                     self._forget_if_empty(key)
                     session.timer.cancel()
+                    site.idle_removed(wake=False)
                     _quit(session)
                     return True
         return False
@@ -100,6 +105,8 @@ class ConnectionCache:
         if session in waiting:
             waiting.remove(session)
             self._forget_if_empty(key)
+            if session.site is not None:
+                session.site.idle_removed()
         _quit(session)
 
     def _forget_if_empty(self, key: Key) -> None:

@@ -2,10 +2,11 @@
 
 A destination ("site", as KumoMTA calls it) is where connections go: the
 set of MX hosts of a domain (domains sharing MX hosts share one site and
-one budget), the smarthost, or one `smtp:` host. Each site counts its live
-connections, those waiting in the connection cache included, against its
-concurrency; an attempt that needs one more waits its turn (oldest first),
-and an idle cached session of that site is closed to make room. A `421`,
+one budget), the smarthost, or one `smtp:` host. Each site counts its
+connections, busy ones and those waiting in the connection cache, against
+its concurrency: an attempt takes an idle session for its host if there is
+one, else opens a new connection if there is room, else closes an idle
+session of another of the site's hosts, else waits its turn. A `421`,
 or a 4.7.x reply that says "too many" or "rate", halves the site's
 concurrency (never below 1) and each quiet minute gives one back. Nothing a
 site does touches another site.
@@ -14,7 +15,7 @@ site does touches another site.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Hashable
+from typing import Any, Hashable, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -30,6 +31,14 @@ RECOVER_SECONDS = 60.0  # a quiet minute gives one connection back
 HALVE_AT_MOST_EVERY_SECONDS = 5.0  # twenty sessions hearing 421 at once are one signal, not twenty
 
 
+class Cache(Protocol):
+    """What a site needs of the connection cache (mailgate.outbound.connection_cache)."""
+
+    def take(self, key: Any) -> Any: ...
+
+    def evict(self, site: Any) -> bool: ...
+
+
 def is_throttle(reply: Reply) -> bool:
     """421 (the server closes), or 4.7.x naming a connection or rate limit (RFC 3463 4.7.0 / Gmail's 4.7.28)."""
     if reply.code == 421:
@@ -42,12 +51,12 @@ def is_throttle(reply: Reply) -> bool:
 class Site:
     """One destination's connection budget and message rate."""
 
-    def __init__(self, name: str, config: DestinationConfig, clock: IReactorTime,
-                 evict: Callable[[Site], bool]) -> None:
-        self.name, self._clock, self._evict = name, clock, evict
+    def __init__(self, name: str, config: DestinationConfig, clock: IReactorTime, cache: Cache) -> None:
+        self.name, self._clock, self._cache = name, clock, cache
         self.configure(config)
         self.limit = self.concurrency
-        self.connections = 0
+        self.busy = 0  # connections an attempt is using (or opening)
+        self.idle = 0  # connections waiting in the cache for the next message
         self._waiting: deque[Deferred[None]] = deque()
         self._starts: deque[float] = deque()
         self._rate_waiting: deque[Deferred[None]] = deque()
@@ -60,27 +69,45 @@ class Site:
 
     # --- connections ---------------------------------------------------------
 
-    async def connection(self) -> None:
-        """Count one more connection, waiting (oldest first) while the site has its limit."""
-        if not self._waiting and self.connections < self.limit:
-            self.connections += 1
-            return
-        waiter: Deferred[None] = Deferred(lambda d: self._waiting.remove(d) if d in self._waiting else None)
-        self._waiting.append(waiter)
-        self._evict(self)  # an idle cached session gives its place; its close wakes us
-        await waiter
+    async def acquire(self, key: Hashable) -> Any:
+        """A connection for `key`: an idle cached session for it (returned), else room for a new
+        one (None), waiting (oldest first) while the site is at its limit. `release` after."""
+        while True:
+            if not self._waiting or self._room():
+                session = self._cache.take(key)
+                if session is not None:
+                    self.busy += 1
+                    return session
+                if self.busy + self.idle < self.limit or (self.idle and self._cache.evict(self)):
+                    self.busy += 1
+                    return None
+            waiter: Deferred[None] = Deferred()
+            self._waiting.append(waiter)
+            await waiter
 
-    def closed(self) -> None:
-        """A connection of this site is gone (its protocol's `closed` fired)."""
-        self.connections -= 1
+    def release(self) -> None:
+        """The attempt is done with its connection (closed it, or parked it: `idle_added` first)."""
+        self.busy -= 1
         self._wake()
 
+    def idle_added(self) -> None:
+        self.idle += 1
+
+    def idle_removed(self, wake: bool = True) -> None:
+        """A parked session left the cache: taken (wake=False), expired, evicted or found dead."""
+        self.idle -= 1
+        if wake:
+            self._wake()
+
+    def _room(self) -> bool:
+        return self.busy + self.idle < self.limit or self.idle > 0
+
     def _wake(self) -> None:
-        while self._waiting and self.connections < self.limit:
-            self.connections += 1
+        """Let waiters retry while one could proceed (room, or an idle session to take or evict)."""
+        woken = 0
+        while self._waiting and self._room() and woken < self.limit:
+            woken += 1
             self._waiting.popleft().callback(None)
-        if self._waiting and self.connections >= self.limit:
-            self._evict(self)
 
     @property
     def waiting(self) -> int:
@@ -152,8 +179,8 @@ class Site:
 class Sites:
     """Every destination met so far, by what makes it one (MX host set, smarthost, smtp: host)."""
 
-    def __init__(self, relay: RelayConfig, clock: IReactorTime, evict: Callable[[Site], bool]) -> None:
-        self._relay, self._clock, self._evict = relay, clock, evict
+    def __init__(self, relay: RelayConfig, clock: IReactorTime, cache: Cache) -> None:
+        self._relay, self._clock, self._cache = relay, clock, cache
         self._sites: dict[Hashable, Site] = {}
 
     def site(self, key: Hashable, domain: str, name: str) -> Site:
@@ -166,7 +193,7 @@ class Sites:
         own = self._relay.destination.get(domain)
         site = self._sites.get(key)
         if site is None:
-            site = self._sites[key] = Site(name, self._relay.destination_for(domain), self._clock, self._evict)
+            site = self._sites[key] = Site(name, self._relay.destination_for(domain), self._clock, self._cache)
         elif own is not None and (site.concurrency, site.rate) != (own.concurrency, own.rate):
             site.configure(own)
             site.limit = own.concurrency

@@ -82,7 +82,7 @@ class SMTPTransport:
         self._timeouts, self._connect_timeout_seconds = timeouts, connect_timeout_seconds
         self._dialogue = Dialogue(timeouts)
         self._cache = ConnectionCache(reactor, connection_cache_seconds)
-        self._sites = Sites(relay, reactor, self._cache.evict)
+        self._sites = Sites(relay, reactor, self._cache)
         self._smarthost, self._credentials, self._pools = smarthost, smarthost_credentials, pools
         self._tls = tls_policy if tls_policy is not None else TLSPolicy(
             tls_mode, client_tls_options=client_tls_options, smarthost_tls=relay.smarthost_tls)
@@ -172,28 +172,27 @@ class SMTPTransport:
     async def _attempt(self, job: MailJob, host: str, address: str, port: int, plan: _Plan,
                        tls: HostTLS) -> list[RecipientResult]:
         key: Key = (plan.pool.name if plan.pool else "", host, address, port)
-        while (cached := self._cache.take(key)) is not None:
-            # One that died while cached is dropped for the next, or a new connection.
-            reused = await self._transact(cached, job, key)
-            if reused is not None:
-                return reused
+        cached = await plan.site.acquire(key)  # the destination's budget: one connection
         try:
-            return await self._connect_and_run(job, key, plan, tls)
-        except SetupFailed as failure:
-            if not (failure.tls and tls.mode == "opportunistic"):
-                raise
-            log.info("relay: {reply}; retrying without TLS", reply=failure.text)
-            return await self._connect_and_run(job, key, plan, replace(tls, mode="none"))
+            while cached is not None:
+                # One that died while cached is dropped for the next, or a new connection.
+                reused = await self._transact(cached, job, key)
+                if reused is not None:
+                    return reused
+                cached = self._cache.take(key)
+            try:
+                return await self._connect_and_run(job, key, plan, tls)
+            except SetupFailed as failure:
+                if not (failure.tls and tls.mode == "opportunistic"):
+                    raise
+                log.info("relay: {reply}; retrying without TLS", reply=failure.text)
+                return await self._connect_and_run(job, key, plan, replace(tls, mode="none"))
+        finally:
+            plan.site.release()
 
     async def _connect_and_run(self, job: MailJob, key: Key, plan: _Plan, tls: HostTLS) -> list[RecipientResult]:
         """Setup problems move on to the next host; once MAIL is sent, this host answers."""
-        await plan.site.connection()
-        try:
-            protocol = await self._connect(key, plan.pool, tls)
-        except BaseException:
-            plan.site.closed()
-            raise
-        protocol.closed.addBoth(lambda _: plan.site.closed())
+        protocol = await self._connect(key, plan.pool, tls)
         protocol.on_reply = plan.site.heard
         helo = plan.pool.helo if plan.pool is not None else self._helo_name
         try:
