@@ -22,6 +22,8 @@ from mailgate.inbound.transaction import Deliverer
 from mailgate.app.preflight import smarthost_password
 from mailgate.net.dns import OUTBOUND_DNS_TIMEOUTS, MXResolver, make_resolver
 from mailgate.outbound.bounces import BounceSender
+from mailgate.net.tls_client import TrustRoots
+from mailgate.outbound.mta_sts import MTASTS
 from mailgate.outbound.pools import Pools
 from mailgate.outbound.retry import RetryPolicy
 from mailgate.outbound.scheduler import Scheduler
@@ -29,6 +31,7 @@ from mailgate.outbound.smtp_dialogue import Credentials
 from mailgate.outbound.smtp_transport import SCHEMES, SMTPTransport
 from mailgate.outbound.spool import QueueStore
 from mailgate.outbound.spooler import Spooler
+from mailgate.outbound.tls_policy import TLSPolicy
 from mailgate.outbound.transport import HookTransport, read_wire_form
 from mailgate.store.maildir_writer import MaildirStore
 
@@ -49,12 +52,13 @@ def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
     deliverer = Deliverer(mailboxes, spooler, hooks, hostname)
     credentials = (Credentials(relay.smarthost_username, smarthost_password(config))
                    if relay.smarthost_username else None)
+    resolver = MXResolver(make_resolver(relay.nameservers, reactor, timeouts=OUTBOUND_DNS_TIMEOUTS))
     smtp = SMTPTransport(
-        reactor, helo_name=hostname, tls_mode=relay.tls,
-        resolver=MXResolver(make_resolver(relay.nameservers, reactor, timeouts=OUTBOUND_DNS_TIMEOUTS)),
+        reactor, helo_name=hostname, tls_mode=relay.tls, resolver=resolver,
         mx_port=relay.port, connection_cache_seconds=relay.connection_cache_seconds,
         smarthost=host_port(relay.smarthost) if relay.smarthost else None,
         smarthost_credentials=credentials, pools=Pools(relay.pool, hostname, hooks), relay=relay,
+        tls_policy=tls_policy(config, resolver, reactor, run_blocking),
     )
     policy = RetryPolicy.from_config(relay)
     bounces = BounceSender(hostname, policy.max_queue_seconds, spooler.store.message_path, run_blocking,
@@ -65,3 +69,13 @@ def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
         reactor, run_blocking, delay_warning_seconds=relay.delay_warning_seconds, events=Events(hooks),
     )
     return Pipeline(deliverer, scheduler, smtp)
+
+
+def tls_policy(config: GatewayConfig, resolver: MXResolver, reactor: Any,
+               run_blocking: Callable[..., Deferred]) -> TLSPolicy:
+    """relay.tls, relay.smarthost_tls, and MTA-STS (relay.mta_sts) and DANE (relay.dane) where on."""
+    relay = config.relay
+    trust = TrustRoots(relay.mta_sts_ca_file)
+    sts = (MTASTS(reactor, resolver, os.path.join(config.server.state_dir, "mta-sts"), run_blocking, trust,
+                  relay.mta_sts_port) if relay.mta_sts else None)
+    return TLSPolicy(relay.tls, smarthost_tls=relay.smarthost_tls, sts=sts, trust=trust)
