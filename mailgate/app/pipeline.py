@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from mailgate.config import GatewayConfig
 from mailgate.core.route import host_port
@@ -22,7 +23,9 @@ from mailgate.inbound.transaction import Deliverer
 from mailgate.app.preflight import smarthost_password
 from mailgate.net.dns import OUTBOUND_DNS_TIMEOUTS, MXResolver, make_resolver
 from mailgate.outbound.bounces import BounceSender
+from mailgate.net.dnssec import SecureResolver
 from mailgate.net.tls_client import TrustRoots
+from mailgate.outbound.dane import DANE
 from mailgate.outbound.mta_sts import MTASTS
 from mailgate.outbound.pools import Pools
 from mailgate.outbound.retry import RetryPolicy
@@ -34,6 +37,8 @@ from mailgate.outbound.spooler import Spooler
 from mailgate.outbound.tls_policy import TLSPolicy
 from mailgate.outbound.transport import HookTransport, read_wire_form
 from mailgate.store.maildir_writer import MaildirStore
+
+log = Logger()
 
 
 @dataclass(frozen=True)
@@ -78,4 +83,7 @@ def tls_policy(config: GatewayConfig, resolver: MXResolver, reactor: Any,
     trust = TrustRoots(relay.mta_sts_ca_file)
     sts = (MTASTS(reactor, resolver, os.path.join(config.server.state_dir, "mta-sts"), run_blocking, trust,
                   relay.mta_sts_port) if relay.mta_sts else None)
-    return TLSPolicy(relay.tls, smarthost_tls=relay.smarthost_tls, sts=sts, trust=trust)
+    dane = DANE(SecureResolver(relay.nameservers, reactor)) if relay.dane else None
+    if dane is not None:
+        Deferred.fromCoroutine(dane.probe()).addErrback(lambda f: log.failure("relay.dane: probe failed", f))
+    return TLSPolicy(relay.tls, smarthost_tls=relay.smarthost_tls, sts=sts, trust=trust, dane=dane)

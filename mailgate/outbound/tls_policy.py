@@ -10,18 +10,16 @@ section 2).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
 from twisted.logger import Logger
 
 from mailgate.core.errors import DeliveryError
 from mailgate.net.tls_client import TrustRoots, verifying_options
+from mailgate.outbound.dane import DANE
 from mailgate.outbound.mta_sts import MTASTS, Policy
 from mailgate.outbound.smtp_dialogue import HostTLS
-
-if TYPE_CHECKING:
-    from mailgate.outbound.dane import DANE
 
 log = Logger()
 
