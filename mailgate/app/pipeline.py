@@ -15,16 +15,16 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from mailgate.app.preflight import smarthost_password
 from mailgate.config import GatewayConfig
 from mailgate.core.route import host_port
 from mailgate.hooks.calling import Hooks
 from mailgate.hooks.events import Events
 from mailgate.inbound.transaction import Deliverer
-from mailgate.app.preflight import smarthost_password
 from mailgate.net.dns import OUTBOUND_DNS_TIMEOUTS, MXResolver, make_resolver
-from mailgate.outbound.bounces import BounceSender
 from mailgate.net.dnssec import SecureResolver
 from mailgate.net.tls_client import TrustRoots
+from mailgate.outbound.bounces import BounceSender
 from mailgate.outbound.dane import DANE
 from mailgate.outbound.mta_sts import MTASTS
 from mailgate.outbound.pools import Pools
