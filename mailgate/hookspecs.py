@@ -199,3 +199,20 @@ def mailgate_deliver(route: str, envelope: Envelope, message: bytes) -> Maybe:
 
     Added in 0.1.
     """
+
+
+@hookspec(firstresult=True)
+def mailgate_pool(envelope: Envelope) -> Maybe:
+    """Choose the [[relay.pool]] (dedicated sending addresses) a message is relayed from.
+
+    Called by the outbound queue at each SMTP delivery attempt of a message
+    (routes `mx` and `smtp:`, and the smarthost), once per destination,
+    with the message's sender and that destination's pending recipients in
+    `envelope`. Return a pool's `name`, or None to let the pools' `senders`
+    patterns decide (no match: the system's address and server.hostname).
+    A name no pool has is logged and ignored. A plugin that fails defers
+    the delivery (never from an address it did not choose). The first
+    non-None answer wins.
+
+    Added in 0.2.
+    """

@@ -13,21 +13,32 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
+from mailgate.app.preflight import smarthost_password
 from mailgate.config import GatewayConfig
 from mailgate.core.route import host_port
 from mailgate.hooks.calling import Hooks
 from mailgate.hooks.events import Events
 from mailgate.inbound.transaction import Deliverer
-from mailgate.net.dns import MXResolver, make_resolver
+from mailgate.net.dns import OUTBOUND_DNS_TIMEOUTS, MXResolver, make_resolver
+from mailgate.net.dnssec import SecureResolver
+from mailgate.net.tls_client import TrustRoots
 from mailgate.outbound.bounces import BounceSender
+from mailgate.outbound.dane import DANE
+from mailgate.outbound.mta_sts import MTASTS
+from mailgate.outbound.pools import Pools
 from mailgate.outbound.retry import RetryPolicy
 from mailgate.outbound.scheduler import Scheduler
+from mailgate.outbound.smtp_dialogue import Credentials
 from mailgate.outbound.smtp_transport import SCHEMES, SMTPTransport
 from mailgate.outbound.spool import QueueStore
 from mailgate.outbound.spooler import Spooler
+from mailgate.outbound.tls_policy import TLSPolicy
 from mailgate.outbound.transport import HookTransport, read_wire_form
 from mailgate.store.maildir_writer import MaildirStore
+
+log = Logger()
 
 
 @dataclass(frozen=True)
@@ -44,11 +55,15 @@ def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
     mailboxes = MaildirStore(config.store.maildir_root, hostname, run_blocking)
     spooler = Spooler(QueueStore(os.path.join(config.server.state_dir, "queue")), run_blocking, reactor.seconds)
     deliverer = Deliverer(mailboxes, spooler, hooks, hostname)
+    credentials = (Credentials(relay.smarthost_username, smarthost_password(config))
+                   if relay.smarthost_username else None)
+    resolver = MXResolver(make_resolver(relay.nameservers, reactor, timeouts=OUTBOUND_DNS_TIMEOUTS))
     smtp = SMTPTransport(
-        reactor, helo_name=hostname, tls_mode=relay.tls,
-        resolver=MXResolver(make_resolver(relay.nameservers, reactor)), mx_port=relay.port,
-        connection_cache_seconds=relay.connection_cache_seconds,
+        reactor, helo_name=hostname, tls_mode=relay.tls, resolver=resolver,
+        mx_port=relay.port, connection_cache_seconds=relay.connection_cache_seconds,
         smarthost=host_port(relay.smarthost) if relay.smarthost else None,
+        smarthost_credentials=credentials, pools=Pools(relay.pool, hostname, hooks), relay=relay,
+        tls_policy=tls_policy(config, resolver, reactor, run_blocking),
     )
     policy = RetryPolicy.from_config(relay)
     bounces = BounceSender(hostname, policy.max_queue_seconds, spooler.store.message_path, run_blocking,
@@ -59,3 +74,16 @@ def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
         reactor, run_blocking, delay_warning_seconds=relay.delay_warning_seconds, events=Events(hooks),
     )
     return Pipeline(deliverer, scheduler, smtp)
+
+
+def tls_policy(config: GatewayConfig, resolver: MXResolver, reactor: Any,
+               run_blocking: Callable[..., Deferred]) -> TLSPolicy:
+    """relay.tls, relay.smarthost_tls, and MTA-STS (relay.mta_sts) and DANE (relay.dane) where on."""
+    relay = config.relay
+    trust = TrustRoots(relay.mta_sts_ca_file)
+    sts = (MTASTS(reactor, resolver, os.path.join(config.server.state_dir, "mta-sts"), run_blocking, trust,
+                  relay.mta_sts_port) if relay.mta_sts else None)
+    dane = DANE(SecureResolver(relay.nameservers, reactor)) if relay.dane else None
+    if dane is not None:
+        Deferred.fromCoroutine(dane.probe()).addErrback(lambda f: log.failure("relay.dane: probe failed", f))
+    return TLSPolicy(relay.tls, smarthost_tls=relay.smarthost_tls, sts=sts, trust=trust, dane=dane)

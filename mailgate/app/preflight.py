@@ -56,7 +56,33 @@ def file_problems(config: GatewayConfig) -> list[str]:
     for key, path in state_directories(config):
         if key not in problems and (problem := _directory_problem(key, path)):
             problems[key] = problem  # var/queue can't be made if var can't: say it once
-    return list(problems.values()) + _tls_problems(config)
+    return list(problems.values()) + _tls_problems(config) + _relay_file_problems(config)
+
+
+def smarthost_password(config: GatewayConfig) -> str:
+    """The first line of relay.smarthost_password_file, line end dropped (OSError, ValueError)."""
+    with open(config.relay.smarthost_password_file, encoding="utf-8") as handle:
+        password = handle.readline().rstrip("\r\n")
+    if not password:
+        raise ValueError("its first line is empty")
+    return password
+
+
+def _relay_file_problems(config: GatewayConfig) -> list[str]:
+    """The smarthost password and the MTA-STS CA file must be readable at start-up."""
+    problems = []
+    if config.relay.smarthost_username:
+        try:
+            smarthost_password(config)
+        except OSError as error:
+            problems.append(f"relay.smarthost_password_file: {config.relay.smarthost_password_file}: "
+                            f"cannot read: {error.strerror or error}")
+        except ValueError as error:
+            problems.append(f"relay.smarthost_password_file: {config.relay.smarthost_password_file}: {error}")
+    ca_file = config.relay.mta_sts_ca_file
+    if ca_file and not os.access(ca_file, os.R_OK):
+        problems.append(f"relay.mta_sts_ca_file: {ca_file}: cannot read")
+    return problems
 
 
 def state_directories(config: GatewayConfig) -> list[tuple[str, str]]:

@@ -318,6 +318,19 @@ def ciphers(value: Any) -> str:
     return value
 
 
+def ip_address(value: Any) -> str:
+    """One IPv4 or IPv6 address, normalized ("192.0.2.10", "2001:db8::1")."""
+    try:
+        return str(ipaddress.ip_address(string(value)))
+    except ValueError:
+        raise ValueError(f"not an IP address: {value!r}") from None
+
+
+def destination_name(value: Any) -> str:
+    """A recipient domain, or "*" for every destination's default."""
+    return "*" if string(value) == "*" else domain(value)
+
+
 def network(value: Any) -> Network:
     try:
         return ipaddress.ip_network(string(value), strict=False)

@@ -80,6 +80,30 @@ class MailingList:
 
 
 @dataclass(frozen=True)
+class SenderRate:
+    messages: int
+    per_seconds: float
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """[[relay.pool]]: dedicated sending addresses, their EHLO name and who sends through them."""
+
+    name: str
+    addresses: tuple[str, ...]  # local source addresses, used in turn
+    helo: str = ""  # "" = server.hostname
+    senders: tuple[str, ...] = ()  # envelope senders ("*@domain" or addresses) that use it
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """[relay.destination."DOMAIN"]: limits for the destination (MX host set) that domain uses."""
+
+    concurrency: int = 20  # connections at once to that destination's MX hosts
+    rate: SenderRate | None = None  # messages started per period; None = no limit
+
+
+@dataclass(frozen=True)
 class RelayConfig:
     allowed_networks: tuple[Network, ...] = ()
     smarthost: str = ""  # "host:port" or ""
@@ -91,6 +115,19 @@ class RelayConfig:
     connection_cache_seconds: float = 2.0  # a clean session waits this long for the next message; 0 = never
     tls: str = "opportunistic"  # none | opportunistic | verify
     transport: Mapping[str, Route] = field(default_factory=lambda: MappingProxyType({}))
+    mta_sts: bool = True  # honour MTA-STS (RFC 8461) policies
+    mta_sts_ca_file: str = ""  # extra CAs (PEM) for the policy fetch and MX certificates under a policy
+    mta_sts_port: int = 443  # the policy host's HTTPS port (tests)
+    dane: bool = False  # DANE (RFC 7672) for MX hosts with authenticated TLSA records
+    smarthost_username: str = ""  # AUTH to the smarthost; "" = none
+    smarthost_password_file: str = ""  # its password, one line
+    smarthost_tls: str = "starttls"  # starttls | implicit | none
+    pool: tuple[PoolConfig, ...] = ()
+    destination: Mapping[str, DestinationConfig] = field(default_factory=lambda: MappingProxyType({}))
+
+    def destination_for(self, domain: str) -> DestinationConfig:
+        """The table for `domain`, else the "*" table, else the defaults."""
+        return self.destination.get(domain) or self.destination.get("*") or DestinationConfig()
 
 
 @dataclass(frozen=True)
@@ -130,12 +167,6 @@ class PipeConfig:
     name: str
     command: tuple[str, ...]  # argv, run without a shell; the message on stdin
     timeout_seconds: float = 60.0
-
-
-@dataclass(frozen=True)
-class SenderRate:
-    messages: int
-    per_seconds: float
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,13 @@ from mailgate.config.checks import (
     choice,
     ciphers,
     command,
+    destination_name,
     directory_name,
     domain,
     endpoint,
     host_port,
     integer,
+    ip_address,
     list_of,
     mapping_of,
     module_name,
@@ -53,6 +55,8 @@ from mailgate.config.model import (
     ForwardRule,
     MailingList,
     RelayConfig,
+    PoolConfig,
+    DestinationConfig,
     WebhookConfig,
     EventWebhookConfig,
     RspamdConfig,
@@ -113,6 +117,22 @@ def _sender_rate(value: Any) -> SenderRate | None:
     return SenderRate(messages, float(seconds))
 
 
+def _relay_rules(values: dict) -> dict:
+    """AUTH goes to a smarthost, with its password, and never in plain text."""
+    problems = []
+    if values.get("smarthost_username"):
+        if not values.get("smarthost"):
+            problems.append((".smarthost_username", "needs relay.smarthost: AUTH is only sent to a smarthost"))
+        if not values.get("smarthost_password_file"):
+            problems.append((".smarthost_password_file", "needed with relay.smarthost_username"))
+        if values.get("smarthost_tls") == "none":
+            problems.append((".smarthost_tls", '"none" with relay.smarthost_username would send the password '
+                                               'in plain text: use "starttls" or "implicit"'))
+    if problems:
+        raise Invalid(problems)
+    return values
+
+
 def _pipes(value: Any) -> Mapping[str, PipeConfig]:
     tables = _PIPE_TABLES(value)
     return MappingProxyType({name: PipeConfig(name, **table) for name, table in tables.items()})
@@ -148,6 +168,17 @@ _LIST = {
     "post": Key(choice("anyone", "members", "authenticated")),
 }
 _LIST_TABLES = mapping_of(address, table_of(dict, _LIST))
+_POOL = {
+    "name": Key(text, required=True),
+    "addresses": Key(list_of(ip_address, non_empty=True), required=True),
+    "helo": Key(domain),
+    "senders": Key(list_of(pattern)),
+}
+_DESTINATION = {
+    "concurrency": Key(_positive_int),
+    "rate": Key(_sender_rate),
+}
+_DESTINATIONS = mapping_of(destination_name, table_of(DestinationConfig, _DESTINATION))
 _RELAY = {
     "allowed_networks": Key(list_of(network)),
     "smarthost": Key(lambda value: string(value) and host_port(value)),  # "" means "use MX"
@@ -158,6 +189,15 @@ _RELAY = {
     "delay_warning": Key(parse_duration, "delay_warning_seconds"),  # "0s" turns it off
     "connection_cache_time": Key(parse_duration, "connection_cache_seconds"),  # "0s" turns it off
     "tls": Key(choice("none", "opportunistic", "verify")),
+    "mta_sts": Key(boolean),
+    "mta_sts_ca_file": Key(string),
+    "mta_sts_port": Key(port),
+    "dane": Key(boolean),
+    "smarthost_username": Key(string),
+    "smarthost_password_file": Key(string),
+    "smarthost_tls": Key(choice("starttls", "implicit", "none")),
+    "pool": Key(list_of(table_of(PoolConfig, _POOL), unique="name")),
+    "destination": Key(_DESTINATIONS),
 }
 _WEBHOOK = {
     "name": Key(text, required=True),
@@ -234,14 +274,14 @@ def _document_schema(data: Mapping[str, Any]) -> dict[str, Key]:
              if isinstance(table, Mapping) and isinstance(table.get("name"), str)}
     pipe_names = set(pipes) if isinstance(pipes, Mapping) else set()
     relay = {**_RELAY, "transport": Key(mapping_of(domain, route(names, pipe_names)))}
-    return {**_DOCUMENT, "relay": Key(table_of(RelayConfig, relay))}
+    return {**_DOCUMENT, "relay": Key(table_of(RelayConfig, relay, _relay_rules))}
 
 
 # --- Every accepted key, for the reference (tests/test_docs.py) --------------
 
 # Checkers that wrap a mapping_of to build dataclasses, and the mapping they wrap.
 _WRAPPED: dict[Checker, Checker] = {_lists: _LIST_TABLES, _pipes: _PIPE_TABLES}
-_PLACEHOLDERS = {address: "ADDRESS", domain: "DOMAIN"}  # a name checked otherwise: NAME
+_PLACEHOLDERS = {address: "ADDRESS", domain: "DOMAIN", destination_name: "DOMAIN"}  # a name checked otherwise: NAME
 
 
 def known_keys() -> list[str]:

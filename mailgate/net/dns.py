@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from twisted.internet.defer import DeferredList, TimeoutError as DeferredTimeoutError
+from twisted.internet.defer import DeferredList, DeferredSemaphore, TimeoutError as DeferredTimeoutError
 from twisted.names import client, dns, hosts, resolve
 from twisted.names.error import DNSNameError
 
@@ -23,6 +23,10 @@ from mailgate.core.errors import DeliveryError
 # Twisted's own retry schedule: 60 s in all before a query counts as timed out.
 DEFAULT_TIMEOUTS: tuple[float, ...] = (1.0, 3.0, 11.0, 45.0)
 DEFAULT_DNS_PORT = 53
+# Outbound delivery asks with short waits (7 s in all): a slow DNS server must cost an
+# attempt seconds, not a minute, and a lookup that fails is retried with the message.
+OUTBOUND_DNS_TIMEOUTS: tuple[float, ...] = (1.0, 2.0, 4.0)
+MAX_CONCURRENT_LOOKUPS = 50  # outbound lookups at once; more wait their turn (their own limit)
 
 
 class TemporaryDNSError(DeliveryError):
@@ -112,9 +116,27 @@ class MXResolver:
     section 5.1 asks; tests inject a deterministic one.
     """
 
-    def __init__(self, resolver: Any, shuffle: Callable[[list[str]], None] = random.shuffle) -> None:
+    def __init__(self, resolver: Any, shuffle: Callable[[list[str]], None] = random.shuffle,
+                 max_lookups: int = MAX_CONCURRENT_LOOKUPS) -> None:
         self._resolver = resolver
         self._shuffle = shuffle
+        self._limit = DeferredSemaphore(max_lookups)
+
+    def _ask(self, method: str, name: str) -> Any:
+        """One lookup, waiting its turn among MAX_CONCURRENT_LOOKUPS."""
+        return self._limit.run(getattr(self._resolver, method), name)
+
+    async def txt(self, name: str) -> list[str]:
+        """The TXT records of `name`, each record's strings joined; [] when there are none (or NXDOMAIN)."""
+        name = name.strip().rstrip(".").lower()
+        try:
+            answers, _authority, _additional = await self._ask("lookupText", name)
+        except DNSNameError:
+            return []
+        except Exception as error:
+            raise _classify(error, name, "TXT record") from error
+        records = [cast(dns.Record_TXT, a.payload) for a in answers if a.type == dns.TXT]
+        return [b"".join(record.data).decode("utf-8", "replace") for record in records]
 
     async def mx_hosts(self, domain: str) -> list[str]:
         """MX host names best first; [domain] when there are none (implicit MX)."""
@@ -122,7 +144,7 @@ class MXResolver:
         if ip_literal(domain) is not None:
             return [domain]
         try:
-            answers, _authority, _additional = await self._resolver.lookupMailExchange(domain)
+            answers, _authority, _additional = await self._ask("lookupMailExchange", domain)
         except Exception as error:
             raise _classify(error, domain, "domain") from error
         records = [a.payload for a in answers if a.type == dns.MX]
@@ -161,7 +183,7 @@ class MXResolver:
             return [literal]
         host = host.strip().rstrip(".").lower()
         results = await DeferredList(
-            [self._resolver.lookupAddress(host), self._resolver.lookupIPV6Address(host)],
+            [self._ask("lookupAddress", host), self._ask("lookupIPV6Address", host)],
             consumeErrors=True,
         )
         found: list[str] = []

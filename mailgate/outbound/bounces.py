@@ -46,7 +46,7 @@ class BounceSender:
         ]
         report = await self._run(
             lambda: build_dsn(
-                reporting_mta=self._hostname, sender=entry.sender, statuses=statuses,
+                reporting_mta=_reporting_mta(recipients, self._hostname), sender=entry.sender, statuses=statuses,
                 original=self._message_path(entry.id),
                 arrival=datetime.fromtimestamp(entry.arrived, timezone.utc), queue_id=entry.id,
             )
@@ -58,3 +58,8 @@ class BounceSender:
         )
         message = StoredMessage.build(header, [report], len(report), report.count(b"\n"))
         await self._inject(envelope, message, bounce_id)
+
+
+def _reporting_mta(recipients: list[RecipientState], hostname: str) -> str:
+    """The pool's EHLO name when the recipients were last tried through a pool (one per message)."""
+    return next((r.reporting_mta for r in recipients if r.reporting_mta), hostname)

@@ -4,9 +4,12 @@ A backlog for one destination (a smarthost, a busy MX) otherwise pays a
 TCP connection, a greeting, EHLO and often a TLS handshake per message. As
 Postfix's connection cache does (smtp_connection_cache_time_limit, 2 s),
 a session whose transaction ended cleanly waits briefly for the next
-message to the same host name, address and port; unused, it says QUIT.
-The key holds the host name because a verified TLS session is only good
-for the name its certificate was checked against.
+message to the same host name, address and port from the same pool;
+unused, it says QUIT. The key holds the host name because a verified TLS
+session is only good for the name its certificate was checked against,
+and the pool because its source address and EHLO name are the session's.
+An idle session still counts against its destination's concurrency, and
+is closed (`evict`) when an attempt there needs its place.
 """
 
 from __future__ import annotations
@@ -16,13 +19,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
 
-from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
 from mailgate.outbound.smtp_client import ClientProtocol
+from mailgate.outbound.smtp_dialogue import Key
 
-MAX_IDLE_PER_DESTINATION = MAX_CONCURRENT_ATTEMPTS  # never more idle than could be busy
+MAX_IDLE_PER_DESTINATION = 100  # per host and pool; a destination's concurrency bounds them all (shaping)
 MAX_TRANSACTIONS = 100  # then a fresh session: some servers count messages per session
-
-Key = tuple[str, str, int]  # host name, address, port
 
 
 @dataclass(eq=False)
@@ -33,6 +34,7 @@ class OpenSession:
     extensions: dict[str, str]  # what EHLO offered, so the next transaction skips it
     transactions: int = 0  # completed on this session
     timer: Any = None  # while cached: its expiry
+    site: Any = None  # the destination (mailgate.outbound.shaping.Site) whose budget it counts in
 
 
 class ConnectionCache:
@@ -53,6 +55,8 @@ class ConnectionCache:
             return False
         session.timer = self._reactor.callLater(self._idle_seconds, self._expire, key, session)
         self._idle.setdefault(key, []).append(session)
+        if session.site is not None:
+            session.site.idle_added()
         return True
 
     def take(self, key: Key) -> OpenSession | None:
@@ -66,12 +70,27 @@ class ConnectionCache:
         while waiting:
             session = waiting.pop()
             session.timer.cancel()
+            if session.site is not None:
+                session.site.idle_removed(wake=False)
             if session.protocol.error is None and not session.protocol.has_unread_reply():
                 self._forget_if_empty(key)
                 return session
             session.protocol.connection.abortConnection()
         self._forget_if_empty(key)
         return None
+
+    def evict(self, site: Any) -> bool:
+        """Close one idle session of `site` (its place is wanted); False if it has none."""
+        for key, waiting in self._idle.items():
+            for session in waiting:
+                if session.site is site:
+                    waiting.remove(session)
+                    self._forget_if_empty(key)
+                    session.timer.cancel()
+                    site.idle_removed(wake=False)
+                    _quit(session)
+                    return True
+        return False
 
     async def close_all(self) -> None:
         """QUIT every idle session (the server stops) and wait until they are gone."""
@@ -86,6 +105,8 @@ class ConnectionCache:
         if session in waiting:
             waiting.remove(session)
             self._forget_if_empty(key)
+            if session.site is not None:
+                session.site.idle_removed()
         _quit(session)
 
     def _forget_if_empty(self, key: Key) -> None:

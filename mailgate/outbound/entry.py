@@ -34,6 +34,7 @@ class RecipientState:
     enhanced: str | None = None
     diagnostic: str | None = None  # the last reply's text or our reason
     remote_mta: str | None = None
+    reporting_mta: str | None = None  # the pool's EHLO name it was last tried with; None: server.hostname
 
 
 @dataclass
@@ -92,7 +93,7 @@ _ENTRY_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {  # name: (JSON types
 _RECIPIENT_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "address": ((str,), True), "route": ((str,), True), "status": ((str,), False),
     "code": ((int, _NONE), False), "enhanced": ((str, _NONE), False), "diagnostic": ((str, _NONE), False),
-    "remote_mta": ((str, _NONE), False),
+    "remote_mta": ((str, _NONE), False), "reporting_mta": ((str, _NONE), False),
 }
 
 

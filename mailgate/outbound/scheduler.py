@@ -267,6 +267,7 @@ class Scheduler:
             reply = result.reply if result is not None else Reply(451, "4.3.0", "delivery attempt failed")
             recipient.code, recipient.enhanced, recipient.diagnostic = reply.code, reply.enhanced, reply.one_line
             recipient.remote_mta = result.remote_mta if result is not None else None
+            recipient.reporting_mta = result.reporting_mta if result is not None else None
             if reply.positive:
                 recipient.status = DELIVERED
             elif reply.permanent:

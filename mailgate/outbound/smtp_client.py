@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPullProducer
@@ -79,6 +79,7 @@ class ClientProtocol(LineReceiver):
         self._timer_seconds = 0.0
         self.producer: BodyProducer | None = None  # the message being sent, if any
         self.closed: Deferred[None] = Deferred()
+        self.on_reply: Callable[[Reply], None] | None = None  # every reply, as it comes (throttle detection)
 
     @property
     def connection(self) -> Connection:
@@ -121,6 +122,8 @@ class ClientProtocol(LineReceiver):
             return
         self._lines = []
         self.replies_received += 1
+        if self.on_reply is not None:
+            self.on_reply(reply)
         if self._waiting is not None:
             self._disarm()  # before the callback: it may start the next wait
             waiting, self._waiting = self._waiting, None

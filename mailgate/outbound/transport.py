@@ -31,6 +31,7 @@ class RecipientResult:
     reply: Reply  # the server's, else a synthetic 4xx for connection/timeout/TLS problems
     remote_mta: str | None = None  # host that answered, None if none did
     maybe_delivered: bool = False  # the whole message went, its final reply never came
+    reporting_mta: str | None = None  # the name we said in EHLO when not server.hostname (a pool's helo)
 
     @property
     def delivered(self) -> bool:

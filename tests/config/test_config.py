@@ -18,6 +18,7 @@ from mailgate.config import (
     LimitsConfig,
     PluginsConfig,
     RelayConfig,
+    DestinationConfig,
     RspamdConfig,
     SecurityConfig,
     SenderRate,
@@ -112,8 +113,11 @@ def test_commented_defaults_in_default_file_are_the_real_defaults() -> None:
     assert config.plugins == PluginsConfig()
     assert config.rspamd == RspamdConfig()
     assert config.event_webhook[0].events == EVENT_TYPES
-    relay = RelayConfig(transport=config.relay.transport)
+    relay = RelayConfig(transport=config.relay.transport, pool=config.relay.pool,
+                        destination=config.relay.destination)
     assert config.relay == relay
+    assert config.relay.destination["*"] == DestinationConfig()  # the "*" example shows the defaults
+    assert config.relay.pool[0].helo == "news-mta.example.test"
 
 
 # --- Reading files --------------------------------------------------------------
@@ -504,3 +508,36 @@ def test_a_webhook_reached_only_by_routes_needs_no_match() -> None:
         relay={"transport": {"tickets.test": "webhook:tickets"}},
     ))
     assert config.webhook[0].match == () and config.relay.transport["tickets.test"] == "webhook:tickets"
+
+
+# --- Outbound delivery for the open internet (0.2) ----------------------------------
+
+
+def test_smarthost_auth_needs_a_smarthost_a_password_file_and_tls() -> None:
+    assert problems_of(with_sections(relay={"smarthost_username": "u", "smarthost_tls": "none"})) == [
+        "relay.smarthost_username: needs relay.smarthost: AUTH is only sent to a smarthost",
+        "relay.smarthost_password_file: needed with relay.smarthost_username",
+        'relay.smarthost_tls: "none" with relay.smarthost_username would send the password in plain text: '
+        'use "starttls" or "implicit"',
+    ]
+    config = parse_config(with_sections(relay={"smarthost": "127.0.0.3:587", "smarthost_username": "u",
+                                               "smarthost_password_file": "etc/pw", "smarthost_tls": "implicit"}))
+    assert (config.relay.smarthost_username, config.relay.smarthost_tls) == ("u", "implicit")
+
+
+def test_pools_and_destinations() -> None:
+    config = parse_config(with_sections(relay={
+        "pool": [{"name": "news", "addresses": ["127.0.0.10", "::1"], "helo": "News.Example.Test",
+                  "senders": ["*@News.Example.Test"]}],
+        "destination": {"*": {"concurrency": 5}, "Slow.Test": {"concurrency": 2, "rate": "30/minute"}},
+    }))
+    [pool] = config.relay.pool
+    assert (pool.addresses, pool.helo, pool.senders) == (("127.0.0.10", "::1"), "news.example.test",
+                                                         ("*@news.example.test",))
+    assert config.relay.destination_for("slow.test").rate == SenderRate(30, 60.0)
+    assert config.relay.destination_for("other.test").concurrency == 5
+    assert problems_of(with_sections(relay={"pool": [{"name": "a", "addresses": ["nope"]}],
+                                            "destination": {"*": {"concurrency": 0}}})) == [
+        "relay.pool[0].addresses[0]: not an IP address: 'nope'",
+        "relay.destination.\"*\".concurrency: must be positive, got 0",
+    ]

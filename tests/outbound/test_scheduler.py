@@ -19,6 +19,8 @@ from mailgate.core.route import Route, host_port
 from mailgate.core.session import Envelope
 from mailgate.hooks.calling import Hooks
 from mailgate.outbound.bounces import BounceSender
+from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
+from mailgate.outbound.pools import NO_POOLS
 from mailgate.outbound.retry import RetryPolicy
 from mailgate.outbound.scheduler import Scheduler
 from mailgate.outbound.smtp_transport import SCHEMES, SMTPTransport
@@ -48,11 +50,13 @@ class ScriptedRelay(SMTPTransport):
             results.append(RecipientResult(rcpt, Reply(code, enhanced, f"{code} scripted"), "mx.remote.test"))
         return results
 
-    async def deliver_by_mx(self, domain, mail_from, recipients, message_path):
+    _pools = NO_POOLS
+
+    async def deliver_by_mx(self, domain, mail_from, recipients, message_path, **options):
         self.calls.append(("mx", domain, mail_from, list(recipients), Path(message_path).read_bytes()))
         return self._answer(recipients)
 
-    async def deliver_to_host(self, host, port, mail_from, recipients, message_path):
+    async def deliver_to_host(self, host, port, mail_from, recipients, message_path, **options):
         self.calls.append(("host", f"{host}:{port}", mail_from, list(recipients)))
         return self._answer(recipients)
 
@@ -287,19 +291,17 @@ class CountingClock(Clock):
 
     def callLater(self, delay, callable, *args, **kw):
         self.timers_set += 1
-        assert self.timers_set < 1000, "the queue keeps re-arming its timer"
+        assert self.timers_set < 10 * MAX_CONCURRENT_ATTEMPTS, "the queue keeps re-arming its timer"
         return super().callLater(delay, callable, *args, **kw)
 
 
 def test_a_full_set_of_attempts_sets_no_timer_until_one_ends(tmp_path: Path) -> None:
-    from mailgate.outbound.scheduler import MAX_CONCURRENT_ATTEMPTS
-
     harness = Harness(tmp_path)
     harness.clock = CountingClock()
     harness.queue = harness.new_queue()
     held: list[Deferred] = []
 
-    async def hang(domain, mail_from, recipients, message_path):
+    async def hang(domain, mail_from, recipients, message_path, **options):
         waiting: Deferred = Deferred()
         held.append(waiting)
         return await waiting

@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mailgate.net.dns import MXResolver, make_resolver
 from mailgate.core.reply import Reply
 from mailgate.outbound.smtp_client import BLOCK_SIZE, Timeouts
-from mailgate.outbound.smtp_transport import SMTPTransport, _result
+from mailgate.outbound.smtp_dialogue import result as _result
+from mailgate.outbound.smtp_transport import SMTPTransport
 from mailgate.outbound.transport import RecipientResult
 from tests.support.fake_dns import FakeDNSServer
 from tests.support.fake_smtp import FakeSMTPServer, self_signed_tls_options

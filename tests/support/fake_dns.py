@@ -11,6 +11,10 @@ Usage from a twisted.trial TestCase (the reactor is running)::
     self.addCleanup(self.dns.stop)
     resolver = make_resolver([self.dns.nameserver], reactor, timeouts=(0.5,))
 
+Also "TXT": ["v=STSv1; id=1"] and "TLSA": [(usage, selector, matching, data)];
+names in `secure` are answered with the AD bit set, as a validating resolver
+answers for signed zones ("" is the root, for DANE's start-up probe).
+
 Names not in the table answer NXDOMAIN; a name in the table without the
 asked type answers NOERROR with no records. `fail(name, how)` makes one name
 answer "servfail", "refused" or "nxdomain", or not answer at all
@@ -33,6 +37,7 @@ from twisted.names import dns
 from twisted.names.server import DNSServerFactory
 
 TTL = 60
+TLSA = 52  # RFC 6698
 FAILURE_CODES = {"servfail": dns.ESERVER, "refused": dns.EREFUSED, "nxdomain": dns.ENAME}
 
 
@@ -63,6 +68,7 @@ class _ZoneFactory(DNSServerFactory):
         answers = _answers(query.name.name, self.owner.records[name], query.type)
         response = self._responseFromMessage(message, answers=answers)
         response.auth = True
+        response.authenticData = int(name in self.owner.secure)  # as a validating resolver says "secure"
         self.sendReply(protocol, response, address)
 
 
@@ -78,7 +84,14 @@ def _answers(owner: bytes, table: dict[str, Any], qtype: int) -> list[dns.RRHead
         payloads += [dns.Record_A(address, ttl=TTL) for address in table.get("A", [])]
     if qtype in (dns.AAAA, dns.ALL_RECORDS):
         payloads += [dns.Record_AAAA(address, ttl=TTL) for address in table.get("AAAA", [])]
-    return [dns.RRHeader(owner, p.TYPE, ttl=TTL, payload=p, auth=True) for p in payloads]
+    if qtype in (dns.TXT, dns.ALL_RECORDS):
+        payloads += [dns.Record_TXT(text.encode(), ttl=TTL) for text in table.get("TXT", [])]
+    headers = [dns.RRHeader(owner, p.TYPE, ttl=TTL, payload=p, auth=True) for p in payloads]
+    if qtype in (TLSA, dns.ALL_RECORDS):  # twisted.names has no TLSA class: RFC 6698 2.1's wire form
+        headers += [dns.RRHeader(owner, TLSA, ttl=TTL, auth=True,
+                                 payload=dns.UnknownRecord(bytes([usage, selector, matching]) + data, ttl=TTL))
+                    for usage, selector, matching, data in table.get("TLSA", [])]
+    return headers
 
 
 class FakeDNSServer:
@@ -93,6 +106,7 @@ class FakeDNSServer:
         # A deep copy: tests mutate it (null_mx) and often share one module-level zone.
         self.records: dict[str, dict[str, Any]] = {k.lower(): copy.deepcopy(v) for k, v in (records or {}).items()}
         self.failures: dict[str, str] = {}
+        self.secure: set[str] = set()  # names answered with the AD bit (DNSSEC-validated, RFC 4035 3.2.3)
         self.queries: list[tuple[str, str]] = []
         self.port = 0
         self._listening: list[Any] = []

@@ -26,6 +26,15 @@ Knobs (attributes, changeable between sessions):
   "." for the end of data) that gets no reply, nor does anything after it:
   the server goes silent, to test timeouts.
 - drop_connections: accept and close at once, before any greeting.
+- auth ({username: password}): AUTH `auth_mechanisms` ("PLAIN LOGIN") is offered, after TLS
+  only when `auth_after_tls` (the default; before it AUTH gets 530 5.7.0);
+  a wrong pair gets 535 5.7.8. The user that logged in is `session.auth_user`.
+- implicit_tls: TLS from the first byte (start() listens with `tls_options`).
+- final_delay: seconds before the reply to the final dot (a slow server).
+- greeting_delay: seconds before the greeting.
+
+Also recorded: `session.peer` (the client's address: a pool's source),
+`session.helo`, and `server.most_at_once` (the most sessions open at one time).
 
 For "nothing listens here", simply don't start a server on that address:
 connections to a closed loopback port are refused at once.
@@ -33,6 +42,7 @@ connections to a closed loopback port are refused at once.
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +75,10 @@ class Session:
     chunks: list[bytes] = field(default_factory=list)
     data: bytes = b""
     tls: bool = False
+    peer: str = ""
+    helo: str = ""
+    auth_user: str | None = None
+    auth_before_tls: bool = False  # an AUTH command arrived in plain text
 
 
 class _FakeSMTPProtocol(LineReceiver):
@@ -81,13 +95,24 @@ class _FakeSMTPProtocol(LineReceiver):
 
     def connectionMade(self) -> None:
         self.server._live.append(self)
+        self.server.most_at_once = max(self.server.most_at_once, len(self.server._live))
         self.server.sessions.append(self.session)
+        self.session.peer = self.transport.getPeer().host
+        self.session.tls = self.server.implicit_tls
+        self._login: str | None = None  # AUTH LOGIN: "user" while waiting for it, then the name
         if self.server.drop_connections:
             self.transport.loseConnection()
+            return
+        if self.server.greeting_delay:
+            self._later = self.server._reactor.callLater(self.server.greeting_delay, self._reply,
+                                                         self.server.greeting, "CONNECT")
             return
         self._reply(self.server.greeting, "CONNECT")
 
     def connectionLost(self, reason: Any = None) -> None:
+        later = getattr(self, "_later", None)
+        if later is not None and later.active():
+            later.cancel()
         if self in self.server._live:
             self.server._live.remove(self)
         self.lost.callback(None)
@@ -105,6 +130,9 @@ class _FakeSMTPProtocol(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
         self.session.commands.append(text)
+        if self._login is not None and not text.upper().startswith("AUTH"):
+            self._login_step(text)
+            return
         verb = text.split(" ", 1)[0].split(":", 1)[0].upper()
         handler = getattr(self, f"do_{verb}", None)
         if handler is None:
@@ -114,6 +142,7 @@ class _FakeSMTPProtocol(LineReceiver):
 
     def do_EHLO(self, text: str) -> None:
         s = self.server
+        self.session.helo = text.partition(" ")[2]
         if s.ehlo_reply is not None:
             self._reply(s.ehlo_reply, "EHLO")
             return
@@ -122,9 +151,43 @@ class _FakeSMTPProtocol(LineReceiver):
         lines += [f"SIZE {s.size}"] if s.size is not None else []
         lines += ["8BITMIME"] if s.eight_bit else []
         lines += ["STARTTLS"] if s.starttls and not self.session.tls else []
+        lines += [f"AUTH {s.auth_mechanisms}"] if s.auth is not None and (self.session.tls or not s.auth_after_tls) else []
         lines += ["ENHANCEDSTATUSCODES"]
         body = "\r\n".join(f"250-{item}" for item in lines[:-1]) + f"\r\n250 {lines[-1]}"
         self._reply(body, "EHLO")
+
+    def do_AUTH(self, text: str) -> None:
+        s, words = self.server, text.split()
+        self.session.auth_before_tls |= not self.session.tls
+        if s.auth is None:
+            self._reply("502 5.5.1 no AUTH here", "AUTH")
+        elif s.auth_after_tls and not self.session.tls:
+            self._reply("530 5.7.0 Must issue a STARTTLS command first", "AUTH")
+        elif len(words) == 3 and words[1].upper() == "PLAIN":
+            _authzid, user, password = base64.b64decode(words[2]).decode().split("\0")
+            self._check(user, password)
+        elif len(words) == 2 and words[1].upper() == "LOGIN":
+            self._login = ""
+            self._reply("334 VXNlcm5hbWU6", "AUTH")
+        else:
+            self._reply("504 5.5.4 unknown mechanism", "AUTH")
+
+    def _login_step(self, text: str) -> None:
+        value = base64.b64decode(text).decode()
+        if not self._login:
+            self._login = value or "?"
+            self._reply("334 UGFzc3dvcmQ6", "AUTH")
+            return
+        user, self._login = self._login, None
+        self._check(user, value)
+
+    def _check(self, user: str, password: str) -> None:
+        assert self.server.auth is not None
+        if self.server.auth.get(user) == password:
+            self.session.auth_user = user
+            self._reply("235 2.7.0 Authentication successful", "AUTH")
+        else:
+            self._reply("535 5.7.8 Authentication credentials invalid", "AUTH")
 
     def do_HELO(self, text: str) -> None:
         self._reply(f"250 {self.server.hostname}", "HELO")
@@ -163,7 +226,11 @@ class _FakeSMTPProtocol(LineReceiver):
         self.session.data = raw
         self.server.messages.append(raw)
         self._accepted = 0
-        self._reply(self.server.final_reply, ".")
+        if self.server.final_delay:
+            self._later = self.server._reactor.callLater(self.server.final_delay, self._reply,
+                                                         self.server.final_reply, ".")
+        else:
+            self._reply(self.server.final_reply, ".")
         self.setLineMode(rest)
 
     def do_RSET(self, text: str) -> None:
@@ -199,6 +266,12 @@ class FakeSMTPServer(Factory):
         final_reply: str = "250 2.0.0 queued as FAKE",
         stall_on: str | None = None,
         drop_connections: bool = False,
+        auth: dict[str, str] | None = None,
+        auth_after_tls: bool = True,
+        auth_mechanisms: str = "PLAIN LOGIN",
+        implicit_tls: bool = False,
+        final_delay: float = 0.0,
+        greeting_delay: float = 0.0,
         reactor: Any = None,
     ) -> None:
         self.hostname, self.greeting, self.ehlo_reply = hostname, greeting, ehlo_reply
@@ -207,6 +280,10 @@ class FakeSMTPServer(Factory):
         self.mail_reply, self.rcpt_replies, self.rcpt_default = mail_reply, dict(rcpt_replies or {}), rcpt_default
         self.data_reply, self.final_reply = data_reply, final_reply
         self.stall_on, self.drop_connections = stall_on, drop_connections
+        self.auth, self.auth_after_tls, self.implicit_tls = auth, auth_after_tls, implicit_tls
+        self.auth_mechanisms = auth_mechanisms
+        self.final_delay, self.greeting_delay = final_delay, greeting_delay
+        self.most_at_once = 0
         self.sessions: list[Session] = []
         self.messages: list[bytes] = []
         self.port = 0
@@ -224,7 +301,10 @@ class FakeSMTPServer(Factory):
 
     async def start(self, interface: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on interface:port (a loopback address; 0 picks a port) and return the port."""
-        self._listening = self._reactor.listenTCP(port, self, interface=interface)
+        if self.implicit_tls:
+            self._listening = self._reactor.listenSSL(port, self, self.tls_options, interface=interface)
+        else:
+            self._listening = self._reactor.listenTCP(port, self, interface=interface)
         self.interface, self.port = interface, self._listening.getHost().port
         return self.port
 
@@ -248,3 +328,8 @@ class FakeSMTPServer(Factory):
             body = (b"\r\n" + body).replace(b"\r\n..", b"\r\n.")[2:]
             bodies.append(body)
         return bodies
+
+    @property
+    def live(self) -> int:
+        """Sessions open right now."""
+        return len(self._live)
