@@ -245,7 +245,7 @@ def test_sigkill_under_load_loses_no_acknowledged_local_mail(crash_gateway: Gate
     stale_tmp = list((mailbox / "tmp").iterdir())
     linked = sum(path.stat().st_nlink > 1 for path in stale_tmp)  # the kill fell between link and unlink
     client = Client(gateway.ports["smtp"], BOB, ALICE, random.Random(seed), ledger)
-    assert client.send_next(), "the restarted gateway refused mail"  # its first delivery sweeps tmp/
+    assert client.send_next(), "the restarted gateway refused mail"
     client.drop()
     files = sorted([*(mailbox / "new").iterdir(), *(mailbox / "cur").iterdir()])
     trace = f"Return-Path: <{BOB}>\nReceived: ".encode()
@@ -253,9 +253,11 @@ def test_sigkill_under_load_loses_no_acknowledged_local_mail(crash_gateway: Gate
     figures = tally(ledger, found)
     figures.show("local Maildir", seed, f", reconnects={ledger.reconnects}, tmp leftovers seen after kills="
                  f"{len(leftovers)}, in tmp/ after the last restart={len(stale_tmp)} ({linked} also linked "
-                 "in new/), swept by its first delivery")
+                 "in new/), kept until 36 hours old")
     assert_consistent(ledger, found, figures)
-    assert [path.name for path in (mailbox / "tmp").iterdir()] == []
+    # Kept, never swept while young: another process of the same host may be writing there
+    # (test_restart_clears_stale_files_in_maildir_tmp: what is 36 hours old goes).
+    assert {path.name for path in (mailbox / "tmp").iterdir()} <= {path.name for path in stale_tmp}
     assert gateway.stop() == -signal.SIGTERM  # the last run is healthy and stops cleanly
     assert "mailgate stopped cleanly" in gateway.log()
 
