@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from mailgate.core.reply import Reply
 from mailgate.core.session import Session
 from mailgate.hooks.calling import FAILED, HookFailed
+from mailgate.net.flow import SMALL_SEND_BUFFER, FlowControl
 from mailgate.net.interfaces import Connection, connection_view
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
@@ -43,6 +44,9 @@ log = Logger()
 MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
 DATA_PROGRESS_BYTES = 1024  # DATA must advance this much per command_timeout
 BAD_COMMAND_CODES = frozenset((500, 501, 502, 503, 504, 555))
+OUTBOX_FLUSH_BYTES = 16 * 1024  # a long pipelined batch is answered in parts, so backpressure can stop it
+CLOSE_GRACE_SECONDS = 30.0  # a closing connection whose client reads nothing is then aborted
+MAX_UNANSWERED_INPUT = 64 * 1024  # input read while the client is behind on replies; past it, reading pauses
 
 COMMANDS: dict[str, Handler] = {
     "HELO": session_commands.helo,
@@ -90,6 +94,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._line_waiter: Deferred[str] | None = None  # an AUTH exchange waiting for its next line
         self._processing = False  # _process is on the stack: replies must not re-enter it
         self._outbox: list[bytes] = []  # replies to a batch of pipelined commands, sent together
+        self._outbox_size = 0
+        self._linger: IDelayedCall | None = None  # close()'s deadline for the last replies to leave
         self._data_deadline: IDelayedCall | None = None  # the DATA phase's own timer (limits.data_timeout)
         self._data_progress = 0  # bytes since the idle timer was last reset in DATA
 
@@ -97,6 +103,7 @@ class SMTPSession(Protocol, TimeoutMixin):
 
     def makeConnection(self, transport: ITransport) -> None:
         self._connection = connection_view(transport)
+        self._flow = FlowControl(self._connection, self._caught_up)
         super().makeConnection(transport)
 
     def connectionMade(self) -> None:
@@ -105,6 +112,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         self.state.session = Session(peer=ip, tls=is_tls(self._connection), listener=policy.listener.name)
         factory.sessions.add(self)
         factory.per_ip[ip] += 1
+        self._flow.start(send_buffer_bytes=SMALL_SEND_BUFFER)  # replies are short: no megabytes in the kernel
         set_no_delay = getattr(self._connection, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)  # replies are small; Nagle would add 40 ms each
@@ -132,6 +140,8 @@ class SMTPSession(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
         self._cancel_data_deadline()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         factory, ip = self.factory, self.state.session.peer
         factory.sessions.discard(self)
         factory.per_ip[ip] -= 1
@@ -186,10 +196,19 @@ class SMTPSession(Protocol, TimeoutMixin):
             self._process_lines()
         finally:
             self._processing = False
+            # A client behind on its replies is not answered (FlowControl); past the bound what
+            # it sends meanwhile waits in the kernel, not here.
+            self._flow.hold_input(self._flow.replies_blocked and len(self._buffer) > MAX_UNANSWERED_INPUT)
             self._flush()
 
+    def _caught_up(self) -> None:
+        """The client has read its replies (FlowControl): answer what it sent meanwhile."""
+        if self._buffer and not self._processing:
+            self._process()
+
     def _process_lines(self) -> None:
-        while not self._closing and (not self._busy or self._line_waiter is not None):
+        flow = self._flow
+        while not self._closing and (not self._busy or self._line_waiter is not None) and not flow.replies_blocked:
             reader = self._reader
             if reader is not None:
                 data, self._buffer = self._buffer, b""
@@ -293,8 +312,10 @@ class SMTPSession(Protocol, TimeoutMixin):
             state.bad_commands += 1  # Postfix's smtpd_hard_error_limit: a probe or a bot
             if state.bad_commands > self._policy.config.limits.max_bad_commands:
                 return self.close(TOO_MANY_ERRORS)
-        self._outbox.append(reply.wire())
-        if not self._processing:
+        wire = reply.wire()
+        self._outbox.append(wire)
+        self._outbox_size += len(wire)
+        if not self._processing or self._outbox_size > OUTBOX_FLUSH_BYTES:
             self._flush()
 
     def _flush(self) -> None:
@@ -302,7 +323,10 @@ class SMTPSession(Protocol, TimeoutMixin):
         if self._outbox:
             data = b"".join(self._outbox)
             self._outbox.clear()
+            self._outbox_size = 0
             write_through(self._connection, data)
+            if not self._flow.wrote(len(data)):
+                self._closing = True  # aborted: the client has not read a MiB of replies
 
     # --- the Channel, for command handlers (mailgate.smtp.channel) ------------
 
@@ -321,7 +345,10 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._reader = None
         self._answer(reply)
         self._flush()
+        self._flow.stop()  # a registered producer would keep the connection open
         self._connection.loseConnection()
+        if self._linger is None:  # loseConnection waits for the replies to leave; not forever
+            self._linger = self._clock.callLater(CLOSE_GRACE_SECONDS, self._connection.abortConnection)
 
     def start_tls(self, ready: Reply) -> None:
         self._buffer = b""  # RFC 3207 4.2: nothing pipelined before the handshake counts
