@@ -46,7 +46,7 @@ DATA_PROGRESS_BYTES = 1024  # DATA must advance this much per command_timeout
 BAD_COMMAND_CODES = frozenset((500, 501, 502, 503, 504, 555))
 OUTBOX_FLUSH_BYTES = 16 * 1024  # a long pipelined batch is answered in parts, so backpressure can stop it
 CLOSE_GRACE_SECONDS = 30.0  # a closing connection whose client reads nothing is then aborted
-MAX_UNANSWERED_INPUT = 64 * 1024  # input read while the client is behind on replies; past it, reading pauses
+MAX_UNHANDLED_INPUT = 64 * 1024  # input read but not yet handled; past it, reading pauses
 
 COMMANDS: dict[str, Handler] = {
     "HELO": session_commands.helo,
@@ -85,7 +85,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._policy = factory.policy
         self._clock: IReactorTime = factory.policy.clock
         self.state = SessionState(Session(listener=factory.policy.listener.name))
-        self._buffer = b""
+        self._buffer = b""  # input; _buffer[_offset:] is not yet handled: lines are cut by offset, never re-sliced
+        self._offset = 0
         self._skipping_long_line = False
         self._busy = False  # a command's answer is awaited: read no further command
         self._closing = False
@@ -174,12 +175,13 @@ class SMTPSession(Protocol, TimeoutMixin):
         reader = self._reader
         if reader is not None:
             self._note_data_progress(len(data))
-            if not self._buffer:
+            if len(self._buffer) == self._offset:
                 rest = reader.feed(data)
                 if rest is not None:
                     self._end_data(reader, rest)
                 return
-        self._buffer += data
+        self._buffer = self._buffer[self._offset:] + data if self._offset else self._buffer + data
+        self._offset = 0
         self._process()
 
     def _process(self) -> None:
@@ -196,14 +198,22 @@ class SMTPSession(Protocol, TimeoutMixin):
             self._process_lines()
         finally:
             self._processing = False
-            # A client behind on its replies is not answered (FlowControl); past the bound what
-            # it sends meanwhile waits in the kernel, not here.
-            self._flow.hold_input(self._flow.replies_blocked and len(self._buffer) > MAX_UNANSWERED_INPUT)
+            if self._offset:  # one copy per batch, of what is left
+                self._buffer, self._offset = self._buffer[self._offset :], 0
+            # Input not handled yet (a command waits: the AUTH failure delay, a delivery; or the
+            # client is behind on its replies) is kept up to the bound; the rest waits in the kernel.
+            self._flow.hold_input(len(self._buffer) > MAX_UNHANDLED_INPUT)
             self._flush()
+
+    def _take_input(self) -> bytes:
+        """All the input not yet handled, which leaves the buffer."""
+        data = self._buffer[self._offset :] if self._offset else self._buffer
+        self._buffer, self._offset = b"", 0
+        return data
 
     def _caught_up(self) -> None:
         """The client has read its replies (FlowControl): answer what it sent meanwhile."""
-        if self._buffer and not self._processing:
+        if len(self._buffer) > self._offset and not self._processing:
             self._process()
 
     def _process_lines(self) -> None:
@@ -211,19 +221,21 @@ class SMTPSession(Protocol, TimeoutMixin):
         while not self._closing and (not self._busy or self._line_waiter is not None) and not flow.replies_blocked:
             reader = self._reader
             if reader is not None:
-                data, self._buffer = self._buffer, b""
+                data = self._take_input()
                 rest = reader.feed(data) if data else None
                 if rest is None:
                     return
                 self._end_data(reader, rest)
                 continue
-            newline = self._buffer.find(b"\n")
+            buffer, start = self._buffer, self._offset  # handlers may replace both (STARTTLS, DATA)
+            newline = buffer.find(b"\n", start)
             if newline < 0:
-                if len(self._buffer) > MAX_COMMAND_LINE:
-                    self._buffer = b""
+                if len(buffer) - start > MAX_COMMAND_LINE:
+                    self._buffer, self._offset = b"", 0
                     self._skipping_long_line = True
                 return
-            line, self._buffer = self._buffer[:newline].rstrip(b"\r"), self._buffer[newline + 1 :]
+            line = buffer[start:newline].rstrip(b"\r")
+            self._offset = newline + 1
             self.resetTimeout()  # per whole line: a trickled line counts as idle
             if self._skipping_long_line or len(line) + 2 > MAX_COMMAND_LINE:
                 self._skipping_long_line = False
@@ -276,7 +288,7 @@ class SMTPSession(Protocol, TimeoutMixin):
             self._answer(reply)
         if self._closed is not None and not self._closing:
             return self.close(SHUTTING_DOWN)
-        if self._buffer:
+        if len(self._buffer) > self._offset:
             self._process()
 
     # --- DATA ----------------------------------------------------------------
@@ -299,7 +311,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._cancel_data_deadline()
         envelope = self.state.envelope
         self._reader = self.state.envelope = None
-        self._buffer = rest + self._buffer
+        self._buffer = rest + self._take_input()
         assert envelope is not None  # DATA was accepted for it, and no command ran since
         self._wait_for(data_command.finish_message(reader, envelope, self.state.esmtp, self._policy))
 
@@ -351,7 +363,7 @@ class SMTPSession(Protocol, TimeoutMixin):
             self._linger = self._clock.callLater(CLOSE_GRACE_SECONDS, self._connection.abortConnection)
 
     def start_tls(self, ready: Reply) -> None:
-        self._buffer = b""  # RFC 3207 4.2: nothing pipelined before the handshake counts
+        self._buffer, self._offset = b"", 0  # RFC 3207 4.2: nothing pipelined before the handshake counts
         self._answer(ready)
         self._flush()  # in the clear, before the handshake
         self._connection.startTLS(self._policy.tls_options)

@@ -9,6 +9,7 @@ a session takes on an idle server, so this is no throughput measurement.
 
 from __future__ import annotations
 
+import base64
 import smtplib
 import socket
 import threading
@@ -17,12 +18,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from tests.support.gateway import Gateway
 
 ALICE = "alice@example.test"
-NORMAL_DEADLINE_SECONDS = 5.0
+NORMAL_DEADLINE_SECONDS = 10.0
 NO_RATE = '[limits]\nconnection_rate = "off"\n'
 
 
@@ -141,3 +140,41 @@ def test_client_reading_no_replies_is_stopped_not_buffered(make_gateway) -> None
     finally:
         for sock in attackers:
             sock.close()
+
+
+# --- 2. commands piling up while a session waits ---------------------------------------
+
+
+def test_input_piling_up_during_the_auth_delay_stalls_nobody(make_gateway) -> None:
+    """`AUTH PLAIN <wrong>` and 2 MB of `NOOP` in one write: the wrong password makes the session
+    wait a second before its 535, and the NOOPs arrive meanwhile.
+
+    The server must not read more than a bounded amount while the session waits (the rest stays
+    in the kernel), must then answer every NOOP, in order, and must serve a normal client while it
+    does (it used to re-slice the 2 MB buffer for each line, 18 s with every other client waiting)."""
+    gateway = make_gateway(("smtp",), extra='[security]\nplaintext_auth = "always"\n' + NO_RATE)
+    gateway.add_user(ALICE, "secret")
+    gateway.start()
+    attacker = socket.create_connection(("127.0.0.1", gateway.ports["smtp"]), timeout=60)
+    try:
+        replies = attacker.makefile("rb")
+        assert replies.readline().startswith(b"220 ")
+        attacker.sendall(b"HELO attacker.test\r\n")
+        assert replies.readline().startswith(b"250 ")
+        noops = 2_000_000 // 6
+        wrong = base64.b64encode(b"\0" + ALICE.encode() + b"\0wrong password").decode()
+        payload = f"AUTH PLAIN {wrong}\r\n".encode() + b"NOOP\r\n" * noops
+        attacker.setblocking(False)
+        sent = flood([attacker], payload, len(payload), stall_seconds=0.5)[0]  # while the 535 waits
+        time.sleep(0.3)  # time to read what it would (replies unread: it cannot go far past the 535)
+        read_by_server = sent - unread_octets(attacker)
+        assert read_by_server < 256 * 1024, f"the waiting session read {read_by_server} of {sent} octets"
+        attacker.settimeout(60)
+        with in_background(lambda: attacker.sendall(payload[sent:])):
+            assert replies.readline().startswith(b"535 ")  # now the NOOPs are being answered
+            with in_background(lambda: normal_smtp_session(gateway, "127.0.0.2")) as outcome:
+                answered = sum(1 for _ in range(noops) if replies.readline().startswith(b"250 "))
+        assert answered == noops
+        assert_served_promptly(outcome)
+    finally:
+        attacker.close()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
-from mailgate.smtp.session import CLOSE_GRACE_SECONDS
-from tests.support.smtp_session import Client, Server, codes
+from mailgate.smtp.session import CLOSE_GRACE_SECONDS, MAX_UNHANDLED_INPUT
+from tests.support.smtp_session import Client, Server, codes, transaction
 
 
 class SmallBufferTransport(StringTransport):
@@ -74,3 +75,23 @@ def _connected(server: Server, transport: StringTransport):
     protocol = server.factory.buildProtocol(transport.getPeer())
     protocol.makeConnection(transport)
     return protocol, transport
+
+
+def test_input_arriving_while_a_command_waits_is_bounded(server: Server) -> None:
+    """Past 64 KiB of commands read but not handled (the session waits on a delivery), reading
+    pauses; once the delivery answers, every command is answered in order and reading resumes."""
+    client = server.connect()
+    client.send(b"EHLO client.test\r\n")
+    server.deliverer.gate = Deferred()
+    assert client.send_codes(transaction()) == [250, 250, 354]  # the final 250 waits for the delivery
+    client.transport.clear()
+    client.protocol.dataReceived(b"NOOP\r\n" * (MAX_UNHANDLED_INPUT // 12))
+    assert client.transport.producerState == "producing"  # half the bound: still reading
+    client.protocol.dataReceived(b"NOOP\r\n" * (MAX_UNHANDLED_INPUT // 6))
+    assert client.transport.producerState == "paused"
+    assert client.transport.value() == b""
+    server.deliverer.gate.callback(None)
+    answered = codes(client.transport.value())
+    assert answered[0] == 250 and len(answered) == 1 + MAX_UNHANDLED_INPUT // 12 + MAX_UNHANDLED_INPUT // 6
+    assert set(answered) == {250}
+    assert client.transport.producerState == "producing"
