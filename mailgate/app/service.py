@@ -22,6 +22,7 @@ from mailgate.accounts.cred import AuthThrottle, build_portal
 from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.hooks.calling import Hooks
 from mailgate.inbound.transaction import Deliverer
+from mailgate.limits.admission import Admission, AdmissionGate
 from mailgate.app.pipeline import build_pipeline
 from mailgate.outbound.scheduler import Scheduler
 from mailgate.outbound.smtp_transport import SMTPTransport
@@ -82,14 +83,25 @@ class GatewayService(MultiService):
         self.accounts = Accounts(self.config.users.file)
         self.portal = build_portal(self.accounts, self.reactor)
         self.throttle = AuthThrottle(self.reactor)
+        self.admission = self._admission()  # one for every listener: the limits hold per server
         for index, listener in enumerate(self.config.listen):
             factory = self._factory(listener, deliverer, tls_options)
             self.factories.append(factory)
             if listener.tls == "implicit":
                 factory = TLSMemoryBIOFactory(tls_options, False, factory)
-            self._listen(index, listener, factory)
+            self._listen(index, listener, AdmissionGate(factory, self.admission))
         if self.running:  # configured late: startService has already run
             self._start_queue()
+
+    def _admission(self) -> Admission:
+        admission = Admission(self.config.limits, self.reactor)
+        log.info("connections: at most {count} at once ({per_ip} per address), RLIMIT_NOFILE {descriptors}",
+                 count=admission.max_connections, per_ip=self.config.limits.max_connections_per_ip,
+                 descriptors=admission.descriptors)
+        if admission.max_connections >= admission.descriptors:
+            log.warn("limits.max_connections: {count} is not below RLIMIT_NOFILE ({descriptors}): descriptors "
+                     "may run out first", count=admission.max_connections, descriptors=admission.descriptors)
+        return admission
 
     def _start_queue(self) -> None:
         """Lock the spool, resume what is queued, and serve the CLI's requests."""
@@ -120,7 +132,7 @@ class GatewayService(MultiService):
             return self._pop3_factory(listener, tls_options)
         return SMTPFactory(ListenerPolicy(
             self.config, listener, self.hooks, deliverer, self.reactor,
-            tls_options, portal=self.portal, throttle=self.throttle,
+            tls_options, portal=self.portal, throttle=self.throttle, admission=self.admission,
         ))
 
     def _pop3_factory(self, listener: ListenConfig, tls_options: Any) -> Factory:
@@ -135,6 +147,7 @@ class GatewayService(MultiService):
             reactor=self.reactor,
             throttle=self.throttle,
             portal=self.portal,
+            admission=self.admission,
         )
 
     def _listen(self, index: int, listener: ListenConfig, factory: Factory) -> None:

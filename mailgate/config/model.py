@@ -147,6 +147,7 @@ class LimitsConfig:
     data_timeout_seconds: float = 1800.0  # the whole DATA phase, however the bytes trickle
     max_bad_commands: int = 20  # then 421 and close, as Postfix's smtpd_hard_error_limit
     connection_rate: SenderRate | None = SenderRate(120, 60.0)  # new connections per client IP
+    max_connections: int | None = None  # client connections open at once, all listeners; None: from RLIMIT_NOFILE
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,7 @@ _LIMITS = {
     "data_timeout": Key(_duration, "data_timeout_seconds"),
     "max_bad_commands": Key(_positive_int),
     "connection_rate": Key(_sender_rate),
+    "max_connections": Key(lambda value: None if value == "auto" else _positive_int(value)),
 }
 _SECURITY = {
     "plaintext_auth": Key(choice("tls", "always")),

@@ -33,7 +33,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailgate.net.interfaces import Connection
+from mailgate.net.interfaces import Connection, socket_of
 
 log = Logger()
 
@@ -108,9 +108,8 @@ class FlowControl:
 
 def _set_send_buffer(connection: Connection, size: int) -> None:
     """SO_SNDBUF on the connection's socket (through a TLS wrapper too); nothing for other transports."""
-    get_handle = getattr(connection, "getHandle", None)
-    handle = get_handle() if get_handle is not None else None
-    if isinstance(handle, socket.socket):
+    handle = socket_of(connection)
+    if handle is not None:
         try:
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
         except OSError:

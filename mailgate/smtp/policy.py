@@ -18,6 +18,7 @@ from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.core.session import Envelope
 from mailgate.hooks.calling import Hooks
 from mailgate.hooks.events import Events
+from mailgate.limits.admission import Admission
 from mailgate.store.maildir_writer import StoredMessage
 
 
@@ -44,6 +45,7 @@ class ListenerPolicy:
         tls_options: IOpenSSLContextFactory | None = None,
         portal: Portal | None = None,
         throttle: AuthThrottle | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.config = config
         self.listener = listener
@@ -55,5 +57,7 @@ class ListenerPolicy:
         # shared by all listeners, so guessing on one port slows the others; a
         # caller that wires a portal without one still gets a throttle of its own
         self.throttle = throttle if throttle is not None else AuthThrottle(clock)
+        # the server's one admission for every listener (POP3 too); a policy built alone counts alone
+        self.admission = admission if admission is not None else Admission(config.limits, clock)
         self.events = Events(hooks)
 

@@ -28,7 +28,7 @@ from mailgate.core.reply import Reply
 from mailgate.core.session import Session
 from mailgate.hooks.calling import FAILED, HookFailed
 from mailgate.net.flow import SMALL_SEND_BUFFER, FlowControl
-from mailgate.net.interfaces import Connection, connection_view
+from mailgate.net.interfaces import Connection, connection_view, socket_of
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
 from mailgate.smtp import auth_command, data_command, mail_command, rcpt_command, session_commands, verify_commands
@@ -97,6 +97,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._outbox: list[bytes] = []  # replies to a batch of pipelined commands, sent together
         self._outbox_size = 0
         self._linger: IDelayedCall | None = None  # close()'s deadline for the last replies to leave
+        self._counted = False  # by the server's Admission, until connectionLost
         self._data_deadline: IDelayedCall | None = None  # the DATA phase's own timer (limits.data_timeout)
         self._data_progress = 0  # bytes since the idle timer was last reset in DATA
 
@@ -112,12 +113,13 @@ class SMTPSession(Protocol, TimeoutMixin):
         ip: str = getattr(self._connection.getPeer(), "host", "")
         self.state.session = Session(peer=ip, tls=is_tls(self._connection), listener=policy.listener.name)
         factory.sessions.add(self)
-        factory.per_ip[ip] += 1
         self._flow.start(send_buffer_bytes=SMALL_SEND_BUFFER)  # replies are short: no megabytes in the kernel
         set_no_delay = getattr(self._connection, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)  # replies are small; Nagle would add 40 ms each
-        refusal = factory.admission_refusal(ip)
+        handle = socket_of(self._connection)
+        refusal = factory.admission_refusal(ip, handle.fileno() if handle is not None else None)
+        self._counted = True
         if refusal is not None:
             return self.close(refusal)
         self.setTimeout(policy.config.limits.command_timeout_seconds)
@@ -143,11 +145,10 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._cancel_data_deadline()
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
-        factory, ip = self.factory, self.state.session.peer
-        factory.sessions.discard(self)
-        factory.per_ip[ip] -= 1
-        if factory.per_ip[ip] <= 0:
-            del factory.per_ip[ip]
+        self.factory.sessions.discard(self)
+        if self._counted:
+            self._counted = False
+            self._policy.admission.leave(self.state.session.peer)
         if self._closed is not None:
             self._closed.callback(None)
 

@@ -10,6 +10,7 @@ a session takes on an idle server, so this is no throughput measurement.
 from __future__ import annotations
 
 import base64
+import poplib
 import smtplib
 import socket
 import threading
@@ -17,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from tests.support.gateway import Gateway
 
@@ -38,7 +41,10 @@ def rss_kb(pid: int) -> int:
 def unread_octets(sock: socket.socket) -> int:
     """Octets sent on `sock` that its loopback peer has not read yet: the sender's unacknowledged
     send queue plus the receiver's receive queue, from /proc/net/tcp."""
-    ours, theirs = sock.getsockname()[1], sock.getpeername()[1]
+    try:
+        ours, theirs = sock.getsockname()[1], sock.getpeername()[1]
+    except OSError:  # no longer connected: nothing waits
+        return 0
     total = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
@@ -62,6 +68,8 @@ def flood(socks: list[socket.socket], block: bytes, total: int, stall_seconds: f
             try:
                 count = sock.send(block)
             except BlockingIOError:
+                continue
+            except OSError:  # refused and closed (a warm-up session not yet gone still counted)
                 continue
             sent[index] += count
             moved = moved or count > 0
@@ -92,6 +100,13 @@ def in_background(work: Callable[[], object]) -> Iterator[dict[str, object]]:
         yield outcome
     finally:
         thread.join(120)
+
+
+def timed(work: Callable[[], object]) -> dict[str, object]:
+    """Run `work` now, while the attack holds what it holds; the outcome as in_background's."""
+    with in_background(work) as outcome:
+        pass
+    return outcome
 
 
 def normal_smtp_session(gateway: Gateway, source: str = "127.0.0.1") -> dict:
@@ -178,3 +193,88 @@ def test_input_piling_up_during_the_auth_delay_stalls_nobody(make_gateway) -> No
         assert_served_promptly(outcome)
     finally:
         attacker.close()
+
+
+# --- 7. connections that exhaust the descriptors ------------------------------------------
+
+NOFILE = 512  # the gateway's soft RLIMIT_NOFILE in these tests: 448 connections, 64 descriptors kept
+
+
+def pop3_gateway(make_gateway) -> Gateway:
+    gateway = make_gateway(("smtp", "pop3"),
+                           extra='[security]\nplaintext_auth = "always"\n[limits]\nconnection_rate = "off"\n')
+    gateway.add_user(ALICE, "secret")
+    return gateway.start(nofile=NOFILE)
+
+
+def open_pop3(gateway: Gateway, count: int, addresses: int) -> tuple[list[socket.socket], list[bytes]]:
+    """`count` unauthenticated POP3 connections from `addresses` loopback addresses (127.0.1.x),
+    each kept open once it has its first line; the sockets and those lines."""
+    socks, greetings = [], []
+    for n in range(count):
+        sock = socket.create_connection(("127.0.0.1", gateway.ports["pop3"]), timeout=10,
+                                        source_address=(f"127.0.1.{1 + n % addresses}", 0))
+        socks.append(sock)
+        greetings.append(sock.recv(200))
+    return socks, greetings
+
+
+def pop3_login(gateway: Gateway) -> int:
+    """Log in as ALICE; how many messages she has."""
+    client = poplib.POP3("127.0.0.1", gateway.ports["pop3"], timeout=30)
+    try:
+        client.user(ALICE)
+        client.pass_("secret")
+        return client.stat()[0]
+    finally:
+        client.quit()
+
+
+def test_pop3_connections_from_one_address_are_capped(make_gateway) -> None:
+    """1000 POP3 connections from one address, held open: 20 are served (limits.max_connections_per_ip,
+    counted with the SMTP ones), the others hear -ERR and are closed. They used to take every
+    descriptor, and SMTP clients were then accepted and closed with an empty banner."""
+    gateway = pop3_gateway(make_gateway)
+    socks, greetings = open_pop3(gateway, 1000, addresses=1)
+    try:
+        kinds = [line.split(b" ")[0] for line in greetings]
+        assert kinds.count(b"+OK") == 20, {kind: kinds.count(kind) for kind in set(kinds)}
+        refused = [line for line in greetings if not line.startswith(b"+OK")]
+        assert set(refused) == {b"-ERR [SYS/TEMP] Too many connections from your address.\r\n"}
+        assert_served_promptly(timed(lambda: normal_smtp_session(gateway, "127.0.0.2")))
+        login = timed(lambda: pop3_login(gateway))  # from 127.0.0.1: poplib cannot choose
+        assert login.get("result") == 1, login  # the message just delivered
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_connections_from_many_addresses_leave_descriptors_in_reserve(make_gateway) -> None:
+    """1000 POP3 connections from 200 addresses, held open, under RLIMIT_NOFILE 512. The server must
+    stop at limits.max_connections (512 less 64 kept) and refuse the rest, with -ERR or, while the
+    refusals themselves pile up within one accept loop, by closing at once; never run out of
+    descriptors (Twisted then accepts and drops connections unanswered, SMTP ones too); answer a
+    new SMTP client with a 421; and still deliver for a session opened before."""
+    gateway = pop3_gateway(make_gateway)
+    early = smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=30)
+    early.ehlo("early.test")
+    socks, greetings = open_pop3(gateway, 1000, addresses=200)
+    try:
+        kinds = [line.split(b" ")[0] for line in greetings]
+        assert kinds.count(b"+OK") == NOFILE - 64 - 1, {kind: kinds.count(kind) for kind in set(kinds)}
+        refusals = {line for line in greetings if not line.startswith(b"+OK")}
+        assert b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n" in refusals
+        assert refusals <= {b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n", b""}
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=30)
+        assert refused.value.smtp_code == 421 and refused.value.smtp_error.startswith(b"4.3.2 ")
+        assert time.monotonic() - started < NORMAL_DEADLINE_SECONDS
+        during = timed(lambda: early.sendmail("bob@remote.test", [ALICE], b"Subject: during\r\n\r\nx\r\n"))
+        assert_served_promptly(during, "the session opened before")
+    finally:
+        for sock in socks:
+            sock.close()
+        early.close()
+    log = gateway.log()
+    assert "EMFILE" not in log and "Too many open files" not in log, log[-2000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import signal
 import socket
 import ssl
@@ -73,11 +74,17 @@ class Gateway:
     def __post_init__(self) -> None:
         self.log_path = self.root / "twistd.log"
 
-    def start(self) -> "Gateway":
+    def start(self, nofile: int | None = None) -> "Gateway":
+        """Start twistd; with `nofile`, under that soft RLIMIT_NOFILE (this process keeps its own)."""
+        def limit_descriptors() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
         self.process = subprocess.Popen(
             [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log_path),
              "mailgate", "--config", str(self.config)],
             cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            preexec_fn=limit_descriptors if nofile is not None else None,
         )
         wait_for(self._started, STARTUP_DEADLINE_SECONDS, "mailgate to start")
         return self
