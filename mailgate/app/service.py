@@ -18,11 +18,12 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
-from mailgate.accounts.cred import AuthThrottle, build_portal
+from mailgate.accounts.cred import build_portal
 from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.hooks.calling import Hooks
 from mailgate.inbound.transaction import Deliverer
 from mailgate.limits.admission import Admission, AdmissionGate
+from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.app.pipeline import build_pipeline
 from mailgate.outbound.scheduler import Scheduler
 from mailgate.outbound.smtp_transport import SMTPTransport
@@ -82,7 +83,7 @@ class GatewayService(MultiService):
         self.outbound, self.relay, deliverer = pipeline.scheduler, pipeline.smtp, pipeline.deliverer
         self.accounts = Accounts(self.config.users.file)
         self.portal = build_portal(self.accounts, self.reactor)
-        self.throttle = AuthThrottle(self.reactor)
+        self.throttle = AuthThrottle.from_limits(self.config.limits, self.reactor)  # SMTP AUTH and POP3 share it
         self.admission = self._admission()  # one for every listener: the limits hold per server
         for index, listener in enumerate(self.config.listen):
             factory = self._factory(listener, deliverer, tls_options)

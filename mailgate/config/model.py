@@ -148,6 +148,9 @@ class LimitsConfig:
     max_bad_commands: int = 20  # then 421 and close, as Postfix's smtpd_hard_error_limit
     connection_rate: SenderRate | None = SenderRate(120, 60.0)  # new connections per client IP
     max_connections: int | None = None  # client connections open at once, all listeners; None: from RLIMIT_NOFILE
+    auth_failures_per_account: int = 5  # bad passwords per (client IP, account) within auth_penalty
+    auth_failures_per_ip: int = 100  # bad passwords per client IP, any accounts, within auth_penalty
+    auth_penalty_seconds: float = 300.0  # how long a bad password counts
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.logger import Logger
 
-from mailgate.accounts.cred import AuthThrottle, log_in
+from mailgate.accounts.cred import log_in
 from mailgate.accounts.sasl import (
     SASLAuthzidRefused,
     SASLBadBase64,
@@ -17,6 +17,7 @@ from mailgate.accounts.sasl import (
     decode_response,
     parse_plain,
 )
+from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.pop3.channel import Channel, Command, Wait
 from mailgate.pop3.maildrop import Mailboxes, MaildropUnavailable
 
@@ -137,15 +138,15 @@ class Authorization:
         self._channel.close()
 
     async def _login(self, user: bytes, password: bytes) -> None:
-        ip = self._channel.peer_ip
-        if self._throttle.should_disconnect(ip):
+        ip, account = self._channel.peer_ip, user.decode("utf-8", "replace")
+        if self._throttle.locked_out(ip, account):
             self._channel.reply(TOO_MANY_FAILURES)
             self._channel.close()
             return
         try:
             address = await log_in(self._portal, user, password)
         except (UnauthorizedLogin, UnhandledCredentials):
-            await self._answer_failure(ip)
+            await self._answer_failure(ip, account)
             return
         except Exception:
             log.failure("POP3 password check failed")
@@ -153,13 +154,14 @@ class Authorization:
             return
         if not self._channel.is_connected:
             return
-        self._throttle.record_success(ip)
+        self._throttle.record_success(ip, account)
         await self._open(address)
 
-    async def _answer_failure(self, ip: str) -> None:
-        """Answer a wrong password late, later the more recent failures ip has; cut off at the limit."""
-        self._throttle.record_failure(ip)
-        delay, disconnect = self._throttle.delay_seconds(ip), self._throttle.should_disconnect(ip)
+    async def _answer_failure(self, ip: str, account: str) -> None:
+        """Answer a wrong password late, later the more recent failures (ip, account) has; cut off at the limit."""
+        self._throttle.record_failure(ip, account, "pop3")
+        delay = self._throttle.delay_seconds(ip, account)
+        disconnect = self._throttle.locked_out(ip, account)
         if not self._channel.is_connected:
             return
         await self._channel.pause(delay)

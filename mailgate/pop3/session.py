@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailgate.accounts.cred import (
-    AuthThrottle,
     BlockingRunner,
     PasswordStore,
     portal_over,
@@ -30,6 +29,7 @@ from mailgate.accounts.cred import (
 )
 from mailgate.config import LimitsConfig
 from mailgate.limits.admission import Admission, Refusal
+from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.net.interfaces import Connection, connection_view, socket_of
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through

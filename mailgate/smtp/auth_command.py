@@ -1,4 +1,4 @@
-"""SMTP AUTH (RFC 4954): PLAIN and LOGIN exchanges over twisted.cred, throttled per IP.
+"""SMTP AUTH (RFC 4954): PLAIN and LOGIN exchanges over twisted.cred, throttled per IP and account.
 
 The exchange is a coroutine: each challenge goes out through the Channel
 and `channel.read_line()` hands it the client's next line, so the
@@ -83,7 +83,7 @@ async def authenticate(mechanism: str, initial: str, portal: Portal, state: Sess
     except Exception:
         log.failure("AUTH check failed for {ip}", ip=peer)
         return TEMPORARY
-    policy.throttle.record_success(peer)
+    policy.throttle.record_success(peer, username)
     user = str(avatar)  # mailgate.accounts.cred.AddressRealm: the avatar is the address
     state.authenticated(user)
     log.info("{ip}: authenticated as {user}", ip=peer, user=user)
@@ -110,14 +110,13 @@ async def credentials(mechanism: str, initial: str, channel: Channel) -> tuple[s
 
 
 async def failed(username: str, peer: str, channel: Channel, policy: ListenerPolicy) -> Reply | None:
-    """535 after a delay that grows with the IP's recent failures; 421 and the end at the limit."""
+    """535 after a delay that grows with the recent failures of (IP, account); 421 and the end at the limit."""
     throttle = policy.throttle
-    throttle.record_failure(peer)
-    log.warn("{ip}: AUTH failed for {user!r}", ip=peer, user=username[:64])
-    delay = throttle.delay_seconds(peer)
+    throttle.record_failure(peer, username, "smtp")
+    delay = throttle.delay_seconds(peer, username)
     if delay:
         await deferLater(policy.clock, delay)
-    if throttle.should_disconnect(peer):
+    if throttle.locked_out(peer, username):
         channel.close(TOO_MANY_FAILURES)
         return None
     return INVALID
