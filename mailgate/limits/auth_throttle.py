@@ -13,6 +13,16 @@ to their own accounts; only a far higher number of failures from the
 address, whatever the accounts (`limits.auth_failures_per_ip`), locks the
 address out as a whole. A success clears its pair only: an attacker holding
 one valid account cannot wipe the address's count with it.
+
+Delaying the answer alone slows nobody who does not wait for it: a client
+that gave up after half a second and tried again had its next password
+checked at once. So, as Dovecot's auth penalty does, the penalty holds for
+the attempt, not the answer (`admit`): until the delay of the pair's latest
+failure has passed, and while the pair or the address is locked out, an
+attempt is refused at once, its password never checked, the same answer
+whether it was right or wrong. Passwords being checked count against the
+limits too, so parallel connections cannot have more checked than the
+limits leave.
 """
 
 from __future__ import annotations
@@ -92,6 +102,7 @@ class AuthThrottle:
         self._max_delay = max_delay_seconds
         self._pairs = _Failures(clock, penalty_seconds, max(failures_per_account, 16), max_tracked)
         self._ips = _Failures(clock, penalty_seconds, failures_per_ip, max_tracked)
+        self._checking: dict[Hashable, int] = {}  # (ip, account) and ip -> passwords being checked
 
     @classmethod
     def from_limits(cls, limits: LimitsConfig, clock: IReactorTime) -> AuthThrottle:
@@ -105,6 +116,30 @@ class AuthThrottle:
         self._pairs.add((ip, account_key(account)))
         self._ips.add(ip)
 
+    def admit(self, ip: str, account: str, protocol: str) -> bool:
+        """Whether to check this attempt's password at all (logged when not). An admitted attempt
+        counts as being checked until `release`, whatever its outcome."""
+        pair = (ip, account_key(account))
+        times = self._pairs.recent(pair)
+        checking_pair, checking_ip = self._checking.get(pair, 0), self._checking.get(ip, 0)
+        in_penalty = bool(times) and self._clock.seconds() < times[-1] + self._delay(len(times))
+        if (in_penalty or len(times) + checking_pair >= self._per_account
+                or len(self._ips.recent(ip)) + checking_ip >= self._per_ip):
+            log.info("auth refused: ip={ip} user={user} protocol={protocol} (too many failures, not checked)",
+                     ip=ip, user=for_log(account), protocol=protocol)
+            return False
+        self._checking[pair], self._checking[ip] = checking_pair + 1, checking_ip + 1
+        return True
+
+    def release(self, ip: str, account: str) -> None:
+        """The admitted attempt's check is over (after record_failure or record_success, if any)."""
+        for key in ((ip, account_key(account)), ip):
+            left = self._checking.get(key, 0) - 1
+            if left > 0:
+                self._checking[key] = left
+            else:
+                self._checking.pop(key, None)
+
     def record_success(self, ip: str, account: str) -> None:
         self._pairs.clear((ip, account_key(account)))
 
@@ -116,7 +151,9 @@ class AuthThrottle:
 
     def delay_seconds(self, ip: str, account: str) -> float:
         """How long to wait before answering the pair's latest failure: doubling, capped."""
-        count = self.failures(ip, account)
+        return self._delay(self.failures(ip, account))
+
+    def _delay(self, count: int) -> float:
         return float(min(2 ** (count - 1), self._max_delay)) if count else 0.0
 
     def locked_out(self, ip: str, account: str) -> bool:

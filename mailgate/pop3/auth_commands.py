@@ -26,6 +26,9 @@ log = Logger()
 PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed."
 TOO_MANY_FAILURES = b"-ERR [AUTH] Too many authentication failures, try again later."
+# An attempt refused unchecked during its penalty: SYS/TEMP (RFC 3206), not AUTH, which would tell the
+# owner, whose password may be right, that the credentials are wrong (see smtp.auth_command.PENALTY).
+PENALTY = b"-ERR [SYS/TEMP] Too many authentication failures, try again later."
 SASL_REFUSALS: dict[type[SASLMalformed], bytes] = {
     SASLBadBase64: b"-ERR [AUTH] Invalid base64 data.",
     SASLAuthzidRefused: b"-ERR [AUTH] Authorization identity not permitted.",
@@ -139,12 +142,16 @@ class Authorization:
 
     async def _login(self, user: bytes, password: bytes) -> None:
         ip, account = self._channel.peer_ip, user.decode("utf-8", "replace")
-        if self._throttle.locked_out(ip, account):
-            self._channel.reply(TOO_MANY_FAILURES)
-            self._channel.close()
+        if not self._throttle.admit(ip, account, "pop3"):
+            self._channel.reply(PENALTY)
+            if self._throttle.locked_out(ip, account):
+                self._channel.close()
             return
         try:
-            address = await log_in(self._portal, user, password)
+            try:
+                address = await log_in(self._portal, user, password)
+            finally:
+                self._throttle.release(ip, account)
         except (UnauthorizedLogin, UnhandledCredentials):
             await self._answer_failure(ip, account)
             return

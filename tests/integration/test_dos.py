@@ -278,3 +278,61 @@ def test_connections_from_many_addresses_leave_descriptors_in_reserve(make_gatew
         early.close()
     log = gateway.log()
     assert "EMFILE" not in log and "Too many open files" not in log, log[-2000:]
+
+
+# --- 8. guessing passwords without waiting for the answers --------------------------------
+
+
+def smtp_auth(gateway: Gateway, user: str, password: str, source: str = "127.0.0.1",
+              wait_seconds: float = 30.0) -> str:
+    """One SMTP session: EHLO, AUTH PLAIN; the reply (its first line), or "" if none came within
+    `wait_seconds` (then the session is dropped, as an impatient guesser does)."""
+    with socket.create_connection(("127.0.0.1", gateway.ports["smtp"]), timeout=30,
+                                  source_address=(source, 0)) as sock:
+        replies = sock.makefile("rb")
+        replies.readline()
+        sock.sendall(b"EHLO guesser.test\r\n")
+        while replies.readline()[3:4] == b"-":
+            pass
+        sock.sendall(b"AUTH PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()) + b"\r\n")
+        sock.settimeout(wait_seconds)
+        try:
+            return replies.readline().decode().strip()
+        except TimeoutError:
+            return ""
+
+
+def test_auth_guesses_that_do_not_wait_are_refused_unchecked(make_gateway) -> None:
+    """Ten parallel connections from one address guess ALICE's password for 3 s, each dropping its
+    session if no answer came within 0.5 s (the answer to a failure is delayed). Only the first
+    limits.auth_failures_per_account guesses may be checked; then the right password from that address
+    hears 454 too. Meanwhile the owner, from another address, and bob, behind the same one, log in."""
+    gateway = make_gateway(("smtp",), extra='[security]\nplaintext_auth = "always"\n' + NO_RATE)
+    gateway.add_user(ALICE, "secret")
+    gateway.add_user("bob@example.test", "bobsecret")
+    gateway.start()
+    stop_at = time.monotonic() + 3.0
+    answers: list[str] = []
+
+    def guess(worker: int) -> None:
+        for attempt in range(10_000):
+            if time.monotonic() > stop_at:
+                return
+            answers.append(smtp_auth(gateway, ALICE, f"guess-{worker}-{attempt}", wait_seconds=0.5))
+
+    guessers = [threading.Thread(target=guess, args=(n,), daemon=True) for n in range(10)]
+    for thread in guessers:
+        thread.start()
+    time.sleep(1.0)
+    owner = timed(lambda: smtp_auth(gateway, ALICE, "secret", source="127.0.0.2"))
+    neighbour = timed(lambda: smtp_auth(gateway, "bob@example.test", "bobsecret"))
+    for thread in guessers:
+        thread.join(30)
+    time.sleep(1.0)  # checks in flight end
+    assert smtp_auth(gateway, ALICE, "secret").startswith("454 4.7.0 "), "the right password, mid-penalty"
+    for outcome in (owner, neighbour):
+        assert "error" not in outcome and str(outcome["result"]).startswith("235 "), outcome
+        assert float(outcome["seconds"]) < NORMAL_DEADLINE_SECONDS, outcome  # type: ignore[arg-type]
+    checked = gateway.log().count("auth failed: ip=127.0.0.1 user=alice@example.test protocol=smtp")
+    assert 1 <= checked <= 5, f"{checked} of {len(answers)} guesses were checked"
+    assert sum(answer.startswith("454 ") for answer in answers) > len(answers) // 2, answers

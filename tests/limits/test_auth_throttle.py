@@ -73,6 +73,40 @@ class ThrottleTests(SynchronousTestCase):
         self.assertEqual(self.throttle.failures(IP, BOB), 3)
         self.assertEqual(self.throttle.failures(IP), 7)  # a valid account cannot wipe the address's count
 
+    def test_attempts_during_the_penalty_are_not_admitted(self) -> None:
+        self.assertTrue(self.throttle.admit(IP, ALICE, "smtp"))
+        self.throttle.record_failure(IP, ALICE, "smtp")
+        self.throttle.release(IP, ALICE)
+        self.clock.advance(0.5)  # the failure's answer is due after 1 s: a client that did not wait
+        self.assertFalse(self.throttle.admit(IP, ALICE, "smtp"))
+        self.assertTrue(self.throttle.admit(IP, BOB, "smtp"))  # another account
+        self.throttle.release(IP, BOB)
+        self.clock.advance(0.5)
+        self.assertTrue(self.throttle.admit(IP, ALICE, "smtp"))  # the client that waited for its answer
+        self.throttle.release(IP, ALICE)
+
+    def test_nothing_is_admitted_while_locked_out(self) -> None:
+        self.fail(5)
+        self.clock.advance(60)  # long past every delay
+        self.assertFalse(self.throttle.admit(IP, ALICE, "smtp"))
+        self.assertTrue(self.throttle.admit(OTHER_IP, ALICE, "smtp"))
+
+    def test_passwords_being_checked_count_against_the_limits(self) -> None:
+        """Parallel connections cannot have more passwords checked than the lockout leaves."""
+        self.assertEqual([self.throttle.admit(IP, ALICE, "smtp") for _ in range(6)], [True] * 5 + [False])
+        self.throttle.release(IP, ALICE)
+        self.assertTrue(self.throttle.admit(IP, ALICE, "smtp"))
+        throttle = AuthThrottle(self.clock, failures_per_ip=3)
+        self.assertEqual([throttle.admit(IP, f"user{n}", "pop3") for n in range(4)], [True] * 3 + [False])
+
+    def test_refusals_are_logged(self) -> None:
+        log = LogLines(self)
+        self.fail(5)
+        self.throttle.admit(IP, ALICE, "pop3")
+        self.assertEqual(log.matching("auth refused"),
+                         ["auth refused: ip=192.0.2.1 user=alice@example.test protocol=pop3 (too many failures, "
+                          "not checked)"])
+
     def test_memory_is_bounded(self) -> None:
         """A scan from many addresses can't grow the tables without limit."""
         throttle = AuthThrottle(self.clock, max_tracked=100)

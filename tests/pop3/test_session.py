@@ -18,7 +18,7 @@ from mailgate.pop3 import streaming as pop3_stream
 from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.store.maildir_writer import StoredMessage, deliver_durably
 from mailgate.core.wire import DotStuffer
-from mailgate.pop3.auth_commands import PLAINTEXT_REFUSED, TOO_MANY_FAILURES
+from mailgate.pop3.auth_commands import PENALTY, PLAINTEXT_REFUSED, TOO_MANY_FAILURES
 from mailgate.pop3.session import POP3Factory
 from mailgate.pop3.streaming import MessageSender, TopLimiter
 from tests.support.pop3_session import FakeAccounts, FakeReactor, TLSCapableTransport, message_name, unstuff
@@ -196,6 +196,14 @@ class AuthorizationTests(SessionTestCase):
         self.assertTrue(transport.disconnecting)
         protocol, transport = self.connect("192.0.2.99")  # bob from elsewhere
         self.assertIn(b"+OK Logged in.", self.login(protocol, transport, user="bob@example.test", password="bobpw"))
+
+    def test_attempt_during_the_penalty_is_refused_unchecked(self) -> None:
+        self.login(password="wrong")  # its answer is due in 1 s
+        protocol, transport = self.connect()
+        self.assertEqual(self.login(protocol, transport), b"+OK\r\n" + PENALTY + b"\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertIn(b"+OK Logged in.", self.login(protocol, transport))
 
     def test_others_behind_the_same_address_still_log_in(self) -> None:
         """A shared (NAT) address: bad passwords for one account do not lock out another one's owner."""
