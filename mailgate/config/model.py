@@ -45,7 +45,7 @@ class SecurityConfig:
     plaintext_auth: str = "tls"  # tls | always
     vrfy: str = "authenticated"  # off | authenticated | all
     expn: str = "authenticated"  # off | authenticated | all
-    bare_newline: str = "reject"  # reject | normalize (SMTP smuggling defence)
+    bare_newline: str = "normalize"  # normalize | reject: may a message hold a bare LF (as Postfix 3.9)
     sender_login: str = "owned"  # owned | any: envelope senders an authenticated user may use
 
 
