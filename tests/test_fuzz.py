@@ -30,7 +30,7 @@ from twisted.internet.address import IPv4Address
 from twisted.logger import globalLogPublisher
 
 from mailgate.core.addresses import AddressError, normalize_mailbox, parse_command_path
-from mailgate.accounts.cred import AuthThrottle
+from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.config import ConfigError, parse_config
 from mailgate.store.maildir_writer import mailbox_path
 from mailgate.pop3.session import POP3Factory

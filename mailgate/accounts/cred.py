@@ -1,8 +1,10 @@
-"""Password authentication shared by POP3 and SMTP AUTH: cred checker, portal, throttle."""
+"""Password authentication shared by POP3 and SMTP AUTH: the cred checker and portal over the users file.
+
+How failures are throttled is mailgate.limits.auth_throttle's business.
+"""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -11,7 +13,7 @@ from twisted.cred.credentials import ICredentials, IUsernamePassword, UsernamePa
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import Interface, implementer
 
@@ -118,62 +120,3 @@ async def log_in(portal: Portal, username: bytes, password: bytes) -> str:
     _, avatar, logout = await portal.login(credentials, None, IMailAccount)
     logout()  # the avatar is a plain address: nothing to release
     return str(avatar)
-
-
-class AuthThrottle:
-    """Slow down and cut off password guessing, per client IP.
-
-    Failures older than `window_seconds` are forgotten; a success clears the
-    IP. The delay doubles per recent failure (0, 1, 2, 4, 8 s ... capped), and
-    after `disconnect_after` failures the session should be closed. State is
-    per IP, so it spans connections: opening many sessions does not reset it.
-    """
-
-    def __init__(
-        self,
-        clock: IReactorTime,
-        *,
-        window_seconds: float = 300.0,
-        disconnect_after: int = 5,
-        max_delay_seconds: float = 8.0,
-        max_tracked_ips: int = 10_000,
-    ) -> None:
-        self._clock: IReactorTime = clock
-        self._window = window_seconds
-        self._disconnect_after = disconnect_after
-        self._max_delay = max_delay_seconds
-        self._max_tracked = max_tracked_ips
-        self._failures: dict[str, deque[float]] = {}
-
-    def record_failure(self, ip: str) -> None:
-        failures = self._failures.pop(ip, None) or deque(maxlen=max(self._disconnect_after * 2, 16))
-        failures.append(self._clock.seconds())
-        self._failures[ip] = failures  # re-insert: dict order = least recently failed first
-        while len(self._failures) > self._max_tracked:
-            del self._failures[next(iter(self._failures))]  # bound memory under a scan
-
-    def record_success(self, ip: str) -> None:
-        self._failures.pop(ip, None)
-
-    def failures(self, ip: str) -> int:
-        """Failures from ip within the window."""
-        failures = self._failures.get(ip)
-        if not failures:
-            return 0
-        horizon = self._clock.seconds() - self._window
-        while failures and failures[0] <= horizon:
-            failures.popleft()
-        if not failures:
-            del self._failures[ip]
-            return 0
-        return len(failures)
-
-    def delay_seconds(self, ip: str) -> float:
-        """How long to wait before answering ip's next failed attempt."""
-        count = self.failures(ip)
-        if count == 0:
-            return 0.0
-        return float(min(2 ** (count - 1), self._max_delay))
-
-    def should_disconnect(self, ip: str) -> bool:
-        return self.failures(ip) >= self._disconnect_after

@@ -19,12 +19,14 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
-from mailgate.accounts.cred import AuthThrottle, build_portal
+from mailgate.accounts.cred import build_portal
 from mailgate.app import preflight
 from mailgate.config import ConfigError, GatewayConfig, ListenConfig
 from mailgate.hooks.calling import Hooks
 from mailgate.inbound.transaction import Deliverer
 from mailgate.app.periodic import Periodic
+from mailgate.limits.admission import Admission, AdmissionGate
+from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.app.pipeline import build_pipeline
 from mailgate.net.accept_backoff import AcceptBackoff, pause_on_exhaustion
 from mailgate.outbound.scheduler import Scheduler
@@ -111,15 +113,26 @@ class GatewayService(MultiService):
         self.outbound, self.relay, deliverer = pipeline.scheduler, pipeline.smtp, pipeline.deliverer
         self.accounts = Accounts(self.config.users.file)
         self.portal = build_portal(self.accounts, self.reactor)
-        self.throttle = AuthThrottle(self.reactor)
+        self.throttle = AuthThrottle.from_limits(self.config.limits, self.reactor)  # SMTP AUTH and POP3 share it
+        self.admission = self._admission()  # one for every listener: the limits hold per server
         for index, listener in enumerate(self.config.listen):
             factory = self._factory(listener, deliverer, tls_options)
             self.factories.append(factory)
             if listener.tls == "implicit":
                 factory = TLSMemoryBIOFactory(tls_options, False, factory)
-            self._listen(index, listener, factory)
+            self._listen(index, listener, AdmissionGate(factory, self.admission))
         if self.running:  # configured late: startService has already run
             self._start_queue(pipeline.scheduler)
+
+    def _admission(self) -> Admission:
+        admission = Admission(self.config.limits, self.reactor)
+        log.info("connections: at most {count} at once ({per_ip} per address), RLIMIT_NOFILE {descriptors}",
+                 count=admission.max_connections, per_ip=self.config.limits.max_connections_per_ip,
+                 descriptors=admission.descriptors)
+        if admission.max_connections >= admission.descriptors:
+            log.warn("limits.max_connections: {count} is not below RLIMIT_NOFILE ({descriptors}): descriptors "
+                     "may run out first", count=admission.max_connections, descriptors=admission.descriptors)
+        return admission
 
     def _start_queue(self, scheduler: Scheduler) -> None:
         """Lock the spool, resume what is queued, and serve the CLI's requests."""
@@ -144,7 +157,7 @@ class GatewayService(MultiService):
             return self._pop3_factory(listener, tls_options)
         return SMTPFactory(ListenerPolicy(
             self.config, listener, self.hooks, deliverer, self.reactor,
-            tls_options, portal=self.portal, throttle=self.throttle,
+            tls_options, portal=self.portal, throttle=self.throttle, admission=self.admission,
         ))
 
     def _pop3_factory(self, listener: ListenConfig, tls_options: Any) -> Factory:
@@ -159,6 +172,7 @@ class GatewayService(MultiService):
             reactor=self.reactor,
             throttle=self.throttle,
             portal=self.portal,
+            admission=self.admission,
         )
 
     def _listen(self, index: int, listener: ListenConfig, factory: Factory) -> None:

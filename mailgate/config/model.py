@@ -46,7 +46,7 @@ class SecurityConfig:
     plaintext_auth: str = "tls"  # tls | always
     vrfy: str = "authenticated"  # off | authenticated | all
     expn: str = "authenticated"  # off | authenticated | all
-    bare_newline: str = "reject"  # reject | normalize (SMTP smuggling defence)
+    bare_newline: str = "normalize"  # normalize | reject: may a message hold a bare LF (as Postfix 3.9)
     sender_login: str = "owned"  # owned | any: envelope senders an authenticated user may use
 
 
@@ -179,6 +179,10 @@ class LimitsConfig:
     data_timeout_seconds: float = 1800.0  # the whole DATA phase, however the bytes trickle
     max_bad_commands: int = 20  # then 421 and close, as Postfix's smtpd_hard_error_limit
     connection_rate: SenderRate | None = SenderRate(120, 60.0)  # new connections per client IP
+    max_connections: int | None = None  # client connections open at once, all listeners; None: from RLIMIT_NOFILE
+    auth_failures_per_account: int = 5  # bad passwords per (client IP, account) within auth_penalty
+    auth_failures_per_ip: int = 100  # bad passwords per client IP, any accounts, within auth_penalty
+    auth_penalty_seconds: float = 300.0  # how long a bad password counts
 
 
 @dataclass(frozen=True)

@@ -235,6 +235,10 @@ _LIMITS = {
     "data_timeout": Key(_duration, "data_timeout_seconds"),
     "max_bad_commands": Key(_positive_int),
     "connection_rate": Key(_sender_rate),
+    "max_connections": Key(lambda value: None if value == "auto" else _positive_int(value)),
+    "auth_failures_per_account": Key(_positive_int),
+    "auth_failures_per_ip": Key(_positive_int),
+    "auth_penalty": Key(_duration, "auth_penalty_seconds"),
 }
 _SECURITY = {
     "plaintext_auth": Key(choice("tls", "always")),

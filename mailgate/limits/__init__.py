@@ -1,1 +1,1 @@
-"""Limits on clients: rates per key on an injected clock."""
+"""Limits on clients: rates per key, the admission of connections, the throttle on password guessing."""

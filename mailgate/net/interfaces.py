@@ -11,6 +11,7 @@ mypy reads them through the mypy-zope plugin.
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Protocol, cast
 
 from twisted.internet.interfaces import IAddress
@@ -44,3 +45,17 @@ def connection_view(transport: object) -> Connection:
     """The transport of a connected protocol, as a Connection (a cast: zope checks at run time)."""
     assert transport is not None, "not connected"
     return cast(Connection, transport)
+
+
+def socket_of(transport: object) -> socket.socket | None:
+    """The socket under a TCP transport, through a TLS wrapper too; None for other transports."""
+    for _ in range(3):  # the transport, or what a protocol wrapper (TLSMemoryBIOProtocol) wraps
+        get_handle = getattr(transport, "getHandle", None)
+        try:
+            handle = get_handle() if get_handle is not None else None
+        except (AttributeError, OSError, NotImplementedError):  # a wrapper whose transport is gone
+            return None
+        if isinstance(handle, socket.socket):
+            return handle
+        transport = getattr(transport, "transport", None)
+    return None

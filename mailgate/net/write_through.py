@@ -8,12 +8,15 @@ epoll_wait). When nothing is buffered, the socket takes a small reply whole,
 so sending it here gives the same bytes in the same order for less work.
 
 Only a plain TCP connection is written to directly; after STARTTLS, on an
-implicit-TLS listener, with anything already buffered, a producer attached
-or the connection closing, Twisted's own write() carries the data as usual.
+implicit-TLS listener, with anything already buffered, a pull producer
+attached or the connection closing, Twisted's own write() carries the data as
+usual. A streaming producer (the session's own mailgate.net.flow.FlowControl)
+does not stand in the way: with nothing buffered it cannot be paused, and
+what the socket does not take goes through write(), which pauses it.
 
 Telling those cases apart reads Twisted's internals (tcp.Connection's TLS,
-connected, disconnecting, _writeDisconnected, producer, dataBuffer,
-_tempDataLen and writeSomeData), which no release promises to keep: when
+connected, disconnecting, _writeDisconnected, producer, streamingProducer,
+dataBuffer, _tempDataLen and writeSomeData), which no release promises to keep: when
 any of them is missing, the data goes through write() like any transport's.
 Slower by a reactor turn, never wrong.
 """
@@ -53,7 +56,7 @@ def _direct_send(transport: object) -> Callable[[bytes], int | ConnectionLost] |
             or not transport.connected
             or transport.disconnecting
             or transport._writeDisconnected
-            or transport.producer is not None
+            or (not transport.streamingProducer and transport.producer is not None)  # a pull producer
             or transport.dataBuffer
             or transport._tempDataLen  # Twisted's second buffer, not yet joined into dataBuffer
         )

@@ -8,7 +8,7 @@ from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.logger import Logger
 
-from mailgate.accounts.cred import AuthThrottle, log_in
+from mailgate.accounts.cred import log_in
 from mailgate.accounts.sasl import (
     SASLAuthzidRefused,
     SASLBadBase64,
@@ -17,6 +17,7 @@ from mailgate.accounts.sasl import (
     decode_response,
     parse_plain,
 )
+from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.pop3.channel import Channel, Command, Wait
 from mailgate.pop3.maildrop import Mailboxes, MaildropUnavailable
 
@@ -25,6 +26,9 @@ log = Logger()
 PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed."
 TOO_MANY_FAILURES = b"-ERR [AUTH] Too many authentication failures, try again later."
+# An attempt refused unchecked during its penalty: SYS/TEMP (RFC 3206), not AUTH, which would tell the
+# owner, whose password may be right, that the credentials are wrong (see smtp.auth_command.PENALTY).
+PENALTY = b"-ERR [SYS/TEMP] Too many authentication failures, try again later."
 SASL_REFUSALS: dict[type[SASLMalformed], bytes] = {
     SASLBadBase64: b"-ERR [AUTH] Invalid base64 data.",
     SASLAuthzidRefused: b"-ERR [AUTH] Authorization identity not permitted.",
@@ -137,15 +141,19 @@ class Authorization:
         self._channel.close()
 
     async def _login(self, user: bytes, password: bytes) -> None:
-        ip = self._channel.peer_ip
-        if self._throttle.should_disconnect(ip):
-            self._channel.reply(TOO_MANY_FAILURES)
-            self._channel.close()
+        ip, account = self._channel.peer_ip, user.decode("utf-8", "replace")
+        if not self._throttle.admit(ip, account, "pop3"):
+            self._channel.reply(PENALTY)
+            if self._throttle.locked_out(ip, account):
+                self._channel.close()
             return
         try:
-            address = await log_in(self._portal, user, password)
+            try:
+                address = await log_in(self._portal, user, password)
+            finally:
+                self._throttle.release(ip, account)
         except (UnauthorizedLogin, UnhandledCredentials):
-            await self._answer_failure(ip)
+            await self._answer_failure(ip, account)
             return
         except Exception:
             log.failure("POP3 password check failed")
@@ -153,13 +161,14 @@ class Authorization:
             return
         if not self._channel.is_connected:
             return
-        self._throttle.record_success(ip)
+        self._throttle.record_success(ip, account)
         await self._open(address)
 
-    async def _answer_failure(self, ip: str) -> None:
-        """Answer a wrong password late, later the more recent failures ip has; cut off at the limit."""
-        self._throttle.record_failure(ip)
-        delay, disconnect = self._throttle.delay_seconds(ip), self._throttle.should_disconnect(ip)
+    async def _answer_failure(self, ip: str, account: str) -> None:
+        """Answer a wrong password late, later the more recent failures (ip, account) has; cut off at the limit."""
+        self._throttle.record_failure(ip, account, "pop3")
+        delay = self._throttle.delay_seconds(ip, account)
+        disconnect = self._throttle.locked_out(ip, account)
         if not self._channel.is_connected:
             return
         await self._channel.pause(delay)

@@ -22,13 +22,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailgate.accounts.cred import (
-    AuthThrottle,
     BlockingRunner,
     PasswordStore,
     portal_over,
     thread_runner,
 )
-from mailgate.net.interfaces import Connection, connection_view
+from mailgate.config import LimitsConfig
+from mailgate.limits.admission import Admission, Refusal
+from mailgate.limits.auth_throttle import AuthThrottle
+from mailgate.net.interfaces import Connection, connection_view, socket_of
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
 from mailgate.pop3.auth_commands import Authorization
@@ -38,6 +40,12 @@ from mailgate.pop3.streaming import MessageSender
 from mailgate.pop3.transaction_commands import Transaction
 
 log = Logger()
+
+REFUSALS = {
+    Refusal.PER_IP: b"-ERR [SYS/TEMP] Too many connections from your address.",
+    Refusal.RATE: b"-ERR [SYS/TEMP] Too many connections from your address, slow down.",
+    Refusal.FULL: b"-ERR [SYS/TEMP] Too many connections, try again later.",
+}
 
 
 class POP3Factory(protocol.ServerFactory):
@@ -56,6 +64,7 @@ class POP3Factory(protocol.ServerFactory):
         throttle: AuthThrottle | None = None,
         portal: Portal | None = None,
         run_blocking: BlockingRunner | None = None,
+        admission: Admission | None = None,  # the server's, shared with every listener
     ) -> None:
         self.hostname = hostname
         self.tls_options = tls_options
@@ -65,6 +74,7 @@ class POP3Factory(protocol.ServerFactory):
         # Without run_blocking the reactor is also IReactorThreads (a real reactor is).
         self.run_blocking = run_blocking or thread_runner(cast(IReactorThreads, reactor))
         self.throttle = throttle or AuthThrottle(reactor)
+        self.admission = admission if admission is not None else Admission(LimitsConfig(), reactor)
         if portal is None:
             if accounts is None:
                 raise ValueError("POP3Factory needs accounts or a portal")
@@ -115,6 +125,7 @@ class POP3Session(protocol.Protocol):
         self._bad_commands = 0
         self._ip = "unknown"
         self._closed: Deferred[None] | None = None  # fires when the connection is gone, once shut_down asked
+        self._counted = False  # by the factory's Admission, until connectionLost
 
     # connection life cycle
 
@@ -132,12 +143,23 @@ class POP3Session(protocol.Protocol):
                 set_no_delay(True)  # Nagle + small replies = 40 ms per command
             except (OSError, AttributeError, NotImplementedError):
                 pass
+        handle = socket_of(connection)
+        refusal = self.factory.admission.enter(self._ip, handle.fileno() if handle is not None else None)
+        self._counted = True
+        if refusal is not None:
+            log.info("POP3 connection from {ip} refused: {why}", ip=self._ip, why=refusal.value)
+            self.reply(REFUSALS[refusal])
+            self.close()
+            return
         self._reset_idle()
         self.reply(b"+OK " + self.factory.hostname.encode("ascii", "replace") + b" POP3 ready.")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._connected = False
         self.factory.sessions.discard(self)
+        if self._counted:
+            self._counted = False
+            self.factory.admission.leave(self._ip)
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         for waiting in (self._pause, self._line_waiter):

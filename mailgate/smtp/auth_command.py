@@ -1,4 +1,4 @@
-"""SMTP AUTH (RFC 4954): PLAIN and LOGIN exchanges over twisted.cred, throttled per IP.
+"""SMTP AUTH (RFC 4954): PLAIN and LOGIN exchanges over twisted.cred, throttled per IP and account.
 
 The exchange is a coroutine: each challenge goes out through the Channel
 and `channel.read_line()` hands it the client's next line, so the
@@ -40,6 +40,11 @@ MALFORMED = Reply(501, "5.5.2", "Malformed authentication data")
 TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
 TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many authentication failures")
+# An attempt refused unchecked during its penalty (mailgate.limits.auth_throttle). 454, not 535: RFC
+# 4954 6 says a client hearing 454 must not ask its user for another password, and the password may
+# well be right (the owner, after someone else's guesses); 535 would tell the owner it is wrong, and
+# MUAs drop or re-prompt a stored password on 535. The answer is the same whatever the password.
+PENALTY = Reply(454, "4.7.0", "Too many authentication failures, try again later")
 
 
 def auth(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
@@ -75,19 +80,32 @@ async def authenticate(mechanism: str, initial: str, portal: Portal, state: Sess
     except SASLMalformed:
         return MALFORMED
     peer = state.session.peer
+    if not policy.throttle.admit(peer, username, "smtp"):
+        return PENALTY
+    try:
+        user = await checked(portal, username, password, peer, policy)
+    except Exception:
+        log.failure("AUTH check failed for {ip}", ip=peer)
+        return TEMPORARY
+    if user is None:
+        return await failed(username, peer, channel, policy)
+    state.authenticated(user)
+    log.info("{ip}: authenticated as {user}", ip=peer, user=user)
+    return SUCCESS
+
+
+async def checked(portal: Portal, username: str, password: str, peer: str, policy: ListenerPolicy) -> str | None:
+    """The address an admitted attempt logs in as, or None for wrong credentials (counted)."""
     login = cast(ICredentials, UsernamePassword(username.encode("utf-8"), password.encode("utf-8")))  # @implementer
     try:
         _, avatar, _ = await portal.login(login, None, IMailAccount)
     except UnauthorizedLogin:
-        return await failed(username, peer, channel, policy)
-    except Exception:
-        log.failure("AUTH check failed for {ip}", ip=peer)
-        return TEMPORARY
-    policy.throttle.record_success(peer)
-    user = str(avatar)  # mailgate.accounts.cred.AddressRealm: the avatar is the address
-    state.authenticated(user)
-    log.info("{ip}: authenticated as {user}", ip=peer, user=user)
-    return SUCCESS
+        policy.throttle.record_failure(peer, username, "smtp")
+        return None
+    finally:
+        policy.throttle.release(peer, username)
+    policy.throttle.record_success(peer, username)
+    return str(avatar)  # mailgate.accounts.cred.AddressRealm: the avatar is the address
 
 
 async def credentials(mechanism: str, initial: str, channel: Channel) -> tuple[str, str]:
@@ -110,14 +128,12 @@ async def credentials(mechanism: str, initial: str, channel: Channel) -> tuple[s
 
 
 async def failed(username: str, peer: str, channel: Channel, policy: ListenerPolicy) -> Reply | None:
-    """535 after a delay that grows with the IP's recent failures; 421 and the end at the limit."""
+    """535 after a delay that grows with the recent failures of (IP, account); 421 and the end at the limit."""
     throttle = policy.throttle
-    throttle.record_failure(peer)
-    log.warn("{ip}: AUTH failed for {user!r}", ip=peer, user=username[:64])
-    delay = throttle.delay_seconds(peer)
+    delay = throttle.delay_seconds(peer, username)
     if delay:
         await deferLater(policy.clock, delay)
-    if throttle.should_disconnect(peer):
+    if throttle.locked_out(peer, username):
         channel.close(TOO_MANY_FAILURES)
         return None
     return INVALID

@@ -64,10 +64,7 @@ def data(argument: str, state: SessionState, channel: Channel, policy: ListenerP
         return NEED_MAIL
     if not state.envelope.rcpt_to:
         return NO_RECIPIENTS
-    channel.receive_data(DataReader(
-        max_size=policy.config.limits.max_message_size,
-        normalize_bare_newlines=policy.config.security.bare_newline == "normalize",
-    ))
+    channel.receive_data(DataReader(max_size=policy.config.limits.max_message_size))
     return GO_AHEAD
 
 
@@ -150,8 +147,10 @@ def data_refusal(reader: DataReader, bare_newline_policy: str) -> Reply | None:
         return TOO_BIG
     if reader.line_too_long:
         return LINE_TOO_LONG
-    if reader.bare_newline and bare_newline_policy == "reject":
+    # "normalize" (the default, as Postfix 3.9's smtpd_forbid_bare_newline = normalize) takes a bare LF
+    # as a line end; a bare CR or a NUL is refused whatever the policy (SPEC, "Changed defaults").
+    if reader.bare_cr or (reader.bare_lf and bare_newline_policy == "reject"):
         return BARE_NEWLINE
-    if reader.nul_byte and bare_newline_policy == "reject":
+    if reader.nul_byte:
         return NUL
     return None

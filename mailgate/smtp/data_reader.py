@@ -22,16 +22,19 @@ class DataReader:
 
     Only CRLF.CRLF ends the data (RFC 5321 4.1.1.4): `\\n.\\n`, `\\r.\\r` and
     mixtures are ordinary text, so a smuggled second message stays inside
-    the first, where `bare_newline` (reject by default) catches it.
+    the first. A bare LF is a line end like CRLF (stored as one, and a dot
+    after it unstuffed, as smtplib stuffs it); whether a message holding one
+    is taken is the session's policy (`security.bare_newline`). A bare CR
+    and a NUL are kept as they came and flagged: they are never taken.
     """
 
     max_size: int
-    normalize_bare_newlines: bool = False
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0  # octets stored, LF line ends
     lines: int = 0  # LF count
     too_big: bool = False
-    bare_newline: bool = False
+    bare_lf: bool = False
+    bare_cr: bool = False
     nul_byte: bool = False  # NUL is never text (RFC 5321 2.3.8); "\0." could end data downstream
     line_too_long: bool = False
     _carry: bytes = b""
@@ -61,12 +64,8 @@ class DataReader:
         self._after_crlf = block.endswith(b"\r\n")
         self._check_lines(block)
         text = block.replace(b"\r\n", b"\n")
-        if b"\0" in text:
-            self.nul_byte = True
-            text = text.replace(b"\0", b"") if self.normalize_bare_newlines else text
-        if b"\r" in text:
-            self.bare_newline = True
-            text = text.replace(b"\r", b"\n") if self.normalize_bare_newlines else text
+        self.nul_byte = self.nul_byte or b"\0" in text
+        self.bare_cr = self.bare_cr or b"\r" in text
         if text.startswith(b"."):
             text = text[1:]
         text = text.replace(b"\n.", b"\n")
@@ -80,6 +79,6 @@ class DataReader:
 
     def _check_lines(self, block: bytes) -> None:
         if block.count(b"\n") != block.count(b"\r\n"):
-            self.bare_newline = True
+            self.bare_lf = True
         if len(block) > MAX_TEXT_LINE and max(map(len, block.split(b"\n"))) >= MAX_TEXT_LINE:
             self.line_too_long = True

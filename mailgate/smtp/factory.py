@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 
 from mailgate.core.reply import Reply
-from mailgate.limits.rate import RateLimiter
+from mailgate.limits.admission import Refusal
 from mailgate.smtp.policy import ListenerPolicy
 from mailgate.smtp.session import SHUTTING_DOWN, SMTPSession
 
+log = Logger()
+
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address")
 CONNECTING_TOO_FAST = Reply(421, "4.7.0", "Too many connections from your address, slow down")
+SERVER_FULL = Reply(421, "4.3.2", "Too many connections, try again later")
+REFUSALS = {Refusal.PER_IP: TOO_MANY_CONNECTIONS, Refusal.RATE: CONNECTING_TOO_FAST, Refusal.FULL: SERVER_FULL}
 
 
 class SMTPFactory(Factory["SMTPSession"]):
@@ -25,19 +28,18 @@ class SMTPFactory(Factory["SMTPSession"]):
     def __init__(self, policy: ListenerPolicy) -> None:
         self.policy = policy
         self.sessions: set[SMTPSession] = set()
-        self.per_ip: Counter[str] = Counter()
-        self.connection_rate = RateLimiter(policy.config.limits.connection_rate, policy.clock)
         self.stopping = False
 
     def buildProtocol(self, addr: IAddress | None) -> SMTPSession:
         return SMTPSession(self)
 
-    def admission_refusal(self, ip: str) -> Reply | None:
-        """The 421 for a client over its connection limits, or for any client while stopping."""
-        if self.per_ip[ip] > self.policy.config.limits.max_connections_per_ip:
-            return TOO_MANY_CONNECTIONS
-        if self.connection_rate.take(ip):
-            return CONNECTING_TOO_FAST
+    def admission_refusal(self, ip: str, descriptor: int | None) -> Reply | None:
+        """Count the connection with the server's Admission (connectionLost uncounts it); the 421
+        for a client over the connection limits, or for any client while stopping."""
+        refusal = self.policy.admission.enter(ip, descriptor)
+        if refusal is not None:
+            log.info("SMTP connection from {ip} refused: {why}", ip=ip, why=refusal.value)
+            return REFUSALS[refusal]
         if self.stopping:
             return SHUTTING_DOWN
         return None

@@ -13,12 +13,13 @@ from typing import Protocol
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 
-from mailgate.accounts.cred import AuthThrottle
 from mailgate.config import GatewayConfig, ListenConfig
 from mailgate.core.session import Envelope
 from mailgate.hooks.calling import Hooks
 from mailgate.hooks.events import Events
 from mailgate.inbound.transaction import Delivered
+from mailgate.limits.admission import Admission
+from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.store.maildir_writer import StoredMessage
 
 
@@ -45,6 +46,7 @@ class ListenerPolicy:
         tls_options: IOpenSSLContextFactory | None = None,
         portal: Portal | None = None,
         throttle: AuthThrottle | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.config = config
         self.listener = listener
@@ -55,6 +57,8 @@ class ListenerPolicy:
         self.portal = portal  # twisted.cred Portal over the users file; None: no AUTH
         # shared by all listeners, so guessing on one port slows the others; a
         # caller that wires a portal without one still gets a throttle of its own
-        self.throttle = throttle if throttle is not None else AuthThrottle(clock)
+        self.throttle = throttle if throttle is not None else AuthThrottle.from_limits(config.limits, clock)
+        # the server's one admission for every listener (POP3 too); a policy built alone counts alone
+        self.admission = admission if admission is not None else Admission(config.limits, clock)
         self.events = Events(hooks)
 

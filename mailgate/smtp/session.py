@@ -27,7 +27,8 @@ from twisted.python.failure import Failure
 from mailgate.core.reply import Reply
 from mailgate.core.session import Session
 from mailgate.hooks.calling import FAILED, HookFailed
-from mailgate.net.interfaces import Connection, connection_view
+from mailgate.net.flow import SMALL_SEND_BUFFER, FlowControl
+from mailgate.net.interfaces import Connection, connection_view, socket_of
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
 from mailgate.smtp import auth_command, data_command, mail_command, rcpt_command, session_commands, verify_commands
@@ -43,6 +44,9 @@ log = Logger()
 MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
 DATA_PROGRESS_BYTES = 1024  # DATA must advance this much per command_timeout
 BAD_COMMAND_CODES = frozenset((500, 501, 502, 503, 504, 555))
+OUTBOX_FLUSH_BYTES = 16 * 1024  # a long pipelined batch is answered in parts, so backpressure can stop it
+CLOSE_GRACE_SECONDS = 30.0  # a closing connection whose client reads nothing is then aborted
+MAX_UNHANDLED_INPUT = 64 * 1024  # input read but not yet handled; past it, reading pauses
 
 COMMANDS: dict[str, Handler] = {
     "HELO": session_commands.helo,
@@ -81,7 +85,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._policy = factory.policy
         self._clock: IReactorTime = factory.policy.clock
         self.state = SessionState(Session(listener=factory.policy.listener.name))
-        self._buffer = b""
+        self._buffer = b""  # input; _buffer[_offset:] is not yet handled: lines are cut by offset, never re-sliced
+        self._offset = 0
         self._skipping_long_line = False
         self._busy = False  # a command's answer is awaited: read no further command
         self._closing = False
@@ -90,6 +95,9 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._line_waiter: Deferred[str] | None = None  # an AUTH exchange waiting for its next line
         self._processing = False  # _process is on the stack: replies must not re-enter it
         self._outbox: list[bytes] = []  # replies to a batch of pipelined commands, sent together
+        self._outbox_size = 0
+        self._linger: IDelayedCall | None = None  # close()'s deadline for the last replies to leave
+        self._counted = False  # by the server's Admission, until connectionLost
         self._data_deadline: IDelayedCall | None = None  # the DATA phase's own timer (limits.data_timeout)
         self._data_progress = 0  # bytes since the idle timer was last reset in DATA
 
@@ -97,6 +105,7 @@ class SMTPSession(Protocol, TimeoutMixin):
 
     def makeConnection(self, transport: ITransport) -> None:
         self._connection = connection_view(transport)
+        self._flow = FlowControl(self._connection, self._caught_up)
         super().makeConnection(transport)
 
     def connectionMade(self) -> None:
@@ -104,11 +113,13 @@ class SMTPSession(Protocol, TimeoutMixin):
         ip: str = getattr(self._connection.getPeer(), "host", "")
         self.state.session = Session(peer=ip, tls=is_tls(self._connection), listener=policy.listener.name)
         factory.sessions.add(self)
-        factory.per_ip[ip] += 1
+        self._flow.start(send_buffer_bytes=SMALL_SEND_BUFFER)  # replies are short: no megabytes in the kernel
         set_no_delay = getattr(self._connection, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)  # replies are small; Nagle would add 40 ms each
-        refusal = factory.admission_refusal(ip)
+        handle = socket_of(self._connection)
+        refusal = factory.admission_refusal(ip, handle.fileno() if handle is not None else None)
+        self._counted = True
         if refusal is not None:
             return self.close(refusal)
         self.setTimeout(policy.config.limits.command_timeout_seconds)
@@ -132,11 +143,12 @@ class SMTPSession(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
         self._cancel_data_deadline()
-        factory, ip = self.factory, self.state.session.peer
-        factory.sessions.discard(self)
-        factory.per_ip[ip] -= 1
-        if factory.per_ip[ip] <= 0:
-            del factory.per_ip[ip]
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self.factory.sessions.discard(self)
+        if self._counted:
+            self._counted = False
+            self._policy.admission.leave(self.state.session.peer)
         if self._closed is not None:
             self._closed.callback(None)
 
@@ -164,12 +176,13 @@ class SMTPSession(Protocol, TimeoutMixin):
         reader = self._reader
         if reader is not None:
             self._note_data_progress(len(data))
-            if not self._buffer:
+            if len(self._buffer) == self._offset:
                 rest = reader.feed(data)
                 if rest is not None:
                     self._end_data(reader, rest)
                 return
-        self._buffer += data
+        self._buffer = self._buffer[self._offset:] + data if self._offset else self._buffer + data
+        self._offset = 0
         self._process()
 
     def _process(self) -> None:
@@ -186,25 +199,44 @@ class SMTPSession(Protocol, TimeoutMixin):
             self._process_lines()
         finally:
             self._processing = False
+            if self._offset:  # one copy per batch, of what is left
+                self._buffer, self._offset = self._buffer[self._offset :], 0
+            # Input not handled yet (a command waits: the AUTH failure delay, a delivery; or the
+            # client is behind on its replies) is kept up to the bound; the rest waits in the kernel.
+            self._flow.hold_input(len(self._buffer) > MAX_UNHANDLED_INPUT)
             self._flush()
 
+    def _take_input(self) -> bytes:
+        """All the input not yet handled, which leaves the buffer."""
+        data = self._buffer[self._offset :] if self._offset else self._buffer
+        self._buffer, self._offset = b"", 0
+        return data
+
+    def _caught_up(self) -> None:
+        """The client has read its replies (FlowControl): answer what it sent meanwhile."""
+        if len(self._buffer) > self._offset and not self._processing:
+            self._process()
+
     def _process_lines(self) -> None:
-        while not self._closing and (not self._busy or self._line_waiter is not None):
+        flow = self._flow
+        while not self._closing and (not self._busy or self._line_waiter is not None) and not flow.replies_blocked:
             reader = self._reader
             if reader is not None:
-                data, self._buffer = self._buffer, b""
+                data = self._take_input()
                 rest = reader.feed(data) if data else None
                 if rest is None:
                     return
                 self._end_data(reader, rest)
                 continue
-            newline = self._buffer.find(b"\n")
+            buffer, start = self._buffer, self._offset  # handlers may replace both (STARTTLS, DATA)
+            newline = buffer.find(b"\n", start)
             if newline < 0:
-                if len(self._buffer) > MAX_COMMAND_LINE:
-                    self._buffer = b""
+                if len(buffer) - start > MAX_COMMAND_LINE:
+                    self._buffer, self._offset = b"", 0
                     self._skipping_long_line = True
                 return
-            line, self._buffer = self._buffer[:newline].rstrip(b"\r"), self._buffer[newline + 1 :]
+            line = buffer[start:newline].rstrip(b"\r")
+            self._offset = newline + 1
             self.resetTimeout()  # per whole line: a trickled line counts as idle
             if self._skipping_long_line or len(line) + 2 > MAX_COMMAND_LINE:
                 self._skipping_long_line = False
@@ -257,7 +289,7 @@ class SMTPSession(Protocol, TimeoutMixin):
             self._answer(reply)
         if self._closed is not None and not self._closing:
             return self.close(SHUTTING_DOWN)
-        if self._buffer:
+        if len(self._buffer) > self._offset:
             self._process()
 
     # --- DATA ----------------------------------------------------------------
@@ -280,7 +312,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._cancel_data_deadline()
         envelope = self.state.envelope
         self._reader = self.state.envelope = None
-        self._buffer = rest + self._buffer
+        self._buffer = rest + self._take_input()
         assert envelope is not None  # DATA was accepted for it, and no command ran since
         self._wait_for(data_command.finish_message(reader, envelope, self.state.esmtp, self._policy))
 
@@ -293,8 +325,10 @@ class SMTPSession(Protocol, TimeoutMixin):
             state.bad_commands += 1  # Postfix's smtpd_hard_error_limit: a probe or a bot
             if state.bad_commands > self._policy.config.limits.max_bad_commands:
                 return self.close(TOO_MANY_ERRORS)
-        self._outbox.append(reply.wire())
-        if not self._processing:
+        wire = reply.wire()
+        self._outbox.append(wire)
+        self._outbox_size += len(wire)
+        if not self._processing or self._outbox_size > OUTBOX_FLUSH_BYTES:
             self._flush()
 
     def _flush(self) -> None:
@@ -302,7 +336,10 @@ class SMTPSession(Protocol, TimeoutMixin):
         if self._outbox:
             data = b"".join(self._outbox)
             self._outbox.clear()
+            self._outbox_size = 0
             write_through(self._connection, data)
+            if not self._flow.wrote(len(data)):
+                self._closing = True  # aborted: the client has not read a MiB of replies
 
     # --- the Channel, for command handlers (mailgate.smtp.channel) ------------
 
@@ -321,10 +358,13 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._reader = None
         self._answer(reply)
         self._flush()
+        self._flow.stop()  # a registered producer would keep the connection open
         self._connection.loseConnection()
+        if self._linger is None:  # loseConnection waits for the replies to leave; not forever
+            self._linger = self._clock.callLater(CLOSE_GRACE_SECONDS, self._connection.abortConnection)
 
     def start_tls(self, ready: Reply) -> None:
-        self._buffer = b""  # RFC 3207 4.2: nothing pipelined before the handshake counts
+        self._buffer, self._offset = b"", 0  # RFC 3207 4.2: nothing pipelined before the handshake counts
         self._answer(ready)
         self._flush()  # in the clear, before the handshake
         self._connection.startTLS(self._policy.tls_options)

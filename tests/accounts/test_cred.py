@@ -1,4 +1,4 @@
-"""Tests for mailgate.accounts.cred: the cred checker over the users file, the portal and AuthThrottle."""
+"""Tests for mailgate.accounts.cred: the cred checker over the users file and the portal."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailgate.accounts import users_file as users
-from mailgate.accounts.cred import AccountsChecker, AuthThrottle, IMailAccount, build_portal
+from mailgate.accounts.cred import AccountsChecker, IMailAccount, build_portal
 from mailgate.accounts.users_file import Accounts
 
 
@@ -111,49 +110,3 @@ class PortalTests(TestCase):
                 await self._login(b"wrong")
 
         return Deferred.fromCoroutine(check())
-
-
-class ThrottleTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.throttle = AuthThrottle(self.clock, window_seconds=300, disconnect_after=5)
-
-    def test_delay_doubles_and_is_capped(self) -> None:
-        delays = [self.throttle.delay_seconds("192.0.2.1")]
-        for _ in range(6):
-            self.throttle.record_failure("192.0.2.1")
-            delays.append(self.throttle.delay_seconds("192.0.2.1"))
-        self.assertEqual(delays, [0, 1, 2, 4, 8, 8, 8])
-
-    def test_disconnect_after_five_failures(self) -> None:
-        for _ in range(4):
-            self.throttle.record_failure("192.0.2.1")
-        self.assertFalse(self.throttle.should_disconnect("192.0.2.1"))
-        self.throttle.record_failure("192.0.2.1")
-        self.assertTrue(self.throttle.should_disconnect("192.0.2.1"))
-        self.assertFalse(self.throttle.should_disconnect("192.0.2.2"))
-
-    def test_failures_expire_after_the_window(self) -> None:
-        for _ in range(5):
-            self.throttle.record_failure("192.0.2.1")
-            self.clock.advance(10)
-        self.clock.advance(300 - 45)
-        self.assertEqual(self.throttle.failures("192.0.2.1"), 4)
-        self.clock.advance(100)
-        self.assertEqual(self.throttle.failures("192.0.2.1"), 0)
-        self.assertEqual(self.throttle.delay_seconds("192.0.2.1"), 0)
-
-    def test_success_clears(self) -> None:
-        for _ in range(5):
-            self.throttle.record_failure("192.0.2.1")
-        self.throttle.record_success("192.0.2.1")
-        self.assertFalse(self.throttle.should_disconnect("192.0.2.1"))
-        self.assertEqual(self.throttle.delay_seconds("192.0.2.1"), 0)
-
-    def test_memory_is_bounded(self) -> None:
-        """A scan from many addresses can't grow the table without limit."""
-        throttle = AuthThrottle(self.clock, max_tracked_ips=100)
-        for n in range(1000):
-            throttle.record_failure(f"10.0.{n // 256}.{n % 256}")
-        self.assertEqual(throttle.failures("10.0.0.0"), 0)
-        self.assertEqual(throttle.failures("10.0.3.231"), 1)

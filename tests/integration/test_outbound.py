@@ -104,10 +104,11 @@ class DeliveryTests(GatewayTestCase):
         self.assertEqual(self.dns.queries, [])
 
     async def test_bare_newlines_leave_as_crlf(self) -> None:
-        """[security] bare_newline = "normalize": DATA with bare LF and bare CR line ends is
-        relayed as canonical CRLF; not one bare CR or LF reaches the remote server."""
+        """bare_newline = "normalize" (the default): DATA with bare LF line ends and a smuggling
+        sequence (<LF>.<LF> then a command) is relayed as one message in canonical CRLF, dot-stuffed;
+        not one bare CR or LF reaches the remote server, nor a second message."""
         primary = await self.serve(PRIMARY)
-        gateway = await self.start(self.gateway(primary.port, extra='[security]\nbare_newline = "normalize"\n'))
+        gateway = await self.start(self.gateway(primary.port))
         client = RawSMTP(gateway.ports["smtp"])
         try:
             self.assertEqual(client.reply()[0], 220)
@@ -115,20 +116,24 @@ class DeliveryTests(GatewayTestCase):
             self.assertEqual(client.command(f"MAIL FROM:<{ALICE}>".encode())[0], 250)
             self.assertEqual(client.command(f"RCPT TO:<{BOB}>".encode())[0], 250)
             self.assertEqual(client.command(b"DATA")[0], 354)
-            client.sock.sendall(b"Subject: bare\nFrom: alice@example.test\r\n\r\nline one\nline two\r"
-                                b"line three\r\n..stuffed\r\nend\r\n")
+            client.sock.sendall(b"Subject: bare\nFrom: alice@example.test\r\n\r\nline one\nline two\n.\n"
+                                b"MAIL FROM:<evil@x.test>\r\n..stuffed\r\nend\r\n")
             code, text = client.command(b".")
             self.assertEqual(code, 250, text)
             client.command(b"QUIT")
         finally:
             client.close()
         await eventually(lambda: primary.messages, "the MX to receive the message")
-        raw = primary.messages[0]
+        await self.queue_empty()
+        [raw] = primary.messages
         self.assertTrue(no_bare_line_ends(raw), raw)
         [received] = primary.message_bodies()
         self.assertTrue(received.endswith(
-            b"Subject: bare\r\nFrom: alice@example.test\r\n\r\nline one\r\nline two\r\nline three\r\n"
-            b".stuffed\r\nend\r\n"), received)
+            b"Subject: bare\r\nFrom: alice@example.test\r\n\r\nline one\r\nline two\r\n\r\n"
+            b"MAIL FROM:<evil@x.test>\r\n.stuffed\r\nend\r\n"), received)
+        mails = [c for session in primary.sessions for c in session.commands if c.startswith("MAIL")]
+        self.assertEqual(len(mails), 1, mails)
+        self.assertTrue(mails[0].startswith(f"MAIL FROM:<{ALICE}>"), mails)
         self.assertTrue(no_bare_line_ends(primary.sessions[0].data))
 
 

@@ -77,8 +77,8 @@ def test_other_transports_get_a_plain_write() -> None:
     assert transport.value() == b"220 ready\r\n"
 
 
-INTERNALS = ["TLS", "connected", "disconnecting", "_writeDisconnected", "producer", "dataBuffer", "_tempDataLen",
-             "writeSomeData"]
+INTERNALS = ["TLS", "connected", "disconnecting", "_writeDisconnected", "producer", "streamingProducer",
+             "dataBuffer", "_tempDataLen", "writeSomeData"]
 
 
 def without(conn: tcp.Connection, name: str) -> None:

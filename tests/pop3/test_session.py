@@ -15,10 +15,10 @@ from zope.interface import directlyProvides
 
 from mailgate.store import maildir_reader as mailbox
 from mailgate.pop3 import streaming as pop3_stream
-from mailgate.accounts.cred import AuthThrottle
+from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.store.maildir_writer import StoredMessage, deliver_durably
 from mailgate.core.wire import DotStuffer
-from mailgate.pop3.auth_commands import PLAINTEXT_REFUSED, TOO_MANY_FAILURES
+from mailgate.pop3.auth_commands import PENALTY, PLAINTEXT_REFUSED, TOO_MANY_FAILURES
 from mailgate.pop3.session import POP3Factory
 from mailgate.pop3.streaming import MessageSender, TopLimiter
 from tests.support.pop3_session import FakeAccounts, FakeReactor, TLSCapableTransport, message_name, unstuff
@@ -184,16 +184,44 @@ class AuthorizationTests(SessionTestCase):
         self.assertEqual(self.transport.producerState, "producing")
         self.assertEqual(self.transport.value().count(b"+OK\r\n"), 301)
 
-    def test_repeated_failures_disconnect_and_block_the_ip(self) -> None:
+    def test_repeated_failures_disconnect_and_lock_the_account_from_that_address(self) -> None:
         for attempt in range(5):
             self.assertFalse(self.transport.disconnecting, attempt)
-            self.login(password="wrong")
+            self.login(user="bob@example.test", password="wrong")
             self.reactor.advance(8)
         self.assertTrue(self.transport.value().endswith(TOO_MANY_FAILURES + b"\r\n"))
         self.assertTrue(self.transport.disconnecting)
-        protocol, transport = self.connect()  # same IP, new connection: refused even with the right password
-        self.assertIn(b"Too many", self.login(protocol, transport))
+        protocol, transport = self.connect()  # same IP and account, new connection: refused, even the right password
+        self.assertIn(b"Too many", self.login(protocol, transport, user="bob@example.test", password="bobpw"))
         self.assertTrue(transport.disconnecting)
+        protocol, transport = self.connect("192.0.2.99")  # bob from elsewhere
+        self.assertIn(b"+OK Logged in.", self.login(protocol, transport, user="bob@example.test", password="bobpw"))
+
+    def test_attempt_during_the_penalty_is_refused_unchecked(self) -> None:
+        self.login(password="wrong")  # its answer is due in 1 s
+        protocol, transport = self.connect()
+        self.assertEqual(self.login(protocol, transport), b"+OK\r\n" + PENALTY + b"\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertIn(b"+OK Logged in.", self.login(protocol, transport))
+
+    def test_others_behind_the_same_address_still_log_in(self) -> None:
+        """A shared (NAT) address: bad passwords for one account do not lock out another one's owner."""
+        for _ in range(5):
+            self.login(user="bob@example.test", password="wrong")
+            self.reactor.advance(8)
+        protocol, transport = self.connect()  # 192.0.2.7 again
+        self.assertIn(b"+OK Logged in.", self.login(protocol, transport))
+
+    def test_many_failures_from_one_address_lock_it_out(self) -> None:
+        """limits.auth_failures_per_ip: far more than for one account, whatever the accounts tried."""
+        self.factory.throttle = self.protocol._state._throttle = AuthThrottle(self.reactor, failures_per_ip=12)
+        for n in range(12):
+            protocol, transport = self.connect()
+            self.login(protocol, transport, user=f"user{n}@example.test", password="wrong")
+            self.reactor.advance(1)
+        protocol, transport = self.connect()
+        self.assertIn(b"Too many", self.login(protocol, transport))
         protocol, transport = self.connect("192.0.2.99")
         self.assertIn(b"+OK Logged in.", self.login(protocol, transport))
 

@@ -170,6 +170,33 @@ def test_too_many_failures_close_the_session(auth_server: Server, auth_client: C
     assert auth_client.transport.disconnecting
 
 
+def test_attempt_during_the_penalty_is_refused_unchecked(auth_server: Server, auth_client: Client) -> None:
+    """A client that does not wait for its 535 (the answer is delayed) and tries again at once, here in
+    another session from the same address, is refused without its password being checked: the right
+    one gets 454 too. Once the delay has passed, it is checked again."""
+    assert auth_client.send(b"AUTH PLAIN " + plain(password="wrong") + b"\r\n") == []  # 535 due in 1 s
+    auth_client.lose()
+    again = auth_server.connect()
+    again.send(b"EHLO client.test\r\n")
+    assert again.send(b"AUTH PLAIN " + plain() + b"\r\n") == ["454 4.7.0 Too many authentication failures, try "
+                                                              "again later"]
+    assert not again.transport.disconnecting
+    auth_server.clock.advance(1)
+    assert again.send(b"AUTH PLAIN " + plain() + b"\r\n") == [OK]
+
+
+def test_right_password_is_refused_after_the_limit(auth_server: Server, auth_client: Client) -> None:
+    for _ in range(5):
+        auth_client.protocol.dataReceived(b"AUTH PLAIN " + plain(password="wrong") + b"\r\n")
+        auth_server.clock.advance(10)
+    again = auth_server.connect()
+    again.send(b"EHLO client.test\r\n")
+    assert again.send_codes(b"AUTH PLAIN " + plain() + b"\r\n") == [454]
+    other = auth_server.connect(ip="192.0.2.50")  # the owner, from elsewhere
+    other.send(b"EHLO client.test\r\n")
+    assert other.send(b"AUTH PLAIN " + plain() + b"\r\n") == [OK]
+
+
 def test_checker_failure_is_temporary(auth_server: Server, auth_client: Client) -> None:
     portal = auth_server.factory.policy.portal
     portal.login = lambda *args: fail(OSError("users file unreadable"))  # type: ignore[method-assign]

@@ -18,13 +18,14 @@ class Result:
     size: int
     lines: int
     too_big: bool
-    bare_newline: bool
+    bare_lf: bool
+    bare_cr: bool
     line_too_long: bool
 
 
-def read(pieces: list[bytes], max_size: int = BIG, normalize: bool = False) -> Result:
+def read(pieces: list[bytes], max_size: int = BIG) -> Result:
     """Feed `pieces` in order until the reader reports the end; later pieces must not be needed."""
-    reader = DataReader(max_size=max_size, normalize_bare_newlines=normalize)
+    reader = DataReader(max_size=max_size)
     rest = None
     for index, piece in enumerate(pieces):
         rest = reader.feed(piece)
@@ -33,7 +34,7 @@ def read(pieces: list[bytes], max_size: int = BIG, normalize: bool = False) -> R
             break
     return Result(
         b"".join(reader.chunks), rest, reader.size, reader.lines,
-        reader.too_big, reader.bare_newline, reader.line_too_long,
+        reader.too_big, reader.bare_lf, reader.bare_cr, reader.line_too_long,
     )
 
 
@@ -66,7 +67,7 @@ def test_end_marker_and_leftover() -> None:
     result = read([MESSAGE])
     assert result.body == b"Subject: hi\n\nleading dot\n.two dots\n.\nplain\n"
     assert result.rest == b"MAIL FROM:<next@example.test>\r\n"
-    assert not (result.too_big or result.bare_newline or result.line_too_long)
+    assert not (result.too_big or result.bare_lf or result.bare_cr or result.line_too_long)
 
 
 def test_split_at_every_byte_boundary_gives_the_same_result() -> None:
@@ -82,11 +83,11 @@ def test_dot_unstuffing_of_first_line_and_lone_dot_lines() -> None:
 
 def test_empty_message() -> None:
     result = read([b".\r\nQUIT\r\n"])
-    assert result == Result(b"", b"QUIT\r\n", 0, 0, False, False, False)
+    assert result == Result(b"", b"QUIT\r\n", 0, 0, False, False, False, False)
 
 
 def test_empty_message_split() -> None:
-    assert read([b".", b"\r", b"\n"]) == Result(b"", b"", 0, 0, False, False, False)
+    assert read([b".", b"\r", b"\n"]) == Result(b"", b"", 0, 0, False, False, False, False)
 
 
 def test_no_end_yet_returns_none() -> None:
@@ -112,7 +113,7 @@ def test_smuggling_sequences_do_not_end_data(smuggle: bytes) -> None:
     )
     result = assert_split_invariant(data)
     assert result.rest == b""
-    assert result.bare_newline
+    assert result.bare_lf or result.bare_cr
     assert b"MAIL FROM:<evil@x.test>" in result.body
     assert b"evil\n" in result.body
 
@@ -124,24 +125,30 @@ def test_smuggling_sequence_without_any_later_end_keeps_waiting(smuggle: bytes) 
 
 
 def test_clean_message_has_no_bare_newline() -> None:
-    assert not read([b"a\r\nb\r\n.\r\n"]).bare_newline
+    result = read([b"a\r\nb\r\n.\r\n"])
+    assert not (result.bare_lf or result.bare_cr)
 
 
-@pytest.mark.parametrize("bare", [b"a\nb\r\n", b"a\rb\r\n", b"a\r\r\n", b"a\n"])
-def test_bare_newlines_flagged(bare: bytes) -> None:
-    assert read([bare + b"\r\n.\r\n"]).bare_newline
+@pytest.mark.parametrize("bare", [b"a\nb\r\n", b"a\n"])
+def test_bare_lf_flagged(bare: bytes) -> None:
+    result = read([bare + b"\r\n.\r\n"])
+    assert result.bare_lf and not result.bare_cr
 
 
-def test_normalize_converts_bare_lf_and_cr() -> None:
-    result = assert_split_invariant(b"a\nb\rc\r\n.\r\nX", normalize=True)
-    assert result.body == b"a\nb\nc\n"
-    assert result.bare_newline  # still reported; the session's policy decides
-    assert result.lines == 3
-    assert result.size == 6
-    assert result.rest == b"X"
+@pytest.mark.parametrize("bare", [b"a\rb\r\n", b"a\r\r\n"])
+def test_bare_cr_flagged(bare: bytes) -> None:
+    result = read([bare + b"\r\n.\r\n"])
+    assert result.bare_cr and not result.bare_lf
 
 
-def test_without_normalize_bare_cr_is_kept_as_is() -> None:
+def test_bare_lf_is_a_line_end_and_a_dot_after_it_is_unstuffed() -> None:
+    """As smtplib sends bytes with LF line ends: it stuffs a dot that starts an LF-ended line."""
+    result = assert_split_invariant(b"a\n..b\nc\r\n.\r\nX")
+    assert result.body == b"a\n.b\nc\n"
+    assert (result.lines, result.size, result.rest) == (3, 7, b"X")
+
+
+def test_bare_cr_is_kept_as_is() -> None:
     result = read([b"a\rb\r\n.\r\n"])
     assert result.body == b"a\rb\n"
 
@@ -199,11 +206,8 @@ def test_long_line_in_the_last_block() -> None:
     assert result.rest == b""
 
 
-def test_nul_bytes_are_flagged_and_stripped_only_when_normalizing() -> None:
-    strict = DataReader(10**6)
-    assert strict.feed(b"a\r\n\x00.\r\nb\r\n.\r\n") == b""
-    assert strict.nul_byte and b"\x00" in b"".join(strict.chunks)
-    lenient = DataReader(10**6, normalize_bare_newlines=True)
-    assert lenient.feed(b"a\r\n\x00.\r\nb\r\n.\r\n") == b""
-    # Stripped first, "\0." is a dot line like any other: unstuffed, never the end of data.
-    assert lenient.nul_byte and b"".join(lenient.chunks) == b"a\n\nb\n"
+def test_nul_bytes_are_flagged_and_kept() -> None:
+    """Kept, so "\\0." is not a dot line: never the end of data, whatever follows."""
+    reader = DataReader(10**6)
+    assert reader.feed(b"a\r\n\x00.\r\nb\r\n.\r\n") == b""
+    assert reader.nul_byte and b"".join(reader.chunks) == b"a\n\x00.\nb\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import signal
 import socket
 import ssl
@@ -86,14 +87,21 @@ class Gateway:
     def __post_init__(self) -> None:
         self.log_path = self.root / "twistd.log"
 
-    def start(self, preexec_fn: Callable[[], None] | None = None) -> "Gateway":
-        """Start twistd; `preexec_fn` runs in the child before exec: keep it to
-        setrlimit and signal dispositions (it runs after fork, beside no other thread)."""
+    def start(self, preexec_fn: Callable[[], None] | None = None, nofile: int | None = None) -> "Gateway":
+        """Start twistd; `preexec_fn` runs in the child before exec: keep it to setrlimit and signal
+        dispositions (it runs after fork, beside no other thread). With `nofile`, under that soft
+        RLIMIT_NOFILE (this process keeps its own)."""
+        def in_child() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+            if preexec_fn is not None:
+                preexec_fn()
+
         self.process = subprocess.Popen(
             [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log_path),
              "mailgate", "--config", str(self.config)],
             cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            preexec_fn=preexec_fn,  # noqa: PLW1509 - resource limits only, set in the child
+            preexec_fn=in_child if nofile is not None or preexec_fn is not None else None,  # noqa: PLW1509
         )
         wait_for(self._started, STARTUP_DEADLINE_SECONDS, "mailgate to start")
         return self
@@ -113,7 +121,9 @@ class Gateway:
         return "mailgate started" in self.log() and all(_accepts(p) for p in self.ports.values())
 
     def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
+        """The whole log, oldest first: twistd rotates its file at 1 MB (twistd.log.1, .2, ...)."""
+        rotated = sorted(self.root.glob(self.log_path.name + ".*"), key=lambda path: -int(path.suffix[1:]))
+        return "".join(path.read_text() for path in [*rotated, self.log_path] if path.exists())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send `sig` and wait for the process to end; return its exit status."""

@@ -16,11 +16,12 @@ from zope.interface import directlyProvides
 
 from mailgate import hookimpl
 from mailgate.accounts import users_file as users
-from mailgate.accounts.cred import AccountsChecker, AddressRealm, AuthThrottle
+from mailgate.accounts.cred import AccountsChecker, AddressRealm
 from mailgate.builtin import load_plugins
 from mailgate.config import GatewayConfig, parse_config
 from mailgate.core.session import Envelope
 from mailgate.hooks.calling import Hooks
+from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.smtp.factory import SMTPFactory
 from mailgate.smtp.policy import ListenerPolicy
 from mailgate.smtp.session import SMTPSession
@@ -112,7 +113,7 @@ class Server:
         portal = throttle = None
         if auth:  # passwords checked in the reactor thread: nothing to wait for but the Clock
             checker = AccountsChecker(users.Accounts(str(users_file)), lambda f, *a: maybeDeferred(f, *a))
-            portal, throttle = Portal(AddressRealm(), [checker]), AuthThrottle(self.clock)
+            portal, throttle = Portal(AddressRealm(), [checker]), AuthThrottle.from_limits(self.config.limits, self.clock)
         self.factory = SMTPFactory(ListenerPolicy(
             self.config, self.config.listen[0], Hooks(manager, self.clock), self.deliverer, self.clock, tls_options,
             portal=portal, throttle=throttle,
