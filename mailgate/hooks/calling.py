@@ -55,6 +55,7 @@ class Hooks:
         self.timeout_seconds = timeout_seconds
         self._propagate_errors = propagate_errors
         self._told: list[tuple[str, list[HookImpl], dict[str, object]]] = []  # notify()'s, for the next turn
+        self._implementations: dict[str, list[HookImpl]] = {}
 
     def implemented(self, name: str) -> bool:
         """Whether any plugin implements the hook: callers skip building its arguments if not."""
@@ -114,16 +115,36 @@ class Hooks:
         told, self._told = self._told, []
         for name, impls, kwargs in told:
             for impl in impls:
-                d = Deferred.fromCoroutine(self._call(name, impl, kwargs))
-                d.addErrback(self._log_notify_failure, name)
+                self._notify_one(name, impl, kwargs)
+
+    def _notify_one(self, name: str, impl: HookImpl, kwargs: dict[str, object]) -> None:
+        """One plugin told, at once when it answers at once (most event plugins): no coroutine, no
+        Deferred per event; an awaitable answer gets `_call`'s time limit and failure handling."""
+        try:
+            answer = impl.function(*(kwargs[arg] for arg in impl.argnames))
+        except Exception as error:
+            log.failure("plugin {plugin}: {hook} raised", plugin=impl.plugin_name, hook=name)
+            log.error("{hook}: {error}", hook=name, error=HookFailed(name, impl.plugin_name,
+                                                                     f"raised {type(error).__name__}: {error}"))
+            return
+        if isinstance(answer, Deferred) or inspect.isawaitable(answer):
+            work = ensureDeferred(answer if isinstance(answer, Deferred) else _awaited(answer))
+            self._within(work).addErrback(self._log_notify_failure, name)
 
     @staticmethod
     def _log_notify_failure(failure: Failure, name: str) -> None:
         log.error("{hook}: {error}", hook=name, error=failure.getErrorMessage())
 
     def _impls(self, name: str) -> list[HookImpl]:
-        caller: HookCaller = getattr(self.manager.hook, name)
-        return [impl for impl in reversed(caller.get_hookimpls()) if not (impl.hookwrapper or impl.wrapper)]
+        """The hook's plugins, the one asked first first. Read once per hook: every plugin is registered
+        before the manager is handed to Hooks (build_plugin_manager), and a session asks ~14 times
+        a message, which pluggy would answer with a new list each time."""
+        impls = self._implementations.get(name)
+        if impls is None:
+            caller: HookCaller = getattr(self.manager.hook, name)
+            impls = [impl for impl in reversed(caller.get_hookimpls()) if not (impl.hookwrapper or impl.wrapper)]
+            self._implementations[name] = impls
+        return impls
 
     async def _call(self, name: str, impl: HookImpl, kwargs: dict[str, object]) -> Any:
         plugin = impl.plugin_name
@@ -142,7 +163,7 @@ class Hooks:
             raise HookFailed(name, plugin, f"raised {type(error).__name__}: {error}") from error
         return answer
 
-    def _within(self, work: Deferred[Any]) -> Awaitable[Any]:
+    def _within(self, work: Deferred[Any]) -> Deferred[Any]:
         return work.addTimeout(self.timeout_seconds, self._clock)
 
 
