@@ -33,7 +33,7 @@ the two copies never meet in one process. Items run in turn, each on
     10 every TLS 1.2 suite for an RSA key that this OpenSSL knows, offered alone
        after STARTTLS on the SMTP listener: which ones the server accepts.
 
-    PYTHONPATH=. .venv/bin/python -m bench.attacks --before bench-0.1-shim --after HEAD
+    PYTHONPATH=. .venv/bin/python -m bench.attacks --before bc4a67d --after HEAD
     PYTHONPATH=. .venv/bin/python -m bench.attacks --code HEAD                 # one revision
     PYTHONPATH=. .venv/bin/python -m bench.attacks --quick --items 1,10       # does it work? (small sizes)
 """
@@ -636,7 +636,7 @@ ITEMS: dict[str, tuple[str, Callable[..., Figures]]] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.attacks", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--before", help="git revision measured as 'before' (e.g. bench-0.1-shim)")
+    parser.add_argument("--before", help="git revision measured as 'before' (e.g. bc4a67d, the last 0.1 commit)")
     parser.add_argument("--after", help="git revision measured as 'after' (e.g. HEAD)")
     parser.add_argument("--code", help="one revision only (its column is 'after')")
     parser.add_argument("--items", default="1,2,3,4,5,6,7,8,9,10", help="comma-separated item numbers")

@@ -168,6 +168,7 @@ def use_code(which: str, scratch: Path) -> str:
     else:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", which, "mailgate"], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(code)], input=archive.stdout, check=True)
+        shim_flat_layout(code / "mailgate")
         rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", which], capture_output=True, text=True,
                              check=False)
         described = f"git revision {which} ({rev.stdout.strip()})"
@@ -179,6 +180,21 @@ def use_code(which: str, scratch: Path) -> str:
     if not found.startswith(str(code)):
         raise SystemExit(f"the gateways would import mailgate from {found}, not from {code}")
     return described
+
+
+def shim_flat_layout(package: Path) -> None:
+    """Let a 0.1 revision (modules flat in mailgate/, before issue 11) run under this checkout's
+    entry points: twisted/plugins names `mailgate.app.tap`, the console script `mailgate.cli.main`.
+    In the copy only: cli.py becomes the package cli/, and two one-line modules re-export 0.1's
+    names. No code on the message path changes."""
+    if (package / "app" / "tap.py").exists() or not (package / "tap.py").exists():
+        return
+    (package / "app").mkdir()
+    (package / "app" / "__init__.py").write_text('"""bench shim: 0.1 under the 0.2 drop-in"""\n')
+    (package / "app" / "tap.py").write_text("from mailgate.tap import Options, makeService  # noqa: F401\n")
+    (package / "cli").mkdir()
+    (package / "cli.py").rename(package / "cli" / "__init__.py")
+    (package / "cli" / "main.py").write_text("from mailgate.cli import main  # noqa: F401\n")
 
 
 def steal_jiffies() -> tuple[int, int]:
