@@ -20,15 +20,16 @@ def builtin_plugins() -> list[object]:
     - mailgate_mail_from: sender policy (ownership, then rate).
     - mailgate_route: pipe (none), forward rules, lists, webhooks, transport
       table, local mailboxes, relay policy (asked last: the catch-all).
-    - mailgate_message: loop detection (first of all), rspamd (last).
+    - mailgate_message: loop detection (first of all), authentication
+      checks, rspamd (last).
     """
     from mailgate.builtin import (
-        event_webhook, forward, lists, local, loop_detection, pipe, relay_policy, rspamd, sender_policy, transport,
-        webhook,
+        authentication, event_webhook, forward, lists, local, loop_detection, pipe, relay_policy, rspamd,
+        sender_policy, transport, webhook,
     )
 
     return [
-        rspamd.RspamdScanner(), relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(),
+        rspamd.RspamdScanner(), authentication.AuthenticationChecks(), relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(),
         webhook.WebhookGateway(), lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(),
         event_webhook.EventWebhooks(), sender_policy.SenderPolicy(), loop_detection.LoopDetection(),
     ]
