@@ -21,15 +21,15 @@ def builtin_plugins() -> list[object]:
     - mailgate_route: pipe (none), forward rules, lists, webhooks, transport
       table, local mailboxes, relay policy (asked last: the catch-all).
     - mailgate_message: loop detection (first of all), authentication
-      checks, rspamd (last).
+      checks, rspamd, DKIM signing (last: it signs what the others left).
     """
     from mailgate.builtin import (
-        authentication, event_webhook, forward, lists, local, loop_detection, pipe, relay_policy, rspamd,
-        sender_policy, transport, webhook,
+        authentication, dkim_signing, event_webhook, forward, lists, local, loop_detection, pipe, relay_policy,
+        rspamd, sender_policy, transport, webhook,
     )
 
     return [
-        rspamd.RspamdScanner(), authentication.AuthenticationChecks(), relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(),
+        dkim_signing.DKIMSigning(), rspamd.RspamdScanner(), authentication.AuthenticationChecks(), relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(),
         webhook.WebhookGateway(), lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(),
         event_webhook.EventWebhooks(), sender_policy.SenderPolicy(), loop_detection.LoopDetection(),
     ]
