@@ -39,7 +39,7 @@ from mailgate.mailauth.checks import Checker
 from mailgate.mailauth.dmarc import OrganizationalDomains
 from mailgate.mailauth.headers import header_end, without_fields
 from mailgate.mailauth.results import HEADER, claims, our_authserv_id
-from mailgate.net.dns import Lookups, make_resolver
+from mailgate.net.dns import CachingResolver, Lookups, make_resolver
 
 log = Logger()
 
@@ -66,7 +66,7 @@ class AuthenticationChecks:
             log.info("authentication: no network on this reactor (a test clock): checks off")
             return
         timeout = settings.dns_timeout_seconds
-        resolver = make_resolver(config.relay.nameservers, reactor, timeouts=(timeout,))
+        resolver = CachingResolver(make_resolver(config.relay.nameservers, reactor, timeouts=(timeout,)), reactor)
         limit = min(MAX_TIME_LIMIT_SECONDS, TIME_LIMIT_SHARE * config.plugins.timeout_seconds)
         self._checker = Checker(Lookups(resolver, timeout, reactor), settings.checks, OrganizationalDomains(),
                                 in_threads(reactor), limit)

@@ -127,13 +127,17 @@ def _verify_one(verifier: Any, index: int, signature: Signature, keys: dict[str,
     if answer.record is None:
         return result("temperror" if answer.temporary else "permerror", answer.problem)
     try:
-        dkim.evaluate_pk(signature.key_name, answer.record)
-    except (dkim.KeyFormatError, binascii.Error, ValueError) as error:
-        return result("permerror", f"unusable key: {error}")
-    try:
         verified = verifier.verify(index, dnsfunc=lambda name, timeout=0: answer.record)
     except dkim.ValidationError as error:
         return result("fail", str(error))
     except dkim.DKIMException as error:
         return result("permerror", str(error))
-    return result("pass") if verified else result("fail", "signature did not verify")
+    except Exception as error:  # dkimpy on input it did not expect: this signature's error, not the message's
+        return result("permerror", f"unverifiable: {type(error).__name__}: {error}")
+    if verified:
+        return result("pass")
+    try:  # dkimpy answers False for a bad key too: parsed only on this path, so a pass parses it once
+        dkim.evaluate_pk(signature.key_name, answer.record)
+    except (dkim.KeyFormatError, binascii.Error, ValueError) as error:
+        return result("permerror", f"unusable key: {error}")
+    return result("fail", "signature did not verify")

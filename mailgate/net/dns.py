@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from twisted.internet.defer import DeferredList, TimeoutError as DeferredTimeoutError
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError as DeferredTimeoutError, fail, succeed
+from twisted.python.failure import Failure
 from twisted.names import client, dns, hosts, resolve
 from twisted.names.error import DNSNameError
 
@@ -219,6 +220,65 @@ class NoSuchName(Exception):
 
 class LookupFailed(Exception):
     """Timeout, SERVFAIL, REFUSED, a lost server: the answer may differ later (a `temperror`)."""
+
+
+class CachingResolver:
+    """A resolver whose answers are kept for their TTL (at most 5 minutes), "no such name" and "no
+    data" for a minute: a sender's next message costs the checks no query (nor a UDP socket, which
+    twisted.names opens per query). Failures (timeouts, SERVFAIL) are never kept. At most
+    MAX_ENTRIES names; the oldest go first.
+    """
+
+    MAX_TTL_SECONDS = 300.0
+    NEGATIVE_TTL_SECONDS = 60.0
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, resolver: Any, clock: Any) -> None:
+        self._resolver = resolver
+        self._clock = clock
+        self._entries: dict[tuple[str, str], tuple[float, Any]] = {}  # (method, name) -> (expiry, answer or Failure)
+
+    def _lookup(self, method: str, name: str, timeout: Any = None) -> Deferred[Any]:
+        key = (method, name.strip().rstrip(".").lower())
+        kept = self._entries.get(key)
+        if kept is not None and kept[0] > self._clock.seconds():
+            return fail(kept[1]) if isinstance(kept[1], Failure) else succeed(kept[1])
+        asked: Deferred[Any] = getattr(self._resolver, method)(name, timeout=timeout)
+        return asked.addCallbacks(self._keep_answer, self._keep_nxdomain, callbackArgs=(key,), errbackArgs=(key,))
+
+    def _keep_answer(self, answer: Any, key: tuple[str, str]) -> Any:
+        records = answer[0]
+        ttl = min((record.ttl for record in records), default=self.NEGATIVE_TTL_SECONDS)
+        self._keep(key, min(float(ttl), self.MAX_TTL_SECONDS), answer)
+        return answer
+
+    def _keep_nxdomain(self, failure: Failure, key: tuple[str, str]) -> Failure:
+        if failure.check(DNSNameError):
+            self._keep(key, self.NEGATIVE_TTL_SECONDS, failure)
+        return failure
+
+    def _keep(self, key: tuple[str, str], seconds: float, value: Any) -> None:
+        if seconds <= 0:
+            return
+        self._entries.pop(key, None)
+        while len(self._entries) >= self.MAX_ENTRIES:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = (self._clock.seconds() + seconds, value)
+
+    def lookupText(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802 - IResolver's names
+        return self._lookup("lookupText", name, timeout)
+
+    def lookupAddress(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        return self._lookup("lookupAddress", name, timeout)
+
+    def lookupIPV6Address(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        return self._lookup("lookupIPV6Address", name, timeout)
+
+    def lookupMailExchange(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        return self._lookup("lookupMailExchange", name, timeout)
+
+    def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        return self._lookup("lookupPointer", name, timeout)
 
 
 async def lookup(resolver: Any, name: str, record_type: int, timeout_seconds: float, clock: Any) -> list[Any]:

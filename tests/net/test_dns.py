@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailgate.net.dns import (
+    CachingResolver,
     LookupFailed,
     Lookups,
     MXResolver,
@@ -195,3 +197,36 @@ class AuthenticationLookupTests(TestCase):
         self.assertEqual(await lookup_mx(lookups.resolver, "mail.test", 0.3, reactor), ["a.mail.test", "b.mail.test"])
         self.assertEqual(await lookup_addresses(lookups.resolver, "empty.test", False, 0.3, reactor), ["192.0.2.1"])
         self.assertEqual(await lookup_ptr(lookups.resolver, "192.0.2.7", 0.3, reactor), ["host.mail.test"])
+
+
+class CachingResolverTests(TestCase):
+    """The checks' answers kept for their TTL: a second message from a sender asks DNS nothing."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.server = FakeDNSServer(AUTH_ZONE).start()  # TTL 60 s
+        self.addCleanup(self.server.stop)
+        self.server.fail("slow.test", "timeout")
+        self.clock = Clock()
+        self.resolver = CachingResolver(make_resolver([self.server.nameserver], reactor, timeouts=(0.3,)), self.clock)
+
+    def txt(self, name: str) -> Deferred:
+        return Deferred.fromCoroutine(lookup_txt(self.resolver, name, 0.3, reactor))
+
+    def asked(self, name: str) -> int:
+        return sum(1 for asked_name, _ in self.server.queries if asked_name == name)
+
+    async def test_answers_and_nxdomain_are_kept_for_their_ttl_failures_never(self) -> None:
+        for _ in range(3):
+            self.assertEqual(await self.txt("txt.test"), [b"v=spf1 -all", b"x" * 300])
+            with self.assertRaises(NoSuchName):
+                await self.txt("nowhere.test")
+            with self.assertRaises(LookupFailed):
+                await self.txt("slow.test")
+        self.assertEqual((self.asked("txt.test"), self.asked("nowhere.test"), self.asked("slow.test")), (1, 1, 3))
+        self.clock.advance(61)  # the zone's TTL, and the negative one, have passed
+        await self.txt("txt.test")
+        with self.assertRaises(NoSuchName):
+            await self.txt("nowhere.test")
+        self.assertEqual((self.asked("txt.test"), self.asked("nowhere.test")), (2, 2))
