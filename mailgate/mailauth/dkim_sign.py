@@ -3,10 +3,16 @@
 The signature is made of dkimpy's pieces: its message parser, its relaxed
 canonicalization, its header selection and hashing (`dkim.hash_headers`)
 and its folding, exactly as `dkim.DKIM.sign` uses them, so what is hashed
-is what dkimpy's (and every) verifier hashes. Only the private-key
-operation is OpenSSL's (through `cryptography`): dkimpy computes RSA in
-pure Python, 7 ms per 2048-bit signature here with the GIL held (the
-whole server stalls meanwhile), against 0.6 ms in OpenSSL.
+is what dkimpy's (and every) verifier hashes. Two steps are done faster
+here, with the same result:
+
+- the private-key operation is OpenSSL's (through `cryptography`): dkimpy
+  computes RSA in pure Python, 7 ms per 2048-bit signature here with the
+  GIL held (the whole server stalls meanwhile), against 0.6 ms;
+- the body's relaxed canonicalization (`relaxed_body`) replaces only the
+  white space that changes, where dkimpy's rewrites every run of it (each
+  space between two words): 7.6 ms against 1.0 ms for 100 KB of text. A
+  property test holds it byte for byte equal to dkimpy's.
 
 Signing blocks (file reads, hashing, the key operation): callers run it in
 a thread (`Signer.fields` is safe to call from several at once).
@@ -24,12 +30,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import threading
 import time
 from typing import Sequence
 
 import dkim  # type: ignore[import-untyped]  # dkimpy ships no type information
-from dkim.canonicalization import CanonicalizationPolicy  # type: ignore[import-untyped]
+from dkim.canonicalization import (  # type: ignore[import-untyped]
+    CanonicalizationPolicy,
+    correct_empty_body,
+    strip_trailing_lines,
+)
 from twisted.logger import Logger
 
 from mailgate.config import DKIMConfig
@@ -41,6 +52,7 @@ log = Logger()
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 FIELD_NAME = b"DKIM-Signature"
 _PLACEHOLDER = b"0" * 60  # dkimpy's: puts b= on a line of its own before the real value is known
+_WSP_TO_CHANGE = re.compile(rb"[\t ]{2,}|\t")  # a lone space stays as it is
 Stamp = tuple[tuple[str, int, int, int], ...]
 
 
@@ -128,7 +140,7 @@ def sign(message: bytes, keys: Sequence[SigningKey], signed_headers: Sequence[st
     parsed = dkim.DKIM(message)
     present = {bytes(name).decode("ascii", "replace").lower() for name, _ in parsed.headers}
     include = [name.encode("ascii") for name in signed_headers if name in present] + [b"from"]
-    body_hash = base64.b64encode(hashlib.sha256(RELAXED.canonicalize_body(parsed.body)).digest())
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(parsed.body)).digest())
     headers = RELAXED.canonicalize_headers(parsed.headers)
     timestamp = str(int(time.time() if now is None else now)).encode("ascii")
     fields = []
@@ -142,6 +154,17 @@ def sign(message: bytes, keys: Sequence[SigningKey], signed_headers: Sequence[st
         tags[-1] = (b"b", base64.b64encode(key.sign_digest(digest.digest())))
         fields.append(FIELD_NAME + b": " + _folded(tags, b"\r\n"))
     return fields
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 3.4.4 exactly as dkimpy's Relaxed.canonicalize_body computes it: white space before
+    each CRLF removed, every other run of it one space, empty lines at the end removed. Line by line
+    with bytes methods; the regular expression only on lines that have a tab or two spaces."""
+    lines = body.split(b"\r\n")
+    last = lines.pop()  # after the last CRLF: dkimpy strips nothing there, only compresses
+    kept = [line.rstrip(b" \t") for line in lines] + [last]
+    compressed = [_WSP_TO_CHANGE.sub(b" ", line) if b"\t" in line or b"  " in line else line for line in kept]
+    return bytes(correct_empty_body(strip_trailing_lines(b"\r\n".join(compressed))))
 
 
 def _folded(tags: list[tuple[bytes, bytes]], end: bytes = b"") -> bytes:

@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import reactor
@@ -14,7 +16,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import TestCase
 
 from mailgate.config import DKIMConfig
-from mailgate.mailauth.dkim_sign import Signer, sign
+from mailgate.mailauth.dkim_sign import RELAXED, Signer, relaxed_body, sign
 from mailgate.mailauth.dkim_verify import check_dkim, signatures
 from mailgate.mailauth.keys import KeyProblem, key_problems, load_key, write_new_key
 from mailgate.net.dns import Lookups, make_resolver
@@ -108,3 +110,9 @@ class VerificationTests(TestCase):
         self.assertEqual(await self.verdicts(b"DKIM-Signature: v=1; d=example.test; s=s1\r\n" + MESSAGE),
                          [("permerror", "s1")])
         self.assertEqual([s.problem for s in signatures(b"DKIM-Signature: garbage\r\n" + MESSAGE)][0][:9], "malformed")
+
+
+@given(st.lists(st.sampled_from([b" ", b"  ", b"\t", b"a", b"bc", b"\r\n", b"\r", b"\n", b" \r\n"]), max_size=40))
+def test_relaxed_body_is_dkimpys_byte_for_byte(parts: list[bytes]) -> None:
+    body = b"".join(parts)
+    assert relaxed_body(body) == RELAXED.canonicalize_body(body)
