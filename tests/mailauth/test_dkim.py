@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -79,8 +81,9 @@ class VerificationTests(TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.keys = self.mktemp()
-        os.makedirs(self.keys)
+        # Not self.mktemp(): under pytest it writes into the working tree.
+        self.keys = tempfile.mkdtemp(prefix="mailgate-dkim-")
+        self.addCleanup(shutil.rmtree, self.keys, True)
         self.rsa = write_new_key(self.keys, "example.test", "s1", "rsa")
         self.ed = write_new_key(self.keys, "example.test", "e1", "ed25519")
         self.dns = FakeDNSServer({
