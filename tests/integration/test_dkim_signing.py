@@ -1,4 +1,7 @@
-"""DKIM signing end to end: a real twistd signs, a fake MX receives, independent verifiers say pass.
+"""DKIM signing end to end: a real twistd signs, an MX receives, independent verifiers say pass.
+
+The MX is our FakeSMTPServer, or Postfix's smtp-sink (a real SMTP server
+written by others).
 
 Keys are made with `mailgate dkim keygen` and their records published on
 the fake DNS server; the verifiers (Perl's Mail::DKIM for RSA, rspamd for
@@ -20,6 +23,7 @@ from tests.support.dkim_verifiers import NO_MAIL_DKIM, have_mail_dkim, mail_dkim
 from tests.support.gateway import Gateway, eventually
 from tests.support.relay_gateway import ALICE, BOB, PRIMARY, GatewayTestCase, submit, toml_table
 from tests.support.rspamd import NO_RSPAMD, RSPAMD, RspamdServer
+from tests.support.smtp_sink import NO_SMTP_SINK, SMTP_SINK, PostfixSink
 
 MAIL_DKIM = have_mail_dkim()
 PASSWORD = "correct horse"
@@ -104,6 +108,32 @@ class SigningTests(GatewayTestCase):
         self.assertEqual(await rspamd_dkim(rspamd, ed_signed), ["ed.example.test:+"])
         self.assertEqual(await rspamd_dkim(rspamd, ed_signed.replace(b"and the end.", b"tampered")),
                          ["ed.example.test:-"])
+
+    @pytest.mark.skipif(SMTP_SINK is None, reason=NO_SMTP_SINK)
+    @pytest.mark.skipif(not MAIL_DKIM, reason=NO_MAIL_DKIM)
+    @pytest.mark.skipif(RSPAMD is None, reason=NO_RSPAMD)
+    async def test_signatures_verify_as_received_by_postfixs_smtp_sink(self) -> None:
+        """The far end is Postfix's smtp-sink, not our fake: what an independent SMTP server received
+        verifies at Mail::DKIM (RSA) and rspamd (RSA and Ed25519)."""
+        sink = PostfixSink()
+        await sink.start(PRIMARY)
+        self.addCleanup(sink.stop)
+        gateway = self.gateway(sink.port)
+        await self.keygen(gateway, "example.test", "s1")
+        await self.keygen(gateway, "ed.example.test", "e1", "ed25519")
+        await self.start(gateway)
+        submit(gateway, ALICE, [BOB], message(ALICE))
+        submit(gateway, "carol@ed.example.test", [BOB], message("carol@ed.example.test", "ed25519"))
+        await self.queue_empty()  # smtp-sink said 250 to both
+        ed_signed, rsa_signed = sorted(await sink.received(2), key=lambda m: b"@ed.example.test" not in m)
+        self.assertIn(b"X-Client-Proto: ESMTP\r\n", rsa_signed)  # smtp-sink's dump, not our fake's
+        self.assertEqual(await mail_dkim(rsa_signed, self.dns),
+                         [("pass", "example.test", "s1", "rsa-sha256"), ("overall", "pass")])
+        rspamd = RspamdServer(nameserver=self.dns.nameserver)
+        await deferToThread(rspamd.start)
+        self.addCleanup(rspamd.stop)
+        self.assertEqual(await rspamd_dkim(rspamd, rsa_signed), ["example.test:+"])
+        self.assertEqual(await rspamd_dkim(rspamd, ed_signed), ["ed.example.test:+"])
 
     async def test_mail_from_an_unauthenticated_session_is_not_signed(self) -> None:
         """No AUTH, not in relay.allowed_networks: relayed by a forward rule, and never signed,
