@@ -55,6 +55,7 @@ ZONE: dict[str, dict[str, Any]] = {
     "signed.test": {"TXT": ["v=spf1 -all"]},
     "_dmarc.signed.test": {"TXT": ["v=DMARC1; p=reject; adkim=s"]},
     "sel._domainkey.signed.test": {"TXT": [f"v=DKIM1; k=rsa; p={_public(KEY)}"]},
+    "slowdmarc.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},  # its _dmarc never answers (setUp)
 }
 
 
@@ -63,9 +64,9 @@ def body(author: str, extra: str = "") -> bytes:
             "Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <c1@client.test>\r\n\r\nhello\r\n").encode()
 
 
-def signed(author: str) -> bytes:
+def signed(author: str, selector: bytes = b"sel") -> bytes:
     message = body(author)
-    return dkim.sign(message, b"sel", b"signed.test", _pem(KEY), include_headers=[b"from", b"to", b"subject"],
+    return dkim.sign(message, selector, b"signed.test", _pem(KEY), include_headers=[b"from", b"to", b"subject"],
                      canonicalize=(b"relaxed", b"simple")) + message
 
 
@@ -83,6 +84,8 @@ class ChecksTests(GatewayTestCase):
         super().setUp()
         self.dns.records.update(ZONE)
         self.dns.fail("slow.test", "timeout")
+        self.dns.fail("gone._domainkey.signed.test", "timeout")
+        self.dns.fail("_dmarc.slowdmarc.test", "timeout")
 
     async def checked_gateway(self, settings: str = "", extra: str = "") -> Gateway:
         gateway = self.gateway(1, {"allowed_networks": []},
@@ -129,6 +132,23 @@ class ChecksTests(GatewayTestCase):
         self.assertEqual(results, {"spf": "pass", "dkim": [], "dmarc": "pass"})
         results = authentication_results(await self.deliver(gateway, "bob@slow.test", body("x@nospf.test")), AUTHSERV)
         self.assertEqual(results, {"spf": "temperror", "dkim": [], "dmarc": "none"})
+
+    async def test_dkim_and_dmarc_errors_and_none(self) -> None:
+        """The words besides pass and fail, as stored: a key that never answers, a key that is not there,
+        no signature at all, a DMARC policy lookup that never answers."""
+        gateway = await self.checked_gateway()
+        stored = await self.deliver(gateway, "bob@signed.test", signed("bob@signed.test", b"gone"))
+        self.assertIn(b"\tdkim=temperror (", stored)
+        self.assertIn(b"\tdmarc=temperror (p=reject", stored)  # the only aligned result could not complete
+        stored = await self.deliver(gateway, "bob@signed.test", signed("bob@signed.test", b"nokey"))
+        self.assertIn(b"\tdkim=permerror (", stored)
+        self.assertIn(b"header.s=nokey;", stored)
+        self.assertIn(b"\tdmarc=fail (p=reject) header.from=signed.test\n", stored)
+        stored = await self.deliver(gateway, "bob@slowdmarc.test", body("bob@slowdmarc.test"))
+        self.assertEqual(authentication_results(stored, AUTHSERV), {"spf": "pass", "dkim": [], "dmarc": "temperror"})
+        self.assertIn(b"\tspf=pass smtp.mailfrom=bob@slowdmarc.test;\n\tdkim=none;\n\tdmarc=temperror", stored)
+        stored = await self.deliver(gateway, "bob@nospf.test", body("bob@nospf.test"))
+        self.assertEqual(authentication_results(stored, AUTHSERV), {"spf": "none", "dkim": [], "dmarc": "none"})
 
     async def test_a_forged_field_with_our_authserv_id_is_removed(self) -> None:
         gateway = await self.checked_gateway()
