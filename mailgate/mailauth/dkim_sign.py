@@ -11,8 +11,11 @@ here, with the same result:
   GIL held (the whole server stalls meanwhile), against 0.6 ms;
 - the body's relaxed canonicalization (`relaxed_body`) replaces only the
   white space that changes, where dkimpy's rewrites every run of it (each
-  space between two words): 7.6 ms against 1.0 ms for 100 KB of text. A
-  property test holds it byte for byte equal to dkimpy's.
+  space between two words): 7.6 ms against 1.0 ms for 100 KB of text;
+- the message is split into header fields and body (`parse`) without
+  dkimpy's line-by-line split of the body when its lines end with CRLF.
+
+Property tests hold both byte for byte equal to dkimpy's.
 
 Signing blocks (file reads, hashing, the key operation): callers run it in
 a thread (`Signer.fields` is safe to call from several at once).
@@ -137,11 +140,11 @@ def sign(message: bytes, keys: Sequence[SigningKey], signed_headers: Sequence[st
          now: float | None = None) -> list[bytes]:
     """DKIM-Signature fields for `message`, one per key: relaxed/relaxed, SHA-256, `signed_headers` that
     are present, From once more (oversigned: a From added on top breaks the signature, RFC 6376 8.15)."""
-    parsed = dkim.DKIM(message)
-    present = {bytes(name).decode("ascii", "replace").lower() for name, _ in parsed.headers}
+    raw_headers, body = parse(message)
+    present = {bytes(name).decode("ascii", "replace").lower() for name, _ in raw_headers}
     include = [name.encode("ascii") for name in signed_headers if name in present] + [b"from"]
-    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(parsed.body)).digest())
-    headers = RELAXED.canonicalize_headers(parsed.headers)
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+    headers = RELAXED.canonicalize_headers(raw_headers)
     timestamp = str(int(time.time() if now is None else now)).encode("ascii")
     fields = []
     for key in keys:
@@ -154,6 +157,21 @@ def sign(message: bytes, keys: Sequence[SigningKey], signed_headers: Sequence[st
         tags[-1] = (b"b", base64.b64encode(key.sign_digest(digest.digest())))
         fields.append(FIELD_NAME + b": " + _folded(tags, b"\r\n"))
     return fields
+
+
+def parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkimpy's `rfc822_parse(message)`, the same (headers, body), without its regular-expression split
+    of the whole message into lines when every line already ends with CRLF: that split and join gives
+    the body back unchanged, and was half of the time signing a 100 KB message took."""
+    if message.count(b"\n") != message.count(b"\r\n"):
+        return dkim.rfc822_parse(message)  # bare LFs: dkimpy's split makes them CRLF
+    if message.startswith(b"\r\n"):
+        return [], message[2:]
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        return dkim.rfc822_parse(message)  # no body
+    headers, _ = dkim.rfc822_parse(message[:end + 2])
+    return headers, message[end + 4:]
 
 
 def relaxed_body(body: bytes) -> bytes:

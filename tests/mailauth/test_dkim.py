@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import dkim
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import TestCase
 
 from mailgate.config import DKIMConfig
-from mailgate.mailauth.dkim_sign import RELAXED, Signer, relaxed_body, sign
+from mailgate.mailauth.dkim_sign import RELAXED, Signer, parse, relaxed_body, sign
 from mailgate.mailauth.dkim_verify import check_dkim, signatures
 from mailgate.mailauth.keys import KeyProblem, key_problems, load_key, write_new_key
 from mailgate.net.dns import Lookups, make_resolver
@@ -119,3 +120,23 @@ class VerificationTests(TestCase):
 def test_relaxed_body_is_dkimpys_byte_for_byte(parts: list[bytes]) -> None:
     body = b"".join(parts)
     assert relaxed_body(body) == RELAXED.canonicalize_body(body)
+
+
+_HEADER_LINES = st.sampled_from([b"From: a@b.test", b"Subject: x", b" folded", b"\tfolded", b"From someone",
+                                 b"bad line"])
+_BODY_LINES = st.sampled_from([b"", b"", b"body  text ", b"a\rb", b"\r", b".dot", b"Subject: not a field"])
+_ENDS = st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n"])
+
+
+@given(st.lists(st.tuples(_HEADER_LINES, _ENDS), max_size=5), st.booleans(),
+       st.lists(st.tuples(_BODY_LINES, _ENDS), max_size=8))
+def test_parse_is_dkimpys_rfc822_parse(header: list[tuple[bytes, bytes]], blank: bool,
+                                       body: list[tuple[bytes, bytes]]) -> None:
+    message = b"".join(line + end for line, end in [*header, *([(b"", b"\r\n")] if blank else []), *body])
+    try:
+        expected = dkim.rfc822_parse(message)
+    except Exception as error:  # noqa: BLE001 - whatever dkimpy raises, parse raises too
+        with pytest.raises(type(error)):
+            parse(message)
+        return
+    assert parse(message) == expected
