@@ -855,7 +855,9 @@ def all_cells(concs: Iterable[int]) -> list[tuple[str, str, Callable[[Context], 
     cells += [(f"webhook-1k-c{c}", "webhook", webhook_cell(c)) for c in concs if c > 1]
     cells += [("pop3-retr", "pop3", pop3_retr_cell), ("pop3-uidl", "pop3", pop3_uidl_cell),
               ("idle", "idle", idle_cell), ("queue-1k-c10", "queue", queue_cell)]
-    return cells
+    from bench import mailauth  # its cells build on this module's pieces
+
+    return cells + mailauth.cells()
 
 
 def select(cells: list, patterns: list[str]) -> list:
@@ -911,7 +913,7 @@ def machine() -> dict[str, str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--cells", default="", help="comma-separated cell names, groups (smtp, pipelining, "
-                        "multircpt, relay, webhook, pop3, idle, queue) or globs ('smtp-1k-*'); default all")
+                        "multircpt, relay, webhook, pop3, idle, queue, mailauth) or globs ('smtp-1k-*'); default all")
     parser.add_argument("--list", action="store_true", help="list the cells and exit")
     parser.add_argument("--quick", action="store_true", help="tiny N and 1 run per cell: a check, not a figure")
     parser.add_argument("--reps", type=int, help="runs per cell (3)")

@@ -36,8 +36,13 @@ def recipients(to: str, count: int) -> list[str]:
     return [to] + [f"{index}{to}" for index in range(2, count + 1)]
 
 
+FIXED: bytes | None = None  # --message FILE: these bytes (CRLF, dot-stuffed) for every message instead
+
+
 def message(sender: str, rcpts: list[str], size: int, index: int) -> bytes:
     """Headers like smtp-source's, then `size` bytes of 78-byte lines; dot-stuffed, with the final dot."""
+    if FIXED is not None:
+        return FIXED
     header = (
         f"From: <{sender}>\r\nTo: <{rcpts[0]}>\r\nSubject: bench {index}\r\n"
         f"Message-Id: <{time.time_ns()}.{index}@client.test>\r\n\r\n"
@@ -198,7 +203,14 @@ def main() -> None:
     parser.add_argument("--sender", default="bench@client.test")
     parser.add_argument("--to", default="benchuser@example.test")
     parser.add_argument("--helo", default="client.test")
+    parser.add_argument("--message", help="send this file (a whole message) every time, instead of a generated one")
     args = parser.parse_args()
+    if args.message:
+        global FIXED
+        with open(args.message, "rb") as handle:
+            raw = handle.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        FIXED = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in raw.split(b"\r\n"))
+        FIXED = FIXED.removesuffix(b"\r\n") + b"\r\n.\r\n"
     result = asyncio.run(run(args))
     print(json.dumps(result), flush=True)
     sys.exit(0 if result["sent"] == args.n and not result["failed"] else 1)

@@ -150,6 +150,9 @@ class Anchors:
         return "–" if value is None else fmt % value + (" †" if self.pop3_same_run else "")
 
 
+OWN_TABLES = {"mailauth", "error"}  # groups whose tables need neither the targets nor the anchors
+
+
 def summarize(out: Path) -> str:
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     rows = load(out / "mailgate.jsonl")
@@ -193,10 +196,12 @@ def summarize(out: Path) -> str:
         add("- **--quick**: tiny N, one run: a check that the harness works, not a figure")
     add("")
 
-    targets(lines, rows, anchors)
-    smtp_table(lines, rows, anchors)
+    if anchors.same_run or any(r.get("group") not in OWN_TABLES for r in rows):
+        targets(lines, rows, anchors)  # issue 7's targets: noise beside a run of the mail-authentication cells alone
+        smtp_table(lines, rows, anchors)
     detail_table(lines, rows)
     extras_table(lines, rows)
+    mailauth_table(lines, rows)
     pop3_table(lines, rows, anchors)
     idle_table(lines, rows)
     queue_table(lines, rows, meta)
@@ -372,6 +377,34 @@ def extras_table(lines: list[str], rows: list[dict]) -> None:
         "or, for relay and webhook, the far end counted every message and `var/queue/env` was empty.")
     add("- The pipelining cell uses one client (bench/loadgen.py, asyncio) three ways, so only the session pattern "
         "differs; `smtp-source` cannot pipeline (man page, BUGS) and its `-d` sends N/c messages per connection.")
+    add("")
+
+
+def mailauth_table(lines: list[str], rows: list[dict]) -> None:
+    """DKIM signing and the inbound checks beside the same cell without (bench/mailauth.py)."""
+    add = lines.append
+    cells = group([r for r in rows if r.get("group") == "mailauth"], "cell")
+    if not cells:
+        return
+    add("### Mail authentication: DKIM signing and the inbound checks, beside the same load without (issue 13)\n")
+    add("| cell | variant | client | N msgs | runs | delivered msgs/s | server CPU ms/msg | **added CPU ms/msg** | "
+        "peak RSS MiB | other work, % CPU | failed runs |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (cell,), cell_rows in cells.items():
+        variants = group(cell_rows, "variant")
+        base = med(r["server_cpu_ms_per_msg"] for r in next(iter(variants.values())))
+        for (variant,), rs in variants.items():
+            cpu = med(r["server_cpu_ms_per_msg"] for r in rs)
+            added = "" if rs is next(iter(variants.values())) or cpu is None or base is None else f"{cpu - base:+.2f}"
+            add(f"| {cell} | {variant} | {rs[0].get('client')} | {rs[0]['n']} | {len(rs)} | "
+                f"{spread([r['delivered_msgs_s'] for r in rs])} | {spread([r['server_cpu_ms_per_msg'] for r in rs], '%.2f')} | "
+                f"{added} | {max(r['peak_rss_kb'] for r in rs) / 1024:.0f} | {spread([r.get('other_cpu_percent') for r in rs])} | "
+                f"{sum(1 for r in rs if r['failed']) or ''} |")
+    add("")
+    add("- *added*: the variant's median server CPU per message minus the first variant's (unsigned, or checks off), "
+        "same load, a fresh gateway per variant, all started before the first run; the runs take turns "
+        "(A B C, then C B A, ...), so a machine drifting between fast and slow does not favour one variant. "
+        "The local DNS server's CPU (a process of its own) is not the server's.")
     add("")
 
 

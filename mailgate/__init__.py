@@ -1,7 +1,9 @@
 """mailgate: a pluggable mail gateway on Twisted.
 
 The names plugins use live here: `hookimpl` to mark hook implementations,
-the failures a delivery hook raises, and the types hooks receive.
+the failures a delivery hook raises, the types hooks receive, and
+`authentication_results(message, authserv_id)`, the SPF/DKIM/DMARC
+results mailgate recorded in a message.
 """
 
 import pluggy
@@ -11,11 +13,13 @@ from mailgate.core.message_change import MessageChange
 from mailgate.core.reply import Reply
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope, Session
+from mailgate.mailauth.results import authentication_results
 
 __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("mailgate")
 
 __all__ = [
-    "Envelope", "MessageChange", "PermanentFailure", "Reply", "Route", "Session", "TemporaryFailure", "__version__", "hookimpl",
+    "Envelope", "MessageChange", "PermanentFailure", "Reply", "Route", "Session", "TemporaryFailure", "__version__",
+    "authentication_results", "hookimpl",
 ]

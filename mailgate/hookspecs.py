@@ -170,6 +170,24 @@ def mailgate_event(event: dict[str, Any]) -> Maybe:
 
 
 @hookspec(firstresult=True)
+def mailgate_forward_sender(sender: str, recipient: str, route: str) -> Maybe:
+    """Choose the envelope sender of a forwarded copy leaving the server.
+
+    Called at the end of DATA, once the message is accepted and before it
+    is queued, for each recipient reached through `mailgate_forward` (a
+    `[[forward]]` rule, a reversed SRS address, a plugin) whose route goes
+    through the queue (not `local`, `list:` or `discard`), with the
+    message's envelope sender (`""` for the null sender). Return a new
+    envelope sender for that recipient's copy, or None to keep the sender.
+    The first non-None answer wins. Recipients given another sender leave
+    as a queue entry of their own, and its bounces go to that sender. The
+    built-in SRS (`[srs]`) answers for `mx` and `smtp:` routes.
+
+    Added in 0.2.
+    """
+
+
+@hookspec(firstresult=True)
 def mailgate_deliver_inline(route: str, envelope: Envelope, message: bytes) -> Maybe:
     """Deliver while the client waits at the end of DATA, instead of queueing.
 

@@ -59,3 +59,13 @@ def test_every_other_cell(tmp_path: Path) -> None:
     queue = [r for r in records if r["cell"] == "queue-1k-c10"]
     assert {r["queue_size"] for r in queue} == {0, 50}
     assert all(r["queued_after"] == r["queue_size"] for r in queue)
+
+
+def test_the_mail_authentication_cells(tmp_path: Path) -> None:
+    """Signing and the checks, beside the same load without: every variant delivers, none fails its check."""
+    records = run_bench(tmp_path, "--cells", "mailauth", "--n1k", "20", "--n100k", "5")
+    assert not [r for r in records if r["group"] == "error"], records
+    variants = {(r["cell"], r["variant"]) for r in records}
+    assert len(variants) == 8, variants  # 3 + 3 signing variants, 2 checks variants
+    assert all(not r["failed"] and r["delivered_msgs_s"] > 0 for r in records), records
+    assert "Mail authentication: DKIM signing and the inbound checks" in (tmp_path / "summary.md").read_text()

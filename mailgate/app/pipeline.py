@@ -21,6 +21,7 @@ from mailgate.core.route import host_port
 from mailgate.hooks.calling import Hooks
 from mailgate.hooks.events import Events
 from mailgate.inbound.transaction import Deliverer
+from mailgate.mailauth.dkim_sign import Signer
 from mailgate.net.dns import OUTBOUND_DNS_TIMEOUTS, MXResolver, make_resolver
 from mailgate.net.dnssec import SecureResolver
 from mailgate.net.tls_client import TrustRoots
@@ -66,8 +67,9 @@ def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
         tls_policy=tls_policy(config, resolver, reactor, run_blocking),
     )
     policy = RetryPolicy.from_config(relay)
+    signer = Signer(config.dkim)  # DSNs are signed with server.hostname's keys (SPEC: "every DSN mailgate writes")
     bounces = BounceSender(hostname, policy.max_queue_seconds, spooler.store.message_path, run_blocking,
-                           deliverer.inject)
+                           deliverer.inject, sign=lambda report: signer.fields(report, domain=hostname))
     scheduler = Scheduler(
         spooler, {scheme: smtp for scheme in SCHEMES},
         HookTransport(hooks, lambda job: run_blocking(read_wire_form, job.message_path)), bounces, policy,

@@ -17,6 +17,7 @@ from pluggy import PluginManager
 
 from mailgate.builtin import load_plugins
 from mailgate.config import ConfigError, GatewayConfig
+from mailgate.mailauth.keys import key_problems
 from mailgate.net.tls import TLSLoadError, ensure_certificate, server_tls_options
 from mailgate.store.durable import Owner, make_directories
 
@@ -34,7 +35,7 @@ def check(config: GatewayConfig, plugins_relative_to: str | None = None) -> list
     if plugins_relative_to is not None:
         paths = tuple(os.path.join(plugins_relative_to, path) for path in config.plugins.paths)
         config = replace(config, plugins=replace(config.plugins, paths=paths))
-    return plugin_problems(config) + file_problems(config)
+    return plugin_problems(config) + file_problems(config) + dkim_problems(config)
 
 
 def plugin_problems(config: GatewayConfig) -> list[str]:
@@ -173,9 +174,22 @@ def load_tls(config: GatewayConfig) -> object:
         raise ConfigError([f"tls.{error.which}: {error}"]) from None
 
 
+def dkim_problems(config: GatewayConfig) -> list[str]:
+    """Every DKIM key file under `dkim.keys_dir` that cannot be read or used, naming the file.
+
+    A missing keys_dir, or a domain without keys, is no problem: that mail
+    is not signed. A `<selector>.pem` that is there but unusable is one:
+    mail from its domain would go out unsigned, or signed with the other
+    selector only, without anyone noticing.
+    """
+    if config.dkim.sign == "off":
+        return []
+    return key_problems(config.dkim.keys_dir)
+
+
 def access_problems(config: GatewayConfig) -> list[str]:
-    """What this process (the user twistd switched to) cannot write or read but must."""
-    problems = []
+    """What this process (the user twistd switched to) cannot write or read but must (DKIM keys too)."""
+    problems = dkim_problems(config)
     for key, directory in (("server.state_dir", queue_directory(config)),
                            ("store.maildir_root", config.store.maildir_root)):
         for path in [directory, *_subdirectories(directory)]:

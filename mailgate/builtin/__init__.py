@@ -18,19 +18,25 @@ def builtin_plugins() -> list[object]:
     detection is). The order, as asked at each hook (docs/plugins.md):
 
     - mailgate_mail_from: sender policy (ownership, then rate).
-    - mailgate_route: pipe (none), forward rules, lists, webhooks, transport
-      table, local mailboxes, relay policy (asked last: the catch-all).
-    - mailgate_message: loop detection (first of all), rspamd (last).
+    - mailgate_forward: SRS (a valid SRS address to the address inside),
+      forward rules.
+    - mailgate_route: SRS (forged or expired SRS addresses refused), pipe
+      (none), forward rules, lists, webhooks, transport table, local
+      mailboxes, relay policy (asked last: the catch-all).
+    - mailgate_message: loop detection (first of all), authentication
+      checks, rspamd, DKIM signing (last: it signs what the others left).
+    - mailgate_forward_sender: SRS.
     """
     from mailgate.builtin import (
-        event_webhook, forward, lists, local, loop_detection, pipe, relay_policy, rspamd, sender_policy, transport,
-        webhook,
+        authentication, dkim_signing, event_webhook, forward, lists, local, loop_detection, pipe, relay_policy, rspamd,
+        sender_policy, srs, transport, webhook,
     )
 
     return [
-        rspamd.RspamdScanner(), relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(),
-        webhook.WebhookGateway(), lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(),
-        event_webhook.EventWebhooks(), sender_policy.SenderPolicy(), loop_detection.LoopDetection(),
+        dkim_signing.DKIMSigning(), rspamd.RspamdScanner(), authentication.AuthenticationChecks(),
+        relay_policy.RelayPolicy(), local.LocalMailboxes(), transport.TransportTable(), webhook.WebhookGateway(),
+        lists.MailingLists(), forward.ForwardRules(), pipe.PipeGateway(), srs.SRS(), event_webhook.EventWebhooks(),
+        sender_policy.SenderPolicy(), loop_detection.LoopDetection(),
     ]
 
 

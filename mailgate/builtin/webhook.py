@@ -17,6 +17,7 @@ from mailgate.core.errors import DeliveryError, PermanentFailure, TemporaryFailu
 from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
 from mailgate.builtin.http_post import Answer, exchange, pooled_client, reactor_or_global, within
 from mailgate.builtin.webhook_payload import delivery_id, json_body, signature_headers
+from mailgate.mailauth.results import our_authserv_id
 
 log = Logger()
 
@@ -43,10 +44,12 @@ class WebhookGateway:
         self._http = http
         self._pool: HTTPConnectionPool | None = None
         self._webhooks: dict[str, WebhookConfig] = {}
+        self._authserv_id: str | None = None  # whose Authentication-Results the JSON reads; None: checks off
 
     @hookimpl
     def mailgate_configure(self, config: GatewayConfig) -> None:
         self._webhooks = {webhook.name: webhook for webhook in config.webhook}
+        self._authserv_id = our_authserv_id(config) if config.authentication.checks else None
         if not self._webhooks:
             return
         self._reactor = reactor_or_global(self._reactor)
@@ -143,8 +146,9 @@ class WebhookGateway:
     async def _json_body(self, message: bytes, envelope: Envelope, delivery: str) -> bytes:
         pool = getattr(self._reactor, "getThreadPool", None)
         if len(message) < BUILD_IN_THREAD_BYTES or pool is None:
-            return json_body(message, envelope, delivery)
-        return await deferToThreadPool(self._reactor, pool(), json_body, message, envelope, delivery)
+            return json_body(message, envelope, delivery, self._authserv_id)
+        return await deferToThreadPool(self._reactor, pool(), json_body, message, envelope, delivery,
+                                       self._authserv_id)
 
 
 def _verdict(webhook: WebhookConfig, delivery: str, answer: Answer) -> bool:

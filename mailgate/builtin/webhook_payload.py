@@ -24,6 +24,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar, cast
 
 from mailgate.core.session import Envelope
+from mailgate.mailauth.results import authentication_results
 
 SECRET_PREFIX = "whsec_"
 ID_PREFIX = "msg_"
@@ -80,8 +81,15 @@ def signature_headers(delivery: str, timestamp: int, body: bytes, secrets: Seque
 # --- JSON body ---------------------------------------------------------------
 
 
-def json_body(message: bytes, envelope: Envelope, delivery: str) -> bytes:
-    """The JSON document of SPEC.md "Webhook wire format", UTF-8 encoded."""
+def json_body(message: bytes, envelope: Envelope, delivery: str, authserv_id: str | None = None) -> bytes:
+    """The JSON document of SPEC.md "Webhook wire format", UTF-8 encoded.
+
+    `authentication` is read back from the message's Authentication-Results
+    field naming `authserv_id` (ours, added at the end of DATA: the results
+    travel in the stored message, through the queue and restarts); null
+    when `authserv_id` is None (the checks are off) or there is no such
+    field (the client had authenticated).
+    """
     parsed = _attempt(lambda: message_from_bytes(message, policy=policy.default), None)
     if parsed is None:  # not seen in practice; the parser is very forgiving
         parsed = EmailMessage()
@@ -102,6 +110,7 @@ def json_body(message: bytes, envelope: Envelope, delivery: str) -> bytes:
         "attachments": [
             _attachment(part) for part in _attempt(lambda: list(_leaves(parsed, (text_part, html_part))), [])
         ],
+        "authentication": authentication_results(message, authserv_id) if authserv_id else None,
     }
     # "replace": a lone surrogate that slipped through must not stop the POST.
     return json.dumps(document, ensure_ascii=False, indent=None).encode("utf-8", "replace")

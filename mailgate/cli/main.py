@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from mailgate import __version__
 from mailgate.accounts import users_file as users
 from mailgate.app import preflight
+from mailgate.cli.dkim import add_dkim_commands
 from mailgate.cli.queue import CommandError, add_queue_commands
 from mailgate.config import ConfigError, GatewayConfig, load_config
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_user_commands(commands, common)
     _add_check_config_command(commands, common)
     add_queue_commands(commands, common)
+    add_dkim_commands(commands, common)
     return parser
 
 

@@ -216,6 +216,7 @@ def address(value: Any) -> str:
 
 
 module_name = _matching(_MODULE, "a module name")
+header_name = _matching(re.compile(r"[!-9;-~]+"), "a header field name", str.lower)  # RFC 5322 3.6.8 ftext
 pipe_name = _matching(re.compile(r"[\w.-]+"), "a pipe name (letters, digits, _ . -)")
 # A name that is also a directory name: no "/", "..", hidden or empty names.
 directory_name = _matching(re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}"),

@@ -162,6 +162,38 @@ class RspamdConfig:
     timeout_seconds: float = 5.0
 
 
+# Header fields signed when present (RFC 6376 5.4.1's list); From always, and once more (oversigned).
+DKIM_SIGNED_HEADERS = (
+    "from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc", "in-reply-to", "references",
+    "mime-version", "content-type", "content-transfer-encoding", "content-id", "content-description",
+    "resent-date", "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-message-id",
+    "list-id", "list-help", "list-unsubscribe", "list-unsubscribe-post", "list-subscribe", "list-post",
+    "list-owner", "list-archive",
+)
+AUTHENTICATION_CHECKS = ("spf", "dkim", "dmarc")
+
+
+@dataclass(frozen=True)
+class DKIMConfig:
+    keys_dir: str = "var/dkim"  # <keys_dir>/<domain>/<selector>.pem
+    sign: str = "authenticated"  # authenticated | off
+    headers: tuple[str, ...] = DKIM_SIGNED_HEADERS  # lower-cased; "from" always among them
+
+
+@dataclass(frozen=True)
+class AuthenticationConfig:
+    checks: tuple[str, ...] = AUTHENTICATION_CHECKS  # () = off
+    dns_timeout_seconds: float = 5.0  # per lookup; then temperror
+    authserv_id: str = ""  # "" = server.hostname (mailgate.mailauth.results.our_authserv_id)
+    dmarc: str = "report"  # report | enforce
+
+
+@dataclass(frozen=True)
+class SRSConfig:
+    secret: str = ""  # "" = no SRS
+    domain: str = ""  # "" = server.hostname
+
+
 @dataclass(frozen=True)
 class PipeConfig:
     name: str
@@ -207,6 +239,9 @@ class GatewayConfig:
     webhook: tuple[WebhookConfig, ...] = ()
     event_webhook: tuple[EventWebhookConfig, ...] = ()
     rspamd: RspamdConfig = RspamdConfig()
+    dkim: DKIMConfig = DKIMConfig()
+    authentication: AuthenticationConfig = AuthenticationConfig()
+    srs: SRSConfig = SRSConfig()
     pipe: Mapping[str, PipeConfig] = field(default_factory=lambda: MappingProxyType({}))
     limits: LimitsConfig = LimitsConfig()
     plugins: PluginsConfig = PluginsConfig()

@@ -1,7 +1,9 @@
 """The end of DATA as plugins see it: each `mailgate_message` plugin in turn, its changes applied.
 
 Plugins are asked in order, each with the message as the ones before it
-left it; a refusal ends the asking. What a plugin changes is checked as
+left it (the fields they added on top included: a plugin asked after the
+authentication checks reads their Authentication-Results field); a
+refusal ends the asking. What a plugin changes is checked as
 DATA itself is checked (size, line length, line ends, NUL), because a
 plugin must not be a way to store what a client could not send. Nothing
 here runs, and the message is never joined into one bytes object, when no
@@ -40,7 +42,8 @@ async def run_message_hooks(hooks: Hooks, envelope: Envelope, message: bytes, ma
     """Ask every plugin; a refusal, or what they changed (a plugin's mistake raises HookFailed)."""
     changed = Changed(message)
     for plugin, ask in hooks.plugins(HOOK):
-        answer = await ask(session=envelope.session, envelope=envelope, message=changed.message)
+        seen = b"".join(changed.headers) + changed.message if changed.headers else changed.message
+        answer = await ask(session=envelope.session, envelope=envelope, message=seen)
         if answer is None:
             continue
         if not isinstance(answer, MessageChange):
@@ -55,6 +58,7 @@ def _apply(plugin: str, change: MessageChange, changed: Changed, envelope: Envel
         if problem:
             raise failed(HOOK, plugin, f"replacement message refused: {problem}")
         changed.message, changed.replaced = change.message, True
+        changed.headers = []  # the plugin saw them on top: its message holds what it kept of them
     for name, value in change.headers:
         changed.headers.append(_field(plugin, name, value))
     for recipient, text in change.routes.items():

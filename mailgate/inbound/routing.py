@@ -92,8 +92,14 @@ async def accept_recipient(hooks: Hooks, envelope: Envelope, recipient: str) -> 
         return resolved
     if recipient not in envelope.rcpt_to:
         envelope.rcpt_to.append(recipient)
-        envelope.routes.update(resolved)
+        add_routes(envelope, recipient, resolved)
     return Reply(250, "2.1.5", "Ok")
+
+
+def add_routes(envelope: Envelope, recipient: str, resolved: Resolved) -> None:
+    """Record where `recipient` goes; every address but itself was reached through a forward."""
+    envelope.routes.update(resolved)
+    envelope.forwarded.update(address for address, _ in resolved if address != recipient)
 
 
 async def expand_list(hooks: Hooks, address: str) -> list[str]:

@@ -22,18 +22,21 @@ from typing import Protocol, Sequence
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
+from mailgate.core.addresses import AddressError, normalize_mailbox
 from mailgate.core.errors import TemporaryFailure
 from mailgate.core.lists import bounce_address, list_id
 from mailgate.core.reply import Reply
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope
 from mailgate.core.trace import trace_header
-from mailgate.hooks.calling import Hooks
-from mailgate.inbound.routing import expand_list, resolve, route_recipient
+from mailgate.hooks.calling import HookFailed, Hooks
+from mailgate.inbound.routing import add_routes, expand_list, resolve
 from mailgate.outbound.spooler import NewEntry
 from mailgate.store.maildir_writer import StoredMessage
 
 log = Logger()
+
+SENDER_HOOK = "mailgate_forward_sender"
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class Deliverer:
         the caller's `delivered` events; the queue tells of the rest.
         """
         original, lists = split_routes(Part(queue_id, envelope, message), envelope.routes)
-        parts = [original]
+        parts = [original, *await self._resent(original)]
         for index, list_address in enumerate(lists):
             copy = await self._list_copy(list_address, envelope, message, f"{queue_id}L{index}")
             if copy is not None:
@@ -105,15 +108,54 @@ class Deliverer:
                 for part in parts for recipient, route in (*part.local, *part.inline)]
 
     async def inject(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
-        """Deliver a message mailgate wrote itself (a bounce): routed like any other."""
+        """Deliver a message mailgate wrote itself (a bounce): routed like any other, forwards
+        (and SRS addresses, which reverse as forwards) included."""
         for recipient in envelope.rcpt_to:
-            route = await route_recipient(self._hooks, recipient, envelope)
-            if isinstance(route, Reply):
-                log.warn("{id}: cannot deliver to {rcpt}: {reply}", id=queue_id, rcpt=recipient, reply=route)
+            resolved = await resolve(self._hooks, recipient, envelope)
+            if isinstance(resolved, Reply):
+                log.warn("{id}: cannot deliver to {rcpt}: {reply}", id=queue_id, rcpt=recipient, reply=resolved)
                 continue
-            envelope.routes[recipient] = route
+            add_routes(envelope, recipient, resolved)
         if envelope.routes:  # queued, never inline: nobody waits on a bounce's reply
             await self.deliver(envelope, message, queue_id, inline=False)
+
+    async def _resent(self, part: Part) -> list[Part]:
+        """Forwarded recipients whose copy leaves with another envelope sender (SRS, through
+        `mailgate_forward_sender`): taken out of `part`, one queue entry per new sender."""
+        forwarded = part.envelope.forwarded
+        if not forwarded or not self._hooks.implemented(SENDER_HOOK):
+            return []
+        by_sender: dict[str, list[tuple[str, Route]]] = {}
+        kept = []
+        for recipient, route in part.queued:
+            sender = await self._new_sender(part.envelope.mail_from, recipient, route) if recipient in forwarded \
+                else None
+            if sender is None or sender == part.envelope.mail_from:
+                kept.append((recipient, route))
+            else:
+                by_sender.setdefault(sender, []).append((recipient, route))
+        part.queued = kept
+        copies = []
+        for index, (sender, recipients) in enumerate(by_sender.items()):
+            envelope = replace(part.envelope, mail_from=sender, rcpt_to=[r for r, _ in recipients],
+                               routes=dict(recipients), forwarded={r for r, _ in recipients})
+            copies.append(Part(f"{part.queue_id}F{index}", envelope, part.message, queued=recipients))
+        return copies
+
+    async def _new_sender(self, sender: str, recipient: str, route: Route) -> str | None:
+        try:
+            answer = await self._hooks.first(SENDER_HOOK, sender=sender, recipient=recipient, route=route)
+        except HookFailed as error:
+            raise TemporaryFailure("Temporary failure, try again later", reason=str(error)) from None
+        if answer is None:
+            return None
+        try:
+            normalize_mailbox(str(answer))  # checked as MAIL FROM would be; kept as spelt (SRS0=...)
+            return str(answer)
+        except AddressError as error:
+            reason = f"{SENDER_HOOK} answered {answer!r:.60}, not an address ({error}); failing closed"
+            log.error("{reason}", reason=reason)
+            raise TemporaryFailure("Temporary failure, try again later", reason=reason) from None
 
     async def _list_copy(self, list_address: str, envelope: Envelope, message: StoredMessage,
                          queue_id: str) -> Part | None:

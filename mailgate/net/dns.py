@@ -1,9 +1,13 @@
-"""MX and address resolution for outbound mail, with SMTP-style errors.
+"""DNS lookups through twisted.names, with errors each caller can act on.
 
 Relaying needs two answers from DNS: which hosts accept mail for a domain
 (RFC 5321 section 5.1) and which addresses those hosts have. Failures are
 turned into DeliveryErrors here, so the relay can hand a per-recipient SMTP
 code to the queue without knowing anything about DNS.
+
+Mail authentication (SPF, DKIM keys, DMARC policies) needs TXT, A/AAAA, MX
+and PTR answers with "no such name" told apart from "try again later", and
+every query bounded by a timeout: `lookup` and the helpers after it.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ import ipaddress
 import random
 import socket
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
-from twisted.internet.defer import DeferredList, DeferredSemaphore, TimeoutError as DeferredTimeoutError
+from twisted.internet.defer import (
+    Deferred, DeferredList, DeferredSemaphore, TimeoutError as DeferredTimeoutError, fail, succeed,
+)
+from twisted.python.failure import Failure
 from twisted.names import client, dns, hosts, resolve
 from twisted.names.error import DNSNameError
 
@@ -212,3 +220,151 @@ def _addresses(answers: list[dns.RRHeader]) -> list[str]:
         elif answer.type == dns.AAAA:
             found.append(socket.inet_ntop(socket.AF_INET6, cast(dns.Record_AAAA, answer.payload).address))
     return found
+
+
+# --- lookups for mail authentication (SPF, DKIM keys, DMARC) ------------------------------
+
+MAX_CNAME_CHAIN = 8  # a resolver that does not chase CNAMEs is followed this far
+_LOOKUPS = {dns.TXT: "lookupText", dns.A: "lookupAddress", dns.AAAA: "lookupIPV6Address",
+            dns.MX: "lookupMailExchange", dns.PTR: "lookupPointer"}
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """How to ask DNS: a twisted.names resolver, the timeout per query, the clock that times it."""
+
+    resolver: Any
+    timeout_seconds: float
+    clock: Any
+
+
+class NoSuchName(Exception):
+    """NXDOMAIN: the name does not exist (SPF counts it as a void lookup)."""
+
+
+class LookupFailed(Exception):
+    """Timeout, SERVFAIL, REFUSED, a lost server: the answer may differ later (a `temperror`)."""
+
+
+class CachingResolver:
+    """A resolver whose answers are kept for their TTL (at most 5 minutes), "no such name" and "no
+    data" for a minute: a sender's next message costs the checks no query (nor a UDP socket, which
+    twisted.names opens per query). Failures (timeouts, SERVFAIL) are never kept. At most
+    MAX_ENTRIES names; the oldest go first.
+    """
+
+    MAX_TTL_SECONDS = 300.0
+    NEGATIVE_TTL_SECONDS = 60.0
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, resolver: Any, clock: Any) -> None:
+        self._resolver = resolver
+        self._clock = clock
+        self._entries: dict[tuple[str, str], tuple[float, Any]] = {}  # (method, name) -> (expiry, answer or Failure)
+
+    def _lookup(self, method: str, name: str, timeout: Any = None) -> Deferred[Any]:
+        key = (method, name.strip().rstrip(".").lower())
+        kept = self._entries.get(key)
+        if kept is not None and kept[0] > self._clock.seconds():
+            return fail(kept[1]) if isinstance(kept[1], Failure) else succeed(kept[1])
+        asked: Deferred[Any] = getattr(self._resolver, method)(name, timeout=timeout)
+        return asked.addCallbacks(self._keep_answer, self._keep_nxdomain, callbackArgs=(key,), errbackArgs=(key,))
+
+    def _keep_answer(self, answer: Any, key: tuple[str, str]) -> Any:
+        records = answer[0]
+        ttl = min((record.ttl for record in records), default=self.NEGATIVE_TTL_SECONDS)
+        self._keep(key, min(float(ttl), self.MAX_TTL_SECONDS), answer)
+        return answer
+
+    def _keep_nxdomain(self, failure: Failure, key: tuple[str, str]) -> Failure:
+        if failure.check(DNSNameError):
+            self._keep(key, self.NEGATIVE_TTL_SECONDS, failure)
+        return failure
+
+    def _keep(self, key: tuple[str, str], seconds: float, value: Any) -> None:
+        if seconds <= 0:
+            return
+        self._entries.pop(key, None)
+        while len(self._entries) >= self.MAX_ENTRIES:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = (self._clock.seconds() + seconds, value)
+
+    def lookupText(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802 - IResolver's names
+        return self._lookup("lookupText", name, timeout)
+
+    def lookupAddress(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        return self._lookup("lookupAddress", name, timeout)
+
+    def lookupIPV6Address(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        return self._lookup("lookupIPV6Address", name, timeout)
+
+    def lookupMailExchange(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        return self._lookup("lookupMailExchange", name, timeout)
+
+    def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        return self._lookup("lookupPointer", name, timeout)
+
+
+async def lookup(resolver: Any, name: str, record_type: int, timeout_seconds: float, clock: Any) -> list[Any]:
+    """The payloads of `record_type` records at `name`, CNAMEs followed; [] when the name has none.
+
+    Raises NoSuchName or LookupFailed, and never takes longer than
+    `timeout_seconds` per query: the resolver's own timer (one attempt of
+    that length) fires first, a Deferred timeout on `clock` bounds the rest
+    (a TCP retry after truncation, a resolver chain), so a server that never
+    answers costs one timeout, never a stalled session.
+    """
+    target = name.strip().rstrip(".").lower()
+    for _hop in range(MAX_CNAME_CHAIN):
+        answers = await _query(resolver, target, record_type, timeout_seconds, clock)
+        found = [answer.payload for answer in answers if answer.type == record_type]
+        if found:
+            return found
+        aliases = [answer.payload for answer in answers if answer.type == dns.CNAME and _name(answer.name) == target]
+        if not aliases:
+            return []
+        target = _name(aliases[0].name)
+    raise LookupFailed(f"CNAME chain longer than {MAX_CNAME_CHAIN} at {name}")
+
+
+async def _query(resolver: Any, name: str, record_type: int, timeout_seconds: float, clock: Any) -> list[Any]:
+    method = getattr(resolver, _LOOKUPS[record_type])
+    asked = method(name, timeout=(timeout_seconds,))
+    asked.addTimeout(timeout_seconds, clock)
+    try:
+        answers, _authority, _additional = await asked
+    except DNSNameError:
+        raise NoSuchName(name) from None
+    except DeferredTimeoutError:
+        raise LookupFailed(f"no answer for {name} within {timeout_seconds:g} s") from None
+    except Exception as error:  # SERVFAIL, REFUSED, a format error, a network error
+        raise LookupFailed(f"{name}: {type(error).__name__}: {error}") from None
+    return list(answers)
+
+
+async def lookup_txt(resolver: Any, name: str, timeout_seconds: float, clock: Any) -> list[bytes]:
+    """Each TXT record at `name` as one string: its character-strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2)."""
+    records = await lookup(resolver, name, dns.TXT, timeout_seconds, clock)
+    return [b"".join(cast(dns.Record_TXT, record).data) for record in records]
+
+
+async def lookup_addresses(resolver: Any, name: str, ipv6: bool, timeout_seconds: float, clock: Any) -> list[str]:
+    """The A (or, with `ipv6`, AAAA) addresses of `name`, as text."""
+    record_type = dns.AAAA if ipv6 else dns.A
+    records = await lookup(resolver, name, record_type, timeout_seconds, clock)
+    header = [dns.RRHeader(b"", record_type, payload=record) for record in records]
+    return _addresses(header)
+
+
+async def lookup_mx(resolver: Any, name: str, timeout_seconds: float, clock: Any) -> list[str]:
+    """The MX host names of `name`, in preference order (null MX "." left out)."""
+    records = await lookup(resolver, name, dns.MX, timeout_seconds, clock)
+    ordered = sorted(records, key=lambda record: record.preference)
+    return [host for record in ordered if (host := _name(record.name))]
+
+
+async def lookup_ptr(resolver: Any, address: str, timeout_seconds: float, clock: Any) -> list[str]:
+    """The names a PTR lookup gives for `address` (in-addr.arpa or ip6.arpa)."""
+    reverse = ipaddress.ip_address(address).reverse_pointer
+    records = await lookup(resolver, reverse, dns.PTR, timeout_seconds, clock)
+    return [name for record in records if (name := _name(record.name))]

@@ -442,3 +442,15 @@ def test_plain_text_headers_read_as_the_email_package_reads_them(text: str) -> N
     ]
     assert document["headers"] == expected
     assert document["subject"] == expected[1][1].strip()
+
+
+def test_json_authentication_is_read_from_our_authentication_results_field() -> None:
+    message = (b"Authentication-Results: mx.example.test;\r\n\tspf=pass smtp.mailfrom=a@example.test;\r\n"
+               b"\tdkim=pass header.d=example.test header.s=s1;\r\n\tdmarc=pass (p=none) header.from=example.test\r\n"
+               b"Authentication-Results: other.test; spf=fail\r\nSubject: hi\r\n\r\nhello\r\n")
+    envelope = Envelope(mail_from="a@example.test", rcpt_to=["b@x.test"])
+    document = json.loads(json_body(message, envelope, "msg_x", "mx.example.test"))
+    assert document["authentication"] == {
+        "spf": "pass", "dkim": [{"domain": "example.test", "selector": "s1", "result": "pass"}], "dmarc": "pass"}
+    assert json.loads(json_body(message, envelope, "msg_x", "elsewhere.test"))["authentication"] is None
+    assert json.loads(json_body(message, envelope, "msg_x"))["authentication"] is None  # checks off

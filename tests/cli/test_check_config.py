@@ -146,3 +146,17 @@ def test_a_pair_to_generate_below_the_run_directory_named_through_a_symbolic_lin
                                        f'key = "{tmp_path}/link/tls/key.pem"\n')
     checked = check_config(run, text)
     assert (checked.returncode, checked.stderr) == (0, "")
+
+
+def test_an_unusable_dkim_key_names_the_file(tmp_path: Path) -> None:
+    keys = tmp_path / "var" / "dkim" / "example.test"
+    keys.mkdir(parents=True)
+    (keys / "s1.pem").write_text("-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
+    assert_both_refuse(tmp_path, config_text(), "dkim.keys_dir: var/dkim/example.test/s1.pem: not an unencrypted "
+                                                "PEM private key")
+    (keys / "s1.pem").unlink()
+    (keys / "s1.pem").symlink_to(tmp_path / "moved-away.pem")  # a key that is missing
+    assert_both_refuse(tmp_path, config_text(), "dkim.keys_dir: var/dkim/example.test/s1.pem: cannot read: "
+                                                "No such file or directory")
+    checked = check_config(tmp_path, config_text(extra='[dkim]\nsign = "off"\n'))  # not signing: not read
+    assert checked.returncode == 0, checked.stderr

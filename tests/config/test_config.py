@@ -13,6 +13,9 @@ import pytest
 
 from mailgate.config import (
     EVENT_TYPES,
+    AuthenticationConfig,
+    DKIMConfig,
+    SRSConfig,
     ConfigError,
     GatewayConfig,
     LimitsConfig,
@@ -112,6 +115,9 @@ def test_commented_defaults_in_default_file_are_the_real_defaults() -> None:
     assert config.limits == LimitsConfig()
     assert config.plugins == PluginsConfig()
     assert config.rspamd == RspamdConfig()
+    assert config.authentication == AuthenticationConfig()
+    assert config.srs == SRSConfig()
+    assert config.dkim == DKIMConfig(headers=config.dkim.headers)  # headers: an example, not the long default
     assert config.event_webhook[0].events == EVENT_TYPES
     relay = RelayConfig(transport=config.relay.transport, pool=config.relay.pool,
                         destination=config.relay.destination)
@@ -239,6 +245,16 @@ EVENTS_OK = {"name": "crm", "url": "http://127.0.0.1:8080/events"}
     ({"limits": {"sender_rate": "100/fortnight"}}, "limits.sender_rate"),
     ({"limits": {"sender_rate": "0/hour"}}, "limits.sender_rate"),
     ({"limits": {"sender_rate": "100"}}, "limits.sender_rate"),
+    ({"dkim": {"sign": "always"}}, "dkim.sign"),
+    ({"dkim": {"keys_dir": ""}}, "dkim.keys_dir"),
+    ({"dkim": {"headers": ["subject", "received"]}}, "dkim.headers"),
+    ({"dkim": {"headers": ["bad name"]}}, "dkim.headers[0]"),
+    ({"authentication": {"checks": ["spf", "arc"]}}, "authentication.checks[1]"),
+    ({"authentication": {"dns_timeout": "0s"}}, "authentication.dns_timeout"),
+    ({"authentication": {"dmarc": "quarantine"}}, "authentication.dmarc"),
+    ({"authentication": {"authserv_id": "not a host"}}, "authentication.authserv_id"),
+    ({"srs": {"secret": "short"}}, "srs.secret"),
+    ({"srs": {"domain": "bad domain"}}, "srs.domain"),
     ({"plugins": {"paths": "plugins"}}, "plugins.paths"),
     ({"plugins": {"enable": ["good", "not-a-module"]}}, "plugins.enable[1]"),
     ({"plugin": {"mine": "not a table"}}, "plugin.mine"),
@@ -541,3 +557,15 @@ def test_pools_and_destinations() -> None:
         "relay.pool[0].addresses[0]: not an IP address: 'nope'",
         "relay.destination.\"*\".concurrency: must be positive, got 0",
     ]
+def test_mail_authentication_values_are_converted() -> None:
+    config = parse_config(with_sections(
+        dkim={"headers": ["Subject", "TO", "subject"]},
+        authentication={"checks": ["dkim", "spf", "dkim"], "dns_timeout": "2s", "authserv_id": "MX.Example.test"},
+        srs={"secret": "s" * 16},
+    ))
+    assert config.dkim.headers == ("from", "subject", "to")  # From always, each once, lower-cased
+    assert config.authentication == AuthenticationConfig(("dkim", "spf"), 2.0, "mx.example.test", "report")
+    assert config.srs == SRSConfig("s" * 16, "")
+    defaults = parse_config(MINIMAL)
+    assert defaults.dkim.sign == "authenticated" and "from" in defaults.dkim.headers
+    assert defaults.authentication.checks == ("spf", "dkim", "dmarc") and defaults.srs.secret == ""

@@ -90,4 +90,6 @@ def test_mailgate_message_adds_a_header_rewrites_the_subject_and_refuses_by_cont
     data = stored.read_bytes()
     trace_end = data.index(b"\nX-Probe: seen\n")  # below mailgate's trace fields, above the message
     assert data.index(b"\nReceived: ") < trace_end
-    assert data.endswith(b"\nX-Probe: seen\nSubject: [TAGGED] tag me\n\nhello\n")
+    assert b"\nX-Probe: seen\nAuthentication-Results: mx.example.test;\n" in data  # the built-ins' fields: below
+    assert data.endswith(b"\ndmarc=none (no From: domain)\nSubject: [TAGGED] tag me\n\nhello\n".replace(
+        b"\ndmarc", b"\n\tdmarc"))

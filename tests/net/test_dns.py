@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailgate.net.dns import (
+    CachingResolver,
+    LookupFailed,
+    Lookups,
     MXResolver,
+    NoSuchName,
     PermanentDNSError,
     TemporaryDNSError,
     ip_literal,
+    lookup_addresses,
+    lookup_mx,
+    lookup_ptr,
+    lookup_txt,
     make_resolver,
     parse_nameserver,
 )
@@ -143,3 +153,80 @@ class ParsingTests(SynchronousTestCase):
 
         resolver = make_resolver([], Clock())
         self.assertTrue(hasattr(resolver, "lookupMailExchange"))
+
+
+AUTH_ZONE = {
+    "txt.test": {"TXT": ["v=spf1 -all", "x" * 300]},  # the second: two character-strings in one record
+    "alias-txt.test": {"CNAME": "txt.test"},
+    "empty.test": {"A": ["192.0.2.1"]},
+    "mail.test": {"MX": [(20, "b.mail.test"), (10, "a.mail.test")]},
+    "7.2.0.192.in-addr.arpa": {"PTR": ["host.mail.test"]},
+    "slow.test": {},
+}
+
+
+class AuthenticationLookupTests(TestCase):
+    """The lookups of the SPF, DKIM and DMARC checks: NXDOMAIN, no data and a timeout told apart."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.server = FakeDNSServer(AUTH_ZONE).start()
+        self.addCleanup(self.server.stop)
+        self.server.fail("slow.test", "timeout")
+        self.lookups = Lookups(make_resolver([self.server.nameserver], reactor, timeouts=(0.3,)), 0.3, reactor)
+
+    def txt(self, name: str) -> Deferred:
+        return Deferred.fromCoroutine(lookup_txt(self.lookups.resolver, name, 0.3, reactor))
+
+    async def test_txt_records_joined_per_record_and_cnames_followed(self) -> None:
+        self.assertEqual(await self.txt("txt.test"), [b"v=spf1 -all", b"x" * 300])
+        self.assertEqual(await self.txt("alias-txt.test"), [b"v=spf1 -all", b"x" * 300])
+
+    async def test_no_data_nxdomain_and_timeout_differ(self) -> None:
+        self.assertEqual(await self.txt("empty.test"), [])
+        with self.assertRaises(NoSuchName):
+            await self.txt("nowhere.test")
+        started = reactor.seconds()
+        with self.assertRaises(LookupFailed):
+            await self.txt("slow.test")
+        self.assertLess(reactor.seconds() - started, 2.0)  # one timeout, not Twisted's 60 s schedule
+
+    async def test_mx_addresses_and_ptr(self) -> None:
+        lookups = self.lookups
+        self.assertEqual(await lookup_mx(lookups.resolver, "mail.test", 0.3, reactor), ["a.mail.test", "b.mail.test"])
+        self.assertEqual(await lookup_addresses(lookups.resolver, "empty.test", False, 0.3, reactor), ["192.0.2.1"])
+        self.assertEqual(await lookup_ptr(lookups.resolver, "192.0.2.7", 0.3, reactor), ["host.mail.test"])
+
+
+class CachingResolverTests(TestCase):
+    """The checks' answers kept for their TTL: a second message from a sender asks DNS nothing."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.server = FakeDNSServer(AUTH_ZONE).start()  # TTL 60 s
+        self.addCleanup(self.server.stop)
+        self.server.fail("slow.test", "timeout")
+        self.clock = Clock()
+        self.resolver = CachingResolver(make_resolver([self.server.nameserver], reactor, timeouts=(0.3,)), self.clock)
+
+    def txt(self, name: str) -> Deferred:
+        return Deferred.fromCoroutine(lookup_txt(self.resolver, name, 0.3, reactor))
+
+    def asked(self, name: str) -> int:
+        return sum(1 for asked_name, _ in self.server.queries if asked_name == name)
+
+    async def test_answers_and_nxdomain_are_kept_for_their_ttl_failures_never(self) -> None:
+        for _ in range(3):
+            self.assertEqual(await self.txt("txt.test"), [b"v=spf1 -all", b"x" * 300])
+            with self.assertRaises(NoSuchName):
+                await self.txt("nowhere.test")
+            with self.assertRaises(LookupFailed):
+                await self.txt("slow.test")
+        self.assertEqual((self.asked("txt.test"), self.asked("nowhere.test"), self.asked("slow.test")), (1, 1, 3))
+        self.clock.advance(61)  # the zone's TTL, and the negative one, have passed
+        await self.txt("txt.test")
+        with self.assertRaises(NoSuchName):
+            await self.txt("nowhere.test")
+        self.assertEqual((self.asked("txt.test"), self.asked("nowhere.test")), (2, 2))

@@ -7,6 +7,7 @@ Usage from a twisted.trial TestCase (the reactor is running)::
         "mx1.remote.test": {"A": ["127.0.0.2"]},
         "mx2.remote.test": {"A": ["127.0.0.3"], "AAAA": ["::1"]},
         "alias.remote.test": {"CNAME": "remote.test"},
+        "remote.test": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]},
     }).start()
     self.addCleanup(self.dns.stop)
     resolver = make_resolver([self.dns.nameserver], reactor, timeouts=(0.5,))
@@ -15,7 +16,9 @@ Also "TXT": ["v=STSv1; id=1"] and "TLSA": [(usage, selector, matching, data)];
 names in `secure` are answered with the AD bit set, as a validating resolver
 answers for signed zones ("" is the root, for DANE's start-up probe).
 
-Names not in the table answer NXDOMAIN; a name in the table without the
+TXT values are strings, one per record; a value over 255 octets goes out as
+one record of several character-strings, as a DKIM key must (RFC 6376
+3.6.2.2). PTR values are host names. Names not in the table answer NXDOMAIN; a name in the table without the
 asked type answers NOERROR with no records. `fail(name, how)` makes one name
 answer "servfail", "refused" or "nxdomain", or not answer at all
 ("timeout"); `null_mx(domain)` publishes an RFC 7505 null MX. The table can
@@ -85,7 +88,9 @@ def _answers(owner: bytes, table: dict[str, Any], qtype: int) -> list[dns.RRHead
     if qtype in (dns.AAAA, dns.ALL_RECORDS):
         payloads += [dns.Record_AAAA(address, ttl=TTL) for address in table.get("AAAA", [])]
     if qtype in (dns.TXT, dns.ALL_RECORDS):
-        payloads += [dns.Record_TXT(text.encode(), ttl=TTL) for text in table.get("TXT", [])]
+        payloads += [dns.Record_TXT(*_strings(text), ttl=TTL) for text in table.get("TXT", [])]
+    if qtype in (dns.PTR, dns.ALL_RECORDS):
+        payloads += [dns.Record_PTR(name.encode(), ttl=TTL) for name in table.get("PTR", [])]
     headers = [dns.RRHeader(owner, p.TYPE, ttl=TTL, payload=p, auth=True) for p in payloads]
     if qtype in (TLSA, dns.ALL_RECORDS):  # twisted.names has no TLSA class: RFC 6698 2.1's wire form
         headers += [dns.RRHeader(owner, TLSA, ttl=TTL, auth=True,
@@ -94,8 +99,15 @@ def _answers(owner: bytes, table: dict[str, Any], qtype: int) -> list[dns.RRHead
     return headers
 
 
+def _strings(text: str | bytes) -> list[bytes]:
+    """One TXT record's character-strings: 255 octets at most each."""
+    data = text.encode() if isinstance(text, str) else text
+    return [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
+
+
 class FakeDNSServer:
-    """Serves `records` ({name: {"MX": [(pref, host)], "A": [...], "AAAA": [...], "CNAME": name}})."""
+    """Serves `records` ({name: {"MX": [(pref, host)], "A": [...], "AAAA": [...], "TXT": [...], "PTR": [...],
+    "CNAME": name}})."""
 
     def __init__(self, records: dict[str, dict[str, Any]] | None = None, reactor: Any = None) -> None:
         if reactor is None:

@@ -50,8 +50,9 @@ _TEST_SUFFIXES = "test\nexample\ncom\norg\nnet\n"
 class RspamdServer:
     """One rspamd process (main, a normal worker, a controller) in a temporary directory."""
 
-    def __init__(self, lua: str = SPAMMY_RULE) -> None:
+    def __init__(self, lua: str = SPAMMY_RULE, nameserver: str = "") -> None:
         self.lua = lua
+        self.nameserver = nameserver  # "127.0.0.1:PORT" (a FakeDNSServer) for checks that need DNS; default none
         self.directory = Path(tempfile.mkdtemp(prefix="mailgate-rspamd-"))
         self.port = free_port()
         self.controller_port = free_port()
@@ -77,9 +78,9 @@ class RspamdServer:
         (local / "worker-proxy.inc").write_text("enabled = false;\n")
         (local / "worker-fuzzy.inc").write_text("enabled = false;\ncount = 0;\n")
         (self.directory / "tld.dat").write_text(_TEST_SUFFIXES)
-        (local / "options.inc").write_text(
-            'dns { nameserver = ["127.0.0.1:1"]; timeout = 0.1s; retransmits = 0; }\n'
-            f'url_tld = "{self.directory / "tld.dat"}";\n')
+        dns = (f'dns {{ nameserver = ["{self.nameserver}"]; timeout = 2s; retransmits = 1; }}\n' if self.nameserver
+               else 'dns { nameserver = ["127.0.0.1:1"]; timeout = 0.1s; retransmits = 0; }\n')
+        (local / "options.inc").write_text(dns + f'url_tld = "{self.directory / "tld.dat"}";\n')
         (self.directory / "rspamd.local.lua").write_text(self.lua)
 
     def start(self) -> None:

@@ -74,3 +74,38 @@ def test_an_authenticated_session_meets_the_sender_policy() -> None:
     assert smtp.send("MAIL FROM:<alice@example.test>") == ["250 2.1.0 Ok"]
     smtp.send("RSET")
     assert smtp.send("MAIL FROM:<alice@example.test>")[0].startswith("450 4.7.1 Sender rate limit exceeded")
+
+
+class Reader:
+    """Asked after the built-ins (trylast): sees what the plugins before it added on top."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+
+    @hookimpl(trylast=True)
+    def mailgate_message(self, message: bytes) -> None:
+        self.seen.append(message)
+
+
+def test_a_later_plugin_sees_the_fields_an_earlier_one_added() -> None:
+    reader = Reader()
+    smtp = converse([reader, Probe()], {**CONFIG, "relay": {"transport": {"example.test": "local"}}})
+    smtp.send("HELO good.test")
+    assert smtp.send(transaction("alice@example.test"))[-1].startswith("250 ")
+    [seen] = reader.seen
+    assert seen.startswith(b"X-Probe: yes\r\nSubject: hi\r\n")
+    [(_, stored)] = smtp.stored
+    assert stored.count(b"X-Probe: yes\n") == 1
+
+
+def test_a_forged_authentication_results_field_is_removed_even_without_checks() -> None:
+    """The checks need DNS (off under the test clock); the removal of fields claiming our
+    authserv-id does not, and applies to every client."""
+    smtp = converse([], {**CONFIG, "server": {"hostname": "mx.example.test"},
+                         "relay": {"transport": {"example.test": "local"}}})
+    smtp.send("HELO client.test")
+    body = ("Authentication-Results: mx.example.test; dmarc=pass header.from=bank.test\r\n"
+            "Authentication-Results: elsewhere.test; spf=fail\r\nSubject: hi\r\n\r\nhello\r\n")
+    assert smtp.send(transaction("alice@example.test", body))[-1].startswith("250 ")
+    [(_, stored)] = smtp.stored
+    assert b"bank.test" not in stored and b"Authentication-Results: elsewhere.test; spf=fail\n" in stored

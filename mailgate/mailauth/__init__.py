@@ -1,0 +1,1 @@
+"""Mail authentication: SPF, DKIM and DMARC checks, DKIM signing and keys, SRS, the Authentication-Results field."""
