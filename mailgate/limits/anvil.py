@@ -1,0 +1,140 @@
+"""The workers' shared counters: kept by the master, asked over a local AMP connection (Postfix's anvil).
+
+With `server.workers > 1` and `state.backend = "memory"` the master
+process holds the one Admission and the one set of rate limiters of the
+server; each worker asks it once per connection (`Enter`) and once per
+rate-limited transaction (`Take`), and tells it when a connection has gone
+(`Leave`, no answer). The connection is a socketpair the master made before
+starting the worker, so no path or port is exposed and nothing has to be
+cleaned up; AMP answers in order on it, so a Leave never overtakes its Enter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from mailgate.config import LimitsConfig
+from mailgate.limits.admission import Admission, Refusal
+from mailgate.limits.rate import RateLimiter
+
+log = Logger()
+
+UNLIMITED_DESCRIPTORS = 1 << 30  # the master holds no client's socket: each worker guards its own
+
+
+class Enter(amp.Command):
+    arguments = [(b"ip", amp.Unicode())]
+    response = [(b"refusal", amp.Unicode())]  # a Refusal's name, or ""
+
+
+class Leave(amp.Command):
+    arguments = [(b"ip", amp.Unicode())]
+    requiresAnswer = False
+
+
+class Take(amp.Command):
+    arguments = [(b"name", amp.Unicode()), (b"key", amp.Unicode())]
+    response = [(b"wait", amp.Float())]
+
+
+class Counters:
+    """The master's side: the server's one Admission and one RateLimiter per shared rate."""
+
+    def __init__(self, limits: LimitsConfig, clock: IReactorTime) -> None:
+        self.admission = Admission(limits, clock, descriptors=UNLIMITED_DESCRIPTORS)
+        self.rates = {"sender": RateLimiter(limits.sender_rate, clock)}
+
+    def enter(self, ip: str) -> str:
+        refusal = self.admission.enter(ip)
+        return refusal.name if refusal is not None else ""
+
+    def take(self, name: str, key: str) -> float:
+        rate = self.rates.get(name)
+        return rate.take(key) if rate is not None else 0.0
+
+
+class QuietAMP(amp.AMP):
+    """AMP without its info lines for each connection made and lost: a worker's link is not news."""
+
+    def makeConnection(self, transport: Any) -> None:
+        self._transportPeer, self._transportHost = transport.getPeer(), transport.getHost()
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+
+
+class AnvilResponder(QuietAMP):
+    """One worker's connection to the master's Counters; the connections it counted are
+    uncounted if the worker dies, so a crash leaves no address over its limit."""
+
+    def __init__(self, counters: Counters) -> None:
+        super().__init__()
+        self._counters = counters
+        self._open: dict[str, int] = {}
+
+    @Enter.responder
+    def _enter(self, ip: str) -> dict[str, Any]:
+        self._open[ip] = self._open.get(ip, 0) + 1
+        return {"refusal": self._counters.enter(ip)}
+
+    @Leave.responder
+    def _leave(self, ip: str) -> dict[str, Any]:
+        if self._open.get(ip, 0) > 0:
+            self._open[ip] -= 1
+            self._counters.admission.leave(ip)
+        return {}
+
+    @Take.responder
+    def _take(self, name: str, key: str) -> dict[str, Any]:
+        return {"wait": self._counters.take(name, key)}
+
+    def connectionLost(self, reason: Any = None) -> None:
+        for ip, count in self._open.items():
+            for _ in range(count):
+                self._counters.admission.leave(ip)
+        self._open.clear()
+        super().connectionLost(reason)
+
+
+class AnvilClient:
+    """A worker's SharedState: every question goes to the master over `protocol`.
+
+    The master is this worker's parent; if the connection is gone the master
+    is too and the worker is about to be stopped: answers then admit
+    (fail open for the moment left), with one log line.
+    """
+
+    def __init__(self, protocol: amp.AMP) -> None:
+        self._protocol = protocol
+        self._warned = False
+
+    def enter(self, ip: str) -> Deferred[Refusal | None]:
+        d = self._protocol.callRemote(Enter, ip=ip)
+        d.addCallback(lambda answer: Refusal[answer["refusal"]] if answer["refusal"] else None)
+        return d.addErrback(self._lost, None)
+
+    def leave(self, ip: str) -> None:
+        try:
+            self._protocol.callRemote(Leave, ip=ip)
+        except Exception:  # the master has gone: so have its counts
+            pass
+
+    def take(self, name: str, key: str) -> Deferred[float]:
+        d = self._protocol.callRemote(Take, name=name, key=key)
+        return d.addCallback(lambda answer: float(answer["wait"])).addErrback(self._lost, 0.0)
+
+    def available(self) -> bool:
+        return True
+
+    def _lost(self, failure: Any, answer: Any) -> Any:
+        if not self._warned:
+            self._warned = True
+            log.warn("workers: the master's counters are unreachable ({error}): limits not applied",
+                     error=failure.getErrorMessage())
+        return succeed(answer)
