@@ -1,0 +1,159 @@
+"""server.workers = 2 against real processes: the master, two workers, one listener shared by both."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import smtplib
+import socket
+import threading
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from tests.support.gateway import Gateway, wait_for
+
+BOB = "bob@example.test"
+ALICE = "alice@example.test"
+NO_RATE = '[limits]\nconnection_rate = "off"\n'
+
+
+def with_workers(gateway: Gateway, workers: int = 2) -> Gateway:
+    """The gateway's config with server.workers set (gateway_config writes [server] first)."""
+    text = gateway.config.read_text()
+    gateway.config.write_text(text.replace("[server]\n", f"[server]\nworkers = {workers}\n", 1))
+    return gateway
+
+
+def start_workers(gateway: Gateway, workers: int = 2) -> Gateway:
+    gateway.start()
+    wait_for(lambda: f"workers: all {workers} ready" in gateway.log(), 30, "every worker to start")
+    return gateway
+
+
+def worker_pids(gateway: Gateway) -> dict[int, int]:
+    """index -> pid of the latest start of each worker, from the master's log."""
+    return {int(index): int(pid) for index, pid in re.findall(r"workers: worker (\d+) started \(pid (\d+)\)",
+                                                               gateway.log())}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def send_batch(port: int, connection: int, count: int, sent: list[str]) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        for number in range(count):
+            tag = f"c{connection}m{number}"
+            client.sendmail("sender@remote.test", [BOB], f"Subject: {tag}\r\n\r\n{tag}\r\n".encode())
+            sent.append(tag)
+
+
+def subjects(gateway: Gateway) -> list[str]:
+    found = []
+    for path in gateway.new_messages(BOB):
+        match = re.search(r"^Subject: (\S+)", path.read_text(), re.M)
+        found.append(match.group(1) if match else "?")
+    return found
+
+
+def test_both_workers_serve_and_200_messages_over_20_connections_land_once(make_gateway: Callable[..., Gateway]) -> None:
+    """20 connections at once, 10 messages each: 200 files, one per message; both workers delivered some."""
+    gateway = with_workers(make_gateway(extra=NO_RATE))
+    gateway.add_user(BOB)
+    start_workers(gateway)
+    sent: list[str] = []
+    threads = [threading.Thread(target=send_batch, args=(gateway.ports["smtp"], n, 10, sent)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(sent) == 200
+    wait_for(lambda: len(gateway.new_messages(BOB)) >= 200, 30, "200 messages in the Maildir")
+    landed = subjects(gateway)
+    assert sorted(landed) == sorted(sent)  # each once, none twice
+    log = gateway.log()
+    assert re.search(r"worker 0: \S+: from=<sender@remote.test> .* delivered", log)
+    assert re.search(r"worker 1: \S+: from=<sender@remote.test> .* delivered", log)
+
+
+def test_a_worker_killed_with_sigkill_is_replaced(make_gateway: Callable[..., Gateway]) -> None:
+    """The master logs the death, starts the worker again, and mail still lands."""
+    gateway = with_workers(make_gateway(extra=NO_RATE))
+    gateway.add_user(BOB)
+    start_workers(gateway)
+    killed = worker_pids(gateway)[1]
+    os.kill(killed, signal.SIGKILL)
+    wait_for(lambda: worker_pids(gateway)[1] != killed, 30, "worker 1 to be started again")
+    assert re.search(r"workers: worker 1 ended \(.*\) after [\d.]+ s: starting it again in", gateway.log())
+    wait_for(lambda: alive(worker_pids(gateway)[1]), 10, "the new worker 1")
+    sent: list[str] = []
+    for connection in range(6):
+        send_batch(gateway.ports["smtp"], connection, 1, sent)
+    wait_for(lambda: len(gateway.new_messages(BOB)) == 6, 20, "6 messages")
+
+
+def test_sigterm_stops_the_master_and_every_worker(make_gateway: Callable[..., Gateway]) -> None:
+    gateway = with_workers(make_gateway())
+    start_workers(gateway)
+    pids = worker_pids(gateway)
+    assert gateway.stop(signal.SIGTERM) == -signal.SIGTERM  # the way twistd ends on SIGTERM (SPEC)
+    for pid in pids.values():
+        wait_for(lambda: not alive(pid), 10, f"worker {pid} to end")
+    log = gateway.log()
+    assert log.count("mailgate stopped cleanly") == 3  # both workers, then the master
+    assert "Traceback" not in log
+
+
+def test_sighup_reaches_every_worker_and_stops_none(make_gateway: Callable[..., Gateway]) -> None:
+    gateway = with_workers(make_gateway())
+    start_workers(gateway)
+    gateway.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    wait_for(lambda: gateway.log().count("SIGHUP") >= 2, 10, "both workers to hear SIGHUP")
+    assert gateway.process.poll() is None  # type: ignore[union-attr]
+    assert all(alive(pid) for pid in worker_pids(gateway).values())
+
+
+def greeting(port: int, opened: list[socket.socket]) -> str:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    opened.append(sock)
+    return sock.recv(512).decode(errors="replace")[:3]
+
+
+def test_max_connections_per_ip_holds_across_workers(make_gateway: Callable[..., Gateway]) -> None:
+    """max_connections_per_ip = 3 with two workers: of 8 connections held open, exactly 3 are greeted."""
+    gateway = with_workers(make_gateway(extra='[limits]\nconnection_rate = "off"\nmax_connections_per_ip = 3\n'))
+    start_workers(gateway)
+    opened: list[socket.socket] = []
+    try:
+        codes = [greeting(gateway.ports["smtp"], opened) for _ in range(8)]
+    finally:
+        for sock in opened:
+            sock.close()
+    assert codes.count("220") == 3, codes
+    assert codes.count("421") == 5, codes
+
+
+def test_sender_rate_holds_across_workers(make_gateway: Callable[..., Gateway]) -> None:
+    """sender_rate = "5/hour": of 10 messages over 10 connections (both workers), exactly 5 are accepted."""
+    gateway = with_workers(make_gateway(
+        extra='[limits]\nconnection_rate = "off"\nsender_rate = "5/hour"\n[security]\nplaintext_auth = "always"\n'))
+    gateway.add_user(ALICE)
+    start_workers(gateway)
+    accepted = refused = 0
+    for _ in range(10):
+        with smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=30) as client:
+            client.login(ALICE, "secret")
+            try:
+                client.sendmail(ALICE, [BOB if False else ALICE], b"Subject: rate\r\n\r\nrate\r\n")
+                accepted += 1
+            except smtplib.SMTPSenderRefused as error:
+                assert error.smtp_code == 450
+                refused += 1
+    assert (accepted, refused) == (5, 5)
