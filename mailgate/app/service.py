@@ -27,7 +27,7 @@ from mailgate.inbound.transaction import Deliverer
 from mailgate.app.periodic import Periodic
 from mailgate.limits.admission import Admission, AdmissionGate
 from mailgate.limits.auth_throttle import AuthThrottle
-from mailgate.limits.state import shared_admission
+from mailgate.limits.state import shared_admission, shared_throttle
 from mailgate.app.pipeline import build_pipeline
 from mailgate.net.accept_backoff import AcceptBackoff, pause_on_exhaustion
 from mailgate.outbound.scheduler import Scheduler
@@ -115,7 +115,7 @@ class GatewayService(MultiService):
         self.outbound, self.relay, deliverer = pipeline.scheduler, pipeline.smtp, pipeline.deliverer
         self.accounts = Accounts(self.config.users.file)
         self.portal = build_portal(self.accounts, self.reactor)
-        self.throttle = AuthThrottle.from_limits(self.config.limits, self.reactor)  # SMTP AUTH and POP3 share it
+        self.throttle = shared_throttle(AuthThrottle.from_limits(self.config.limits, self.reactor))  # SMTP AUTH, POP3
         self.admission = shared_admission(self._admission())  # one for every listener: the limits hold per server
         for index, listener in enumerate(self.config.listen):
             factory = self._factory(listener, deliverer, tls_options)

@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from mailgate.config import GatewayConfig
 from mailgate.limits import state
-from mailgate.limits.anvil import AnvilClient, QuietAMP
+from mailgate.limits.anvil import AnvilClient, ThrottleLink
 from mailgate.outbound.scheduler import Scheduler
 
 log = Logger()
@@ -78,7 +78,7 @@ class WorkerSetup:
         return cls(data["index"], data["control"], tuple((fd, family) for fd, family in data["listeners"]))
 
 
-class WorkerLink(QuietAMP):
+class WorkerLink(ThrottleLink):
     """The worker's end of the socketpair: answers the master, and ends the worker when it goes."""
 
     def __init__(self, reactor: Any) -> None:

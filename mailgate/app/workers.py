@@ -34,7 +34,7 @@ from mailgate.app import preflight
 from mailgate.app.service import fail_startup
 from mailgate.app.worker import Hello, Queued, WorkerSetup, ENVIRONMENT
 from mailgate.config import ConfigError, GatewayConfig
-from mailgate.limits.anvil import AnvilResponder, Counters
+from mailgate.limits.anvil import AnvilResponder, AuthFailed, AuthSucceeded, Counters
 from mailgate.outbound.spool import QueueStore
 
 log = Logger()
@@ -68,6 +68,16 @@ class MasterLink(AnvilResponder):
     @Queued.responder
     def _queued(self, queue_id: str) -> dict[str, Any]:
         self._master.hand_to_queue(queue_id)
+        return {}
+
+    @AuthFailed.responder
+    def _auth_failed(self, ip: str, account: str) -> dict[str, Any]:
+        self._master.tell_others(self, AuthFailed, ip=ip, account=account)
+        return {}
+
+    @AuthSucceeded.responder
+    def _auth_succeeded(self, ip: str, account: str) -> dict[str, Any]:
+        self._master.tell_others(self, AuthSucceeded, ip=ip, account=account)
         return {}
 
 
@@ -104,6 +114,7 @@ class Master(Service):
         self.counters = Counters(config.limits, reactor)
         self._ports: list[Any] = []
         self._processes: dict[int, WorkerProcess] = {}
+        self._links: dict[int, MasterLink] = {}
         self._started_at: dict[int, float] = {}
         self._delays: dict[int, float] = {}
         self._ready: set[int] = set()
@@ -170,6 +181,7 @@ class Master(Service):
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         link = MasterLink(self, index)
+        self._links[index] = link
         self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: link))
         ours.close()
         listeners = tuple((port.fileno(), port.addressFamily) for port in self._ports)
@@ -198,6 +210,15 @@ class Master(Service):
                 self.hand_to_queue(queue_id)
         if first and len(self._ready) == self.config.server.workers:
             log.info("workers: all {count} ready", count=len(self._ready))
+
+    def tell_others(self, source: MasterLink, command: Any, **arguments: Any) -> None:
+        """Pass a worker's news (an AUTH failure) on to every other worker."""
+        for link in list(self._links.values()):
+            if link is not source and link.transport is not None:
+                try:
+                    link.callRemote(command, **arguments)
+                except Exception:  # that worker has just gone
+                    pass
 
     def hand_to_queue(self, queue_id: str) -> None:
         owner = self._queue_owner

@@ -20,6 +20,7 @@ from twisted.protocols import amp
 
 from mailgate.config import LimitsConfig
 from mailgate.limits.admission import Admission, Refusal
+from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.limits.rate import RateLimiter
 
 log = Logger()
@@ -40,6 +41,18 @@ class Leave(amp.Command):
 class Take(amp.Command):
     arguments = [(b"name", amp.Unicode()), (b"key", amp.Unicode())]
     response = [(b"wait", amp.Float())]
+
+
+class AuthFailed(amp.Command):
+    """A worker -> the master -> every other worker: a wrong password, to count there too."""
+
+    arguments = [(b"ip", amp.Unicode()), (b"account", amp.Unicode())]
+    requiresAnswer = False
+
+
+class AuthSucceeded(amp.Command):
+    arguments = [(b"ip", amp.Unicode()), (b"account", amp.Unicode())]
+    requiresAnswer = False
 
 
 class Counters:
@@ -132,9 +145,65 @@ class AnvilClient:
     def available(self) -> bool:
         return True
 
+    def share_throttle(self, throttle: AuthThrottle) -> MirroredThrottle:
+        """This worker's AuthThrottle, told of every other worker's failures and telling them its own."""
+        if isinstance(self._protocol, ThrottleLink):
+            self._protocol.throttle = throttle
+        return MirroredThrottle(throttle, self._protocol)
+
     def _lost(self, failure: Any, answer: Any) -> Any:
         if not self._warned:
             self._warned = True
             log.warn("workers: the master's counters are unreachable ({error}): limits not applied",
                      error=failure.getErrorMessage())
         return succeed(answer)
+
+
+class ThrottleLink(QuietAMP):
+    """A worker's link: failures and successes other workers saw, applied to this worker's AuthThrottle."""
+
+    throttle: AuthThrottle | None = None
+
+    @AuthFailed.responder
+    def _auth_failed(self, ip: str, account: str) -> dict[str, Any]:
+        if self.throttle is not None:
+            self.throttle.count_failure(ip, account)
+        return {}
+
+    @AuthSucceeded.responder
+    def _auth_succeeded(self, ip: str, account: str) -> dict[str, Any]:
+        if self.throttle is not None:
+            self.throttle.record_success(ip, account)
+        return {}
+
+
+class MirroredThrottle:
+    """The AuthThrottle of one worker, whose failures and successes every other worker also counts.
+
+    The password-guessing limits must hold for the whole server, and the
+    SMTP and POP3 code asks its throttle synchronously, in the session's own
+    turn: so rather than asking the master each time, every worker keeps the
+    whole server's failures, each told to all through the master as it
+    happens. What a worker decides from it is exact but for the guesses of
+    the same pair being checked on another worker at that very moment
+    (sub-millisecond, one hop): at most one per worker beyond the limit.
+    """
+
+    def __init__(self, throttle: AuthThrottle, link: amp.AMP) -> None:
+        self._throttle, self._link = throttle, link
+        self.admit, self.release = throttle.admit, throttle.release
+        self.failures, self.delay_seconds, self.locked_out = throttle.failures, throttle.delay_seconds, throttle.locked_out
+
+    def record_failure(self, ip: str, account: str, protocol: str) -> None:
+        self._throttle.record_failure(ip, account, protocol)
+        self._tell(AuthFailed, ip, account)
+
+    def record_success(self, ip: str, account: str) -> None:
+        self._throttle.record_success(ip, account)
+        self._tell(AuthSucceeded, ip, account)
+
+    def _tell(self, command: type[amp.Command], ip: str, account: str) -> None:
+        try:
+            self._link.callRemote(command, ip=ip, account=account)
+        except Exception:  # the master has gone: this worker is about to stop
+            pass

@@ -58,6 +58,12 @@ def shared_admission(local: Admission) -> Any:
     return local if _current is None else SharedAdmission(local, _current)
 
 
+def shared_throttle(local: Any) -> Any:
+    """The AuthThrottle the listeners use: `local`, or `local` kept in step with the other workers'."""
+    share = getattr(_current, "share_throttle", None)
+    return local if share is None else share(local)
+
+
 def rate_limiter(name: str, rate: SenderRate | None, clock: IReactorTime) -> Any:
     """A RateLimiter for `rate`, local or shared under `name`: its `take(key)` answers a float
     or a Deferred firing with one."""
