@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 
 import pytest
 
-from tests.support.gateway import Gateway, wait_for
+from tests.support.gateway import Gateway, free_port, gateway_config, wait_for
 
 BOB = "bob@example.test"
 ALICE = "alice@example.test"
@@ -48,17 +48,17 @@ def alive(pid: int) -> bool:
     return True
 
 
-def send_batch(port: int, connection: int, count: int, sent: list[str]) -> None:
+def send_batch(port: int, connection: int, count: int, sent: list[str], to: str = BOB) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         for number in range(count):
             tag = f"c{connection}m{number}"
-            client.sendmail("sender@remote.test", [BOB], f"Subject: {tag}\r\n\r\n{tag}\r\n".encode())
+            client.sendmail("sender@remote.test", [to], f"Subject: {tag}\r\n\r\n{tag}\r\n".encode())
             sent.append(tag)
 
 
-def subjects(gateway: Gateway) -> list[str]:
+def subjects(gateway: Gateway, address: str = BOB) -> list[str]:
     found = []
-    for path in gateway.new_messages(BOB):
+    for path in gateway.new_messages(address):
         match = re.search(r"^Subject: (\S+)", path.read_text(), re.M)
         found.append(match.group(1) if match else "?")
     return found
@@ -201,3 +201,46 @@ def until_both(gateway: Gateway, text: str, attempt: Callable[[], T], minimum: i
         assert len(results) < most, f"{most} connections and one worker never logged {text!r}"
         results.append(attempt())
     return results
+
+
+def test_queued_mail_of_killed_workers_is_delivered_once(make_gateway: Callable[..., Gateway],
+                                                         tmp_path: Path) -> None:
+    """Relay mail accepted by both workers waits (its smarthost is down); both workers are killed
+    with SIGKILL; once they are back and the smarthost is up, each message arrives there once."""
+    sink_port = free_port()
+    gateway = with_workers(make_gateway(extra=NO_RATE + (
+        f'[relay]\nsmarthost = "127.0.0.1:{sink_port}"\nallowed_networks = ["127.0.0.0/8"]\n'
+        'retry_intervals = ["1s"]\n')))
+    start_workers(gateway)
+    sent: list[str] = []
+    threads = [threading.Thread(target=send_batch, args=(gateway.ports["smtp"], n, 2, sent, REMOTE))
+               for n in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    while not served_by_both(gateway, "from=<sender@remote.test>"):  # until the kernel chose both
+        assert len(sent) < 100, "one worker took every connection"
+        send_batch(gateway.ports["smtp"], len(sent), 1, sent, REMOTE)
+    for index, pid in worker_pids(gateway).items():
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: "workers: worker 1 ended" in gateway.log() and "workers: worker 0 ended" in gateway.log(), 20,
+             "both deaths")
+    sink = sink_gateway(tmp_path / "sink", sink_port).start()
+    wait_for(lambda: len(sink.new_messages(REMOTE)) >= len(sent), 60, "every message at the smarthost")
+    wait_for(lambda: not list((gateway.root / "var" / "queue" / "env").iterdir()), 30, "the queue to empty")
+    assert sorted(subjects(sink, REMOTE)) == sorted(sent)
+    sink.stop()
+
+
+REMOTE = "bob@remote.test"
+
+
+def sink_gateway(root: Path, port: int) -> Gateway:
+    """A single-process mailgate taking mail for remote.test: the smarthost, real at both ends."""
+    (root / "etc").mkdir(parents=True)
+    config = gateway_config({"smtp": port}).replace('local = ["example.test"]', 'local = ["remote.test"]')
+    (root / "mailgate.toml").write_text(config)
+    sink = Gateway(root, root / "mailgate.toml", {"smtp": port})
+    sink.add_user(REMOTE)
+    return sink
