@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import smtplib
 import socket
+import subprocess
 import threading
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import pytest
 
-from tests.support.gateway import Gateway, free_port, gateway_config, wait_for
+from tests.support.gateway import BIN, Gateway, free_port, gateway_config, wait_for
 
 BOB = "bob@example.test"
 ALICE = "alice@example.test"
@@ -244,3 +246,36 @@ def sink_gateway(root: Path, port: int) -> Gateway:
     sink = Gateway(root, root / "mailgate.toml", {"smtp": port})
     sink.add_user(REMOTE)
     return sink
+
+
+def queue_cli(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "mailgate"), "--config", str(gateway.config), "queue", *args],
+                          cwd=gateway.root, capture_output=True, text=True, timeout=60)
+
+
+def test_the_queue_cli_sees_and_acts_on_every_workers_mail(make_gateway: Callable[..., Gateway],
+                                                           tmp_path: Path) -> None:
+    """list shows what both workers queued; delete and flush are carried out by the running server."""
+    sink_port = free_port()
+    gateway = with_workers(make_gateway(extra=NO_RATE + (
+        f'[relay]\nsmarthost = "127.0.0.1:{sink_port}"\nallowed_networks = ["127.0.0.0/8"]\n'
+        'retry_intervals = ["1h"]\n')))
+    start_workers(gateway)
+    sent: list[str] = []
+    while len(sent) < 4 or not served_by_both(gateway, "from=<sender@remote.test>"):
+        assert len(sent) < 100, "one worker took every connection"
+        send_batch(gateway.ports["smtp"], len(sent), 1, sent, REMOTE)
+    wait_for(lambda: gateway.log().count("attempt 1:") >= len(sent), 30, "a first (failed) attempt of each")
+    listed = json.loads(queue_cli(gateway, "list", "--json").stdout)
+    assert len(listed) == len(sent)
+    gone = listed[0]["id"]
+    deleted = queue_cli(gateway, "delete", gone)
+    assert deleted.returncode == 0, deleted.stderr
+    assert len(json.loads(queue_cli(gateway, "list", "--json").stdout)) == len(sent) - 1
+    sink = sink_gateway(tmp_path / "sink", sink_port).start()
+    flushed = queue_cli(gateway, "flush")
+    assert "the running server is trying" in flushed.stdout, flushed
+    wait_for(lambda: len(sink.new_messages(REMOTE)) >= len(sent) - 1, 60, "the rest at the smarthost")
+    wait_for(lambda: json.loads(queue_cli(gateway, "list", "--json").stdout) == [], 30, "an empty queue")
+    assert len(sink.new_messages(REMOTE)) == len(sent) - 1
+    sink.stop()
