@@ -130,7 +130,9 @@ class Master(Service):
         if problems:
             fail_startup(tuple(problems), self._twistd)
         try:
-            preflight.prepare_files(self.config, self._owner)
+            if preflight.prepare_files(self.config, self._owner):
+                log.warn("tls.certificate: {cert} and tls.key: {key} were missing: generated a self-signed pair",
+                         cert=self.config.tls.certificate, key=self.config.tls.key)
             if preflight.uses_tls(self.config):
                 preflight.load_tls(self.config)
         except OSError as error:
@@ -149,7 +151,7 @@ class Master(Service):
         except (IndexError, KeyError):
             fail_startup((f"listen[{index}].endpoint: {description}: no such socket was passed by systemd",),
                          self._twistd)
-        d.addCallbacks(bound.append, bound.append)
+        d.addCallbacks(bound.append, bound.append)  # a listening endpoint answers at once: a port or a Failure
         result = bound[0] if bound else None
         if result is None or not hasattr(result, "fileno"):
             error = getattr(getattr(result, "value", None), "socketError", result)

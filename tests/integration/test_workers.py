@@ -279,3 +279,15 @@ def test_the_queue_cli_sees_and_acts_on_every_workers_mail(make_gateway: Callabl
     wait_for(lambda: json.loads(queue_cli(gateway, "list", "--json").stdout) == [], 30, "an empty queue")
     assert len(sink.new_messages(REMOTE)) == len(sent) - 1
     sink.stop()
+
+
+def test_a_port_in_use_stops_the_master_with_one_line_naming_the_key(make_gateway: Callable[..., Gateway]) -> None:
+    gateway = with_workers(make_gateway())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", gateway.ports["smtp"]))
+        taken.listen()
+        result = gateway.run_until_exit()
+    assert result.returncode == 1
+    assert "listen[0].endpoint: cannot listen on tcp:" in result.stderr + result.stdout
+    assert "Traceback" not in gateway.log()
+    assert "worker 0" not in gateway.log()  # no worker was started
