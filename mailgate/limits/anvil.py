@@ -11,7 +11,7 @@ cleaned up; AMP answers in order on it, so a Leave never overtakes its Enter.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -149,7 +149,13 @@ class AnvilClient:
         """This worker's AuthThrottle, told of every other worker's failures and telling them its own."""
         if isinstance(self._protocol, ThrottleLink):
             self._protocol.throttle = throttle
-        return MirroredThrottle(throttle, self._protocol)
+        return MirroredThrottle(throttle, self._tell)
+
+    def _tell(self, kind: str, ip: str, account: str) -> None:
+        try:
+            self._protocol.callRemote(AuthFailed if kind == "failed" else AuthSucceeded, ip=ip, account=account)
+        except Exception:  # the master has gone: this worker is about to stop
+            pass
 
     def _lost(self, failure: Any, answer: Any) -> Any:
         if not self._warned:
@@ -178,32 +184,34 @@ class ThrottleLink(QuietAMP):
 
 
 class MirroredThrottle:
-    """The AuthThrottle of one worker, whose failures and successes every other worker also counts.
+    """The AuthThrottle of one process, whose failures and successes every other process also counts.
 
-    The password-guessing limits must hold for the whole server, and the
-    SMTP and POP3 code asks its throttle synchronously, in the session's own
-    turn: so rather than asking the master each time, every worker keeps the
-    whole server's failures, each told to all through the master as it
-    happens. What a worker decides from it is exact but for the guesses of
-    the same pair being checked on another worker at that very moment
-    (sub-millisecond, one hop): at most one per worker beyond the limit.
+    The password-guessing limits must hold for the whole server (or every
+    node), and the SMTP and POP3 code asks its throttle synchronously, in
+    the session's own turn: so rather than asking elsewhere each time,
+    every process keeps the failures of all, each told to the others as it
+    happens (`tell`: through the master, or Redis pub/sub). What a process
+    decides from it is exact but for guesses of the same pair being checked
+    elsewhere at that very moment (one hop): at most one per process beyond
+    the limit.
     """
 
-    def __init__(self, throttle: AuthThrottle, link: amp.AMP) -> None:
-        self._throttle, self._link = throttle, link
+    def __init__(self, throttle: AuthThrottle, tell: Callable[[str, str, str], None]) -> None:
+        self._throttle, self._tell = throttle, tell
         self.admit, self.release = throttle.admit, throttle.release
         self.failures, self.delay_seconds, self.locked_out = throttle.failures, throttle.delay_seconds, throttle.locked_out
 
     def record_failure(self, ip: str, account: str, protocol: str) -> None:
         self._throttle.record_failure(ip, account, protocol)
-        self._tell(AuthFailed, ip, account)
+        self._tell("failed", ip, account)
 
     def record_success(self, ip: str, account: str) -> None:
         self._throttle.record_success(ip, account)
-        self._tell(AuthSucceeded, ip, account)
+        self._tell("succeeded", ip, account)
 
-    def _tell(self, command: type[amp.Command], ip: str, account: str) -> None:
-        try:
-            self._link.callRemote(command, ip=ip, account=account)
-        except Exception:  # the master has gone: this worker is about to stop
-            pass
+    def heard(self, kind: str, ip: str, account: str) -> None:
+        """Another process's news: counted here, not told again."""
+        if kind == "failed":
+            self._throttle.count_failure(ip, account)
+        elif kind == "succeeded":
+            self._throttle.record_success(ip, account)

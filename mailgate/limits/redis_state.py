@@ -20,7 +20,9 @@ answer after Redis returns ends it), with one log line each way.
 
 from __future__ import annotations
 
+import json
 import urllib.parse
+import uuid
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
@@ -30,10 +32,13 @@ from twisted.logger import Logger
 
 from mailgate.config import LimitsConfig, SenderRate, StateConfig
 from mailgate.limits.admission import Refusal
+from mailgate.limits.anvil import MirroredThrottle
+from mailgate.limits.auth_throttle import AuthThrottle
 
 log = Logger()
 
 PREFIX = "mailgate:"
+AUTH_CHANNEL = PREFIX + "auth"  # AUTH and POP3 failures and successes, JSON, from every process
 CALL_TIMEOUT_SECONDS = 0.5  # a client waits no longer than this for its greeting while Redis is away
 COUNT_EXPIRY_SECONDS = 3600
 
@@ -62,6 +67,7 @@ if count > tonumber(ARGV[1]) then return 'PER_IP' end
 if tonumber(ARGV[3]) > 0 and take(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4])) > 0 then return 'RATE' end
 return ''
 """
+PUBLISH = "return redis.call('PUBLISH', KEYS[1], ARGV[1])"
 LEAVE = "if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end return 0"
 
 
@@ -80,11 +86,13 @@ class RedisState:
         self._fallback, self._where = fallback_seconds, where
         self._rates = {"sender": limits.sender_rate}
         self._down_since: float | None = None
+        self._node = uuid.uuid4().hex  # who published an AUTH event: not counted twice by its sender
+        self._mirrored: MirroredThrottle | None = None
         self._refusing = False
 
     @classmethod
     def from_config(cls, state: StateConfig, limits: LimitsConfig, clock: IReactorTime) -> RedisState:
-        import txredisapi  # type: ignore[import-untyped]
+        import txredisapi  # type: ignore[import-untyped]  # here: it imports the global reactor
 
         url = urllib.parse.urlsplit(state.backend)
         connection = txredisapi.lazyConnection(url.hostname, url.port or 6379, int(url.path.strip("/") or "0"),
@@ -107,6 +115,33 @@ class RedisState:
             return succeed(0.0)
         d = self._call(TAKE, [f"{PREFIX}rate:{name}:{{{key}}}"], bucket_args(rate), "0")
         return d.addCallback(float)
+
+    def share_throttle(self, throttle: AuthThrottle) -> MirroredThrottle:
+        """This process's AuthThrottle, kept in step with every other process's over Redis pub/sub
+        (channel mailgate:auth): failures and successes are published, and those of others counted."""
+        import txredisapi
+
+        mirrored = MirroredThrottle(throttle, self._publish)
+        self._mirrored = mirrored
+        factory = txredisapi.SubscriberFactory()
+        factory.protocol = auth_events(txredisapi.SubscriberProtocol)
+        factory.state = self
+        factory.continueTrying = True
+        host, _, port = self._where.rpartition(":")
+        factory.startConnecting(txredisapi._makeEndpoint(host, int(port), CALL_TIMEOUT_SECONDS))
+        return mirrored
+
+    def _publish(self, kind: str, ip: str, account: str) -> None:
+        news = json.dumps({"from": self._node, "kind": kind, "ip": ip, "account": account})
+        self._call(PUBLISH, [AUTH_CHANNEL], [news], 0)
+
+    def heard(self, raw: Any) -> None:
+        try:
+            news = json.loads(raw)
+            if news["from"] != self._node and self._mirrored is not None:
+                self._mirrored.heard(news["kind"], news["ip"], news["account"])
+        except (ValueError, KeyError, TypeError):
+            log.warn("state.backend: unreadable message on {channel} ignored", channel=AUTH_CHANNEL)
 
     def available(self) -> bool:
         if self._down_since is None or self._clock.seconds() - self._down_since <= self._fallback:
@@ -136,6 +171,22 @@ class RedisState:
                      "state.fallback_time ({seconds:g} s)", where=self._where,
                      error=why(failure), seconds=self._fallback)
         return fail_open
+
+
+def auth_events(subscriber: type) -> type:
+    """The subscription to mailgate:auth (a txredisapi SubscriberProtocol), made again on every reconnection."""
+
+    class AuthEvents(subscriber):
+        def connectionMade(self) -> Any:
+            ready = super().connectionMade()
+            if isinstance(ready, Deferred):
+                return ready.addCallback(lambda _: self.subscribe(AUTH_CHANNEL))
+            return self.subscribe(AUTH_CHANNEL)
+
+        def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+            self.factory.state.heard(message)
+
+    return AuthEvents
 
 
 def why(failure: Any) -> str:

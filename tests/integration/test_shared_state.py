@@ -32,11 +32,12 @@ def nodes(tmp_path: Path) -> Iterator[list[Gateway]]:
             gateway.process.wait()
 
 
-def node(tmp_path: Path, name: str, redis: RedisServer, made: list[Gateway], fallback: str = "30s") -> Gateway:
+def node(tmp_path: Path, name: str, redis: RedisServer, made: list[Gateway], fallback: str = "30s",
+         limits: str = "") -> Gateway:
     root = tmp_path / name
     (root / "etc").mkdir(parents=True)
     ports = {"smtp": free_port()}
-    extra = (f'[limits]\nconnection_rate = "off"\nsender_rate = "5/hour"\n[security]\nplaintext_auth = "always"\n'
+    extra = (f'[limits]\nconnection_rate = "off"\nsender_rate = "5/hour"\n{limits}[security]\nplaintext_auth = "always"\n'
              f'[state]\nbackend = "{redis.url}"\nfallback_time = "{fallback}"\n')
     (root / "mailgate.toml").write_text(gateway_config(ports, extra))
     gateway = Gateway(root, root / "mailgate.toml", ports)
@@ -78,3 +79,19 @@ def test_redis_down_fails_open_then_451_then_mail_flows_when_back(tmp_path: Path
     redis.start()
     wait_for(lambda: send(gateway) == 250, 40, "mail to flow once Redis is back")
     assert "answers again" in gateway.log()
+
+
+def test_two_nodes_on_one_redis_count_auth_failures_together(tmp_path: Path, redis: RedisServer,
+                                                             nodes: list[Gateway]) -> None:
+    """auth_failures_per_account = 2: one wrong password on each node locks the pair out on both."""
+    first, second = (node(tmp_path, name, redis, nodes, limits="auth_failures_per_account = 2\n").start()
+                     for name in ("a", "b"))
+    for gateway in (first, second):
+        with pytest.raises((smtplib.SMTPAuthenticationError, smtplib.SMTPServerDisconnected)):
+            with smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=30) as client:
+                client.login(ALICE, "wrong")
+    for gateway in (first, second):
+        with smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=30) as client:
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                client.login(ALICE, "secret")
+            assert refused.value.smtp_code == 454

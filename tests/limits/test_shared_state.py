@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailgate.config import LimitsConfig, SenderRate, StateConfig
 from mailgate.limits import state
 from mailgate.limits.admission import Admission, Refusal
-from mailgate.limits.anvil import AnvilClient, AuthFailed, AnvilResponder, Counters, MirroredThrottle, ThrottleLink
+from mailgate.limits.anvil import AnvilClient, AuthFailed, AnvilResponder, Counters, ThrottleLink
 from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.limits.redis_state import RedisState
 
@@ -84,7 +84,7 @@ class AnvilTests(SynchronousTestCase):
                 sent.append((command, arguments))
 
         mine = AuthThrottle(self.clock, failures_per_account=2)
-        mirrored = MirroredThrottle(mine, Recorder())  # type: ignore[arg-type]
+        mirrored = AnvilClient(Recorder()).share_throttle(mine)  # type: ignore[arg-type]
         mirrored.record_failure("192.0.2.1", "alice", "smtp")
         self.assertEqual(sent, [(AuthFailed, {"ip": "192.0.2.1", "account": "alice"})])
         self.assertEqual(mine.failures("192.0.2.1", "alice"), 1)
