@@ -291,3 +291,18 @@ def test_a_port_in_use_stops_the_master_with_one_line_naming_the_key(make_gatewa
     assert "listen[0].endpoint: cannot listen on tcp:" in result.stderr + result.stdout
     assert "Traceback" not in gateway.log()
     assert "worker 0" not in gateway.log()  # no worker was started
+
+
+def test_workers_1_is_the_single_process_it_always_was(make_gateway: Callable[..., Gateway]) -> None:
+    gateway = make_gateway()
+    text = gateway.config.read_text()
+    gateway.config.write_text(text.replace("[server]\n", "[server]\nworkers = 1\n", 1))
+    gateway.add_user(BOB)
+    gateway.start()
+    sent: list[str] = []
+    send_batch(gateway.ports["smtp"], 0, 2, sent)
+    wait_for(lambda: len(gateway.new_messages(BOB)) == 2, 10, "2 messages")
+    assert gateway.process is not None
+    children = Path(f"/proc/{gateway.process.pid}/task/{gateway.process.pid}/children").read_text().split()
+    assert children == []
+    assert "workers:" not in gateway.log() and "worker 0:" not in gateway.log()
