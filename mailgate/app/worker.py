@@ -85,6 +85,7 @@ class WorkerLink(ThrottleLink):
         super().__init__()
         self._reactor = reactor
         self.scheduler: Scheduler | None = None  # set in worker 0, whose queue it is
+        self.lost = False  # the master has gone (perhaps before this reactor ran)
 
     @Queued.responder
     def _queued(self, queue_id: str) -> dict[str, Any]:
@@ -94,6 +95,7 @@ class WorkerLink(ThrottleLink):
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
+        self.lost = True
         if self._reactor.running:
             log.warn("workers: the master has gone: stopping")
             self._reactor.stop()
@@ -142,6 +144,11 @@ class WorkerRole:
             log.warn("workers: could not hand {id} to the queue: {error}", id=queue_id, error=error)
 
     def started(self) -> None:
+        """Tell the master; or, if it died while this worker was starting, stop: no orphans."""
+        if self.link.lost:
+            log.warn("workers: the master went away during start-up: stopping")
+            self._reactor.stop()
+            return
         self.link.callRemote(Hello, index=self.setup.index, pid=os.getpid())
 
 

@@ -306,3 +306,13 @@ def test_workers_1_is_the_single_process_it_always_was(make_gateway: Callable[..
     children = Path(f"/proc/{gateway.process.pid}/task/{gateway.process.pid}/children").read_text().split()
     assert children == []
     assert "workers:" not in gateway.log() and "worker 0:" not in gateway.log()
+
+
+def test_workers_end_when_the_master_is_killed(make_gateway: Callable[..., Gateway]) -> None:
+    """SIGKILL to the master (no clean stop at all): its workers notice the link is gone and stop."""
+    gateway = with_workers(make_gateway())
+    start_workers(gateway)
+    pids = worker_pids(gateway)
+    gateway.stop(signal.SIGKILL)
+    for pid in pids.values():
+        wait_for(lambda: not alive(pid), 20, f"worker {pid} to end")
