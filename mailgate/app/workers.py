@@ -167,6 +167,7 @@ class Master(Service):
         queue = QueueStore(os.path.join(self.config.server.state_dir, "queue"))
         d = deferToThread(queue.prepare)  # before any worker writes: see mailgate.app.worker
         d.addCallbacks(self._spool_prepared, self._spool_failed)
+        d.addErrback(self._spawn_failed)
 
     def _spool_prepared(self, set_aside: list[tuple[str, str]]) -> None:
         for queue_id, reason in set_aside:
@@ -176,6 +177,13 @@ class Master(Service):
 
     def _spool_failed(self, failure: Any) -> None:
         log.critical("server.state_dir: cannot prepare the queue: {error}", error=failure.getErrorMessage())
+        self._reactor.stop()
+
+    def _spawn_failed(self, failure: Any) -> None:
+        """A worker that cannot even be started (say, --uid's user may not run the interpreter):
+        one line saying so, then stop."""
+        log.critical("workers: cannot start {executable}: {error} (after --uid/--gid, that user must be able "
+                     "to run it and read mailgate)", executable=sys.executable, error=failure.getErrorMessage())
         self._reactor.stop()
 
     def _spawn(self, index: int) -> None:

@@ -9,6 +9,7 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -316,3 +317,53 @@ def test_workers_end_when_the_master_is_killed(make_gateway: Callable[..., Gatew
     gateway.stop(signal.SIGKILL)
     for pid in pids.values():
         wait_for(lambda: not alive(pid), 20, f"worker {pid} to end")
+
+
+def runnable_by_anyone(path: str) -> bool:
+    """The interpreter and every directory above it are executable by others: a worker started
+    after --uid can exec it (a venv under /root is not)."""
+    real = Path(os.path.realpath(path))
+    return all(part.stat().st_mode & 0o001 for part in [real, *real.parents])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binding a port below 1024 and --uid need root")
+@pytest.mark.skipif(not runnable_by_anyone(sys.executable), reason=f"{sys.executable} cannot be run after --uid")
+def test_the_master_binds_a_low_port_as_root_and_the_workers_run_unprivileged(tmp_path: Path) -> None:
+    import shutil
+    import tempfile
+
+    from tests.integration.test_privileges import NOBODY, free_privileged_port
+
+    root = Path(tempfile.mkdtemp(prefix="mailgate-uid-workers-"))
+    process = None
+    try:
+        root.chmod(0o755)
+        os.chown(root, NOBODY, NOBODY)
+        port = free_privileged_port()
+        config = root / "mailgate.toml"
+        config.write_text(
+            '[server]\nhostname = "mx.example.test"\nworkers = 2\n[domains]\nlocal = ["example.test"]\n'
+            f'[users]\nfile = "users"\n[[listen]]\nname = "mx"\nprotocol = "smtp"\n'
+            f'endpoint = "tcp:{port}:interface=127.0.0.1"\n')
+        subprocess.run([str(BIN / "mailgate"), "--config", str(config), "user", "add", BOB, "--password-stdin"],
+                       input=b"pw\n", cwd=root, check=True, capture_output=True)
+        os.chown(root / "users", NOBODY, NOBODY)
+        log = root / "twistd.log"
+        process = subprocess.Popen(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(log), f"--uid={NOBODY}", f"--gid={NOBODY}",
+             "mailgate", "--config", str(config)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for(lambda: "workers: all 2 ready" in (log.read_text() if log.exists() else ""), 30, "start-up")
+        assert "cannot start" not in log.read_text()
+        pids = [int(pid) for pid in re.findall(r"workers: worker \d+ started \(pid (\d+)\)", log.read_text())]
+        for pid in [process.pid, *pids]:
+            assert int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0]) == NOBODY
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("x@remote.test", [BOB], b"Subject: low\r\n\r\nhi\r\n")
+        new = root / "var" / "mail" / "example.test" / "bob" / "new"
+        wait_for(lambda: new.is_dir() and any(new.iterdir()), 10, "the message")
+        assert all(path.stat().st_uid == NOBODY for path in new.iterdir())
+    finally:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
