@@ -88,6 +88,9 @@ class RedisState:
         self._down_since: float | None = None
         self._node = uuid.uuid4().hex  # who published an AUTH event: not counted twice by its sender
         self._mirrored: MirroredThrottle | None = None
+        self._counted: dict[str, int] = {}  # connections Redis counted, per address, until they leave
+        self._pending: dict[str, int] = {}  # ENTERs not answered yet
+        self._owed: dict[str, int] = {}  # connections that left while their ENTER was unanswered
         self._refusing = False
 
     @classmethod
@@ -103,11 +106,29 @@ class RedisState:
     def enter(self, ip: str) -> Deferred[Refusal | None]:
         keys = [f"{PREFIX}conn:{{{ip}}}", f"{PREFIX}connrate:{{{ip}}}"]
         args = [self._limits.max_connections_per_ip, COUNT_EXPIRY_SECONDS, *bucket_args(self._limits.connection_rate)]
-        d = self._call(ENTER, keys, args, "")
-        return d.addCallback(lambda answer: Refusal[answer] if answer else None)
+        self._pending[ip] = self._pending.get(ip, 0) + 1
+        d = self._call(ENTER, keys, args, None)  # None: no answer, nothing was counted in Redis
+        return d.addCallback(self._entered, ip)
+
+    def _entered(self, answer: str | None, ip: str) -> Refusal | None:
+        _decrement(self._pending, ip)
+        if answer is None:
+            return None
+        if self._owed.get(ip):  # it left before Redis answered: take it back now
+            _decrement(self._owed, ip)
+            self._call(LEAVE, [f"{PREFIX}conn:{{{ip}}}"], [], 0)
+        else:
+            self._counted[ip] = self._counted.get(ip, 0) + 1
+        return Refusal[answer] if answer else None
 
     def leave(self, ip: str) -> None:
-        self._call(LEAVE, [f"{PREFIX}conn:{{{ip}}}"], [], 0)
+        """Uncount a connection Redis counted; one that entered while Redis was away was never counted,
+        and taking it back would uncount another."""
+        if self._counted.get(ip):
+            _decrement(self._counted, ip)
+            self._call(LEAVE, [f"{PREFIX}conn:{{{ip}}}"], [], 0)
+        elif self._pending.get(ip):
+            self._owed[ip] = self._owed.get(ip, 0) + 1
 
     def take(self, name: str, key: str) -> Deferred[float]:
         rate = self._rates.get(name)
@@ -187,6 +208,14 @@ def auth_events(subscriber: type) -> type:
             self.factory.state.heard(message)
 
     return AuthEvents
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def why(failure: Any) -> str:

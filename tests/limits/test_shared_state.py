@@ -130,8 +130,10 @@ class SharedAdmissionTests(SynchronousTestCase):
 class FakeRedis:
     def __init__(self) -> None:
         self.answer: Any = b""
+        self.scripts: list[str] = []
 
     def eval(self, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
+        self.scripts.append(script)
         return self.answer() if callable(self.answer) else succeed(self.answer)
 
 
@@ -169,3 +171,26 @@ class RedisFallbackTests(SynchronousTestCase):
         made = RedisState.from_config(StateConfig("redis://127.0.0.1:1/3", 5.0), LimitsConfig(), self.clock)
         self.assertEqual(made._where, "127.0.0.1:1")
         made._redis.disconnect()
+
+    def test_a_connection_redis_never_counted_is_never_uncounted(self) -> None:
+        from mailgate.limits.redis_state import LEAVE
+
+        self.redis.answer = lambda: fail(ConnectionRefusedError())
+        self.successResultOf(self.state.enter("192.0.2.1"))
+        self.redis.answer = b""
+        self.state.leave("192.0.2.1")
+        self.assertNotIn(LEAVE, self.redis.scripts)
+
+    def test_a_connection_gone_before_redis_answered_is_uncounted_when_it_does(self) -> None:
+        from mailgate.limits.redis_state import LEAVE
+
+        answer: Deferred[Any] = Deferred()
+        self.redis.answer = lambda: answer
+        d = self.state.enter("192.0.2.1")
+        self.state.leave("192.0.2.1")
+        self.assertNotIn(LEAVE, self.redis.scripts)
+        answer.callback(b"")
+        self.successResultOf(d)
+        self.assertEqual(self.redis.scripts.count(LEAVE), 1)
+        self.state.leave("192.0.2.1")  # a second leave for it: nothing more
+        self.assertEqual(self.redis.scripts.count(LEAVE), 1)
