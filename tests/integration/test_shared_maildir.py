@@ -50,3 +50,32 @@ def test_a_pop3_session_on_one_node_locks_the_mailbox_on_the_other(tmp_path: Pat
         login(second)
     session.quit()
     login(second).quit()  # the lock went with the session
+
+
+def test_two_nodes_deliver_into_one_shared_maildir_at_once(tmp_path: Path, nodes: list[Gateway]) -> None:
+    """10 connections to each node at the same time, 2 messages each, one mailbox: 40 files, no 451
+    (neither node's tmp/ sweep touches the other's files being written)."""
+    import smtplib
+    import threading
+
+    shared = tmp_path / "shared-mail"
+    first, second = node(tmp_path, "a", shared, nodes), node(tmp_path, "b", shared, nodes)
+    failures: list[BaseException] = []
+
+    def send(gateway: Gateway, tag: str) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=30) as client:
+                for number in range(2):
+                    client.sendmail("x@remote.test", [ALICE], f"Subject: {tag}{number}\r\n\r\nhi\r\n".encode())
+        except BaseException as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+
+    threads = [threading.Thread(target=send, args=(gateway, f"{name}{n}-"))
+               for n in range(10) for name, gateway in (("a", first), ("b", second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    new = shared / "example.test" / "alice" / "new"
+    assert len(list(new.iterdir())) == 40
