@@ -60,7 +60,7 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CONFIG = """\
 [server]
 hostname = "bench.example.test"
-
+{server}
 [[listen]]
 name = "smtp"
 protocol = "smtp"
@@ -245,11 +245,14 @@ def accepts(port: int) -> bool:
 class Gateway:
     """`twistd -n mailgate` in its own temporary directory; stopped by its pid."""
 
-    def __init__(self, ctx: Context, name: str, extra: str = "", root: Path | None = None) -> None:
+    def __init__(self, ctx: Context, name: str, extra: str = "", root: Path | None = None, server: str = "") -> None:
         self.root = root or Path(tempfile.mkdtemp(prefix=f"mailgate-bench-{name}-", dir=ctx.scratch))
         self.port = free_port()
         self.config = self.root / "mailgate.toml"
-        self.config.write_text(CONFIG.format(port=self.port, extra=extra))
+        self.config.write_text(CONFIG.format(port=self.port, extra=extra, server=server))
+        workers = re.search(r"workers = (\d+)", server)
+        many = workers is not None and int(workers.group(1)) > 1
+        self.ready = f"workers: all {workers.group(1)} ready" if many and workers else "mailgate started"
         (self.root / "etc").mkdir(exist_ok=True)
         shutil.copy(ctx.users_file, self.root / "etc" / "users")
         self.log_path = self.root / "twistd.log"
@@ -286,7 +289,7 @@ class Gateway:
                 self.stop()
                 raise SystemExit(f"mailgate did not start within {deadline:g} s:\n{self.log_text()[-3000:]}")
             text = self.log_text()
-            if "listening_s" not in times and "mailgate started" in text and accepts(self.port):
+            if "listening_s" not in times and self.ready in text and accepts(self.port):
                 times["listening_s"] = time.perf_counter() - started
             if resumed and "resumed_s" not in times and f"queue: resumed {resumed} " in text:
                 times["resumed_s"] = time.perf_counter() - started
@@ -485,9 +488,9 @@ def size_label(size: int) -> str:
 
 def maildir_cell(ctx: Context, cell: str, group: str, variant: str, size: int, conc: int, n: int,
                  rcpts: int = 1, per_connection: int = 1, pipelining: bool = False, python: bool = False,
-                 keep_connection: bool = False) -> None:
+                 keep_connection: bool = False, server: str = "") -> None:
     """N messages into local Maildirs: fresh gateway, `reps` runs, files counted in new/."""
-    gateway = Gateway(ctx, cell)
+    gateway = Gateway(ctx, cell, server=server)
     addresses = RCPT_USERS[:rcpts]
     client, command = ctx.load_command(gateway.port, n, conc, size, USER, rcpts, per_connection, pipelining, python,
                                        keep_connection)
@@ -514,6 +517,15 @@ def smtp_cell(size: int, conc: int) -> Callable[[Context], None]:
     def run(ctx: Context) -> None:
         n = ctx.args.n1k if size == 1024 else ctx.args.n100k
         maildir_cell(ctx, f"smtp-{size // 1024}k-c{conc}", "smtp", "mailgate", size, conc, n)
+    return run
+
+
+def workers_cell(conc: int) -> Callable[[Context], None]:
+    """Durable 1 KB into Maildirs, server.workers = 1 then 2, in one cell: side by side (issue 18)."""
+    def run(ctx: Context) -> None:
+        for workers in (1, 2):
+            maildir_cell(ctx, f"workers-1k-c{conc}", "workers", f"workers = {workers}", 1024, conc, ctx.args.n1k,
+                         server=f"workers = {workers}\n")
     return run
 
 
@@ -853,6 +865,7 @@ def all_cells(concs: Iterable[int]) -> list[tuple[str, str, Callable[[Context], 
     cells += [(f"rcpt10-1k-c{c}", "multircpt", multircpt_cell(c)) for c in concs if c > 1]
     cells += [(f"relay-1k-c{c}", "relay", relay_cell(c)) for c in concs if c > 1]
     cells += [(f"webhook-1k-c{c}", "webhook", webhook_cell(c)) for c in concs if c > 1]
+    cells += [(f"workers-1k-c{c}", "workers", workers_cell(c)) for c in concs if c > 1]
     cells += [("pop3-retr", "pop3", pop3_retr_cell), ("pop3-uidl", "pop3", pop3_uidl_cell),
               ("idle", "idle", idle_cell), ("queue-1k-c10", "queue", queue_cell)]
     from bench import mailauth  # its cells build on this module's pieces
@@ -913,7 +926,8 @@ def machine() -> dict[str, str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--cells", default="", help="comma-separated cell names, groups (smtp, pipelining, "
-                        "multircpt, relay, webhook, pop3, idle, queue, mailauth) or globs ('smtp-1k-*'); default all")
+                        "multircpt, relay, webhook, workers, pop3, idle, queue, mailauth) or globs ('smtp-1k-*'); "
+                        "default all")
     parser.add_argument("--list", action="store_true", help="list the cells and exit")
     parser.add_argument("--quick", action="store_true", help="tiny N and 1 run per cell: a check, not a figure")
     parser.add_argument("--reps", type=int, help="runs per cell (3)")

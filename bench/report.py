@@ -355,7 +355,7 @@ def detail_table(lines: list[str], rows: list[dict]) -> None:
 
 def extras_table(lines: list[str], rows: list[dict]) -> None:
     add = lines.append
-    extra = [r for r in rows if r.get("group") in ("pipelining", "multircpt", "relay", "webhook")]
+    extra = [r for r in rows if r.get("group") in ("pipelining", "multircpt", "relay", "webhook", "workers")]
     if not extra:
         return
     add("### Sessions with several messages, multi-recipient, relay, webhook (1 KB)\n")

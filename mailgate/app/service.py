@@ -27,6 +27,7 @@ from mailgate.inbound.transaction import Deliverer
 from mailgate.app.periodic import Periodic
 from mailgate.limits.admission import Admission, AdmissionGate
 from mailgate.limits.auth_throttle import AuthThrottle
+from mailgate.limits.state import shared_admission, shared_throttle
 from mailgate.app.pipeline import build_pipeline
 from mailgate.net.accept_backoff import AcceptBackoff, pause_on_exhaustion
 from mailgate.outbound.scheduler import Scheduler
@@ -72,6 +73,7 @@ class GatewayService(MultiService):
         self._backoffs: list[AcceptBackoff] = []
         self._tls: Any = None  # the listeners' TLS context factory, when one uses TLS
         self._previous_sighup: Any = None  # the handler before ours, put back at stop
+        self.role: Any = None  # a worker's WorkerRole (server.workers > 1, mailgate.app.worker)
 
     def run_blocking(self, function: Any, *args: Any) -> Deferred:
         """Run a call that blocks on the disk in the disk thread pool."""
@@ -113,8 +115,8 @@ class GatewayService(MultiService):
         self.outbound, self.relay, deliverer = pipeline.scheduler, pipeline.smtp, pipeline.deliverer
         self.accounts = Accounts(self.config.users.file)
         self.portal = build_portal(self.accounts, self.reactor)
-        self.throttle = AuthThrottle.from_limits(self.config.limits, self.reactor)  # SMTP AUTH and POP3 share it
-        self.admission = self._admission()  # one for every listener: the limits hold per server
+        self.throttle = shared_throttle(AuthThrottle.from_limits(self.config.limits, self.reactor))  # SMTP AUTH, POP3
+        self.admission = shared_admission(self._admission())  # one for every listener: the limits hold per server
         for index, listener in enumerate(self.config.listen):
             factory = self._factory(listener, deliverer, tls_options)
             self.factories.append(factory)
@@ -136,6 +138,8 @@ class GatewayService(MultiService):
 
     def _start_queue(self, scheduler: Scheduler) -> None:
         """Lock the spool, resume what is queued, and serve the CLI's requests."""
+        if self.role is not None and not self.role.owns_queue(scheduler):
+            return  # another worker runs the queue
         store = scheduler.store
         try:
             locked = store.lock()
@@ -177,7 +181,8 @@ class GatewayService(MultiService):
 
     def _listen(self, index: int, listener: ListenConfig, factory: Factory) -> None:
         try:
-            endpoint = serverFromString(self.reactor, listener.endpoint)
+            endpoint = (self.role.endpoint(index) if self.role is not None
+                        else serverFromString(self.reactor, listener.endpoint))
         except (IndexError, KeyError):  # the config checked its form: only systemd's lookup is left
             self._fail_startup(f"listen[{index}].endpoint: {listener.endpoint}: no such socket was passed by "
                                "systemd (LISTEN_FDS)")

@@ -11,6 +11,7 @@ from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
+from mailgate.app import worker, workers
 from mailgate.config import ConfigError, GatewayConfig, load_config
 from mailgate.builtin import load_plugins
 from mailgate.hooks.calling import Hooks
@@ -29,7 +30,12 @@ def makeService(options: Options) -> IService:
 
     try:
         config = load_config(options["config"])
-        return build_service(config, reactor, owner=twistd_owner(options), twistd=getattr(options, "parent", None))
+        twistd, owner = getattr(options, "parent", None), twistd_owner(options)
+        master = workers.master_service(config, options["config"], reactor, owner, twistd)  # server.workers > 1
+        if master is not None:
+            return master
+        role = worker.process_role(config, reactor)  # a worker's listeners and queue; state.backend
+        return worker.attach(build_service(config, reactor, owner=owner, twistd=twistd), role, reactor)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -23,6 +23,15 @@ class ConfigError(Exception):
 class ServerConfig:
     hostname: str = "localhost"
     state_dir: str = "var"
+    workers: int = 1  # processes sharing every listener; "auto" is resolved to the CPU count when read
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """[state]: where limits' counters live when more than one process or node must share them."""
+
+    backend: str = "memory"  # memory | redis://HOST:PORT/DB
+    fallback_seconds: float = 30.0  # Redis unreachable: limits fail open this long, then 451 4.3.0
 
 
 @dataclass(frozen=True)
@@ -245,5 +254,6 @@ class GatewayConfig:
     pipe: Mapping[str, PipeConfig] = field(default_factory=lambda: MappingProxyType({}))
     limits: LimitsConfig = LimitsConfig()
     plugins: PluginsConfig = PluginsConfig()
+    state: StateConfig = StateConfig()
     plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "<defaults>"  # the file it was read from, for messages

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
 import tomllib
+import urllib.parse
 from types import MappingProxyType
 from typing import Any, Iterator, Mapping
 
@@ -48,6 +50,7 @@ from mailgate.config.model import (
     EVENT_TYPES,
     ConfigError,
     ServerConfig,
+    StateConfig,
     ListenConfig,
     TLSConfig,
     SecurityConfig,
@@ -120,6 +123,29 @@ def _sender_rate(value: Any) -> SenderRate | None:
     if messages <= 0 or seconds <= 0:
         raise ValueError(f'expected "COUNT/UNIT" like "100/hour" or "100/10m", or "off", got {value!r}')
     return SenderRate(messages, float(seconds))
+
+
+def _workers(value: Any) -> int:
+    """A count of processes, or "auto": one per CPU."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    return _positive_int(value)
+
+
+def _state_backend(value: Any) -> str:
+    """"memory", or "redis://HOST:PORT/DB" (port and database optional)."""
+    backend = string(value).strip()
+    if backend == "memory":
+        return backend
+    parsed = urllib.parse.urlsplit(backend)
+    try:
+        parsed.port
+        database = int(parsed.path.strip("/") or "0")
+    except ValueError:
+        database = -1
+    if parsed.scheme != "redis" or not parsed.hostname or database < 0 or parsed.query:
+        raise ValueError(f'expected "memory" or "redis://HOST:PORT/DB", got {value!r}')
+    return backend
 
 
 def _relay_rules(values: dict) -> dict:
@@ -294,7 +320,7 @@ _SECURITY = {
 _PLUGINS = {"paths": Key(list_of(text)), "enable": Key(list_of(module_name)),
             "timeout": Key(_duration, "timeout_seconds")}
 _DOCUMENT = {
-    "server": Key(table_of(ServerConfig, {"hostname": Key(domain), "state_dir": Key(text)})),
+    "server": Key(table_of(ServerConfig, {"hostname": Key(domain), "state_dir": Key(text), "workers": Key(_workers)})),
     "listen": Key(list_of(table_of(ListenConfig, _LISTEN, _default_auth), True, "name"), required=True),
     "tls": Key(table_of(TLSConfig, {"certificate": Key(text), "key": Key(text), "ciphers": Key(ciphers)})),
     "security": Key(table_of(SecurityConfig, _SECURITY)),
@@ -312,6 +338,8 @@ _DOCUMENT = {
     "pipe": Key(_pipes),
     "limits": Key(table_of(LimitsConfig, _LIMITS)),
     "plugins": Key(table_of(PluginsConfig, _PLUGINS)),
+    "state": Key(table_of(StateConfig, {"backend": Key(_state_backend),
+                                        "fallback_time": Key(_duration, "fallback_seconds")})),
     # [plugin.NAME] belongs to the plugin: only its shape is checked here.
     "plugin": Key(mapping_of(string, mapping_of(string, copy.deepcopy))),
 }

@@ -113,6 +113,10 @@ class AuthThrottle:
         """Count a wrong password for `account` from `ip`, and log it: one line, what fail2ban needs."""
         log.warn("auth failed: ip={ip} user={user} protocol={protocol}",
                  ip=ip, user=for_log(account), protocol=protocol)
+        self.count_failure(ip, account)
+
+    def count_failure(self, ip: str, account: str) -> None:
+        """Count a wrong password, unlogged: one another process of this server has logged."""
         self._pairs.add((ip, account_key(account)))
         self._ips.add(ip)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from typing import Any, Hashable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -70,6 +70,8 @@ class Scheduler:
         self._timer: IDelayedCall | None = None
         self._stopping = False
         self._abandoned = False
+        self._forward: Callable[[str], None] | None = None
+        self.prepare_spool = True  # clear what a crash left; False where other processes write (workers)
         spooler.on_release(self._released)
 
     # --- lifecycle -----------------------------------------------------------
@@ -85,7 +87,7 @@ class Scheduler:
             log.info("queue: resumed {count} queued message(s)", count=len(entries))
 
     def _load_all(self) -> tuple[list[tuple[str, str]], list[tuple[str, float]]]:
-        set_aside = self.store.prepare()
+        set_aside = self.store.prepare() if self.prepare_spool else []
         return set_aside, self.store.next_attempts()
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
@@ -110,8 +112,15 @@ class Scheduler:
         if self._running:
             log.warn("queue: abandoned {count} attempt(s) in flight at shutdown", count=len(self._running))
 
+    def hand_off(self, forward: Callable[[str], None]) -> None:
+        """This process only spools: each released entry goes to `forward` (the process that
+        owns the queue, server.workers > 1) and is never attempted here."""
+        self._forward = forward
+
     def _released(self, queue_id: str) -> None:
-        """A new entry whose client has been told 250: due now."""
+        """A new entry whose client has been told 250: due now, here or where the queue is run."""
+        if self._forward is not None:
+            return self._forward(queue_id)
         self.schedule(queue_id, self._clock.seconds())
 
     # --- scheduling ----------------------------------------------------------

@@ -7,6 +7,7 @@ session from deleting under the first one's numbers (section 8).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import weakref
 
@@ -18,6 +19,7 @@ from mailgate.store.maildir_writer import mailbox_path
 
 log = Logger()
 
+IN_USE = b"-ERR [IN-USE] Mailbox is locked by another POP3 session."
 SYS_TEMP = b"-ERR [SYS/TEMP] Internal error occurred. Refer to server log for more information."
 
 
@@ -105,6 +107,7 @@ class Mailboxes:
         self.maildir_root = maildir_root
         self.run_blocking = run_blocking
         self.locks = shared_locks(maildir_root)
+        self._files: dict[str, int] = {}  # address -> its file lock's descriptor (lock_and_list)
 
     async def open(self, address: str) -> Maildrop:
         """Lock and list `address`'s mailbox; MaildropUnavailable when it can't be."""
@@ -114,15 +117,47 @@ class Mailboxes:
             log.warn("POP3 login {address!r} has no usable mailbox path", address=address)
             raise MaildropUnavailable(b"-ERR [SYS/PERM] Mailbox name is not usable.") from None
         if address in self.locks:
-            raise MaildropUnavailable(b"-ERR [IN-USE] Mailbox is locked by another POP3 session.")
+            raise MaildropUnavailable(IN_USE)
         self.locks.add(address)
         try:
-            messages: list[MessageInfo] = await self.run_blocking(list_messages, directory)
+            locked, messages = await self.run_blocking(lock_and_list, directory)
         except Exception:
             log.failure("POP3 listing of {address} failed", address=address)
             self.unlock(address)
             raise MaildropUnavailable(SYS_TEMP) from None
+        if locked is None:
+            self.unlock(address)
+            raise MaildropUnavailable(IN_USE)
+        self._files[address] = locked
         return Maildrop(self, address, directory, messages)
 
     def unlock(self, address: str) -> None:
         self.locks.discard(address)
+        locked = self._files.pop(address, None)
+        if locked is not None:
+            os.close(locked)  # closing releases the flock
+
+
+def lock_and_list(directory: str) -> tuple[int | None, list[MessageInfo]]:
+    """Take the mailbox's file lock and list it: (the lock's descriptor, the messages), or
+    (None, []) when a session in another process holds it.
+
+    The lock set above only knows this process's sessions; with server.workers
+    > 1, or nodes sharing maildir_root, a session elsewhere must lock the
+    mailbox too. flock on `<mailbox>.pop3.lock`, beside the Maildir (never in
+    it: nothing there but the Maildir's own): released by the kernel when the
+    process dies, and carried by NFS as a POSIX lock on Linux.
+    """
+    path = directory.rstrip("/") + ".pop3.lock"
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None, []
+    try:
+        return descriptor, list_messages(directory)
+    except BaseException:
+        os.close(descriptor)
+        raise

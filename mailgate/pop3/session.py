@@ -146,6 +146,14 @@ class POP3Session(protocol.Protocol):
         handle = socket_of(connection)
         refusal = self.factory.admission.enter(self._ip, handle.fileno() if handle is not None else None)
         self._counted = True
+        if isinstance(refusal, Deferred):  # counts shared with other processes (mailgate.limits.state)
+            refusal.addCallback(self._greet)
+            return
+        self._greet(refusal)
+
+    def _greet(self, refusal: Refusal | None) -> None:
+        if not self._connected:
+            return
         if refusal is not None:
             log.info("POP3 connection from {ip} refused: {why}", ip=self._ip, why=refusal.value)
             self.reply(REFUSALS[refusal])

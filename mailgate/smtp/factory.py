@@ -33,10 +33,16 @@ class SMTPFactory(Factory["SMTPSession"]):
     def buildProtocol(self, addr: IAddress | None) -> SMTPSession:
         return SMTPSession(self)
 
-    def admission_refusal(self, ip: str, descriptor: int | None) -> Reply | None:
+    def admission_refusal(self, ip: str, descriptor: int | None) -> Reply | None | Deferred[Reply | None]:
         """Count the connection with the server's Admission (connectionLost uncounts it); the 421
-        for a client over the connection limits, or for any client while stopping."""
+        for a client over the connection limits, or for any client while stopping. Counts shared
+        with other processes (mailgate.limits.state) answer later: a Deferred."""
         refusal = self.policy.admission.enter(ip, descriptor)
+        if isinstance(refusal, Deferred):
+            return refusal.addCallback(self._refusal_reply, ip)
+        return self._refusal_reply(refusal, ip)
+
+    def _refusal_reply(self, refusal: Refusal | None, ip: str) -> Reply | None:
         if refusal is not None:
             log.info("SMTP connection from {ip} refused: {why}", ip=ip, why=refusal.value)
             return REFUSALS[refusal]

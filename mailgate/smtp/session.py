@@ -120,16 +120,21 @@ class SMTPSession(Protocol, TimeoutMixin):
         handle = socket_of(self._connection)
         refusal = factory.admission_refusal(ip, handle.fileno() if handle is not None else None)
         self._counted = True
-        if refusal is not None:
+        if refusal is not None and not isinstance(refusal, Deferred):
             return self.close(refusal)
         self.setTimeout(policy.config.limits.command_timeout_seconds)
         greeting = Reply(220, text=f"{policy.config.server.hostname} ESMTP mailgate")
-        if policy.hooks.implemented("mailgate_connect"):
-            return self._wait_for(self._connect_hooks(greeting))
+        if refusal is not None or policy.hooks.implemented("mailgate_connect"):
+            return self._wait_for(self._connect_hooks(greeting, refusal))
         self._answer(greeting)
 
-    async def _connect_hooks(self, greeting: Reply) -> Reply | None:
-        """mailgate_connect: the greeting, or a plugin's refusal in its place (then the end)."""
+    async def _connect_hooks(self, greeting: Reply, admission: Deferred[Reply | None] | None) -> Reply | None:
+        """The shared Admission's answer, then mailgate_connect: the greeting, or a refusal in its place."""
+        if admission is not None and (refused := await admission) is not None:
+            self.close(refused)
+            return None
+        if not self._policy.hooks.implemented("mailgate_connect"):
+            return greeting
         try:
             refusal = await self._policy.hooks.refusal("mailgate_connect", session=self.state.session)
         except HookFailed:

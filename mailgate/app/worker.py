@@ -1,0 +1,192 @@
+"""One worker process of several (server.workers > 1): its listeners, its link to the master, its queue role.
+
+The master (mailgate.app.workers) binds every listener and starts each
+worker as `twistd mailgate` with the sockets and one end of a socketpair
+inherited, described in the MAILGATE_WORKER environment variable. The
+worker adopts the sockets (`reactor.adoptStreamPort`) instead of binding,
+asks the master for the shared limits over the socketpair (AMP, see
+mailgate.limits.anvil), and stops when the master has gone.
+
+The queue: a message must be attempted by exactly one process. The
+simplest design that is correct without any locking between processes is
+the one kept here: worker 0 runs the outbound scheduler and holds the
+spool's lock (so `mailgate queue ...` finds "the running server" and its
+requests are served there, unchanged), and every other worker writes the
+mail it accepts into the same spool durably, as today, then hands the id
+over (`Queued`, through the master, to worker 0) instead of attempting it.
+Nothing is attempted twice: only one scheduler exists. Nothing is lost: the
+entry is on disk before the client hears 250, and a restarted worker 0
+resumes everything in env/. The master clears the spool of what a crash
+left before any worker starts; a worker 0 started again later must not
+(other workers are writing meanwhile), so it never does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory
+from twisted.logger import ILogObserver, Logger, eventAsText
+from twisted.protocols import amp
+from zope.interface import implementer
+
+from mailgate.config import GatewayConfig
+from mailgate.limits import state
+from mailgate.limits.anvil import AnvilClient, ThrottleLink
+from mailgate.outbound.scheduler import Scheduler
+
+log = Logger()
+
+ENVIRONMENT = "MAILGATE_WORKER"
+
+
+class Hello(amp.Command):
+    """Worker -> master: started, with this index (worker 0: its queue is running)."""
+
+    arguments = [(b"index", amp.Integer()), (b"pid", amp.Integer())]
+    requiresAnswer = False
+
+
+class Queued(amp.Command):
+    """A worker -> the master -> worker 0: an entry this worker spooled, to be attempted there."""
+
+    arguments = [(b"queue_id", amp.Unicode())]
+    requiresAnswer = False
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    index: int
+    control: int  # this worker's end of the socketpair to the master
+    listeners: tuple[tuple[int, int], ...]  # (descriptor, address family), in [[listen]] order
+
+    def encode(self) -> str:
+        return json.dumps({"index": self.index, "control": self.control, "listeners": self.listeners})
+
+    @classmethod
+    def from_environment(cls) -> WorkerSetup | None:
+        raw = os.environ.get(ENVIRONMENT)
+        if not raw:
+            return None
+        data = json.loads(raw)
+        return cls(data["index"], data["control"], tuple((fd, family) for fd, family in data["listeners"]))
+
+
+class WorkerLink(ThrottleLink):
+    """The worker's end of the socketpair: answers the master, and ends the worker when it goes."""
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self.scheduler: Scheduler | None = None  # set in worker 0, whose queue it is
+        self.lost = False  # the master has gone (perhaps before this reactor ran)
+
+    @Queued.responder
+    def _queued(self, queue_id: str) -> dict[str, Any]:
+        if self.scheduler is not None:
+            self.scheduler.schedule(queue_id, self._reactor.seconds())
+        return {}
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        self.lost = True
+        if self._reactor.running:
+            log.warn("workers: the master has gone: stopping")
+            self._reactor.stop()
+
+
+class AdoptedEndpoint:
+    """A server endpoint for a socket the master bound and listens on: adopt it, bind nothing."""
+
+    def __init__(self, reactor: Any, descriptor: int, family: int) -> None:
+        self._reactor, self._descriptor, self._family = reactor, descriptor, family
+
+    def listen(self, factory: Factory[Any]) -> Deferred[Any]:
+        port = self._reactor.adoptStreamPort(self._descriptor, self._family, factory)
+        os.close(self._descriptor)  # the port holds a duplicate; the master keeps its own
+        return succeed(port)
+
+
+class WorkerRole:
+    """What a worker process changes in the GatewayService: where listeners come from, who runs the queue."""
+
+    def __init__(self, setup: WorkerSetup, reactor: Any) -> None:
+        self.setup = setup
+        self._reactor = reactor
+        self.link = WorkerLink(reactor)
+        reactor.adoptStreamConnection(setup.control, socket.AF_UNIX, Factory.forProtocol(lambda: self.link))
+        os.close(setup.control)
+
+    def endpoint(self, index: int) -> AdoptedEndpoint:
+        descriptor, family = self.setup.listeners[index]
+        return AdoptedEndpoint(self._reactor, descriptor, family)
+
+    def owns_queue(self, scheduler: Scheduler) -> bool:
+        """Worker 0 runs the queue (without clearing the spool: others write to it); the
+        others hand what they spool to it."""
+        if self.setup.index == 0:
+            scheduler.prepare_spool = False
+            self.link.scheduler = scheduler
+            return True
+        scheduler.hand_off(self._forward)
+        return False
+
+    def _forward(self, queue_id: str) -> None:
+        try:
+            self.link.callRemote(Queued, queue_id=queue_id)
+        except Exception as error:  # the master has gone: worker 0 resumes it from env/ at its start
+            log.warn("workers: could not hand {id} to the queue: {error}", id=queue_id, error=error)
+
+    def started(self) -> None:
+        """Tell the master; or, if it died while this worker was starting, stop: no orphans."""
+        if self.link.lost:
+            log.warn("workers: the master went away during start-up: stopping")
+            self._reactor.stop()
+            return
+        self.link.callRemote(Hello, index=self.setup.index, pid=os.getpid())
+
+
+def process_role(config: GatewayConfig, reactor: Any) -> WorkerRole | None:
+    """This process's role (a worker, or None) and its SharedState, before the plugins are configured."""
+    from mailgate.limits.redis_state import RedisState
+
+    setup = WorkerSetup.from_environment()
+    role = WorkerRole(setup, reactor) if setup is not None else None
+    if config.state.backend != "memory":
+        state.use(RedisState.from_config(config.state, config.limits, reactor))
+    elif role is not None:
+        state.use(AnvilClient(role.link))
+    return role
+
+
+def attach(service: Any, role: WorkerRole | None, reactor: Any) -> Any:
+    """Give the GatewayService its worker role; tell the master once it has started."""
+    if role is not None:
+        service.role = role
+        reactor.callWhenRunning(role.started)
+    return service
+
+
+@implementer(ILogObserver)
+class LineObserver:
+    """A worker's log: one `LEVEL text` line per event on stdout, which the master relays into its log."""
+
+    def __init__(self, write: Callable[[str], object] = sys.stdout.write) -> None:
+        self._write = write
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = getattr(event.get("log_level"), "name", "info")
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        self._write("".join(f"{level} {line}\n" for line in text.splitlines()))
+        sys.stdout.flush()
+
+
+def log_observer() -> LineObserver:
+    """twistd --logger for a worker."""
+    return LineObserver()

@@ -1,0 +1,305 @@
+"""The master of server.workers > 1: binds the listeners, starts and restarts the workers, keeps their counters.
+
+The master binds every [[listen]] endpoint in privilegedStartService, as
+root if twistd was started so (ports below 1024), and never accepts on
+them: each worker inherits the listening sockets and accepts itself, the
+kernel handing each connection to one of them. The master also prepares
+the files (directories, a self-signed TLS pair) once, so that workers
+starting together never race to create them, and clears the spool of what
+a crash left before any worker writes to it (see mailgate.app.worker).
+
+A worker that dies is started again with the same index (worker 0 runs
+the queue), after a delay doubling from half a second to 30 s while it
+keeps dying young, with one log line each time. SIGTERM stops the workers
+(each finishes its sessions, as a single process does) and then the
+master; SIGHUP is passed on to every worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger, LogLevel
+
+from mailgate.app import preflight
+from mailgate.app.service import fail_startup
+from mailgate.app.worker import Hello, Queued, WorkerSetup, ENVIRONMENT
+from mailgate.config import ConfigError, GatewayConfig
+from mailgate.limits.anvil import AnvilResponder, AuthFailed, AuthSucceeded, Counters
+from mailgate.outbound.spool import QueueStore
+
+log = Logger()
+
+FIRST_RESTART_SECONDS = 0.5
+LONGEST_RESTART_SECONDS = 30.0
+YOUNG_SECONDS = 30.0  # a worker that ran longer than this died of something new: restart at once
+LEVELS = frozenset(("debug", "info", "warn", "error", "critical"))  # LogLevel names
+STOP_GRACE_SECONDS = 20.0
+TWISTD = "from twisted.scripts.twistd import run; run()"  # `twistd` itself, with this interpreter  # the workers' own shutdown grace (10 s) and then some; then SIGKILL
+
+
+class Silent(Factory):
+    """The master's factory on a listener it never accepts on, and never logs about."""
+
+    noisy = False
+
+
+class MasterLink(AnvilResponder):
+    """The master's end of one worker's socketpair: the counters, plus the queue hand-over."""
+
+    def __init__(self, master: Master, index: int) -> None:
+        super().__init__(master.counters)
+        self._master, self._index = master, index
+
+    @Hello.responder
+    def _hello(self, index: int, pid: int) -> dict[str, Any]:
+        self._master.worker_ready(self._index, self)
+        return {}
+
+    @Queued.responder
+    def _queued(self, queue_id: str) -> dict[str, Any]:
+        self._master.hand_to_queue(queue_id)
+        return {}
+
+    @AuthFailed.responder
+    def _auth_failed(self, ip: str, account: str) -> dict[str, Any]:
+        self._master.tell_others(self, AuthFailed, ip=ip, account=account)
+        return {}
+
+    @AuthSucceeded.responder
+    def _auth_succeeded(self, ip: str, account: str) -> dict[str, Any]:
+        self._master.tell_others(self, AuthSucceeded, ip=ip, account=account)
+        return {}
+
+
+class WorkerProcess(ProcessProtocol):
+    """One running worker: its output relayed into the master's log, its end reported."""
+
+    def __init__(self, master: Master, index: int) -> None:
+        self._master, self.index = master, index
+        self._partial = b""
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            level, _, text = line.decode("utf-8", "replace").partition(" ")
+            known = level in LEVELS
+            log.emit(LogLevel.levelWithName(level) if known else LogLevel.info,
+                     "worker {index}: {text}", index=self.index, text=text if known else f"{level} {text}")
+
+    errReceived = outReceived  # a worker's stderr is the same kind of line (or a crash's last words)
+
+    def processEnded(self, reason: Any) -> None:
+        self._master.worker_ended(self, reason.value)
+        self.ended.callback(None)
+
+
+class Master(Service):
+    """Everything the master does; see the module docstring."""
+
+    def __init__(self, config: GatewayConfig, config_path: str, reactor: Any,
+                 owner: Any = None, twistd: Any = None) -> None:
+        self.config, self._config_path, self._reactor = config, config_path, reactor
+        self._owner, self._twistd = owner, twistd
+        self.counters = Counters(config.limits, reactor)
+        self._ports: list[Any] = []
+        self._processes: dict[int, WorkerProcess] = {}
+        self._links: dict[int, MasterLink] = {}
+        self._started_at: dict[int, float] = {}
+        self._delays: dict[int, float] = {}
+        self._ready: set[int] = set()
+        self._queue_owner: MasterLink | None = None
+        self._waiting_ids: list[str] = []  # spooled while worker 0 was away: its start lists them anyway
+        self._stopping = False
+        self.restarts = 0
+
+    # --- start ---------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        problems = preflight.file_problems(self.config)
+        if problems:
+            fail_startup(tuple(problems), self._twistd)
+        try:
+            if preflight.prepare_files(self.config, self._owner):
+                log.warn("tls.certificate: {cert} and tls.key: {key} were missing: generated a self-signed pair",
+                         cert=self.config.tls.certificate, key=self.config.tls.key)
+            if preflight.uses_tls(self.config):
+                preflight.load_tls(self.config)
+        except OSError as error:
+            fail_startup((f"{error.filename}: cannot create: {error.strerror}",), self._twistd)
+        except ConfigError as error:
+            fail_startup(tuple(error.problems), self._twistd)
+        for index, listener in enumerate(self.config.listen):
+            self._ports.append(self._bind(index, listener.endpoint))
+        super().privilegedStartService()
+
+    def _bind(self, index: int, description: str) -> Any:
+        """Listen on the endpoint without ever accepting: the workers accept."""
+        bound: list[Any] = []
+        try:
+            d = serverFromString(self._reactor, description).listen(Silent())
+        except (IndexError, KeyError):
+            fail_startup((f"listen[{index}].endpoint: {description}: no such socket was passed by systemd",),
+                         self._twistd)
+        d.addCallbacks(bound.append, bound.append)  # a listening endpoint answers at once: a port or a Failure
+        result = bound[0] if bound else None
+        if result is None or not hasattr(result, "fileno"):
+            error = getattr(getattr(result, "value", None), "socketError", result)
+            fail_startup((f"listen[{index}].endpoint: cannot listen on {description}: {error}",), self._twistd)
+        result.stopReading()
+        log.info("listening: {name} on {address}, for {count} workers",
+                 name=self.config.listen[index].name, address=result.getHost(), count=self.config.server.workers)
+        return result
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        queue = QueueStore(os.path.join(self.config.server.state_dir, "queue"))
+        d = deferToThread(queue.prepare)  # before any worker writes: see mailgate.app.worker
+        d.addCallbacks(self._spool_prepared, self._spool_failed)
+        d.addErrback(self._spawn_failed)
+
+    def _spool_prepared(self, set_aside: list[tuple[str, str]]) -> None:
+        for queue_id, reason in set_aside:
+            log.warn("queue: {id} set aside in corrupt/: {reason}", id=queue_id, reason=reason)
+        for index in range(self.config.server.workers):
+            self._spawn(index)
+
+    def _spool_failed(self, failure: Any) -> None:
+        log.critical("server.state_dir: cannot prepare the queue: {error}", error=failure.getErrorMessage())
+        self._reactor.stop()
+
+    def _spawn_failed(self, failure: Any) -> None:
+        """A worker that cannot even be started (say, --uid's user may not run the interpreter):
+        one line saying so, then stop."""
+        log.critical("workers: cannot start {executable}: {error} (after --uid/--gid, that user must be able "
+                     "to run it and read mailgate)", executable=sys.executable, error=failure.getErrorMessage())
+        self._reactor.stop()
+
+    def _spawn(self, index: int) -> None:
+        if self._stopping:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        link = MasterLink(self, index)
+        self._links[index] = link
+        self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: link))
+        ours.close()
+        listeners = tuple((port.fileno(), port.addressFamily) for port in self._ports)
+        setup = WorkerSetup(index, theirs.fileno(), listeners)
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", setup.control: setup.control}
+        child_fds.update({fd: fd for fd, _ in listeners})
+        process = WorkerProcess(self, index)
+        args = [sys.executable, "-c", TWISTD, "--nodaemon", "--pidfile=",
+                "--logger=mailgate.app.worker.log_observer", "mailgate", "--config", self._config_path]
+        self._reactor.spawnProcess(process, sys.executable, args, env={**os.environ, ENVIRONMENT: setup.encode()},
+                                   childFDs=child_fds)
+        theirs.close()
+        log.info("workers: worker {index} started (pid {pid})", index=index, pid=getattr(process.transport, "pid", None))
+        self._processes[index] = process
+        self._started_at[index] = self._reactor.seconds()
+
+    # --- running -------------------------------------------------------------
+
+    def worker_ready(self, index: int, link: MasterLink) -> None:
+        first = index not in self._ready
+        self._ready.add(index)
+        if index == 0:
+            self._queue_owner = link
+            waiting, self._waiting_ids = self._waiting_ids, []
+            for queue_id in waiting:
+                self.hand_to_queue(queue_id)
+        if first and len(self._ready) == self.config.server.workers:
+            log.info("workers: all {count} ready", count=len(self._ready))
+
+    def tell_others(self, source: MasterLink, command: Any, **arguments: Any) -> None:
+        """Pass a worker's news (an AUTH failure) on to every other worker."""
+        for link in list(self._links.values()):
+            if link is not source and link.transport is not None:
+                try:
+                    link.callRemote(command, **arguments)
+                except Exception:  # that worker has just gone
+                    pass
+
+    def hand_to_queue(self, queue_id: str) -> None:
+        owner = self._queue_owner
+        if owner is None or owner.transport is None:
+            self._waiting_ids.append(queue_id)
+            return
+        owner.callRemote(Queued, queue_id=queue_id)
+
+    def worker_ended(self, process: WorkerProcess, reason: Any) -> None:
+        index = process.index
+        if self._processes.get(index) is process:
+            del self._processes[index]
+        if index == 0:
+            self._queue_owner = None
+        if self._stopping:
+            return
+        if index not in self._ready:
+            log.critical("workers: worker {index} exited during start-up ({why}): stopping", index=index,
+                         why=reason)
+            self._reactor.stop()
+            return
+        self._restart_later(index, reason)
+
+    def _restart_later(self, index: int, reason: Any) -> None:
+        lived = self._reactor.seconds() - self._started_at.get(index, 0.0)
+        delay = (0.0 if lived > YOUNG_SECONDS
+                 else min(max(self._delays.get(index, 0.0) * 2, FIRST_RESTART_SECONDS), LONGEST_RESTART_SECONDS))
+        self._delays[index] = delay
+        self.restarts += 1
+        log.warn("workers: worker {index} ended ({why}) after {lived:.1f} s: starting it again in {delay:.1f} s",
+                 index=index, why=reason, lived=lived, delay=delay)
+        self._reactor.callLater(delay, self._spawn, index)
+
+    def _on_sighup(self, signum: int, frame: object) -> None:
+        self._reactor.callFromThread(self._signal_all, signal.SIGHUP)
+
+    def _signal_all(self, signum: int) -> None:
+        log.info("workers: passing signal {signum} on to {count} worker(s)", signum=signum, count=len(self._processes))
+        for process in list(self._processes.values()):
+            if process.transport is not None:
+                try:
+                    process.transport.signalProcess(signum)
+                except Exception:  # it ended meanwhile
+                    pass
+
+    # --- stop ----------------------------------------------------------------
+
+    def stopService(self) -> Deferred[Any]:
+        """SIGTERM to every worker; wait for them all (SIGKILL after the grace); then close the ports."""
+        self._stopping = True
+        signal.signal(signal.SIGHUP, self._previous_sighup)
+        running = list(self._processes.values())
+        log.info("mailgate stopping: {count} worker(s)", count=len(running))
+        self._signal_all(signal.SIGTERM)
+        timer = self._reactor.callLater(STOP_GRACE_SECONDS, self._signal_all, signal.SIGKILL)
+        done = DeferredList([process.ended for process in running], consumeErrors=True)
+        done.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        done.addBoth(lambda _: self._close())
+        return done
+
+    def _close(self) -> None:
+        for port in self._ports:
+            port.stopListening()
+        super().stopService()
+        log.info("mailgate stopped cleanly")
+
+
+def master_service(config: GatewayConfig, config_path: str, reactor: Any, owner: Any = None,
+                   twistd: Any = None) -> Master | None:
+    """The master, when server.workers > 1 and this process is not itself a worker."""
+    if config.server.workers <= 1 or os.environ.get(ENVIRONMENT):
+        return None
+    return Master(config, config_path, reactor, owner, twistd)
+

@@ -1,0 +1,85 @@
+"""The master's supervision rules, on a fake clock: restart delays, start-up deaths, the queue hand-over."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from mailgate.app.workers import FIRST_RESTART_SECONDS, LONGEST_RESTART_SECONDS, Master, WorkerProcess
+from mailgate.config import parse_config
+
+CONFIG = {
+    "server": {"workers": 2},
+    "listen": [{"name": "mx", "protocol": "smtp", "endpoint": "tcp:2525:interface=127.0.0.1"}],
+}
+
+
+class FakeReactor(Clock):
+    stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def master() -> tuple[Master, FakeReactor, list[int]]:
+    reactor = FakeReactor()
+    spawned: list[int] = []
+    gateway = Master(parse_config(CONFIG), "mailgate.toml", reactor)
+
+    def spawn(index: int) -> None:  # what _spawn records, without a process
+        spawned.append(index)
+        gateway._started_at[index] = reactor.seconds()
+
+    gateway._spawn = spawn  # type: ignore[method-assign]
+    return gateway, reactor, spawned
+
+
+def die(gateway: Master, index: int) -> None:
+    gateway.worker_ended(WorkerProcess(gateway, index), "killed")
+
+
+def test_a_worker_dying_young_is_restarted_later_each_time_up_to_the_longest_delay() -> None:
+    gateway, reactor, spawned = master()
+    gateway.worker_ready(1, object())  # type: ignore[arg-type]
+    delays = []
+    for _ in range(9):
+        die(gateway, 1)
+        delays.append(reactor.getDelayedCalls()[0].getTime() - reactor.seconds())
+        reactor.advance(delays[-1])
+    assert delays[0] == FIRST_RESTART_SECONDS
+    assert delays[1] == 2 * FIRST_RESTART_SECONDS
+    assert delays[-1] == LONGEST_RESTART_SECONDS
+    assert spawned == [1] * 9
+    assert gateway.restarts == 9
+
+
+def test_a_worker_that_ran_long_is_restarted_at_once() -> None:
+    gateway, reactor, spawned = master()
+    gateway.worker_ready(0, object())  # type: ignore[arg-type]
+    reactor.advance(3600)
+    die(gateway, 0)
+    reactor.advance(0)
+    assert spawned == [0]
+
+
+def test_a_worker_dying_before_it_was_ever_ready_stops_the_server() -> None:
+    gateway, reactor, spawned = master()
+    die(gateway, 1)
+    assert reactor.stopped and spawned == []
+
+
+def test_ids_spooled_while_worker_0_is_away_reach_it_when_it_is_back() -> None:
+    gateway, _, _ = master()
+    gateway.hand_to_queue("Q1")
+    sent: list[tuple[Any, dict[str, str]]] = []
+
+    class Link:
+        transport = object()
+
+        def callRemote(self, command: Any, **arguments: str) -> None:
+            sent.append((command.__name__, arguments))
+
+    gateway.worker_ready(0, Link())  # type: ignore[arg-type]
+    gateway.hand_to_queue("Q2")
+    assert sent == [("Queued", {"queue_id": "Q1"}), ("Queued", {"queue_id": "Q2"})]
