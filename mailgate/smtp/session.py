@@ -2,8 +2,9 @@
 
 Commands are read as lines and answered in order; a command that waits on
 plugins or the disk pauses reading until its reply is written, which is
-what makes PIPELINING safe. DATA bypasses line handling altogether and
-goes to `mailgate.smtp.data_reader.DataReader` in bulk.
+what makes PIPELINING safe. DATA and each BDAT chunk bypass line handling
+altogether and go to `mailgate.smtp.data_reader.DataReader` (or its
+counting ChunkReader) in bulk.
 
 What each command does is not here: `COMMANDS` maps each verb to a handler
 (mailgate.smtp.mail_command, rcpt_command, data_command, auth_command,
@@ -31,8 +32,10 @@ from mailgate.net.flow import SMALL_SEND_BUFFER, FlowControl
 from mailgate.net.interfaces import Connection, connection_view, socket_of
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
-from mailgate.smtp import auth_command, data_command, mail_command, rcpt_command, session_commands, verify_commands
-from mailgate.smtp.channel import Handler, Pending
+from mailgate.smtp import (auth_command, bdat_command, data_command, mail_command, rcpt_command, session_commands,
+                           verify_commands)
+from mailgate.smtp.channel import Answer, Handler, Pending
+from mailgate.smtp.chunk_reader import ChunkReader
 from mailgate.smtp.data_reader import DataReader
 from mailgate.smtp.state import SessionState
 
@@ -59,6 +62,7 @@ COMMANDS: dict[str, Handler] = {
     "MAIL": mail_command.mail,
     "RCPT": rcpt_command.rcpt,
     "DATA": data_command.data,
+    "BDAT": bdat_command.bdat,
     "AUTH": auth_command.auth,
     "VRFY": verify_commands.vrfy,
     "EXPN": verify_commands.expn,
@@ -180,6 +184,7 @@ class SMTPSession(Protocol, TimeoutMixin):
                 rest = reader.feed(data)
                 if rest is not None:
                     self._end_data(reader, rest)
+                    self._process()  # after a BDAT chunk answered at once: the commands that came with it
                 return
         self._buffer = self._buffer[self._offset:] + data if self._offset else self._buffer + data
         self._offset = 0
@@ -257,7 +262,10 @@ class SMTPSession(Protocol, TimeoutMixin):
         handler = COMMANDS.get(verb.upper())
         if handler is None:
             return self._answer(UNRECOGNIZED)
-        answer = handler(argument.strip(), self.state, self, self._policy)
+        self._give(handler(argument.strip(), self.state, self, self._policy))
+
+    def _give(self, answer: Answer) -> None:
+        """Send a handler's answer, or wait for it."""
         if isinstance(answer, Reply):
             self._answer(answer)
         elif answer is not None:
@@ -310,9 +318,11 @@ class SMTPSession(Protocol, TimeoutMixin):
     def _end_data(self, reader: DataReader, rest: bytes) -> None:
         """The end of the data: what follows it is commands again, once the message is answered."""
         self._cancel_data_deadline()
-        envelope = self.state.envelope
-        self._reader = self.state.envelope = None
+        self._reader = None
         self._buffer = rest + self._take_input()
+        if isinstance(reader, ChunkReader):
+            return self._give(bdat_command.chunk_done(reader, self.state, self._policy))
+        envelope, self.state.envelope = self.state.envelope, None
         assert envelope is not None  # DATA was accepted for it, and no command ran since
         self._wait_for(data_command.finish_message(reader, envelope, self.state.esmtp, self._policy))
 

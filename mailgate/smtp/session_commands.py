@@ -11,7 +11,7 @@ from mailgate.smtp.state import SessionState
 
 OK = Reply(250, "2.0.0", "Ok")
 BYE = Reply(221, "2.0.0", "Bye")
-HELP = Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY")
+HELP = Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY")
 HELO_SYNTAX = Reply(501, "5.5.4", "Syntax: HELO hostname")
 EHLO_SYNTAX = Reply(501, "5.5.4", "Syntax: EHLO hostname")
 STARTTLS_SYNTAX = Reply(501, "5.5.4", "Syntax: STARTTLS")
@@ -55,7 +55,8 @@ def _greet(name: str, esmtp: bool, state: SessionState, policy: ListenerPolicy) 
 
 def extensions(state: SessionState, policy: ListenerPolicy) -> list[str]:
     """The EHLO keywords (RFC 5321 4.1.1.1) this connection may use now."""
-    names = ["PIPELINING", f"SIZE {policy.config.limits.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+    names = ["PIPELINING", f"SIZE {policy.config.limits.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES",
+             "CHUNKING"]
     if can_starttls(state, policy):
         names.append("STARTTLS")
     if auth_offered(state, policy) and state.session.user is None:
