@@ -30,6 +30,7 @@ from twisted.internet.address import IPv4Address
 from twisted.logger import globalLogPublisher
 
 from mailgate.core.addresses import AddressError, normalize_mailbox, parse_command_path
+from mailgate.core.dsn import DSNError, check_envid, check_notify, check_orcpt, check_ret, xtext_decode, xtext_encode
 from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.config import ConfigError, parse_config
 from mailgate.store.maildir_writer import mailbox_path
@@ -119,9 +120,19 @@ PATHS = weighted(
     (2, WORDS.map(lambda w: b"<" + w + b"@example.test>")),
     (1, WORDS),
 )
+DSN_PARAMS = st.sampled_from([
+    b"RET=HDRS", b"RET=FULL", b"RET=hdrs", b"RET=", b"RET", b"RET=BODY", b"ENVID=QQ+2B1", b"ENVID=a+zz",
+    b"ENVID=" + b"x" * 101, b"NOTIFY=NEVER", b"NOTIFY=SUCCESS,FAILURE,DELAY", b"NOTIFY=never,success",
+    b"NOTIFY=", b"NOTIFY=SUCCESS,SUCCESS", b"ORCPT=rfc822;bob+2Bx@remote.test", b"ORCPT=utf-8;jos+C3+A9@x.test",
+    b"ORCPT=rfc822;", b"ORCPT=;a", b"ORCPT=rfc822;a+1", b"ORCPT=rfc822;" + b"a" * 500])
+XTEXTS = st.binary(max_size=30).map(lambda b: b"".join(b"+%02X" % c if c in b"+= " or not 33 <= c <= 126
+                                                       else bytes([c]) for c in b))
 PARAMS = st.lists(weighted((3, st.sampled_from([b"SIZE=10", b"SIZE=99999999999", b"BODY=8BITMIME", b"BODY=junk",
                                                  b"SMTPUTF8", b"X=\x01", b"=", b"\x00", b"AUTH=<>"])),
-                           (1, WORDS)), max_size=2)
+                           (3, DSN_PARAMS),
+                           (1, XTEXTS.map(lambda x: b"ENVID=" + x)),
+                           (1, XTEXTS.map(lambda x: b"ORCPT=rfc822;" + x)),
+                           (1, WORDS)), max_size=3)
 
 
 def _plain(user: bytes, password: bytes) -> bytes:
@@ -587,6 +598,44 @@ def test_normalize_mailbox_arbitrary_paths(tmp_path: Path) -> None:
     run()
 
 
+# --- DSN parameters (RFC 3461) ------------------------------------------------
+
+DSN_CHECKS = {"NOTIFY": check_notify, "ORCPT": check_orcpt, "RET": check_ret, "ENVID": check_envid}
+
+
+def test_dsn_parameter_checks_arbitrary_values() -> None:
+    """Each check only ever raises DSNError, and what it passes is printable ASCII without "=" past
+    the keyword, so it can be passed on in a command line as it is."""
+    @fuzz(400)
+    @given(st.sampled_from(sorted(DSN_CHECKS)),
+           weighted((2, XTEXTS.map(lambda b: b.decode("ascii"))),
+                    (2, DSN_PARAMS.map(lambda b: b.decode().partition("=")[2])),
+                    (1, st.text(max_size=120))))
+    def run(name: str, value: str) -> None:
+        try:
+            checked = DSN_CHECKS[name](value)
+        except DSNError:
+            return
+        assert checked and all("!" <= c <= "~" for c in checked) and "=" not in checked, checked
+
+    run()
+
+
+def test_xtext_round_trips_any_text() -> None:
+    @fuzz(300)
+    @given(st.text(max_size=60))
+    def run(text: str) -> None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return  # a lone surrogate is no text a client can send
+        encoded = xtext_encode(text)
+        assert check_envid(encoded) if encoded and len(encoded) <= 100 else True
+        assert xtext_decode(encoded) == text
+
+    run()
+
+
 # --- configuration -------------------------------------------------------------
 
 DEFAULT_DOCUMENT = tomllib.loads((ROOT / "etc" / "mailgate.toml").read_text())
@@ -596,7 +645,7 @@ SECTIONS = {  # top-level key -> (shape, its keys), so generated documents get p
     "server": ("table", ["hostname", "state_dir"]),
     "listen": ("array", ["name", "protocol", "endpoint", "tls", "auth"]),
     "tls": ("table", ["certificate", "key"]),
-    "security": ("table", ["plaintext_auth", "vrfy", "expn", "bare_newline", "sender_login"]),
+    "security": ("table", ["plaintext_auth", "vrfy", "expn", "bare_newline", "sender_login", "dsn"]),
     "domains": ("table", ["local"]),
     "store": ("table", ["maildir_root"]),
     "users": ("table", ["file"]),

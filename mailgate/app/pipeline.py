@@ -68,6 +68,7 @@ def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
     policy = RetryPolicy.from_config(relay)
     bounces = BounceSender(hostname, policy.max_queue_seconds, spooler.store.message_path, run_blocking,
                            deliverer.inject)
+    deliverer.reports = bounces  # NOTIFY=SUCCESS for what is delivered while the client waits
     scheduler = Scheduler(
         spooler, {scheme: smtp for scheme in SCHEMES},
         HookTransport(hooks, lambda job: run_blocking(read_wire_form, job.message_path)), bounces, policy,

@@ -48,6 +48,7 @@ class SecurityConfig:
     expn: str = "authenticated"  # off | authenticated | all
     bare_newline: str = "normalize"  # normalize | reject: may a message hold a bare LF (as Postfix 3.9)
     sender_login: str = "owned"  # owned | any: envelope senders an authenticated user may use
+    dsn: str = "all"  # all | submission: which listeners offer DSN (RFC 3461)
 
 
 @dataclass(frozen=True)

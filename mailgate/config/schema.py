@@ -246,6 +246,7 @@ _SECURITY = {
     "expn": Key(_POLICY),
     "bare_newline": Key(choice("reject", "normalize")),
     "sender_login": Key(choice("owned", "any")),
+    "dsn": Key(choice("all", "submission")),
 }
 _PLUGINS = {"paths": Key(list_of(text)), "enable": Key(list_of(module_name)),
             "timeout": Key(_duration, "timeout_seconds")}

@@ -43,7 +43,9 @@ class Envelope:
     are accepted, so a `mailgate_route` call sees the recipients accepted
     before it. `parameters` are MAIL FROM's ESMTP parameters (upper-case
     names; None for a parameter without a value). `routes` maps each
-    delivery address to its Route (forwarding may make one recipient many).
+    delivery address to its Route (forwarding may make one recipient many);
+    `recipient_parameters` each delivery address's RCPT TO parameters
+    (NOTIFY, ORCPT: RFC 3461), when its RCPT had any.
     """
 
     mail_from: str = ""
@@ -52,6 +54,7 @@ class Envelope:
     session: Session = field(default_factory=Session)
     may_relay: bool = False
     routes: dict[str, Route] = field(default_factory=dict)
+    recipient_parameters: dict[str, dict[str, str]] = field(default_factory=dict)
 
     # The 0.1 names, read from the session.
 

@@ -14,6 +14,7 @@ from mailgate.core.reply import Reply
 from mailgate.core.session import Envelope
 from mailgate.hooks.calling import FAILED, HookFailed
 from mailgate.smtp.channel import Channel, Pending
+from mailgate.smtp.dsn_parameters import MAIL_CHECKS, check_mail_parameter, unsupported
 from mailgate.smtp.policy import ListenerPolicy
 from mailgate.smtp.state import SessionState
 
@@ -64,15 +65,20 @@ async def _ask_plugins(envelope: Envelope, state: SessionState, policy: Listener
 
 
 def parameter_refusal(params: dict[str, str | None], policy: ListenerPolicy) -> Reply | None:
-    """SIZE within the limit and BODY=7BIT/8BITMIME are all MAIL takes (RFC 1870, RFC 6152)."""
+    """SIZE within the limit, BODY=7BIT/8BITMIME (RFC 1870, RFC 6152) and, where DSN is
+    offered, RET and ENVID (RFC 3461) are all MAIL takes."""
     for name, value in params.items():
         if name == "SIZE" and value and value.isdigit():
             if int(value) > policy.config.limits.max_message_size:
                 return TOO_BIG
         elif name == "BODY" and value and value.upper() in ("7BIT", "8BITMIME"):
             continue
+        elif name in MAIL_CHECKS:
+            refusal = check_mail_parameter(params, name, policy)
+            if refusal is not None:
+                return refusal
         else:
-            return Reply(555, "5.5.4", f"Unsupported parameter {name}")
+            return unsupported(name)
     return None
 
 

@@ -6,6 +6,7 @@ from mailgate.core.reply import Reply
 from mailgate.smtp.auth_command import auth_offered
 from mailgate.hooks.calling import FAILED, HookFailed
 from mailgate.smtp.channel import Channel, Pending
+from mailgate.smtp.dsn_parameters import dsn_offered
 from mailgate.smtp.policy import ListenerPolicy
 from mailgate.smtp.state import SessionState
 
@@ -57,6 +58,8 @@ def extensions(state: SessionState, policy: ListenerPolicy) -> list[str]:
     """The EHLO keywords (RFC 5321 4.1.1.1) this connection may use now."""
     names = ["PIPELINING", f"SIZE {policy.config.limits.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES",
              "CHUNKING"]
+    if dsn_offered(policy):
+        names.append("DSN")
     if can_starttls(state, policy):
         names.append("STARTTLS")
     if auth_offered(state, policy) and state.session.user is None:
