@@ -636,6 +636,54 @@ def test_xtext_round_trips_any_text() -> None:
     run()
 
 
+# --- PROXY protocol headers ---------------------------------------------------
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+PROXY_STREAMS = weighted(
+    (2, st.binary(max_size=300)),
+    (2, st.tuples(st.sampled_from([b"TCP4", b"TCP6", b"UNKNOWN", b"UDP4", b"tcp4", b""]),
+                  st.lists(weighted((3, st.sampled_from([b"203.0.113.7", b"::1", b"2001:db8::7", b"25", b"0",
+                                                         b"65536", b"-1", b"x"])), (1, WORDS)), max_size=5),
+                  LINE_ENDS, st.binary(max_size=20)).map(
+        lambda t: b"PROXY " + t[0] + b"".join(b" " + w for w in t[1]) + t[2] + t[3])),
+    (2, st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 60), st.binary(max_size=60)).map(
+        lambda t: V2_SIGNATURE + bytes([t[0], t[1]]) + t[2].to_bytes(2, "big") + t[3])),
+)
+
+
+def test_proxy_header_arbitrary_streams() -> None:
+    """Whatever a balancer's network sends, in whatever pieces: no exception escapes; the
+    connection is aborted, still waits, or is the server's with an IP address for its client."""
+    from ipaddress import ip_address, ip_network
+
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from mailgate.net.proxy_protocol import ProxyHeaderFactory
+
+    @fuzz(400)
+    @given(chunked(PROXY_STREAMS))
+    def run(chunks: list[bytes]) -> None:
+        factory = ProxyHeaderFactory(Factory.forProtocol(Protocol), [ip_network("10.0.0.0/8")], Clock(), "mx")
+        peer = IPv4Address("TCP", "10.0.0.1", 5555)
+        protocol = factory.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        with logged_failures() as failures:
+            for chunk in chunks:
+                if transport.disconnecting:
+                    break
+                protocol.dataReceived(chunk)
+        assert not failures, describe(failures)
+        wrapped = protocol.wrappedProtocol
+        if wrapped.connected:
+            ip_address(protocol.getPeer().host)  # never a word a v1 header put there
+        protocol.connectionLost(None)
+
+    run()
+
+
 # --- configuration -------------------------------------------------------------
 
 DEFAULT_DOCUMENT = tomllib.loads((ROOT / "etc" / "mailgate.toml").read_text())
@@ -643,7 +691,7 @@ _KEY = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*")'
 PROBLEM = re.compile(rf"{_KEY}(?:\[\d+\]|\.{_KEY})*: \S.*")
 SECTIONS = {  # top-level key -> (shape, its keys), so generated documents get past the first check
     "server": ("table", ["hostname", "state_dir"]),
-    "listen": ("array", ["name", "protocol", "endpoint", "tls", "auth"]),
+    "listen": ("array", ["name", "protocol", "endpoint", "tls", "auth", "proxy"]),
     "tls": ("table", ["certificate", "key"]),
     "security": ("table", ["plaintext_auth", "vrfy", "expn", "bare_newline", "sender_login", "dsn"]),
     "domains": ("table", ["local"]),

@@ -32,6 +32,7 @@ class ListenConfig:
     endpoint: str  # a Twisted server endpoint string
     tls: str = "none"  # none | starttls | implicit
     auth: str = "optional"  # none | optional | required; submission defaults to required
+    proxy: tuple[Network, ...] = ()  # peers that must send a PROXY protocol header (HAProxy v1/v2)
 
 
 @dataclass(frozen=True)

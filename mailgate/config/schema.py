@@ -157,6 +157,7 @@ _LISTEN = {
     "endpoint": Key(endpoint, required=True),
     "tls": Key(choice("none", "starttls", "implicit")),
     "auth": Key(choice("none", "optional", "required")),
+    "proxy": Key(list_of(network)),
 }
 _FORWARD = {
     "match": Key(pattern, required=True),

@@ -59,6 +59,7 @@ COMMANDS: dict[str, Handler] = {
     "NOOP": session_commands.noop,
     "QUIT": session_commands.quit_,
     "HELP": session_commands.help_,
+    "PROXY": session_commands.proxy,
     "MAIL": mail_command.mail,
     "RCPT": rcpt_command.rcpt,
     "DATA": data_command.data,

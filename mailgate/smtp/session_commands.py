@@ -1,6 +1,8 @@
-"""The commands about the session rather than a message: HELO, EHLO, STARTTLS, RSET, NOOP, QUIT, HELP."""
+"""The commands about the session rather than a message: HELO, EHLO, STARTTLS, RSET, NOOP, QUIT, HELP; a stray PROXY."""
 
 from __future__ import annotations
+
+from twisted.logger import Logger
 
 from mailgate.core.reply import Reply
 from mailgate.smtp.auth_command import auth_offered
@@ -18,6 +20,9 @@ EHLO_SYNTAX = Reply(501, "5.5.4", "Syntax: EHLO hostname")
 STARTTLS_SYNTAX = Reply(501, "5.5.4", "Syntax: STARTTLS")
 NO_STARTTLS = Reply(502, "5.5.1", "STARTTLS not available")
 READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+PROXY_REFUSED = Reply(550, "5.7.1", "PROXY protocol not accepted from your address")
+
+log = Logger()
 
 
 def helo(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
@@ -96,6 +101,14 @@ def help_(argument: str, state: SessionState, channel: Channel, policy: Listener
 
 def quit_(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> None:
     channel.close(BYE)
+
+
+def proxy(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply:
+    """A PROXY header from a client outside listen[].proxy: no client may claim another's address.
+    Logged, since it may be a balancer the operator has not listed."""
+    log.warn("listen[{name}].proxy: a PROXY header from {ip}, which it does not list: refused",
+             name=policy.listener.name, ip=state.session.peer)
+    return PROXY_REFUSED
 
 
 def printable(text: str) -> bool:
