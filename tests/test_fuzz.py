@@ -692,7 +692,7 @@ PROBLEM = re.compile(rf"{_KEY}(?:\[\d+\]|\.{_KEY})*: \S.*")
 SECTIONS = {  # top-level key -> (shape, its keys), so generated documents get past the first check
     "server": ("table", ["hostname", "state_dir"]),
     "listen": ("array", ["name", "protocol", "endpoint", "tls", "auth", "proxy"]),
-    "tls": ("table", ["certificate", "key"]),
+    "tls": ("table", ["certificate", "key", "sni"]),
     "security": ("table", ["plaintext_auth", "vrfy", "expn", "bare_newline", "sender_login", "dsn"]),
     "domains": ("table", ["local"]),
     "store": ("table", ["maildir_root"]),

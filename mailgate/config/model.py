@@ -36,10 +36,19 @@ class ListenConfig:
 
 
 @dataclass(frozen=True)
+class SNICertificate:
+    """[tls.sni."HOSTNAME"]: the pair served to clients that ask for that name (SNI)."""
+
+    certificate: str
+    key: str
+
+
+@dataclass(frozen=True)
 class TLSConfig:
     certificate: str = "var/tls/cert.pem"
     key: str = "var/tls/key.pem"
     ciphers: str = "intermediate"  # intermediate | legacy | an OpenSSL cipher string (TLS 1.2 suites)
+    sni: Mapping[str, SNICertificate] = field(default_factory=lambda: MappingProxyType({}))  # lower-cased names
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from mailgate.config.checks import (
     positive,
     route,
     secrets,
+    sni_name,
     string,
     table_of,
     text,
@@ -48,6 +49,7 @@ from mailgate.config.model import (
     ServerConfig,
     ListenConfig,
     TLSConfig,
+    SNICertificate,
     SecurityConfig,
     DomainsConfig,
     StoreConfig,
@@ -133,6 +135,10 @@ def _relay_rules(values: dict) -> dict:
     return values
 
 
+def _sni(value: Any) -> Mapping[str, SNICertificate]:
+    return MappingProxyType(dict(_SNI_TABLES(value)))
+
+
 def _pipes(value: Any) -> Mapping[str, PipeConfig]:
     tables = _PIPE_TABLES(value)
     return MappingProxyType({name: PipeConfig(name, **table) for name, table in tables.items()})
@@ -180,6 +186,8 @@ _DESTINATION = {
     "rate": Key(_sender_rate),
 }
 _DESTINATIONS = mapping_of(destination_name, table_of(DestinationConfig, _DESTINATION))
+_SNI_TABLES = mapping_of(sni_name, table_of(SNICertificate, {"certificate": Key(text, required=True),
+                                                             "key": Key(text, required=True)}))
 _RELAY = {
     "allowed_networks": Key(list_of(network)),
     "smarthost": Key(lambda value: string(value) and host_port(value)),  # "" means "use MX"
@@ -254,7 +262,8 @@ _PLUGINS = {"paths": Key(list_of(text)), "enable": Key(list_of(module_name)),
 _DOCUMENT = {
     "server": Key(table_of(ServerConfig, {"hostname": Key(domain), "state_dir": Key(text)})),
     "listen": Key(list_of(table_of(ListenConfig, _LISTEN, _default_auth), True, "name"), required=True),
-    "tls": Key(table_of(TLSConfig, {"certificate": Key(text), "key": Key(text), "ciphers": Key(ciphers)})),
+    "tls": Key(table_of(TLSConfig, {"certificate": Key(text), "key": Key(text), "ciphers": Key(ciphers),
+                                    "sni": Key(_sni)})),
     "security": Key(table_of(SecurityConfig, _SECURITY)),
     "domains": Key(table_of(DomainsConfig, {"local": Key(list_of(domain))})),
     "store": Key(table_of(StoreConfig, {"maildir_root": Key(text)})),
@@ -286,8 +295,8 @@ def _document_schema(data: Mapping[str, Any]) -> dict[str, Key]:
 # --- Every accepted key, for the reference (tests/test_docs.py) --------------
 
 # Checkers that wrap a mapping_of to build dataclasses, and the mapping they wrap.
-_WRAPPED: dict[Checker, Checker] = {_lists: _LIST_TABLES, _pipes: _PIPE_TABLES}
-_PLACEHOLDERS = {address: "ADDRESS", domain: "DOMAIN", destination_name: "DOMAIN"}  # a name checked otherwise: NAME
+_WRAPPED: dict[Checker, Checker] = {_lists: _LIST_TABLES, _pipes: _PIPE_TABLES, _sni: _SNI_TABLES}
+_PLACEHOLDERS = {address: "ADDRESS", domain: "DOMAIN", destination_name: "DOMAIN", sni_name: "DOMAIN"}  # a name checked otherwise: NAME
 
 
 def known_keys() -> list[str]:

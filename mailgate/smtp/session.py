@@ -19,17 +19,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailgate.core.reply import Reply
 from mailgate.core.session import Session
 from mailgate.hooks.calling import FAILED, HookFailed
 from mailgate.net.flow import SMALL_SEND_BUFFER, FlowControl
 from mailgate.net.interfaces import Connection, connection_view, socket_of
+from mailgate.net.sni import host_name
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
 from mailgate.smtp import (auth_command, bdat_command, data_command, mail_command, rcpt_command, session_commands,
@@ -76,9 +78,9 @@ INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")
 TIMED_OUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
-CONNECT_FAILED = Reply(421, "4.3.0", "Service temporarily unavailable, try again later")  # a greeting must be 220, 421 or 554
 
 
+@implementer(IHandshakeListener)
 class SMTPSession(Protocol, TimeoutMixin):
     """One SMTP connection, and the Channel its command handlers answer through."""
 
@@ -105,6 +107,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._counted = False  # by the server's Admission, until connectionLost
         self._data_deadline: IDelayedCall | None = None  # the DATA phase's own timer (limits.data_timeout)
         self._data_progress = 0  # bytes since the idle timer was last reset in DATA
+        self._greeting_waits = False  # for the TLS handshake (implicit TLS with [tls.sni] pairs)
 
     # --- connection ----------------------------------------------------------
 
@@ -128,22 +131,19 @@ class SMTPSession(Protocol, TimeoutMixin):
         if refusal is not None:
             return self.close(refusal)
         self.setTimeout(policy.config.limits.command_timeout_seconds)
-        greeting = Reply(220, text=f"{policy.config.server.hostname} ESMTP mailgate")
-        if policy.hooks.implemented("mailgate_connect"):
-            return self._wait_for(self._connect_hooks(greeting))
-        self._answer(greeting)
+        if self.state.session.tls and policy.config.tls.sni:
+            self._greeting_waits = True  # implicit TLS: the greeting names the SNI host, once the handshake says it
+            return None
+        self._greet()
 
-    async def _connect_hooks(self, greeting: Reply) -> Reply | None:
-        """mailgate_connect: the greeting, or a plugin's refusal in its place (then the end)."""
-        try:
-            refusal = await self._policy.hooks.refusal("mailgate_connect", session=self.state.session)
-        except HookFailed:
-            refusal = CONNECT_FAILED
-        if refusal is None:
-            return greeting
-        self._policy.events.emit("refused", reply=refusal, client=self.state.session.peer)
-        self.close(refusal)
-        return None
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: an implicit-TLS greeting held for the client's SNI name goes now."""
+        if self._greeting_waits and not self._closing:
+            self._greeting_waits = False
+            self._greet()
+
+    def _greet(self) -> None:
+        self._give(session_commands.greeting(self.state, self, self._policy))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
@@ -379,6 +379,9 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._answer(ready)
         self._flush()  # in the clear, before the handshake
         self._connection.startTLS(self._policy.tls_options)
+
+    def server_name(self) -> str:
+        return host_name(self._connection, self._policy.config.tls.sni, self._policy.config.server.hostname)
 
     def receive_data(self, reader: DataReader) -> None:
         self._reader = reader

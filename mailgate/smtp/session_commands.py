@@ -20,43 +20,68 @@ EHLO_SYNTAX = Reply(501, "5.5.4", "Syntax: EHLO hostname")
 STARTTLS_SYNTAX = Reply(501, "5.5.4", "Syntax: STARTTLS")
 NO_STARTTLS = Reply(502, "5.5.1", "STARTTLS not available")
 READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+CONNECT_FAILED = Reply(421, "4.3.0", "Service temporarily unavailable, try again later")  # a greeting: 220, 421, 554
 PROXY_REFUSED = Reply(550, "5.7.1", "PROXY protocol not accepted from your address")
 
 log = Logger()
 
 
+def greeting(state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
+    """The 220 greeting, named as the connection's server (SNI), once the mailgate_connect plugins agree."""
+    greeting = Reply(220, text=f"{channel.server_name()} ESMTP mailgate")
+    if policy.hooks.implemented("mailgate_connect"):
+        return _connect_hooks(greeting, state, channel, policy)
+    return greeting
+
+
+async def _connect_hooks(greeting: Reply, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | None:
+    """mailgate_connect: the greeting, or a plugin's refusal in its place (then the end)."""
+    try:
+        refusal = await policy.hooks.refusal("mailgate_connect", session=state.session)
+    except HookFailed:
+        refusal = CONNECT_FAILED
+    if refusal is None:
+        return greeting
+    policy.events.emit("refused", reply=refusal, client=state.session.peer)
+    channel.close(refusal)
+    return None
+
+
 def helo(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
     if not printable(argument):
         return HELO_SYNTAX
-    return _greeted(argument, False, state, policy)
+    return _greeted(argument, False, state, channel, policy)
 
 
 def ehlo(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
     if not printable(argument):
         return EHLO_SYNTAX
-    return _greeted(argument, True, state, policy)
+    return _greeted(argument, True, state, channel, policy)
 
 
-def _greeted(name: str, esmtp: bool, state: SessionState, policy: ListenerPolicy) -> Reply | Pending:
+def _greeted(name: str, esmtp: bool, state: SessionState, channel: Channel,
+             policy: ListenerPolicy) -> Reply | Pending:
     """The greeting's answer, once the mailgate_helo plugins (if any) have accepted the name."""
     if policy.hooks.implemented("mailgate_helo"):
-        return _ask_plugins(name, esmtp, state, policy)
-    return _greet(name, esmtp, state, policy)
+        return _ask_plugins(name, esmtp, state, channel, policy)
+    return _greet(name, esmtp, state, channel, policy)
 
 
-async def _ask_plugins(name: str, esmtp: bool, state: SessionState, policy: ListenerPolicy) -> Reply:
+async def _ask_plugins(name: str, esmtp: bool, state: SessionState, channel: Channel,
+                       policy: ListenerPolicy) -> Reply:
     try:
         refusal = await policy.hooks.refusal("mailgate_helo", session=state.session, name=name)
     except HookFailed:
         return FAILED
-    return refusal if refusal is not None else _greet(name, esmtp, state, policy)
+    return refusal if refusal is not None else _greet(name, esmtp, state, channel, policy)
 
 
-def _greet(name: str, esmtp: bool, state: SessionState, policy: ListenerPolicy) -> Reply:
+def _greet(name: str, esmtp: bool, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply:
     state.greet(name, esmtp=esmtp)
+    hostname = channel.server_name()  # the SNI name, after STARTTLS with a [tls.sni] pair for it
     if not esmtp:
-        return Reply(250, text=policy.config.server.hostname)
-    return Reply(250, text="\n".join([policy.config.server.hostname, *extensions(state, policy)]))
+        return Reply(250, text=hostname)
+    return Reply(250, text="\n".join([hostname, *extensions(state, policy)]))
 
 
 def extensions(state: SessionState, policy: ListenerPolicy) -> list[str]:
