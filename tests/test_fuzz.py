@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import tomllib
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,7 +117,10 @@ PATHS = weighted(
                          b"<team@example.test>", b"<x@remote.test>", b"<../../etc@example.test>",
                          b"<a/b@example.test>", b'<"../x"@example.test>', b'<".."@example.test>',
                          b"<@a.test,@b.test:alice@example.test>", b"<a\x00b@example.test>", b"alice@example.test",
-                         b"<alice@example.test", b" <a@b.test>", b"<" + b"a" * 65 + b"@example.test>"])),
+                         b"<alice@example.test", b" <a@b.test>", b"<" + b"a" * 65 + b"@example.test>",
+                         "<josé@example.test>".encode(), "<JOSÉ@Bücher.example>".encode(),
+                         b"<a@xn--bcher-kva.example>", b"<a@xn--zz.test>", "<a\u202e@example.test>".encode(),
+                         "<\u00e9\u0301@example.test>".encode(), b"<\xc3@example.test>", "<\"jo s\u00e9\"@x.test>".encode()])),
     (2, WORDS.map(lambda w: b"<" + w + b"@example.test>")),
     (1, WORDS),
 )
@@ -506,10 +510,13 @@ def test_pop3_harness_retrieves_stuffed_lines() -> None:
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 LOCAL_ATOMS = st.sampled_from(["alice", "a", "..", ".", "", "/", "a/b", "\x00", "\n", "\r", "\x7f", "~", "-",
                                "a.b", "a..b", '".."', '"a/b"', '"\\/"', '"a\\"b"', '" "', '"."', '"\x01"', "%",
-                               "é", "A" * 65, "\\", "@", '"', "\t", "\x1b"])
+                               "é", "A" * 65, "\\", "@", '"', "\t", "\x1b", "José", "e\u0301", "\u202e", "\u00a0",
+                               "\u2028", "\x85", "\ufeff", "ß", "İ", "\U0001f600", "\ud800", "\u00e9" * 33])
 DOMAIN_ATOMS = st.sampled_from(["example.test", "example.test.", ".example.test", "..", ".", "", "[..]",
                                 "[127.0.0.1]", "[a/b]", "a/b", "x..y", "-x.test", "é.test", "a" * 64 + ".test",
-                                "[\x00]", "example.test/..", "[IPv6:::1]", "[.]", "[/]", "a-.test"])
+                                "[\x00]", "example.test/..", "[IPv6:::1]", "[.]", "[/]", "a-.test", "bücher.example",
+                                "xn--bcher-kva.example", "xn--zz.test", "ÄÖ.test", "例え.テスト", "a\u200d.test",
+                                "xn--.test", "\u0301a.test", "ß.test", "a.b\u3002c"])
 # what paths are made of, plus the characters that would make them dangerous
 PATH_TEXT = st.text(st.sampled_from("abcAZ09.-_+=~%!#$&'*/?^`{|}\"\\ @,:[]<>\x00\x01\n\r\t\x7fé"), max_size=8)
 
@@ -559,7 +566,9 @@ def check_safe_address(address: str, root: str) -> None:
     assert local and domain, address
     for part in (local, domain):
         assert "/" not in part and not CONTROL.search(part) and not part.startswith("."), address
-    assert address.isascii() and len(local) <= 64 and len(address) <= 254, address
+    assert all(char.isascii() or unicodedata.category(char)[0] not in "CZ" for char in address), address
+    assert unicodedata.is_normalized("NFC", address) and domain.isascii(), address  # one form: NFC, A-labels
+    assert len(local.encode()) <= 64 and len(address) <= 254, address
     path = mailbox_path(root, address)  # parser and store agree: no ValueError for an accepted address
     real_root = os.path.realpath(root)
     assert os.path.commonpath([real_root, os.path.realpath(path)]) == real_root, path

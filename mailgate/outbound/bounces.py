@@ -85,7 +85,8 @@ class BounceSender:
 
     async def inject_report(self, report_id: str, sender: str, report: bytes) -> None:
         """Deliver a report, from the null sender so it never loops."""
-        envelope = Envelope(mail_from="", rcpt_to=[sender], may_relay=True)
+        utf8: dict[str, str | None] = {} if sender.isascii() else {"SMTPUTF8": None}  # RFC 6531 to a UTF-8 sender
+        envelope = Envelope(mail_from="", rcpt_to=[sender], may_relay=True, parameters=utf8)
         header = trace_header(
             mail_from="", hostname=self._hostname, queue_id=report_id, protocol="local", recipients=[sender]
         )

@@ -95,7 +95,10 @@ def build_dsn(
         raise ValueError("a DSN reports on at least one recipient")
     report = EmailMessage(_BUILD)
     report["From"] = Address("Mail Delivery System", "MAILER-DAEMON", reporting_mta)
-    report["To"] = sender
+    if sender.isascii():
+        report["To"] = sender
+    else:
+        report.set_raw("To", sender)  # RFC 6532 3.2: a UTF-8 address as it is, never an encoded-word
     report["Subject"] = _kind(statuses)[0]
     report["Date"] = _date(now or datetime.now(timezone.utc))
     report["Message-ID"] = make_msgid(domain=reporting_mta)
@@ -107,7 +110,7 @@ def build_dsn(
                  _original_part(*_load(original, full_message_limit))):
         report.attach(cast(EmailMessage, part))  # typeshed wants EmailMessage; any MIMEPart is a valid part
     buffer = io.BytesIO()
-    BytesGenerator(buffer, policy=_WRITE).flatten(report)
+    BytesGenerator(buffer, policy=_WRITE if sender.isascii() else _WRITE.clone(utf8=True)).flatten(report)
     return buffer.getvalue()
 
 

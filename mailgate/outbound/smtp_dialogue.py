@@ -62,6 +62,7 @@ class MailJob:
     recipients: tuple[str, ...]
     message_path: str
     dsn: DSNRequest = DSNRequest()  # passed on where the host offers DSN (RFC 3461 5.2)
+    smtputf8: bool = False  # the sender said SMTPUTF8: only a host that offers it may have the message
 
 
 class SetupFailed(DeliveryError):
@@ -194,8 +195,12 @@ class Dialogue:
                           extensions: dict[str, str]) -> list[RecipientResult]:
         """MAIL, RCPTs, DATA (all in one write with PIPELINING), body, final reply."""
         host, timeouts = key[1], self._timeouts
+        if job.smtputf8 and "SMTPUTF8" not in extensions:  # RFC 6531 3.2: no downgrade; the sender hears why
+            reply = Reply(550, "5.6.7", f"{where(key)} does not support SMTPUTF8, which this message needs")
+            return [result(reply, r, host) for r in job.recipients]
         params = [f"SIZE={wire_size(job.message_path)}"] if "SIZE" in extensions else []
         params += ["BODY=8BITMIME"] if "8BITMIME" in extensions else []
+        params += ["SMTPUTF8"] if job.smtputf8 else []
         dsn = job.dsn if "DSN" in extensions else DSNRequest()
         mail = " ".join([f"MAIL FROM:<{job.mail_from}>", *params, *dsn.mail])
         rcpts = [" ".join([f"RCPT TO:<{recipient}>", *dsn.rcpt.get(recipient, ())]) for recipient in job.recipients]

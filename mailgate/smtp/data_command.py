@@ -133,9 +133,10 @@ def _refused(envelope: Envelope, queue_id: str, reply: Reply, policy: ListenerPo
 
 
 def received_header(envelope: Envelope, esmtp: bool, queue_id: str, hostname: str) -> bytes:
-    """Return-Path and Received:, the protocol named as RFC 3848 does (ESMTPSA: TLS and AUTH)."""
+    """Return-Path and Received:, the protocol named as RFC 3848 does (ESMTPSA: TLS and AUTH),
+    UTF8SMTP for a SMTPUTF8 transaction (RFC 6531 4.3)."""
     session = envelope.session
-    protocol = "ESMTP" if esmtp else "SMTP"
+    protocol = "UTF8SMTP" if "SMTPUTF8" in envelope.parameters else "ESMTP" if esmtp else "SMTP"
     protocol += "S" if session.tls else ""
     protocol += "A" if session.user else ""
     return trace_header(

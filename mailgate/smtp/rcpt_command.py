@@ -13,6 +13,7 @@ from mailgate.smtp.state import SessionState
 
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
 TOO_MANY = Reply(452, "4.5.3", "Too many recipients")
+NEED_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs MAIL FROM with SMTPUTF8")  # RFC 6531 3.5
 
 
 def rcpt(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
@@ -30,6 +31,8 @@ def rcpt(argument: str, state: SessionState, channel: Channel, policy: ListenerP
     checked = rcpt_parameters(params, policy)
     if isinstance(checked, Reply):
         return checked
+    if not recipient.isascii() and "SMTPUTF8" not in envelope.parameters:
+        return NEED_SMTPUTF8
     if policy.events.wanted:
         return _accept_telling(envelope, recipient, checked, policy)
     return accept_recipient(policy.hooks, envelope, recipient, checked)

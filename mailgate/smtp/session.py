@@ -73,6 +73,7 @@ COMMANDS: dict[str, Handler] = {
 
 UNRECOGNIZED = Reply(500, "5.5.2", "Command not recognized")
 NOT_ASCII = Reply(500, "5.5.2", "Command contains non-ASCII characters")
+UTF8_VERBS = frozenset(("MAIL", "RCPT", "VRFY", "EXPN"))  # those that take SMTPUTF8 addresses (RFC 6531 3.7)
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")
@@ -256,10 +257,12 @@ class SMTPSession(Protocol, TimeoutMixin):
 
     def _command(self, line: bytes) -> None:
         try:
-            text = line.decode("ascii")
+            text = line.decode("utf-8")  # UTF-8 paths are SMTPUTF8's (RFC 6531 3.3); the handlers check
         except UnicodeDecodeError:
             return self._answer(NOT_ASCII)
         verb, _, argument = text.partition(" ")
+        if not text.isascii() and verb.upper() not in UTF8_VERBS:
+            return self._answer(NOT_ASCII)
         handler = COMMANDS.get(verb.upper())
         if handler is None:
             return self._answer(UNRECOGNIZED)

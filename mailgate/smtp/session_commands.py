@@ -87,7 +87,7 @@ def _greet(name: str, esmtp: bool, state: SessionState, channel: Channel, policy
 def extensions(state: SessionState, policy: ListenerPolicy) -> list[str]:
     """The EHLO keywords (RFC 5321 4.1.1.1) this connection may use now."""
     names = ["PIPELINING", f"SIZE {policy.config.limits.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES",
-             "CHUNKING"]
+             "CHUNKING", "SMTPUTF8"]
     if dsn_offered(policy):
         names.append("DSN")
     if can_starttls(state, policy):
