@@ -86,12 +86,14 @@ class Client:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root: Path = tmp_path_factory.mktemp("proxy")
-    ports = {"mx": free_port(), "smtps": free_port()}
+    ports = {"mx": free_port(), "smtps": free_port(), "pop3": free_port()}
     listeners = (
         f'[[listen]]\nname = "mx"\nprotocol = "smtp"\nendpoint = "tcp:{ports["mx"]}:interface=127.0.0.1"\n'
         f'tls = "starttls"\nproxy = ["{BALANCER}/32"]\n\n'
         f'[[listen]]\nname = "smtps"\nprotocol = "smtp"\nendpoint = "tcp:{ports["smtps"]}:interface=127.0.0.1"\n'
         f'tls = "implicit"\nproxy = ["{BALANCER}"]\n\n'
+        f'[[listen]]\nname = "pop3"\nprotocol = "pop3"\nendpoint = "tcp:{ports["pop3"]}:interface=127.0.0.1"\n'
+        f'proxy = ["{BALANCER}"]\n\n'
     )
     extra = '[limits]\nmax_connections_per_ip = 1\n[relay]\nallowed_networks = ["203.0.113.0/24"]\n'
     config = root / "mailgate.toml"
@@ -241,3 +243,19 @@ def test_a_health_check_is_no_error(gateway: Gateway) -> None:
         probe.close()
     new = gateway.log()[len(before):]
     assert "Traceback" not in new and "Unhandled" not in new and "proxy" not in new and "rror" not in new, new
+
+
+def test_pop3_counts_the_header_source_too(gateway: Gateway) -> None:
+    """Any listener: POP3's connection limits and log lines see the header's client as well."""
+    first = Client(gateway.ports["pop3"], BALANCER, v2("198.51.100.60"))
+    try:
+        assert first.reply().startswith("+OK")
+        second = Client(gateway.ports["pop3"], BALANCER, v1("198.51.100.60"))
+        assert second.reply().startswith("-ERR")
+        second.close()
+        other = Client(gateway.ports["pop3"], BALANCER, v1("198.51.100.61"))
+        assert other.reply().startswith("+OK")
+        other.close()
+    finally:
+        first.close()
+    wait_for(lambda: "POP3 connection from 198.51.100.60 refused" in gateway.log(), 10, "the refusal's log line")

@@ -1,7 +1,7 @@
 """SNI on a real `twistd mailgate`: `[tls.sni."HOSTNAME"]` pairs chosen by the name the client asks for.
 
-Checked with `openssl s_client -servername` (as an operator would) on an
-implicit-TLS and a STARTTLS listener, and with Python's ssl for the names
+Checked with `openssl s_client -servername` (as an operator would) on implicit-TLS,
+SMTP STARTTLS and POP3 STLS listeners, and with Python's ssl for the names
 the server then goes by: the greeting (implicit TLS) and the EHLO reply
 after STARTTLS say the SNI name when a pair matches, server.hostname when
 not. No SNI, or an unknown name: the `[tls]` pair.
@@ -41,11 +41,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     (root / "pki").mkdir()
     default = write_pair(ca, root / "pki", HOSTNAME)
     named = {name: write_pair(ca, root / "pki", name) for name in ("mail.example.org", "*.example.net")}
-    ports = {"smtps": free_port(), "smtp": free_port()}
+    ports = {"smtps": free_port(), "smtp": free_port(), "pop3": free_port()}
     listeners = (
         f'[[listen]]\nname = "smtps"\nprotocol = "smtp"\nendpoint = "tcp:{ports["smtps"]}:interface=127.0.0.1"\n'
         f'tls = "implicit"\n\n'
         f'[[listen]]\nname = "smtp"\nprotocol = "smtp"\nendpoint = "tcp:{ports["smtp"]}:interface=127.0.0.1"\n'
+        f'tls = "starttls"\n\n'
+        f'[[listen]]\nname = "pop3"\nprotocol = "pop3"\nendpoint = "tcp:{ports["pop3"]}:interface=127.0.0.1"\n'
         f'tls = "starttls"\n\n'
         f'[tls]\ncertificate = "{default[0]}"\nkey = "{default[1]}"\n'
     )
@@ -61,11 +63,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         started.process.wait()
 
 
-def served_names(port: int, servername: str | None, starttls: bool = False) -> list[str]:
+def served_names(port: int, servername: str | None, starttls: str | None = None) -> list[str]:
     """The DNS names of the certificate `openssl s_client` is served."""
     command = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}"]
     command += ["-servername", servername] if servername else ["-noservername"]
-    command += ["-starttls", "smtp"] if starttls else []
+    command += ["-starttls", starttls] if starttls else []
     result = subprocess.run(command, input=b"QUIT\r\n", capture_output=True, timeout=20)
     pem = re.search(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", result.stdout, re.S)
     assert pem, result.stdout.decode(errors="replace")[-500:] + result.stderr.decode(errors="replace")[-500:]
@@ -74,7 +76,7 @@ def served_names(port: int, servername: str | None, starttls: bool = False) -> l
         x509.DNSName)
 
 
-@pytest.mark.parametrize("listener", ["smtps", "smtp"])
+@pytest.mark.parametrize("listener", ["smtps", "smtp", "pop3"])
 @pytest.mark.parametrize("servername, expected", [
     ("mail.example.org", "mail.example.org"), ("MAIL.Example.ORG", "mail.example.org"),
     ("a.example.net", "*.example.net"), ("a.b.example.net", HOSTNAME), ("example.net", HOSTNAME),
@@ -82,7 +84,8 @@ def served_names(port: int, servername: str | None, starttls: bool = False) -> l
 ])
 def test_openssl_s_client_gets_the_certificate_of_its_name(gateway: Gateway, listener: str, servername: str | None,
                                                             expected: str) -> None:
-    assert served_names(gateway.ports[listener], servername, starttls=listener == "smtp") == [expected]
+    starttls = {"smtp": "smtp", "pop3": "pop3"}.get(listener)
+    assert served_names(gateway.ports[listener], servername, starttls) == [expected]
 
 
 def client_context() -> ssl.SSLContext:
