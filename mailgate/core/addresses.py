@@ -108,7 +108,7 @@ def normalize_mailbox(path: str) -> str:
         raise AddressError("Bad address syntax")
     if local.startswith('"') and _PLAIN_LOCAL.fullmatch(local[1:-1]):
         local = local[1:-1]  # RFC 5322 3.4.1: the same mailbox, quoted or not (Postfix does this too)
-    return f"{local}@{domain}".lower()
+    return unicodedata.normalize("NFC", f"{local}@{domain}".lower())  # lower() may undo NFC: once more
 
 
 def normalize_domain(name: str) -> str:
