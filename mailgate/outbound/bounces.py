@@ -67,6 +67,8 @@ class BounceSender:
 
     async def _send(self, entry: QueuedMessage, outcomes: Sequence[tuple[RecipientState, str]],
                     original: bytes | None = None) -> None:
+        """Build one report off the reactor (the original may be large) and deliver it. Only the
+        headers come back for RET=HDRS and for success, which RFC 3461 4.3 asks to keep small."""
         retry_until = datetime.fromtimestamp(entry.arrived + self._max_queue_seconds, timezone.utc)
         statuses = [_status(r, action, retry_until) for r, action in outcomes]
         actions = {action for _, action in outcomes}
