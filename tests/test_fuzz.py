@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import tomllib
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,10 +31,12 @@ from twisted.internet.address import IPv4Address
 from twisted.logger import globalLogPublisher
 
 from mailgate.core.addresses import AddressError, normalize_mailbox, parse_command_path
+from mailgate.core.dsn import DSNError, check_envid, check_notify, check_orcpt, check_ret, xtext_decode, xtext_encode
 from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.config import ConfigError, parse_config
 from mailgate.store.maildir_writer import mailbox_path
 from mailgate.pop3.session import POP3Factory
+from mailgate.smtp.chunk_reader import ChunkReader
 from tests.support.pop3_session import (
     FakeAccounts,
     FakeReactor,
@@ -114,13 +117,26 @@ PATHS = weighted(
                          b"<team@example.test>", b"<x@remote.test>", b"<../../etc@example.test>",
                          b"<a/b@example.test>", b'<"../x"@example.test>', b'<".."@example.test>',
                          b"<@a.test,@b.test:alice@example.test>", b"<a\x00b@example.test>", b"alice@example.test",
-                         b"<alice@example.test", b" <a@b.test>", b"<" + b"a" * 65 + b"@example.test>"])),
+                         b"<alice@example.test", b" <a@b.test>", b"<" + b"a" * 65 + b"@example.test>",
+                         "<josé@example.test>".encode(), "<JOSÉ@Bücher.example>".encode(),
+                         b"<a@xn--bcher-kva.example>", b"<a@xn--zz.test>", "<a\u202e@example.test>".encode(),
+                         "<\u00e9\u0301@example.test>".encode(), b"<\xc3@example.test>", "<\"jo s\u00e9\"@x.test>".encode()])),
     (2, WORDS.map(lambda w: b"<" + w + b"@example.test>")),
     (1, WORDS),
 )
+DSN_PARAMS = st.sampled_from([
+    b"RET=HDRS", b"RET=FULL", b"RET=hdrs", b"RET=", b"RET", b"RET=BODY", b"ENVID=QQ+2B1", b"ENVID=a+zz",
+    b"ENVID=" + b"x" * 101, b"NOTIFY=NEVER", b"NOTIFY=SUCCESS,FAILURE,DELAY", b"NOTIFY=never,success",
+    b"NOTIFY=", b"NOTIFY=SUCCESS,SUCCESS", b"ORCPT=rfc822;bob+2Bx@remote.test", b"ORCPT=utf-8;jos+C3+A9@x.test",
+    b"ORCPT=rfc822;", b"ORCPT=;a", b"ORCPT=rfc822;a+1", b"ORCPT=rfc822;" + b"a" * 500])
+XTEXTS = st.binary(max_size=30).map(lambda b: b"".join(b"+%02X" % c if c in b"+= " or not 33 <= c <= 126
+                                                       else bytes([c]) for c in b))
 PARAMS = st.lists(weighted((3, st.sampled_from([b"SIZE=10", b"SIZE=99999999999", b"BODY=8BITMIME", b"BODY=junk",
                                                  b"SMTPUTF8", b"X=\x01", b"=", b"\x00", b"AUTH=<>"])),
-                           (1, WORDS)), max_size=2)
+                           (3, DSN_PARAMS),
+                           (1, XTEXTS.map(lambda x: b"ENVID=" + x)),
+                           (1, XTEXTS.map(lambda x: b"ORCPT=rfc822;" + x)),
+                           (1, WORDS)), max_size=3)
 
 
 def _plain(user: bytes, password: bytes) -> bytes:
@@ -150,6 +166,8 @@ def smtp_command(draw: Any) -> bytes:
         argument = draw(AUTH_ARGS)
     elif upper in (b"VRFY", b"EXPN"):
         argument = draw(PATHS)
+    elif upper == b"BDAT":
+        return draw(bdat_chunk())
     elif upper in (b"EHLO", b"HELO"):
         argument = draw(weighted((3, st.sampled_from([b"client.test", b""])), (1, WORDS)))
     else:
@@ -168,11 +186,31 @@ def data_body(draw: Any) -> bytes:
     return body + draw(st.sampled_from([b"\r\n.\r\n"] * 4 + [b".\r\n", b"\n.\n", b"\r.\r\n", b"\r\n.\n", b""]))
 
 
+BDAT_ARGS = weighted((4, st.integers(0, 40).map(lambda n: b"%d" % n)),
+                     (1, st.sampled_from([b"", b"-1", b"x", b"5 LASTX", b"5  LAST", b"5 last", b"0x10", b"+5",
+                                          b"99999999999999999999", b"5 LAST 6", b"\xc3\xa9"])))
+
+
+@st.composite
+def bdat_chunk(draw: Any) -> bytes:
+    """A BDAT command and (mostly) its chunk: text with mixed line ends, an odd count now and then."""
+    argument = draw(BDAT_ARGS)
+    if argument.isdigit() and draw(st.booleans()):
+        argument += draw(st.sampled_from([b" LAST", b" last", b" LAST"]))
+    body = draw(data_body()) + draw(st.binary(max_size=8))
+    words = argument.split()
+    count = int(words[0]) if words and words[0].isdigit() else 0
+    return b"BDAT " + argument + draw(LINE_ENDS) + body[:count]
+
+
 TRANSACTION = b"MAIL FROM:<s@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+BDAT_TRANSACTION = b"MAIL FROM:<s@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
 SMTP_PIECES = weighted(
     (8, smtp_command()),
     (2, st.just(TRANSACTION)),
     (3, data_body()),
+    (2, st.tuples(st.just(BDAT_TRANSACTION), st.lists(bdat_chunk(), min_size=1, max_size=3)).map(
+        lambda t: t[0] + b"".join(t[1]))),
     (1, st.sampled_from([b"STARTTLS\r\n", b"AUTH PLAIN\r\n", b"RSET\r\n", b"QUIT\r\n"])),
     (1, SASL_LINES.map(lambda s: s + b"\r\n")),
     (1, st.sampled_from([b"NOOP " + b"A" * 505 + b"\r\n", b"NOOP " + b"A" * 506 + b"\r\n"])),
@@ -224,6 +262,7 @@ class SMTPHarness:
                 self._settle()
                 check_smtp_output(client.greeting, transport.value(), transport.disconnecting)
                 if not transport.disconnecting:
+                    self._end_chunk(client)
                     # Still open, so still alive: end any DATA, line or AUTH exchange; QUIT must be answered.
                     # The line end goes first, on its own: if it completes a STARTTLS, the handshake
                     # discards whatever came with it (RFC 3207 4.2), and that must not be the QUIT.
@@ -236,6 +275,13 @@ class SMTPHarness:
             assert not failures, describe(failures)
         finally:
             client.lose()
+
+    def _end_chunk(self, client: Client) -> None:
+        """Send what a BDAT chunk still lacks, so the QUIT after it is read as a command."""
+        reader = client.protocol._reader
+        if isinstance(reader, ChunkReader) and reader.remaining:
+            client.protocol.dataReceived(b"x" * reader.remaining)
+            self._settle()
 
     def _settle(self) -> None:
         for _ in range(3):  # AUTH failure delays are at most 8 s
@@ -269,6 +315,16 @@ def test_smtp_harness_sees_a_delivery(smtp: SMTPHarness) -> None:
     """The grammar can reach DATA: a plain transaction through the same harness is delivered."""
     smtp.session([b"EHLO c\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nhi\r\n.\r\n"])
     assert len(smtp.server.deliverer.calls) == 1
+
+
+def test_smtp_harness_sees_a_chunked_delivery(smtp: SMTPHarness) -> None:
+    """The grammar's BDAT pieces can deliver: a chunked transaction through the same harness is."""
+    smtp.session([b"EHLO c\r\n" + BDAT_TRANSACTION + b"BDAT 4\r\nhi\r\nBDAT 0 LAST\r\n"])
+    assert len(smtp.server.deliverer.calls) == 1
+
+
+def test_smtp_harness_ends_a_chunk_left_open(smtp: SMTPHarness) -> None:
+    smtp.session([b"EHLO c\r\n" + BDAT_TRANSACTION + b"BDAT 4000 LAST\r\nhi\r\n"])
 
 
 # --- POP3 --------------------------------------------------------------------
@@ -454,10 +510,13 @@ def test_pop3_harness_retrieves_stuffed_lines() -> None:
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 LOCAL_ATOMS = st.sampled_from(["alice", "a", "..", ".", "", "/", "a/b", "\x00", "\n", "\r", "\x7f", "~", "-",
                                "a.b", "a..b", '".."', '"a/b"', '"\\/"', '"a\\"b"', '" "', '"."', '"\x01"', "%",
-                               "é", "A" * 65, "\\", "@", '"', "\t", "\x1b"])
+                               "é", "A" * 65, "\\", "@", '"', "\t", "\x1b", "José", "e\u0301", "\u202e", "\u00a0",
+                               "\u2028", "\x85", "\ufeff", "ß", "İ", "\U0001f600", "\ud800", "\u00e9" * 33])
 DOMAIN_ATOMS = st.sampled_from(["example.test", "example.test.", ".example.test", "..", ".", "", "[..]",
                                 "[127.0.0.1]", "[a/b]", "a/b", "x..y", "-x.test", "é.test", "a" * 64 + ".test",
-                                "[\x00]", "example.test/..", "[IPv6:::1]", "[.]", "[/]", "a-.test"])
+                                "[\x00]", "example.test/..", "[IPv6:::1]", "[.]", "[/]", "a-.test", "bücher.example",
+                                "xn--bcher-kva.example", "xn--zz.test", "ÄÖ.test", "例え.テスト", "a\u200d.test",
+                                "xn--.test", "\u0301a.test", "ß.test", "a.b\u3002c"])
 # what paths are made of, plus the characters that would make them dangerous
 PATH_TEXT = st.text(st.sampled_from("abcAZ09.-_+=~%!#$&'*/?^`{|}\"\\ @,:[]<>\x00\x01\n\r\t\x7fé"), max_size=8)
 
@@ -507,7 +566,9 @@ def check_safe_address(address: str, root: str) -> None:
     assert local and domain, address
     for part in (local, domain):
         assert "/" not in part and not CONTROL.search(part) and not part.startswith("."), address
-    assert address.isascii() and len(local) <= 64 and len(address) <= 254, address
+    assert all(char.isascii() or unicodedata.category(char)[0] not in "CZ" for char in address), address
+    assert unicodedata.is_normalized("NFC", address) and domain.isascii(), address  # one form: NFC, A-labels
+    assert len(local.encode()) <= 64 and len(address) <= 254, address
     path = mailbox_path(root, address)  # parser and store agree: no ValueError for an accepted address
     real_root = os.path.realpath(root)
     assert os.path.commonpath([real_root, os.path.realpath(path)]) == real_root, path
@@ -546,6 +607,92 @@ def test_normalize_mailbox_arbitrary_paths(tmp_path: Path) -> None:
     run()
 
 
+# --- DSN parameters (RFC 3461) ------------------------------------------------
+
+DSN_CHECKS = {"NOTIFY": check_notify, "ORCPT": check_orcpt, "RET": check_ret, "ENVID": check_envid}
+
+
+def test_dsn_parameter_checks_arbitrary_values() -> None:
+    """Each check only ever raises DSNError, and what it passes is printable ASCII without "=" past
+    the keyword, so it can be passed on in a command line as it is."""
+    @fuzz(400)
+    @given(st.sampled_from(sorted(DSN_CHECKS)),
+           weighted((2, XTEXTS.map(lambda b: b.decode("ascii"))),
+                    (2, DSN_PARAMS.map(lambda b: b.decode().partition("=")[2])),
+                    (1, st.text(max_size=120))))
+    def run(name: str, value: str) -> None:
+        try:
+            checked = DSN_CHECKS[name](value)
+        except DSNError:
+            return
+        assert checked and all("!" <= c <= "~" for c in checked) and "=" not in checked, checked
+
+    run()
+
+
+def test_xtext_round_trips_any_text() -> None:
+    @fuzz(300)
+    @given(st.text(max_size=60))
+    def run(text: str) -> None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return  # a lone surrogate is no text a client can send
+        encoded = xtext_encode(text)
+        assert check_envid(encoded) if encoded and len(encoded) <= 100 else True
+        assert xtext_decode(encoded) == text
+
+    run()
+
+
+# --- PROXY protocol headers ---------------------------------------------------
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+PROXY_STREAMS = weighted(
+    (2, st.binary(max_size=300)),
+    (2, st.tuples(st.sampled_from([b"TCP4", b"TCP6", b"UNKNOWN", b"UDP4", b"tcp4", b""]),
+                  st.lists(weighted((3, st.sampled_from([b"203.0.113.7", b"::1", b"2001:db8::7", b"25", b"0",
+                                                         b"65536", b"-1", b"x"])), (1, WORDS)), max_size=5),
+                  LINE_ENDS, st.binary(max_size=20)).map(
+        lambda t: b"PROXY " + t[0] + b"".join(b" " + w for w in t[1]) + t[2] + t[3])),
+    (2, st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 60), st.binary(max_size=60)).map(
+        lambda t: V2_SIGNATURE + bytes([t[0], t[1]]) + t[2].to_bytes(2, "big") + t[3])),
+)
+
+
+def test_proxy_header_arbitrary_streams() -> None:
+    """Whatever a balancer's network sends, in whatever pieces: no exception escapes; the
+    connection is aborted, still waits, or is the server's with an IP address for its client."""
+    from ipaddress import ip_address, ip_network
+
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from mailgate.net.proxy_protocol import ProxyHeaderFactory
+
+    @fuzz(400)
+    @given(chunked(PROXY_STREAMS))
+    def run(chunks: list[bytes]) -> None:
+        factory = ProxyHeaderFactory(Factory.forProtocol(Protocol), [ip_network("10.0.0.0/8")], Clock(), "mx")
+        peer = IPv4Address("TCP", "10.0.0.1", 5555)
+        protocol = factory.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        with logged_failures() as failures:
+            for chunk in chunks:
+                if transport.disconnecting:
+                    break
+                protocol.dataReceived(chunk)
+        assert not failures, describe(failures)
+        wrapped = protocol.wrappedProtocol
+        if wrapped.connected:
+            ip_address(protocol.getPeer().host)  # never a word a v1 header put there
+        protocol.connectionLost(None)
+
+    run()
+
+
 # --- configuration -------------------------------------------------------------
 
 DEFAULT_DOCUMENT = tomllib.loads((ROOT / "etc" / "mailgate.toml").read_text())
@@ -553,9 +700,9 @@ _KEY = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*")'
 PROBLEM = re.compile(rf"{_KEY}(?:\[\d+\]|\.{_KEY})*: \S.*")
 SECTIONS = {  # top-level key -> (shape, its keys), so generated documents get past the first check
     "server": ("table", ["hostname", "state_dir"]),
-    "listen": ("array", ["name", "protocol", "endpoint", "tls", "auth"]),
-    "tls": ("table", ["certificate", "key"]),
-    "security": ("table", ["plaintext_auth", "vrfy", "expn", "bare_newline", "sender_login"]),
+    "listen": ("array", ["name", "protocol", "endpoint", "tls", "auth", "proxy"]),
+    "tls": ("table", ["certificate", "key", "sni"]),
+    "security": ("table", ["plaintext_auth", "vrfy", "expn", "bare_newline", "sender_login", "dsn"]),
     "domains": ("table", ["local"]),
     "store": ("table", ["maildir_root"]),
     "users": ("table", ["file"]),

@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import Interface, implementer
 
+from mailgate.core.addresses import AddressError, normalize_mailbox
+
 
 
 class PasswordStore(Protocol):
@@ -64,7 +66,7 @@ class AccountsChecker:
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes | tuple[()]]:
         try:
-            address = _text(credentials.username).strip()
+            address = login_address(_text(credentials.username).strip())
             password = _text(credentials.password)
         except UnicodeDecodeError:
             return fail(UnauthorizedLogin("credentials are not UTF-8"))
@@ -83,6 +85,15 @@ class AccountsChecker:
         if not ok:
             raise UnauthorizedLogin("bad credentials")
         return address.lower().encode("utf-8")
+
+
+def login_address(name: str) -> str:
+    """A login name under the one address rule (mailgate.core.addresses), so `JOSÉ@Bücher.example`
+    is the account and mailbox `josé@xn--bcher-kva.example`; what is no address is only lower-cased."""
+    try:
+        return normalize_mailbox(name)
+    except AddressError:
+        return name.lower()
 
 
 @implementer(IRealm)

@@ -70,6 +70,7 @@ def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
     signer = Signer(config.dkim)  # DSNs are signed with server.hostname's keys (SPEC: "every DSN mailgate writes")
     bounces = BounceSender(hostname, policy.max_queue_seconds, spooler.store.message_path, run_blocking,
                            deliverer.inject, sign=lambda report: signer.fields(report, domain=hostname))
+    deliverer.reports = bounces  # NOTIFY=SUCCESS for what is delivered while the client waits
     scheduler = Scheduler(
         spooler, {scheme: smtp for scheme in SCHEMES},
         HookTransport(hooks, lambda job: run_blocking(read_wire_form, job.message_path)), bounces, policy,

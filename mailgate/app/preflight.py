@@ -18,6 +18,7 @@ from pluggy import PluginManager
 from mailgate.builtin import load_plugins
 from mailgate.config import ConfigError, GatewayConfig
 from mailgate.mailauth.keys import key_problems
+from mailgate.net.sni import serve_by_name
 from mailgate.net.tls import TLSLoadError, ensure_certificate, server_tls_options
 from mailgate.store.durable import Owner, make_directories
 
@@ -167,11 +168,23 @@ def prepare_files(config: GatewayConfig, owner: Owner | None = None) -> bool:
 
 
 def load_tls(config: GatewayConfig) -> object:
-    """The listeners' TLS context factory; ConfigError naming the key when the pair can't be served."""
+    """The listeners' TLS context factory, serving the [tls.sni] pairs by name; ConfigError naming
+    the key when a pair can't be served."""
+    tls = config.tls
     try:
-        return server_tls_options(config.tls.certificate, config.tls.key, config.tls.ciphers)
+        default = server_tls_options(tls.certificate, tls.key, tls.ciphers)
     except TLSLoadError as error:
         raise ConfigError([f"tls.{error.which}: {error}"]) from None
+    by_name, problems = {}, []
+    for name, pair in tls.sni.items():
+        try:
+            by_name[name] = server_tls_options(pair.certificate, pair.key, tls.ciphers)
+        except TLSLoadError as error:
+            problems.append(f'tls.sni."{name}".{error.which}: {error}')
+    if problems:
+        raise ConfigError(problems)
+    serve_by_name(default, by_name)
+    return default
 
 
 def dkim_problems(config: GatewayConfig) -> list[str]:

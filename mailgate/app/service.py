@@ -30,6 +30,7 @@ from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.limits.state import shared_admission, shared_throttle
 from mailgate.app.pipeline import build_pipeline
 from mailgate.net.accept_backoff import AcceptBackoff, pause_on_exhaustion
+from mailgate.net.proxy_protocol import ProxyHeaderFactory
 from mailgate.outbound.scheduler import Scheduler
 from mailgate.outbound.smtp_transport import SMTPTransport
 from mailgate.smtp.factory import SMTPFactory
@@ -122,6 +123,8 @@ class GatewayService(MultiService):
             self.factories.append(factory)
             if listener.tls == "implicit":
                 factory = TLSMemoryBIOFactory(tls_options, False, factory)
+            if listener.proxy:  # the header comes first, before any TLS handshake
+                factory = ProxyHeaderFactory(factory, listener.proxy, self.reactor, listener.name)
             self._listen(index, listener, AdmissionGate(factory, self.admission))
         if self.running:  # configured late: startService has already run
             self._start_queue(pipeline.scheduler)

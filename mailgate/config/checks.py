@@ -327,6 +327,14 @@ def ip_address(value: Any) -> str:
         raise ValueError(f"not an IP address: {value!r}") from None
 
 
+def sni_name(value: Any) -> str:
+    """A host name a certificate is served for (tls.sni), or "*.domain" for its one-label names."""
+    name = string(value)
+    if name.startswith("*."):
+        return "*." + domain(name[2:])
+    return domain(name)
+
+
 def destination_name(value: Any) -> str:
     """A recipient domain, or "*" for every destination's default."""
     return "*" if string(value) == "*" else domain(value)

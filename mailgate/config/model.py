@@ -41,6 +41,15 @@ class ListenConfig:
     endpoint: str  # a Twisted server endpoint string
     tls: str = "none"  # none | starttls | implicit
     auth: str = "optional"  # none | optional | required; submission defaults to required
+    proxy: tuple[Network, ...] = ()  # peers that must send a PROXY protocol header (HAProxy v1/v2)
+
+
+@dataclass(frozen=True)
+class SNICertificate:
+    """[tls.sni."HOSTNAME"]: the pair served to clients that ask for that name (SNI)."""
+
+    certificate: str
+    key: str
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class TLSConfig:
     certificate: str = "var/tls/cert.pem"
     key: str = "var/tls/key.pem"
     ciphers: str = "intermediate"  # intermediate | legacy | an OpenSSL cipher string (TLS 1.2 suites)
+    sni: Mapping[str, SNICertificate] = field(default_factory=lambda: MappingProxyType({}))  # lower-cased names
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class SecurityConfig:
     expn: str = "authenticated"  # off | authenticated | all
     bare_newline: str = "normalize"  # normalize | reject: may a message hold a bare LF (as Postfix 3.9)
     sender_login: str = "owned"  # owned | any: envelope senders an authenticated user may use
+    dsn: str = "all"  # all | submission: which listeners offer DSN (RFC 3461)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from mailgate.config.checks import (
     positive,
     route,
     secrets,
+    sni_name,
     string,
     table_of,
     text,
@@ -53,6 +54,7 @@ from mailgate.config.model import (
     StateConfig,
     ListenConfig,
     TLSConfig,
+    SNICertificate,
     SecurityConfig,
     DomainsConfig,
     StoreConfig,
@@ -188,6 +190,10 @@ def _srs_secret(value: Any) -> str:
     return value
 
 
+def _sni(value: Any) -> Mapping[str, SNICertificate]:
+    return MappingProxyType(dict(_SNI_TABLES(value)))
+
+
 def _pipes(value: Any) -> Mapping[str, PipeConfig]:
     tables = _PIPE_TABLES(value)
     return MappingProxyType({name: PipeConfig(name, **table) for name, table in tables.items()})
@@ -212,6 +218,7 @@ _LISTEN = {
     "endpoint": Key(endpoint, required=True),
     "tls": Key(choice("none", "starttls", "implicit")),
     "auth": Key(choice("none", "optional", "required")),
+    "proxy": Key(list_of(network)),
 }
 _FORWARD = {
     "match": Key(pattern, required=True),
@@ -234,6 +241,8 @@ _DESTINATION = {
     "rate": Key(_sender_rate),
 }
 _DESTINATIONS = mapping_of(destination_name, table_of(DestinationConfig, _DESTINATION))
+_SNI_TABLES = mapping_of(sni_name, table_of(SNICertificate, {"certificate": Key(text, required=True),
+                                                             "key": Key(text, required=True)}))
 _RELAY = {
     "allowed_networks": Key(list_of(network)),
     "smarthost": Key(lambda value: string(value) and host_port(value)),  # "" means "use MX"
@@ -316,13 +325,15 @@ _SECURITY = {
     "expn": Key(_POLICY),
     "bare_newline": Key(choice("reject", "normalize")),
     "sender_login": Key(choice("owned", "any")),
+    "dsn": Key(choice("all", "submission")),
 }
 _PLUGINS = {"paths": Key(list_of(text)), "enable": Key(list_of(module_name)),
             "timeout": Key(_duration, "timeout_seconds")}
 _DOCUMENT = {
     "server": Key(table_of(ServerConfig, {"hostname": Key(domain), "state_dir": Key(text), "workers": Key(_workers)})),
     "listen": Key(list_of(table_of(ListenConfig, _LISTEN, _default_auth), True, "name"), required=True),
-    "tls": Key(table_of(TLSConfig, {"certificate": Key(text), "key": Key(text), "ciphers": Key(ciphers)})),
+    "tls": Key(table_of(TLSConfig, {"certificate": Key(text), "key": Key(text), "ciphers": Key(ciphers),
+                                    "sni": Key(_sni)})),
     "security": Key(table_of(SecurityConfig, _SECURITY)),
     "domains": Key(table_of(DomainsConfig, {"local": Key(list_of(domain))})),
     "store": Key(table_of(StoreConfig, {"maildir_root": Key(text)})),
@@ -359,8 +370,8 @@ def _document_schema(data: Mapping[str, Any]) -> dict[str, Key]:
 # --- Every accepted key, for the reference (tests/test_docs.py) --------------
 
 # Checkers that wrap a mapping_of to build dataclasses, and the mapping they wrap.
-_WRAPPED: dict[Checker, Checker] = {_lists: _LIST_TABLES, _pipes: _PIPE_TABLES}
-_PLACEHOLDERS = {address: "ADDRESS", domain: "DOMAIN", destination_name: "DOMAIN"}  # a name checked otherwise: NAME
+_WRAPPED: dict[Checker, Checker] = {_lists: _LIST_TABLES, _pipes: _PIPE_TABLES, _sni: _SNI_TABLES}
+_PLACEHOLDERS = {address: "ADDRESS", domain: "DOMAIN", destination_name: "DOMAIN", sni_name: "DOMAIN"}  # a name checked otherwise: NAME
 
 
 def known_keys() -> list[str]:

@@ -45,7 +45,9 @@ class Envelope:
     names; None for a parameter without a value). `routes` maps each
     delivery address to its Route (forwarding may make one recipient many);
     `forwarded` holds the delivery addresses reached through a forward
-    (`mailgate_forward`) rather than named at RCPT TO.
+    (`mailgate_forward`) rather than named at RCPT TO; `recipient_parameters`
+    each delivery address's RCPT TO parameters (NOTIFY, ORCPT: RFC 3461),
+    when its RCPT had any.
     """
 
     mail_from: str = ""
@@ -55,6 +57,7 @@ class Envelope:
     may_relay: bool = False
     routes: dict[str, Route] = field(default_factory=dict)
     forwarded: set[str] = field(default_factory=set)
+    recipient_parameters: dict[str, dict[str, str]] = field(default_factory=dict)
 
     # The 0.1 names, read from the session.
 

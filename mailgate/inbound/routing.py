@@ -81,8 +81,12 @@ def _one(recipient: str, route: Route | Reply) -> Resolved | Reply:
     return route if isinstance(route, Reply) else [(recipient, route)]
 
 
-async def accept_recipient(hooks: Hooks, envelope: Envelope, recipient: str) -> Reply:
+async def accept_recipient(hooks: Hooks, envelope: Envelope, recipient: str,
+                           parameters: dict[str, str] | None = None) -> Reply:
     """RCPT TO for an address already parsed: route it and add it to the envelope.
+
+    Its checked `parameters` (NOTIFY, ORCPT) go with every address it
+    resolves to, so a forwarded copy is reported on as the sender asked.
 
     The SMTP session and `mailgate.testing` both answer RCPT with this, so
     a plugin's test hears exactly what a client would.
@@ -93,6 +97,8 @@ async def accept_recipient(hooks: Hooks, envelope: Envelope, recipient: str) -> 
     if recipient not in envelope.rcpt_to:
         envelope.rcpt_to.append(recipient)
         add_routes(envelope, recipient, resolved)
+        if parameters:
+            envelope.recipient_parameters.update((address, parameters) for address, _ in resolved)
     return Reply(250, "2.1.5", "Ok")
 
 

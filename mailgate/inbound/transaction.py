@@ -16,6 +16,7 @@ released to the scheduler and the client told 250, so a client that hears
 from __future__ import annotations
 
 import errno
+import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
 
@@ -23,7 +24,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from mailgate.core.addresses import AddressError, normalize_mailbox
-from mailgate.core.errors import TemporaryFailure
+from mailgate.core.errors import DeliveryError, TemporaryFailure
 from mailgate.core.lists import bounce_address, list_id
 from mailgate.core.reply import Reply
 from mailgate.core.route import Route
@@ -60,6 +61,13 @@ class Spool(Protocol):
     def release(self, queue_ids: Sequence[str]) -> None: ...
 
 
+class Reports(Protocol):
+    """Success reports for what the transaction delivered itself (mailgate.outbound.bounces.BounceSender)."""
+
+    async def report_delivered(self, queue_id: str, envelope: Envelope, message: StoredMessage,
+                               delivered: Sequence[tuple[str, Route]], now: float) -> None: ...
+
+
 class Mailboxes(Protocol):
     """What the transaction needs of the local store (mailgate.store.maildir_writer.MaildirStore)."""
 
@@ -86,6 +94,7 @@ class Deliverer:
         self._spool = spool
         self._hooks = hooks
         self._hostname = hostname
+        self.reports: Reports | None = None  # NOTIFY=SUCCESS reports (RFC 3461), once the queue is wired
 
     async def deliver(self, envelope: Envelope, message: StoredMessage, queue_id: str, *,
                       inline: bool = True) -> list[Delivered]:
@@ -104,8 +113,21 @@ class Deliverer:
             for part in parts:
                 part.queued = await self._deliver_inline(part)
         await self._commit(parts)
+        if envelope.recipient_parameters:
+            await self._report_delivered(original)
         return [Delivered(part.queue_id, part.envelope.mail_from, recipient, route)
                 for part in parts for recipient, route in (*part.local, *part.inline)]
+
+    async def _report_delivered(self, part: Part) -> None:
+        """NOTIFY=SUCCESS for what was delivered now. The message is stored already and the
+        client will hear 250: a report that cannot be queued is logged, not the client's error."""
+        if self.reports is None or not (part.local or part.inline):
+            return
+        try:
+            await self.reports.report_delivered(part.queue_id, part.envelope, part.message,
+                                                [*part.local, *part.inline], time.time())
+        except (OSError, DeliveryError) as error:
+            log.warn("{id}: success report not queued: {error}", id=part.queue_id, error=error)
 
     async def inject(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
         """Deliver a message mailgate wrote itself (a bounce): routed like any other, forwards

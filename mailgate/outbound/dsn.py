@@ -28,10 +28,11 @@ _BUILD = policy.default.clone(linesep="\n", cte_type="7bit")
 # delivery-status fields, exactly as given; 8bit lets an 8-bit original through.
 _WRITE = policy.default.clone(linesep="\n", cte_type="8bit", refold_source="none")
 _MAX_FIELD = 900  # a field, even one unbreakable token, stays under 998 octets (RFC 5322 2.1.1)
-_ACTIONS = ("failed", "delayed")
+_ACTIONS = ("failed", "delayed", "delivered", "relayed")
 
 _FAILED_SUBJECT = "Undelivered Mail Returned to Sender"
 _DELAYED_SUBJECT = "Delayed Mail (still being retried)"
+_SUCCESS_SUBJECT = "Successful Mail Delivery Report"
 _INTRO = "This is the mail system at host {host}.\n\n"
 _FAILED = """\
 Your message could not be delivered to one or more recipients, for the
@@ -42,6 +43,11 @@ THIS IS A WARNING ONLY. YOU DO NOT NEED TO RESEND YOUR MESSAGE.
 
 Your message has not yet been delivered to the recipients below.
 The mail system keeps trying until the time given for each.
+"""
+_SUCCESS = """\
+Your message was delivered to the destinations listed below, as you asked.
+Where it was relayed to a system that does not report on delivery, you
+will hear no more from it; otherwise you may still hear of problems.
 """
 
 
@@ -54,7 +60,7 @@ class RecipientStatus:
     status: str  # enhanced status code, e.g. "5.1.1" or "4.4.1"
     diagnostic: str  # the remote reply, e.g. "550 5.1.1 <bob@x>: user unknown", or our own reason
     remote_mta: str | None = None  # the host that answered, if any
-    original_recipient: str | None = None
+    original_recipient: str | None = None  # the address, or "type;address" as ORCPT gave it
     last_attempt: datetime | None = None
     will_retry_until: datetime | None = None  # for "delayed"
 
@@ -73,11 +79,14 @@ def build_dsn(
     queue_id: str,
     now: datetime | None = None,
     full_message_limit: int = 100_000,
+    envelope_id: str | None = None,
 ) -> bytes:
     """Return the whole DSN for `sender` as bytes with LF line ends.
 
     `original` (a stored message's path, or its bytes) comes back whole up to
-    `full_message_limit` octets, else only its headers. No Return-Path: the
+    `full_message_limit` octets, else only its headers (0: headers only, for
+    RET=HDRS and success reports). `envelope_id` is the sender's ENVID,
+    decoded (RFC 3464 2.2.1). No Return-Path: the
     caller stores it and sends it with the null sender like any other message.
     """
     if not sender:
@@ -86,29 +95,39 @@ def build_dsn(
         raise ValueError("a DSN reports on at least one recipient")
     report = EmailMessage(_BUILD)
     report["From"] = Address("Mail Delivery System", "MAILER-DAEMON", reporting_mta)
-    report["To"] = sender
-    report["Subject"] = _DELAYED_SUBJECT if _warning_only(statuses) else _FAILED_SUBJECT
+    if sender.isascii():
+        report["To"] = sender
+    else:
+        report.set_raw("To", sender)  # RFC 6532 3.2: a UTF-8 address as it is, never an encoded-word
+    report["Subject"] = _kind(statuses)[0]
     report["Date"] = _date(now or datetime.now(timezone.utc))
     report["Message-ID"] = make_msgid(domain=reporting_mta)
     report["Auto-Submitted"] = "auto-replied"  # RFC 3834: auto-responders must not answer it
     report["MIME-Version"] = "1.0"
     report.add_header("Content-Type", "multipart/report", report_type="delivery-status")
-    for part in (_explanation(reporting_mta, statuses), _delivery_status(reporting_mta, queue_id, arrival, statuses),
+    status_part = _delivery_status(reporting_mta, queue_id, arrival, statuses, envelope_id)
+    for part in (_explanation(reporting_mta, statuses), status_part,
                  _original_part(*_load(original, full_message_limit))):
         report.attach(cast(EmailMessage, part))  # typeshed wants EmailMessage; any MIMEPart is a valid part
     buffer = io.BytesIO()
-    BytesGenerator(buffer, policy=_WRITE).flatten(report)
+    BytesGenerator(buffer, policy=_WRITE if sender.isascii() else _WRITE.clone(utf8=True)).flatten(report)
     return buffer.getvalue()
 
 
-def _warning_only(statuses: Sequence[RecipientStatus]) -> bool:
-    """A warning only when nothing has failed for good; any failure is a bounce."""
-    return all(s.action == "delayed" for s in statuses)
+def _kind(statuses: Sequence[RecipientStatus]) -> tuple[str, str]:
+    """The subject and text of the report: any failure makes it a bounce, else a
+    delay makes it a warning, else it tells of success."""
+    actions = {s.action for s in statuses}
+    if "failed" in actions:
+        return _FAILED_SUBJECT, _FAILED
+    if "delayed" in actions:
+        return _DELAYED_SUBJECT, _DELAYED
+    return _SUCCESS_SUBJECT, _SUCCESS
 
 
 def _explanation(reporting_mta: str, statuses: Sequence[RecipientStatus]) -> MIMEPart:
     """The human-readable first part: what mail clients show as the bounce."""
-    intro = _INTRO.format(host=reporting_mta) + (_DELAYED if _warning_only(statuses) else _FAILED)
+    intro = _INTRO.format(host=reporting_mta) + _kind(statuses)[1]
     part = MIMEPart(_BUILD)
     part.set_content(intro + "\n" + "\n\n".join(map(_explain, statuses)) + "\n")
     return part
@@ -125,7 +144,8 @@ def _explain(status: RecipientStatus) -> str:
 
 
 def _delivery_status(
-    reporting_mta: str, queue_id: str, arrival: datetime, statuses: Sequence[RecipientStatus]
+    reporting_mta: str, queue_id: str, arrival: datetime, statuses: Sequence[RecipientStatus],
+    envelope_id: str | None = None,
 ) -> MIMEPart:
     """The machine-readable part (RFC 3464 section 2): a per-message block,
     then one block per recipient in order. The email package writes a list of
@@ -135,6 +155,7 @@ def _delivery_status(
     part = MIMEPart(_BUILD)
     part["Content-Type"] = "message/delivery-status"
     per_message: list[tuple[str, str | None]] = [
+        ("Original-Envelope-Id", envelope_id),
         ("Reporting-MTA", f"dns; {reporting_mta}"),
         ("X-Mailgate-Queue-ID", queue_id),
         ("Arrival-Date", _date(arrival)),
@@ -150,7 +171,7 @@ def _recipient_fields(s: RecipientStatus) -> list[tuple[str, str | None]]:
     retry_until = s.will_retry_until if s.action == "delayed" else None
     return [
         ("Final-Recipient", _address(s.recipient)),
-        ("Original-Recipient", s.original_recipient and _address(s.original_recipient)),
+        ("Original-Recipient", s.original_recipient and _typed(s.original_recipient)),
         ("Action", s.action),
         ("Status", s.status),
         ("Remote-MTA", s.remote_mta and f"dns; {s.remote_mta}"),
@@ -179,6 +200,11 @@ def _block(fields: list[tuple[str, str | None]]) -> MIMEPart:
 def _address(address: str) -> str:
     """An address with its type: "utf-8" for SMTPUTF8 addresses (RFC 6533)."""
     return f"{'rfc822' if address.isascii() else 'utf-8'}; {address}"
+
+
+def _typed(address: str) -> str:
+    """An ORCPT ("rfc822;bob@x") as it came, with its own type; a bare address gets one."""
+    return address if ";" in address else _address(address)
 
 
 def _ascii(text: str) -> str:

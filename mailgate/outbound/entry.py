@@ -35,6 +35,12 @@ class RecipientState:
     diagnostic: str | None = None  # the last reply's text or our reason
     remote_mta: str | None = None
     reporting_mta: str | None = None  # the pool's EHLO name it was last tried with; None: server.hostname
+    notify: str | None = None  # RCPT TO's NOTIFY (RFC 3461); None: failures and delays are reported
+    orcpt: str | None = None  # RCPT TO's ORCPT, as sent ("rfc822;bob+2Bx@example.test")
+
+    def dsn_parameters(self) -> dict[str, str]:
+        """The RCPT TO parameters to pass on to a next hop that offers DSN."""
+        return {name: value for name, value in (("NOTIFY", self.notify), ("ORCPT", self.orcpt)) if value}
 
 
 @dataclass
@@ -94,6 +100,7 @@ _RECIPIENT_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "address": ((str,), True), "route": ((str,), True), "status": ((str,), False),
     "code": ((int, _NONE), False), "enhanced": ((str, _NONE), False), "diagnostic": ((str, _NONE), False),
     "remote_mta": ((str, _NONE), False), "reporting_mta": ((str, _NONE), False),
+    "notify": ((str, _NONE), False), "orcpt": ((str, _NONE), False),
 }
 
 

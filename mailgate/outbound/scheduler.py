@@ -230,7 +230,7 @@ class Scheduler:
         failed_now = self._record(entry, results)
         if self._abandoned:
             return  # stop() gave up waiting: leave the entry as it was
-        await self._settle(entry, failed_now)
+        await self._settle(entry, failed_now, results)
 
     async def _set_aside(self, queue_id: str, reason: str) -> None:
         """A damaged entry goes to corrupt/ with one log line, never to be tried again:
@@ -261,6 +261,7 @@ class Scheduler:
         envelope = Envelope(
             mail_from=entry.sender, rcpt_to=[r.address for r in recipients],
             parameters=dict(entry.parameters), session=Session.from_dict(entry.session),
+            recipient_parameters={r.address: r.dsn_parameters() for r in recipients if r.notify or r.orcpt},
         )
         job = DeliveryJob(entry.id, envelope, Route(recipients[0].route), destination,
                           self.store.message_path(entry.id))
@@ -310,14 +311,17 @@ class Scheduler:
                               route=recipient.route, reply=result.reply if result is not None else None,
                               attempt=entry.attempts)
 
-    async def _settle(self, entry: QueuedMessage, failed_now: list[RecipientState]) -> None:
+    async def _settle(self, entry: QueuedMessage, failed_now: list[RecipientState],
+                      results: dict[str, RecipientResult]) -> None:
         """Bounce what failed in this attempt at once (as Postfix does: a sender
         hears of a hard failure without waiting for other recipients' retries),
-        then keep the entry for what is still pending, or drop it."""
+        report success where NOTIFY asked for it, then keep the entry for what
+        is still pending, or drop it."""
         if entry.id in self._deleted:
             return
         if failed_now and entry.sender:
             await self._bounces.report(entry, failed_now, "failed")
+        await self._bounces.report_success(entry, results)
         if self._delay_warning_due(entry):
             entry.warned = True
             await self._bounces.report(entry, entry.pending(), "delayed")

@@ -10,12 +10,13 @@ MAIL FROM on, the host's replies are the recipients' results.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 
+from mailgate.core.dsn import DSNRequest
 from mailgate.core.errors import DeliveryError
 from mailgate.core.reply import Reply
 from mailgate.outbound.smtp_client import BodyProducer, ClientProtocol, SessionClosed, Timeouts, wire_size
@@ -60,6 +61,8 @@ class MailJob:
     mail_from: str
     recipients: tuple[str, ...]
     message_path: str
+    dsn: DSNRequest = DSNRequest()  # passed on where the host offers DSN (RFC 3461 5.2)
+    smtputf8: bool = False  # the sender said SMTPUTF8: only a host that offers it may have the message
 
 
 class SetupFailed(DeliveryError):
@@ -192,10 +195,15 @@ class Dialogue:
                           extensions: dict[str, str]) -> list[RecipientResult]:
         """MAIL, RCPTs, DATA (all in one write with PIPELINING), body, final reply."""
         host, timeouts = key[1], self._timeouts
+        if job.smtputf8 and "SMTPUTF8" not in extensions:  # RFC 6531 3.2: no downgrade; the sender hears why
+            reply = Reply(550, "5.6.7", f"{where(key)} does not support SMTPUTF8, which this message needs")
+            return [result(reply, r, host) for r in job.recipients]
         params = [f"SIZE={wire_size(job.message_path)}"] if "SIZE" in extensions else []
         params += ["BODY=8BITMIME"] if "8BITMIME" in extensions else []
-        mail = " ".join([f"MAIL FROM:<{job.mail_from}>", *params])
-        rcpts = [f"RCPT TO:<{recipient}>" for recipient in job.recipients]
+        params += ["SMTPUTF8"] if job.smtputf8 else []
+        dsn = job.dsn if "DSN" in extensions else DSNRequest()
+        mail = " ".join([f"MAIL FROM:<{job.mail_from}>", *params, *dsn.mail])
+        rcpts = [" ".join([f"RCPT TO:<{recipient}>", *dsn.rcpt.get(recipient, ())]) for recipient in job.recipients]
         if "PIPELINING" in extensions:
             protocol.send(mail, *rcpts, "DATA")  # RFC 2920: DATA may end the batch
             mail_reply = await protocol.read_reply(timeouts.mail, "MAIL")
@@ -213,7 +221,8 @@ class Dialogue:
             final = await self._data(protocol, job, data_reply)
         except FinalReplyLost as lost:
             return _maybe_delivered(job, rcpt_replies, key, lost)
-        return [result(final if reply.positive else reply, r, host)
+        action = None if "DSN" in extensions else "relayed"  # RFC 3461 5.2.2: a host without DSN
+        return [replace(result(final if reply.positive else reply, r, host), success_action=action)
                 for r, reply in zip(job.recipients, rcpt_replies)]
 
     async def _lockstep(self, protocol: ClientProtocol, mail: str,

@@ -19,6 +19,7 @@ from twisted.internet.error import ConnectBindError
 from twisted.logger import Logger
 
 from mailgate.config import RelayConfig
+from mailgate.core.dsn import DSNRequest
 from mailgate.core.errors import DeliveryError
 from mailgate.core.reply import Reply
 from mailgate.core.route import Route
@@ -102,12 +103,15 @@ class SMTPTransport:
         except HookFailed as failure:  # fail closed: never from an address the plugin did not choose
             reply = Reply(451, "4.3.0", f"plugin {failure.plugin} failed: {failure.problem}")
             return same_result(envelope.rcpt_to, reply)
+        dsn = DSNRequest.of(envelope.parameters, envelope.recipient_parameters)
+        utf8 = "SMTPUTF8" in envelope.parameters
         if isinstance(job.destination, tuple):
             host, port = job.destination
-            results = await self.deliver_to_host(host, port, envelope.mail_from, envelope.rcpt_to, path, pool=pool)
+            results = await self.deliver_to_host(host, port, envelope.mail_from, envelope.rcpt_to, path, pool=pool,
+                                                 dsn=dsn, smtputf8=utf8)
         else:
             results = await self.deliver_by_mx(str(job.destination), envelope.mail_from, envelope.rcpt_to, path,
-                                               pool=pool)
+                                               pool=pool, dsn=dsn, smtputf8=utf8)
         if pool is None:
             return results
         return [replace(result, reporting_mta=pool.helo) for result in results]
@@ -117,9 +121,10 @@ class SMTPTransport:
         await self._cache.close_all()
 
     async def deliver_by_mx(self, domain: str, mail_from: str, recipients: list[str], message_path: str,
-                            *, pool: Pool | None = None) -> list[RecipientResult]:
+                            *, pool: Pool | None = None, dsn: DSNRequest = DSNRequest(),
+                            smtputf8: bool = False) -> list[RecipientResult]:
         """Try the domain's MX hosts best first; the first host with a session decides."""
-        job = MailJob(mail_from, tuple(recipients), message_path)
+        job = MailJob(mail_from, tuple(recipients), message_path, dsn, smtputf8)
         try:
             hosts = await self._resolver.mx_hosts(domain)
             hosts, tls_for = await self._tls.for_mx(domain, hosts, self._mx_port)
@@ -130,13 +135,15 @@ class SMTPTransport:
         return await self._guarded(job, hosts, self._mx_port, _Plan(site, pool, tls_for))
 
     async def deliver_to_host(self, host: str, port: int, mail_from: str, recipients: list[str],
-                              message_path: str, *, pool: Pool | None = None) -> list[RecipientResult]:
+                              message_path: str, *, pool: Pool | None = None,
+                              dsn: DSNRequest = DSNRequest(), smtputf8: bool = False) -> list[RecipientResult]:
         """Smarthost and smtp:HOST:PORT routes: one host (a name or an address), no MX lookup."""
         smarthost = self._smarthost == (host, port)
         site = self._sites.site(("smarthost" if smarthost else "smtp", host, port), host, f"{host}:{port}")
         tls = self._tls.for_smarthost(host, self._credentials is not None) if smarthost else self._tls.for_host(host)
         plan = _Plan(site, pool, _always(tls), self._credentials if smarthost else None)
-        return await self._guarded(MailJob(mail_from, tuple(recipients), message_path), [host], port, plan)
+        job = MailJob(mail_from, tuple(recipients), message_path, dsn, smtputf8)
+        return await self._guarded(job, [host], port, plan)
 
     async def _guarded(self, job: MailJob, hosts: list[str], port: int, plan: _Plan) -> list[RecipientResult]:
         """A bug here must defer the mail, not crash the queue or lose the message."""

@@ -48,9 +48,12 @@ class Spooler:
     @staticmethod
     def _entry(queue_id: str, envelope: Envelope, recipients: Sequence[tuple[str, Route]],
                now: float) -> QueuedMessage:
+        dsn = envelope.recipient_parameters
         return QueuedMessage(
             id=queue_id, sender=envelope.mail_from, arrived=now, next_attempt=now,
-            recipients=[RecipientState(address, str(route)) for address, route in recipients],
+            recipients=[RecipientState(address, str(route), notify=dsn.get(address, {}).get("NOTIFY"),
+                                       orcpt=dsn.get(address, {}).get("ORCPT"))
+                        for address, route in recipients],
             session=envelope.session.to_dict(), parameters=dict(envelope.parameters),
         )
 

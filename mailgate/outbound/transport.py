@@ -32,6 +32,9 @@ class RecipientResult:
     remote_mta: str | None = None  # host that answered, None if none did
     maybe_delivered: bool = False  # the whole message went, its final reply never came
     reporting_mta: str | None = None  # the name we said in EHLO when not server.hostname (a pool's helo)
+    # A NOTIFY=SUCCESS report's action (RFC 3464 2.3.3): "delivered" at the final destination,
+    # "relayed" to a next hop without DSN, None when the next hop offers DSN and reports itself.
+    success_action: str | None = "delivered"
 
     @property
     def delivered(self) -> bool:

@@ -40,6 +40,10 @@ class Channel(Protocol):
     def receive_data(self, reader: DataReader) -> None:
         """Hand the bytes that follow to `reader`, in bulk, until the end of the data."""
 
+    def server_name(self) -> str:
+        """The name the server goes by on this connection: the host name the client asked for
+        in its TLS handshake when a [tls.sni] pair is served for it, else server.hostname."""
+
 
 Pending = Coroutine[Deferred[object], object, Reply | None]
 Answer = Reply | Pending | None

@@ -39,6 +39,7 @@ LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 DELIVERED = Reply(250, "2.0.0", "Delivered")  # what a `delivered` event says of a Maildir or inline gateway
 BARE_NEWLINE = Reply(550, "5.5.2", "Message contains bare CR or LF characters")
 NUL = Reply(550, "5.5.2", "Message contains NUL characters")
+AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed after BDAT")  # RFC 3030 2
 
 _ids = itertools.count(1)
 _pid = f"{os.getpid():X}"  # not a system call per message; twistd forks after import
@@ -64,6 +65,8 @@ def data(argument: str, state: SessionState, channel: Channel, policy: ListenerP
         return NEED_MAIL
     if not state.envelope.rcpt_to:
         return NO_RECIPIENTS
+    if state.chunks is not None and state.chunks[0] is state.envelope:
+        return AFTER_BDAT
     channel.receive_data(DataReader(max_size=policy.config.limits.max_message_size))
     return GO_AHEAD
 
@@ -130,9 +133,10 @@ def _refused(envelope: Envelope, queue_id: str, reply: Reply, policy: ListenerPo
 
 
 def received_header(envelope: Envelope, esmtp: bool, queue_id: str, hostname: str) -> bytes:
-    """Return-Path and Received:, the protocol named as RFC 3848 does (ESMTPSA: TLS and AUTH)."""
+    """Return-Path and Received:, the protocol named as RFC 3848 does (ESMTPSA: TLS and AUTH),
+    UTF8SMTP for a SMTPUTF8 transaction (RFC 6531 4.3)."""
     session = envelope.session
-    protocol = "ESMTP" if esmtp else "SMTP"
+    protocol = "UTF8SMTP" if "SMTPUTF8" in envelope.parameters else "ESMTP" if esmtp else "SMTP"
     protocol += "S" if session.tls else ""
     protocol += "A" if session.user else ""
     return trace_header(

@@ -14,6 +14,7 @@ from mailgate.core.reply import Reply
 from mailgate.core.session import Envelope
 from mailgate.hooks.calling import FAILED, HookFailed
 from mailgate.smtp.channel import Channel, Pending
+from mailgate.smtp.dsn_parameters import MAIL_CHECKS, check_mail_parameter, unsupported
 from mailgate.smtp.policy import ListenerPolicy
 from mailgate.smtp.state import SessionState
 
@@ -22,6 +23,7 @@ NEED_HELO = Reply(503, "5.5.1", "Send HELO/EHLO first")
 NESTED = Reply(503, "5.5.1", "Nested MAIL command")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
+NEED_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs MAIL FROM with SMTPUTF8")  # RFC 6531 3.5
 
 
 def mail(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
@@ -41,6 +43,8 @@ def mail(argument: str, state: SessionState, channel: Channel, policy: ListenerP
     refusal = parameter_refusal(params, policy)
     if refusal is not None:
         return refusal
+    if not sender.isascii() and "SMTPUTF8" not in params:
+        return NEED_SMTPUTF8
     envelope = Envelope(mail_from=sender, parameters=params, session=session,
                         may_relay=may_relay(session.user, session.peer, policy))
     if not policy.hooks.implemented("mailgate_mail_from"):
@@ -64,15 +68,22 @@ async def _ask_plugins(envelope: Envelope, state: SessionState, policy: Listener
 
 
 def parameter_refusal(params: dict[str, str | None], policy: ListenerPolicy) -> Reply | None:
-    """SIZE within the limit and BODY=7BIT/8BITMIME are all MAIL takes (RFC 1870, RFC 6152)."""
+    """SIZE within the limit, BODY=7BIT/8BITMIME (RFC 1870, RFC 6152), SMTPUTF8 (RFC 6531)
+    and, where DSN is offered, RET and ENVID (RFC 3461) are all MAIL takes."""
     for name, value in params.items():
         if name == "SIZE" and value and value.isdigit():
             if int(value) > policy.config.limits.max_message_size:
                 return TOO_BIG
         elif name == "BODY" and value and value.upper() in ("7BIT", "8BITMIME"):
             continue
+        elif name == "SMTPUTF8" and value is None:  # RFC 6531 3.4: a keyword, no value
+            continue
+        elif name in MAIL_CHECKS:
+            refusal = check_mail_parameter(params, name, policy)
+            if refusal is not None:
+                return refusal
         else:
-            return Reply(555, "5.5.4", f"Unsupported parameter {name}")
+            return unsupported(name)
     return None
 
 

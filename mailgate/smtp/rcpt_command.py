@@ -7,11 +7,13 @@ from mailgate.core.reply import Reply
 from mailgate.core.session import Envelope
 from mailgate.inbound.routing import accept_recipient
 from mailgate.smtp.channel import Channel, Pending
+from mailgate.smtp.dsn_parameters import rcpt_parameters
 from mailgate.smtp.policy import ListenerPolicy
 from mailgate.smtp.state import SessionState
 
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
 TOO_MANY = Reply(452, "4.5.3", "Too many recipients")
+NEED_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs MAIL FROM with SMTPUTF8")  # RFC 6531 3.5
 
 
 def rcpt(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | Pending:
@@ -23,19 +25,23 @@ def rcpt(argument: str, state: SessionState, channel: Channel, policy: ListenerP
         return TOO_MANY
     try:
         path, params = parse_command_path(argument, "TO")
-        if params:
-            return Reply(555, "5.5.4", f"Unsupported parameter {next(iter(params))}")
         recipient = postmaster(path, policy) or normalize_mailbox(path)
     except AddressError as exc:
         return Reply(501, "5.1.3", str(exc))
+    checked = rcpt_parameters(params, policy)
+    if isinstance(checked, Reply):
+        return checked
+    if not recipient.isascii() and "SMTPUTF8" not in envelope.parameters:
+        return NEED_SMTPUTF8
     if policy.events.wanted:
-        return _accept_telling(envelope, recipient, policy)
-    return accept_recipient(policy.hooks, envelope, recipient)
+        return _accept_telling(envelope, recipient, checked, policy)
+    return accept_recipient(policy.hooks, envelope, recipient, checked)
 
 
-async def _accept_telling(envelope: Envelope, recipient: str, policy: ListenerPolicy) -> Reply:
+async def _accept_telling(envelope: Envelope, recipient: str, parameters: dict[str, str],
+                          policy: ListenerPolicy) -> Reply:
     """accept_recipient, with a `refused` event when it refuses."""
-    reply = await accept_recipient(policy.hooks, envelope, recipient)
+    reply = await accept_recipient(policy.hooks, envelope, recipient, parameters)
     if not reply.positive:
         policy.events.emit("refused", mail_from=envelope.mail_from, recipient=recipient, reply=reply,
                            client=envelope.session.peer)

@@ -2,8 +2,9 @@
 
 Commands are read as lines and answered in order; a command that waits on
 plugins or the disk pauses reading until its reply is written, which is
-what makes PIPELINING safe. DATA bypasses line handling altogether and
-goes to `mailgate.smtp.data_reader.DataReader` in bulk.
+what makes PIPELINING safe. DATA and each BDAT chunk bypass line handling
+altogether and go to `mailgate.smtp.data_reader.DataReader` (or its
+counting ChunkReader) in bulk.
 
 What each command does is not here: `COMMANDS` maps each verb to a handler
 (mailgate.smtp.mail_command, rcpt_command, data_command, auth_command,
@@ -18,21 +19,25 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailgate.core.reply import Reply
 from mailgate.core.session import Session
 from mailgate.hooks.calling import FAILED, HookFailed
 from mailgate.net.flow import SMALL_SEND_BUFFER, FlowControl
 from mailgate.net.interfaces import Connection, connection_view, socket_of
+from mailgate.net.sni import host_name
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
-from mailgate.smtp import auth_command, data_command, mail_command, rcpt_command, session_commands, verify_commands
-from mailgate.smtp.channel import Handler, Pending
+from mailgate.smtp import (auth_command, bdat_command, data_command, mail_command, rcpt_command, session_commands,
+                           verify_commands)
+from mailgate.smtp.channel import Answer, Handler, Pending
+from mailgate.smtp.chunk_reader import ChunkReader
 from mailgate.smtp.data_reader import DataReader
 from mailgate.smtp.state import SessionState
 
@@ -56,9 +61,11 @@ COMMANDS: dict[str, Handler] = {
     "NOOP": session_commands.noop,
     "QUIT": session_commands.quit_,
     "HELP": session_commands.help_,
+    "PROXY": session_commands.proxy,
     "MAIL": mail_command.mail,
     "RCPT": rcpt_command.rcpt,
     "DATA": data_command.data,
+    "BDAT": bdat_command.bdat,
     "AUTH": auth_command.auth,
     "VRFY": verify_commands.vrfy,
     "EXPN": verify_commands.expn,
@@ -66,14 +73,15 @@ COMMANDS: dict[str, Handler] = {
 
 UNRECOGNIZED = Reply(500, "5.5.2", "Command not recognized")
 NOT_ASCII = Reply(500, "5.5.2", "Command contains non-ASCII characters")
+UTF8_VERBS = frozenset(("MAIL", "RCPT", "VRFY", "EXPN"))  # those that take SMTPUTF8 addresses (RFC 6531 3.7)
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")
 TIMED_OUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
-CONNECT_FAILED = Reply(421, "4.3.0", "Service temporarily unavailable, try again later")  # a greeting must be 220, 421 or 554
 
 
+@implementer(IHandshakeListener)
 class SMTPSession(Protocol, TimeoutMixin):
     """One SMTP connection, and the Channel its command handlers answer through."""
 
@@ -100,6 +108,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._counted = False  # by the server's Admission, until connectionLost
         self._data_deadline: IDelayedCall | None = None  # the DATA phase's own timer (limits.data_timeout)
         self._data_progress = 0  # bytes since the idle timer was last reset in DATA
+        self._greeting_waits = False  # for the TLS handshake (implicit TLS with [tls.sni] pairs)
+        self._admission: Deferred[Reply | None] | None = None  # the master's answer, with workers
 
     # --- connection ----------------------------------------------------------
 
@@ -123,27 +133,20 @@ class SMTPSession(Protocol, TimeoutMixin):
         if refusal is not None and not isinstance(refusal, Deferred):
             return self.close(refusal)
         self.setTimeout(policy.config.limits.command_timeout_seconds)
-        greeting = Reply(220, text=f"{policy.config.server.hostname} ESMTP mailgate")
-        if refusal is not None or policy.hooks.implemented("mailgate_connect"):
-            return self._wait_for(self._connect_hooks(greeting, refusal))
-        self._answer(greeting)
-
-    async def _connect_hooks(self, greeting: Reply, admission: Deferred[Reply | None] | None) -> Reply | None:
-        """The shared Admission's answer, then mailgate_connect: the greeting, or a refusal in its place."""
-        if admission is not None and (refused := await admission) is not None:
-            self.close(refused)
+        self._admission = refusal  # with workers, the master's shared Admission: its answer comes later
+        if self.state.session.tls and policy.config.tls.sni:
+            self._greeting_waits = True  # implicit TLS: the greeting names the SNI host, once the handshake says it
             return None
-        if not self._policy.hooks.implemented("mailgate_connect"):
-            return greeting
-        try:
-            refusal = await self._policy.hooks.refusal("mailgate_connect", session=self.state.session)
-        except HookFailed:
-            refusal = CONNECT_FAILED
-        if refusal is None:
-            return greeting
-        self._policy.events.emit("refused", reply=refusal, client=self.state.session.peer)
-        self.close(refusal)
-        return None
+        self._greet()
+
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: an implicit-TLS greeting held for the client's SNI name goes now."""
+        if self._greeting_waits and not self._closing:
+            self._greeting_waits = False
+            self._greet()
+
+    def _greet(self) -> None:
+        self._give(session_commands.greeting(self.state, self, self._policy, self._admission))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
@@ -185,6 +188,7 @@ class SMTPSession(Protocol, TimeoutMixin):
                 rest = reader.feed(data)
                 if rest is not None:
                     self._end_data(reader, rest)
+                    self._process()  # after a BDAT chunk answered at once: the commands that came with it
                 return
         self._buffer = self._buffer[self._offset:] + data if self._offset else self._buffer + data
         self._offset = 0
@@ -255,14 +259,19 @@ class SMTPSession(Protocol, TimeoutMixin):
 
     def _command(self, line: bytes) -> None:
         try:
-            text = line.decode("ascii")
+            text = line.decode("utf-8")  # UTF-8 paths are SMTPUTF8's (RFC 6531 3.3); the handlers check
         except UnicodeDecodeError:
             return self._answer(NOT_ASCII)
         verb, _, argument = text.partition(" ")
+        if not text.isascii() and verb.upper() not in UTF8_VERBS:
+            return self._answer(NOT_ASCII)
         handler = COMMANDS.get(verb.upper())
         if handler is None:
             return self._answer(UNRECOGNIZED)
-        answer = handler(argument.strip(), self.state, self, self._policy)
+        self._give(handler(argument.strip(), self.state, self, self._policy))
+
+    def _give(self, answer: Answer) -> None:
+        """Send a handler's answer, or wait for it."""
         if isinstance(answer, Reply):
             self._answer(answer)
         elif answer is not None:
@@ -315,9 +324,11 @@ class SMTPSession(Protocol, TimeoutMixin):
     def _end_data(self, reader: DataReader, rest: bytes) -> None:
         """The end of the data: what follows it is commands again, once the message is answered."""
         self._cancel_data_deadline()
-        envelope = self.state.envelope
-        self._reader = self.state.envelope = None
+        self._reader = None
         self._buffer = rest + self._take_input()
+        if isinstance(reader, ChunkReader):
+            return self._give(bdat_command.chunk_done(reader, self.state, self._policy))
+        envelope, self.state.envelope = self.state.envelope, None
         assert envelope is not None  # DATA was accepted for it, and no command ran since
         self._wait_for(data_command.finish_message(reader, envelope, self.state.esmtp, self._policy))
 
@@ -373,6 +384,9 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._answer(ready)
         self._flush()  # in the clear, before the handshake
         self._connection.startTLS(self._policy.tls_options)
+
+    def server_name(self) -> str:
+        return host_name(self._connection, self._policy.config.tls.sni, self._policy.config.server.hostname)
 
     def receive_data(self, reader: DataReader) -> None:
         self._reader = reader

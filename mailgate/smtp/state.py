@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from mailgate.core.session import Envelope, Session
+from mailgate.smtp.chunk_reader import ChunkReader
 
 
 @dataclass(slots=True)
@@ -25,6 +26,8 @@ class SessionState:
     envelope: Envelope | None = None  # the open transaction: MAIL to the end of DATA
     esmtp: bool = False  # the client greeted with EHLO (the Received: header says ESMTP)
     bad_commands: int = 0  # 5xx syntax and sequence errors so far (limits.max_bad_commands)
+    # BDAT: the message of the transaction it began with; a new envelope (MAIL after RSET) makes it stale
+    chunks: tuple[Envelope, ChunkReader] | None = None
 
     def greet(self, helo: str, esmtp: bool) -> None:
         """HELO/EHLO: a new name, and any transaction dropped (RFC 5321 4.1.4)."""

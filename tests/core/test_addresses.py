@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mailgate.core.addresses import MAX_LOCAL_PART, AddressError, normalize_mailbox, parse_command_path
+from mailgate.core.addresses import (
+    MAX_LOCAL_PART, AddressError, display_domain, normalize_domain, normalize_mailbox, parse_command_path,
+)
 
 
 def mailbox(argument: str, prefix: str = "TO") -> str:
@@ -153,10 +155,29 @@ def test_bad_syntax_refused(path: str) -> None:
         normalize_mailbox(path)
 
 
-@pytest.mark.parametrize("path", ["jürgen@example.test", "a@exämple.test", "a@例え.test"])
-def test_non_ascii_refused(path: str) -> None:
+@pytest.mark.parametrize("path, normalized", [
+    ("jürgen@example.test", "jürgen@example.test"), ("JÜRGEN@Example.TEST", "jürgen@example.test"),
+    ("ju\u0308rgen@example.test", "jürgen@example.test"),  # NFC: one mailbox however it is composed
+    ("a@exämple.test", "a@xn--exmple-cua.test"), ("a@EXÄMPLE.test", "a@xn--exmple-cua.test"),
+    ("a@xn--exmple-cua.test", "a@xn--exmple-cua.test"), ("a@例え.test", "a@xn--r8jz45g.test"),
+    ('"jo sé"@example.test', '"jo sé"@example.test'),
+])
+def test_utf8_addresses_are_normalized(path: str, normalized: str) -> None:
+    """SMTPUTF8 (RFC 6531): UTF-8 local parts NFC, domains as A-labels, so either form is one mailbox."""
+    assert normalize_mailbox(path) == normalized
+
+
+@pytest.mark.parametrize("path", ["a\u202eb@example.test", "a\u00a0b@example.test", "a\x85b@example.test",
+                                  "a@xn--zz.test", "a@ex\u00e4mple..test", "\u00e9" * 33 + "@example.test",
+                                  "a@\u2028.test"])
+def test_bad_utf8_addresses_refused(path: str) -> None:
     with pytest.raises(AddressError):
         normalize_mailbox(path)
+
+
+def test_domains_in_either_form_are_one() -> None:
+    assert normalize_domain("Bücher.Example") == normalize_domain("xn--bcher-kva.example") == "xn--bcher-kva.example"
+    assert display_domain("xn--bcher-kva.example") == "bücher.example"
 
 
 def test_local_part_length_limit() -> None:

@@ -8,7 +8,8 @@ policy, at most one message may come of it and none may carry the smuggled
 "reject"` the message is refused with 550 5.5.2 and nothing is stored; with
 "normalize" (the default) a message whose sequence holds only bare LFs is
 stored once, the smuggled text in its body, and one holding a bare CR or a
-NUL is refused as with "reject".
+NUL is refused as with "reject". BDAT chunks are counted, so nothing in
+one ends it: they are stored byte-exact, under the same line-ending policy.
 """
 
 from __future__ import annotations
@@ -212,3 +213,57 @@ def test_smtplib_sendmail_with_lf_line_ends_is_stored(normalizing: Gateway) -> N
     stored = path.read_bytes()
     assert b"\n\nline one\n.line with a dot\nline three\n" in stored, stored
     assert b"\r" not in stored
+
+
+# --- BDAT (RFC 3030): counted chunks, so nothing in one ends it; the DATA line-ending policy holds -----
+
+CHUNKED = b"Subject: chunked\r\n\r\nfirst\r\n.\r\n..dots kept\r\n" + SMUGGLED + b"last line\r\n"
+
+
+def bdat_session(message: bytes, cuts: list[int]) -> bytes:
+    """EHLO, one transaction whose message goes in BDAT chunks cut at `cuts`, the last with LAST; QUIT."""
+    bounds = [0, *cuts, len(message)]
+    chunks = [message[a:b] for a, b in zip(bounds, bounds[1:])]
+    commands = b"".join(b"BDAT %d%s\r\n" % (len(c), b" LAST" if i == len(chunks) - 1 else b"") + c
+                        for i, c in enumerate(chunks))
+    return (b"EHLO client.test\r\nMAIL FROM:<sender@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
+            + commands + b"QUIT\r\n")
+
+
+@pytest.mark.parametrize("gateway_name", ["rejecting", "normalizing"])
+def test_bdat_chunks_are_stored_byte_exact(gateway_name: str, request: pytest.FixtureRequest) -> None:
+    gateway: Gateway = request.getfixturevalue(gateway_name)
+    before = new_messages(gateway)
+    cuts = [5, 21, 22, 40, len(CHUNKED) - 3]  # one CRLF split between two chunks
+    lines = exchange(gateway, bdat_session(CHUNKED, cuts))
+    assert "250-CHUNKING" in lines, lines
+    assert final_codes(lines) == [220] + [250] * (3 + len(cuts) + 1) + [221], lines
+    [path] = new_messages(gateway) - before
+    stored = path.read_bytes()
+    header, body = stored.split(b"\nSubject: chunked\n", 1)
+    assert b"Subject: chunked\n" + body == CHUNKED.replace(b"\r\n", b"\n")  # no unstuffing, no end in it
+    assert all(line.startswith((b"Return-Path:", b"Received:", b" ", b"\t")) for line in header.split(b"\n"))
+
+
+def test_bdat_with_a_bare_lf_is_stored_by_default(normalizing: Gateway) -> None:
+    before = new_messages(normalizing)
+    message = b"Subject: bare lf\r\n\r\none\ntwo\r\n"
+    lines = exchange(normalizing, bdat_session(message, [10]))
+    assert final_codes(lines)[-2:] == [250, 221], lines
+    [path] = new_messages(normalizing) - before
+    assert path.read_bytes().endswith(b"\nSubject: bare lf\n\none\ntwo\n")
+
+
+def test_bdat_with_a_bare_lf_is_refused_by_reject(rejecting: Gateway) -> None:
+    before = new_messages(rejecting)
+    lines = exchange(rejecting, bdat_session(b"Subject: bare lf\r\n\r\none\ntwo\r\n", [10]))
+    assert [line for line in lines if line.startswith("550 ")][0].startswith("550 5.5.2 "), lines
+    assert new_messages(rejecting) == before
+
+
+@pytest.mark.parametrize("name", ["cr-dot-crlf", "crlf-nul-dot-crlf"])
+def test_bdat_with_a_bare_cr_or_nul_is_refused_by_default(normalizing: Gateway, name: str) -> None:
+    before = new_messages(normalizing)
+    lines = exchange(normalizing, bdat_session(b"Subject: x\r\n\r\nhello" + SEQUENCES[name] + b"end\r\n", []))
+    assert final_codes(lines)[-2:] == [550, 221], lines
+    assert new_messages(normalizing) == before

@@ -256,4 +256,4 @@ def test_no_statuses_is_refused() -> None:
 
 def test_unknown_action_is_refused() -> None:
     with pytest.raises(ValueError, match="action"):
-        RecipientStatus("bob@remote.test", "delivered", "2.0.0", "250 ok")
+        RecipientStatus("bob@remote.test", "expanded", "2.0.0", "250 ok")

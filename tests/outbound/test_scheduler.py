@@ -40,6 +40,8 @@ class ScriptedRelay(SMTPTransport):
         self._smarthost = host_port(smarthost) if smarthost else None
         self.calls: list[tuple] = []
         self.codes: dict[str, list[int]] = {}  # recipient -> codes for successive attempts
+        self.options: list[dict] = []  # each delivery's keyword arguments (pool, dsn)
+        self.success_action: str | None = "delivered"  # what a success means for NOTIFY=SUCCESS
 
     def _answer(self, recipients: list[str]) -> list[RecipientResult]:
         results = []
@@ -47,13 +49,15 @@ class ScriptedRelay(SMTPTransport):
             script = self.codes.get(rcpt, [250])
             code = script.pop(0) if len(script) > 1 else script[0]
             enhanced = {2: "2.0.0", 4: "4.2.0", 5: "5.1.1"}[code // 100]
-            results.append(RecipientResult(rcpt, Reply(code, enhanced, f"{code} scripted"), "mx.remote.test"))
+            results.append(RecipientResult(rcpt, Reply(code, enhanced, f"{code} scripted"), "mx.remote.test",
+                                           success_action=self.success_action))
         return results
 
     _pools = NO_POOLS
 
     async def deliver_by_mx(self, domain, mail_from, recipients, message_path, **options):
         self.calls.append(("mx", domain, mail_from, list(recipients), Path(message_path).read_bytes()))
+        self.options.append(options)
         return self._answer(recipients)
 
     async def deliver_to_host(self, host, port, mail_from, recipients, message_path, **options):
@@ -93,10 +97,12 @@ class Harness:
     async def inject(self, envelope: Envelope, message: StoredMessage, queue_id: str) -> None:
         self.injected.append((envelope, message.header + b"".join(message.body), queue_id))
 
-    def submit(self, recipients: list[tuple[str, str]], sender: str = "alice@example.test", queue_id: str = "Q1") -> None:
+    def submit(self, recipients: list[tuple[str, str]], sender: str = "alice@example.test", queue_id: str = "Q1",
+               parameters: dict | None = None, recipient_parameters: dict | None = None) -> None:
         header = b"Return-Path: <x>\nReceived: by mx.example.test (mailgate) id Q1;\n\tdate\n"
         message = StoredMessage.build(header, [BODY], len(BODY), BODY.count(b"\n"))
-        envelope = Envelope(mail_from=sender, rcpt_to=[r for r, _ in recipients])
+        envelope = Envelope(mail_from=sender, rcpt_to=[r for r, _ in recipients], parameters=parameters or {},
+                            recipient_parameters=recipient_parameters or {})
         routed = [(address, Route(route)) for address, route in recipients]
         Deferred.fromCoroutine(self.spooler.add([(queue_id, envelope, routed, message)]))
         self.spooler.release([queue_id])

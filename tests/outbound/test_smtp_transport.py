@@ -79,7 +79,8 @@ class DeliveryTests(RelayTestCase):
         results = await self.by_mx(self.relay(server.port))
         self.assertEqual([r.recipient for r in results], RCPTS)
         self.assertTrue(all(r.delivered for r in results))
-        self.assertEqual(results[0], RecipientResult(RCPTS[0], Reply(250, "2.0.0", "queued as FAKE"), "mx1.remote.test"))
+        self.assertEqual(results[0], RecipientResult(RCPTS[0], Reply(250, "2.0.0", "queued as FAKE"), "mx1.remote.test",
+                                                    success_action="relayed"))
         [session] = server.sessions
         self.assertEqual(session.commands[0], "EHLO gw.example.test")
         self.assertTrue(session.commands[1].startswith("MAIL FROM:<alice@example.test> SIZE="))

@@ -35,6 +35,9 @@ class RecordingChannel:
     def receive_data(self, reader: DataReader) -> None:
         self.calls.append(("receive_data", reader))
 
+    def server_name(self) -> str:
+        return "mx.example.test"
+
 
 def test_an_envelope_keeps_the_session_it_was_opened_in(server: Server) -> None:
     policy, channel = server.factory.policy, RecordingChannel()

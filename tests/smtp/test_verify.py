@@ -38,5 +38,5 @@ def test_vrfy_and_expn_off(make_server: Callable[..., Server]) -> None:
 
 def test_help(server: Server) -> None:
     assert server.connect().send(b"HELP\r\nhelp me\r\n") == [
-        "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY",
+        "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
     ] * 2

@@ -32,6 +32,7 @@ Knobs (attributes, changeable between sessions):
 - implicit_tls: TLS from the first byte (start() listens with `tls_options`).
 - final_delay: seconds before the reply to the final dot (a slow server).
 - greeting_delay: seconds before the greeting.
+- extensions: more EHLO keywords to advertise ("DSN", "SMTPUTF8"); their parameters are taken as sent.
 
 Also recorded: `session.peer` (the client's address: a pool's source),
 `session.helo`, and `server.most_at_once` (the most sessions open at one time).
@@ -152,6 +153,7 @@ class _FakeSMTPProtocol(LineReceiver):
         lines += ["8BITMIME"] if s.eight_bit else []
         lines += ["STARTTLS"] if s.starttls and not self.session.tls else []
         lines += [f"AUTH {s.auth_mechanisms}"] if s.auth is not None and (self.session.tls or not s.auth_after_tls) else []
+        lines += list(s.extensions)
         lines += ["ENHANCEDSTATUSCODES"]
         body = "\r\n".join(f"250-{item}" for item in lines[:-1]) + f"\r\n250 {lines[-1]}"
         self._reply(body, "EHLO")
@@ -272,6 +274,7 @@ class FakeSMTPServer(Factory):
         implicit_tls: bool = False,
         final_delay: float = 0.0,
         greeting_delay: float = 0.0,
+        extensions: tuple[str, ...] = (),
         reactor: Any = None,
     ) -> None:
         self.hostname, self.greeting, self.ehlo_reply = hostname, greeting, ehlo_reply
@@ -283,6 +286,7 @@ class FakeSMTPServer(Factory):
         self.auth, self.auth_after_tls, self.implicit_tls = auth, auth_after_tls, implicit_tls
         self.auth_mechanisms = auth_mechanisms
         self.final_delay, self.greeting_delay = final_delay, greeting_delay
+        self.extensions = extensions
         self.most_at_once = 0
         self.sessions: list[Session] = []
         self.messages: list[bytes] = []
