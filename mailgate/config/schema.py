@@ -22,7 +22,6 @@ from mailgate.config.checks import (
     directory_name,
     domain,
     endpoint,
-    header_name,
     host_port,
     integer,
     ip_address,
@@ -46,8 +45,8 @@ from mailgate.config.checks import (
     text,
     url,
 )
+from mailgate.config.mailauth_keys import AUTHENTICATION_KEYS, DKIM_KEYS, SRS_KEYS
 from mailgate.config.model import (
-    AUTHENTICATION_CHECKS,
     EVENT_TYPES,
     ConfigError,
     ServerConfig,
@@ -164,32 +163,6 @@ def _relay_rules(values: dict) -> dict:
     if problems:
         raise Invalid(problems)
     return values
-# RFC 6376 5.4: fields that change in transit, or another signature, are never signed.
-_NEVER_SIGNED = frozenset({"return-path", "received", "dkim-signature", "bcc", "resent-bcc", "comments",
-                           "keywords", "authentication-results"})
-SRS_SECRET_MIN_CHARS = 16  # the secret keys the hash in every SRS address: not a word
-
-
-def _signed_headers(value: Any) -> tuple[str, ...]:
-    """Header field names to sign; From is always signed, so it is added when missing."""
-    names = list_of(header_name)(value)
-    never = sorted(set(names) & _NEVER_SIGNED)
-    if never:
-        raise ValueError(f"{', '.join(never)} must not be signed (RFC 6376 5.4: they change in transit)")
-    return ("from", *dict.fromkeys(name for name in names if name != "from"))
-
-
-def _checks(value: Any) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(list_of(choice(*AUTHENTICATION_CHECKS))(value)))
-
-
-def _srs_secret(value: Any) -> str:
-    if string(value) and len(value) < SRS_SECRET_MIN_CHARS:
-        raise ValueError(f"too short for a secret: use {SRS_SECRET_MIN_CHARS} characters or more "
-                         "(e.g. from `openssl rand -base64 24`)")
-    return value
-
-
 def _sni(value: Any) -> Mapping[str, SNICertificate]:
     return MappingProxyType(dict(_SNI_TABLES(value)))
 
@@ -285,21 +258,6 @@ _RSPAMD = {
     "header_score": Key(number),
     "timeout": Key(_duration, "timeout_seconds"),
 }
-_DKIM = {
-    "keys_dir": Key(text),
-    "sign": Key(choice("authenticated", "off")),
-    "headers": Key(_signed_headers),
-}
-_AUTHENTICATION = {
-    "checks": Key(_checks),
-    "dns_timeout": Key(_duration, "dns_timeout_seconds"),
-    "authserv_id": Key(lambda value: string(value) and domain(value)),  # "" = server.hostname
-    "dmarc": Key(choice("report", "enforce")),
-}
-_SRS = {
-    "secret": Key(_srs_secret),  # "" = no SRS
-    "domain": Key(lambda value: string(value) and domain(value)),  # "" = server.hostname
-}
 _PIPE = {
     "command": Key(command, required=True),
     "timeout": Key(_duration, "timeout_seconds"),
@@ -343,9 +301,9 @@ _DOCUMENT = {
     "webhook": Key(list_of(table_of(WebhookConfig, _WEBHOOK), unique="name")),
     "event_webhook": Key(list_of(table_of(EventWebhookConfig, _EVENT_WEBHOOK), unique="name")),
     "rspamd": Key(table_of(RspamdConfig, _RSPAMD)),
-    "dkim": Key(table_of(DKIMConfig, _DKIM)),
-    "authentication": Key(table_of(AuthenticationConfig, _AUTHENTICATION)),
-    "srs": Key(table_of(SRSConfig, _SRS)),
+    "dkim": Key(table_of(DKIMConfig, DKIM_KEYS)),
+    "authentication": Key(table_of(AuthenticationConfig, AUTHENTICATION_KEYS)),
+    "srs": Key(table_of(SRSConfig, SRS_KEYS)),
     "pipe": Key(_pipes),
     "limits": Key(table_of(LimitsConfig, _LIMITS)),
     "plugins": Key(table_of(PluginsConfig, _PLUGINS)),
