@@ -22,6 +22,8 @@ from mailgate.config.model import (
     PipeConfig,
     SenderRate,
     LimitsConfig,
+    MetricsConfig,
+    LogConfig,
     PluginsConfig,
     GatewayConfig,
 )
@@ -46,6 +48,8 @@ __all__ = [
     "PipeConfig",
     "SenderRate",
     "LimitsConfig",
+    "MetricsConfig",
+    "LogConfig",
     "PluginsConfig",
     "GatewayConfig",
     "load_config",

@@ -59,6 +59,8 @@ from mailgate.config.model import (
     PipeConfig,
     SenderRate,
     LimitsConfig,
+    MetricsConfig,
+    LogConfig,
     PluginsConfig,
     GatewayConfig,
 )
@@ -203,6 +205,11 @@ _SECURITY = {
     "bare_newline": Key(choice("reject", "normalize")),
     "sender_login": Key(choice("owned", "any")),
 }
+_METRICS = {
+    "endpoint": Key(lambda value: string(value) and endpoint(value)),  # "" means "off"
+    "destinations": Key(_positive_int),
+}
+_LOG = {"format": Key(choice("text", "json")), "twisted_noise": Key(boolean)}
 _PLUGINS = {"paths": Key(list_of(text)), "enable": Key(list_of(module_name)),
             "timeout": Key(_duration, "timeout_seconds")}
 _DOCUMENT = {
@@ -220,6 +227,8 @@ _DOCUMENT = {
     "rspamd": Key(table_of(RspamdConfig, _RSPAMD)),
     "pipe": Key(_pipes),
     "limits": Key(table_of(LimitsConfig, _LIMITS)),
+    "metrics": Key(table_of(MetricsConfig, _METRICS)),
+    "log": Key(table_of(LogConfig, _LOG)),
     "plugins": Key(table_of(PluginsConfig, _PLUGINS)),
     # [plugin.NAME] belongs to the plugin: only its shape is checked here.
     "plugin": Key(mapping_of(string, mapping_of(string, copy.deepcopy))),
