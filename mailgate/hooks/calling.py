@@ -56,6 +56,10 @@ class Hooks:
         self._propagate_errors = propagate_errors
         self._told: list[tuple[str, list[HookImpl], dict[str, object]]] = []  # notify()'s, for the next turn
 
+    def use(self, manager: PluginManager, timeout_seconds: float) -> None:
+        """Call `manager`'s plugins from now on: a reload, for the queue's Hooks (the sessions' stay as they are)."""
+        self.manager, self.timeout_seconds = manager, timeout_seconds
+
     def implemented(self, name: str) -> bool:
         """Whether any plugin implements the hook: callers skip building its arguments if not."""
         return bool(self._impls(name))
@@ -114,8 +118,21 @@ class Hooks:
         told, self._told = self._told, []
         for name, impls, kwargs in told:
             for impl in impls:
-                d = Deferred.fromCoroutine(self._call(name, impl, kwargs))
-                d.addErrback(self._log_notify_failure, name)
+                try:  # called directly: most event plugins answer at once, and a coroutine each costs
+                    answer = impl.function(*(kwargs[arg] for arg in impl.argnames))
+                except Exception as error:
+                    log.failure("plugin {plugin}: {hook} raised", plugin=impl.plugin_name, hook=name)
+                    self._log_notify_failure(Failure(HookFailed(name, impl.plugin_name, f"raised {error!r}")), name)
+                    continue
+                if isinstance(answer, Deferred) or inspect.isawaitable(answer):
+                    d = Deferred.fromCoroutine(self._settle_notified(name, impl.plugin_name, answer))
+                    d.addErrback(self._log_notify_failure, name)
+
+    async def _settle_notified(self, name: str, plugin: str, answer: Any) -> None:
+        try:
+            await self._within(ensureDeferred(answer if isinstance(answer, Deferred) else _awaited(answer)))
+        except DeferredTimeout:
+            raise HookFailed(name, plugin, f"no answer within {self.timeout_seconds:g} s") from None
 
     @staticmethod
     def _log_notify_failure(failure: Failure, name: str) -> None:

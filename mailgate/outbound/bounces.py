@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from mailgate.core.session import Envelope
 from mailgate.core.trace import trace_header
@@ -19,6 +20,7 @@ from mailgate.outbound.spool import QueuedMessage, RecipientState
 from mailgate.store.maildir_writer import StoredMessage
 
 Inject = Callable[[Envelope, StoredMessage, str], Awaitable[None]]
+log = Logger(namespace="mailgate.delivery")  # beside the delivery lines it follows
 
 
 class BounceSender:
@@ -58,3 +60,6 @@ class BounceSender:
         )
         message = StoredMessage.build(header, [report], len(report), report.count(b"\n"))
         await self._inject(envelope, message, bounce_id)
+        log.info("{queue_id}: sender {what} notification: {bounce_id} to <{to}> for {count} recipient(s)",
+                 event="bounce", queue_id=entry.id, what="non-delivery" if action == "failed" else "delay",
+                 bounce_id=bounce_id, to=entry.sender, count=len(recipients))

@@ -28,6 +28,7 @@ from mailgate.accounts.cred import (
     portal_over,
     thread_runner,
 )
+from mailgate.core.meters import NO_METERS, Meters
 from mailgate.net.interfaces import Connection, connection_view
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
@@ -56,8 +57,11 @@ class POP3Factory(protocol.ServerFactory):
         throttle: AuthThrottle | None = None,
         portal: Portal | None = None,
         run_blocking: BlockingRunner | None = None,
+        meters: Meters = NO_METERS,
+        listener: str = "pop3",
     ) -> None:
         self.hostname = hostname
+        self.meters, self.listener = meters, listener  # sessions and login failures, for mailgate.ops.metrics
         self.tls_options = tls_options
         self.plaintext_auth = plaintext_auth
         self.reactor = reactor
@@ -103,6 +107,7 @@ class POP3Session(protocol.Protocol):
             throttle=factory.throttle,
             mailboxes=factory.mailboxes,
             plaintext_auth=factory.plaintext_auth,
+            meters=factory.meters,
         )
         self._buffer = b""
         self._pending: deque[bytes] = deque()
@@ -115,6 +120,7 @@ class POP3Session(protocol.Protocol):
         self._bad_commands = 0
         self._ip = "unknown"
         self._closed: Deferred[None] | None = None  # fires when the connection is gone, once shut_down asked
+        self._opened_at = 0.0
 
     # connection life cycle
 
@@ -124,6 +130,8 @@ class POP3Session(protocol.Protocol):
         self._connection = connection
         self._connected = True
         self.factory.sessions.add(self)
+        self._opened_at = self._clock.seconds()
+        self.factory.meters.session_opened("pop3", self.factory.listener)
         self._secure = is_tls(connection)
         self._ip = str(getattr(connection.getPeer(), "host", "unknown"))
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -138,6 +146,7 @@ class POP3Session(protocol.Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._connected = False
         self.factory.sessions.discard(self)
+        self.factory.meters.session_closed("pop3", self.factory.listener, self._clock.seconds() - self._opened_at)
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         for waiting in (self._pause, self._line_waiter):

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 
 from mailgate.accounts.cred import AuthThrottle
 from mailgate.config import GatewayConfig, ListenConfig
+from mailgate.core.meters import NO_METERS, Meters
 from mailgate.core.session import Envelope
 from mailgate.hooks.calling import Hooks
 from mailgate.hooks.events import Events
@@ -45,6 +46,7 @@ class ListenerPolicy:
         tls_options: IOpenSSLContextFactory | None = None,
         portal: Portal | None = None,
         throttle: AuthThrottle | None = None,
+        meters: Meters = NO_METERS,
     ) -> None:
         self.config = config
         self.listener = listener
@@ -57,4 +59,5 @@ class ListenerPolicy:
         # caller that wires a portal without one still gets a throttle of its own
         self.throttle = throttle if throttle is not None else AuthThrottle(clock)
         self.events = Events(hooks)
+        self.meters = meters  # sessions and AUTH failures, for mailgate.ops.metrics
 

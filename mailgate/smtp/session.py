@@ -30,7 +30,9 @@ from mailgate.hooks.calling import FAILED, HookFailed
 from mailgate.net.interfaces import Connection, connection_view
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
-from mailgate.smtp import auth_command, data_command, mail_command, rcpt_command, session_commands, verify_commands
+from mailgate.smtp import (
+    auth_command, data_command, mail_command, rcpt_command, refusal_log, session_commands, verify_commands,
+)
 from mailgate.smtp.channel import Handler, Pending
 from mailgate.smtp.data_reader import DataReader
 from mailgate.smtp.state import SessionState
@@ -92,6 +94,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._outbox: list[bytes] = []  # replies to a batch of pipelined commands, sent together
         self._data_deadline: IDelayedCall | None = None  # the DATA phase's own timer (limits.data_timeout)
         self._data_progress = 0  # bytes since the idle timer was last reset in DATA
+        self._command_name, self._argument = "CONNECT", ""  # what the next reply answers, for the refusal log
+        self._opened_at = 0.0  # clock seconds at connect: the session's duration, for the metrics
 
     # --- connection ----------------------------------------------------------
 
@@ -105,6 +109,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         self.state.session = Session(peer=ip, tls=is_tls(self._connection), listener=policy.listener.name)
         factory.sessions.add(self)
         factory.per_ip[ip] += 1
+        self._opened_at = self._clock.seconds()
+        policy.meters.session_opened("smtp", policy.listener.name)
         set_no_delay = getattr(self._connection, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)  # replies are small; Nagle would add 40 ms each
@@ -137,6 +143,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         factory.per_ip[ip] -= 1
         if factory.per_ip[ip] <= 0:
             del factory.per_ip[ip]
+        self._policy.meters.session_closed("smtp", self._policy.listener.name, self._clock.seconds() - self._opened_at)
         if self._closed is not None:
             self._closed.callback(None)
 
@@ -145,6 +152,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         return self._clock.callLater(period, func)
 
     def timeoutConnection(self) -> None:
+        self._command_name, self._argument = "TIMEOUT", ""
         self.close(TIMED_OUT)
 
     def shut_down(self) -> Deferred[None]:
@@ -208,6 +216,7 @@ class SMTPSession(Protocol, TimeoutMixin):
             self.resetTimeout()  # per whole line: a trickled line counts as idle
             if self._skipping_long_line or len(line) + 2 > MAX_COMMAND_LINE:
                 self._skipping_long_line = False
+                self._command_name, self._argument = "LONG-LINE", ""
                 self._answer(LINE_TOO_LONG)
                 continue
             if self._line_waiter is not None:
@@ -220,8 +229,10 @@ class SMTPSession(Protocol, TimeoutMixin):
         try:
             text = line.decode("ascii")
         except UnicodeDecodeError:
+            self._command_name, self._argument = "NON-ASCII", ""
             return self._answer(NOT_ASCII)
         verb, _, argument = text.partition(" ")
+        self._command_name, self._argument = verb.upper()[:16], argument
         handler = COMMANDS.get(verb.upper())
         if handler is None:
             return self._answer(UNRECOGNIZED)
@@ -281,6 +292,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         envelope = self.state.envelope
         self._reader = self.state.envelope = None
         self._buffer = rest + self._buffer
+        self._command_name, self._argument = "DATA", ""
         assert envelope is not None  # DATA was accepted for it, and no command ran since
         self._wait_for(data_command.finish_message(reader, envelope, self.state.esmtp, self._policy))
 
@@ -288,6 +300,8 @@ class SMTPSession(Protocol, TimeoutMixin):
 
     def _answer(self, reply: Reply) -> None:
         """Queue a reply; it leaves at once unless a batch of commands is being answered."""
+        if reply.code >= 400:
+            refusal_log.tell(self._command_name, self._argument, self.state, reply)
         if reply.code in BAD_COMMAND_CODES and not self._closing:
             state = self.state
             state.bad_commands += 1  # Postfix's smtpd_hard_error_limit: a probe or a bot
