@@ -14,6 +14,7 @@ import stat
 from dataclasses import replace
 
 from pluggy import PluginManager
+from twisted.internet.ssl import CertificateOptions
 
 from mailgate.builtin import load_plugins
 from mailgate.config import ConfigError, GatewayConfig
@@ -139,7 +140,7 @@ def prepare_files(config: GatewayConfig, owner: Owner | None = None) -> bool:
     return ensure_certificate(cert, key, config.server.hostname, owner)
 
 
-def load_tls(config: GatewayConfig) -> object:
+def load_tls(config: GatewayConfig) -> CertificateOptions:
     """The listeners' TLS context factory; ConfigError naming the key when the pair can't be served."""
     try:
         return server_tls_options(config.tls.certificate, config.tls.key, config.tls.ciphers)
