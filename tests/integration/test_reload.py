@@ -1,4 +1,4 @@
-"""Reload on a real `twistd mailgate`: SIGHUP applies a new configuration to new
+"""Reload on a real `twistd mailgate`: SIGHUP and `mailgate reload` apply a new configuration to new
 sessions, sessions in flight finish on theirs, a bad file changes nothing, and a renewed certificate
 is served without a restart."""
 
@@ -9,10 +9,11 @@ import signal
 import smtplib
 import socket
 import ssl
+import subprocess
 from pathlib import Path
 
 from mailgate.net.tls import ensure_certificate
-from tests.support.gateway import Gateway, client_tls, gateway_config, wait_for
+from tests.support.gateway import BIN, Gateway, client_tls, gateway_config, wait_for
 
 ALICE, BOB, OLD = "alice@example.test", "bob@example.test", "old@example.test"
 FORWARD = f'\n[[forward]]\nmatch = "{OLD}"\nto = ["{BOB}"]\n'
@@ -74,6 +75,23 @@ def test_an_invalid_file_changes_nothing_and_says_why(make_gateway) -> None:
     send(gateway, OLD)  # the forward rule of the running configuration still works
     wait_for(lambda: gateway.new_messages(BOB), 15, "the forwarded message")
     assert gateway.process.poll() is None
+
+
+def test_mailgate_reload_signals_the_server_through_its_pidfile(make_gateway) -> None:
+    gateway = make_gateway()
+    gateway.add_user(BOB)
+    gateway.start(pidfile="twistd.pid")
+    reconfigure(gateway, FORWARD)
+    command = [str(BIN / "mailgate"), "--config", str(gateway.config), "reload"]
+    done = subprocess.run(command, cwd=gateway.root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("reload: sent SIGHUP to mailgate (pid ")
+    applied(gateway, 2)
+    send(gateway, OLD)
+    wait_for(lambda: gateway.new_messages(BOB), 15, "the forwarded message")
+    missing = subprocess.run([*command, "--pidfile", "nope.pid"], cwd=gateway.root, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 1 and missing.stderr.startswith("mailgate: no pidfile ")
 
 
 def served_certificate(port: int, starttls: bool = False) -> bytes:

@@ -86,11 +86,12 @@ class Gateway:
     def __post_init__(self) -> None:
         self.log_path = self.root / "twistd.log"
 
-    def start(self, preexec_fn: Callable[[], None] | None = None) -> "Gateway":
+    def start(self, preexec_fn: Callable[[], None] | None = None, pidfile: str = "") -> "Gateway":
         """Start twistd; `preexec_fn` runs in the child before exec: keep it to
-        setrlimit and signal dispositions (it runs after fork, beside no other thread)."""
+        setrlimit and signal dispositions (it runs after fork, beside no other thread).
+        `pidfile`: twistd's --pidfile, none by default."""
         self.process = subprocess.Popen(
-            [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log_path),
+            [str(BIN / "twistd"), "-n", f"--pidfile={pidfile}", "--logfile", str(self.log_path),
              "mailgate", "--config", str(self.config)],
             cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             preexec_fn=preexec_fn,  # noqa: PLW1509 - resource limits only, set in the child
