@@ -65,7 +65,7 @@ def test_the_observer_filters_and_writes_json_or_text() -> None:
 def test_a_failure_is_one_json_line_with_its_traceback() -> None:
     def fail() -> None:
         try:
-            1 / 0
+            raise ZeroDivisionError("division by zero")
         except ZeroDivisionError:
             Logger(namespace="x").failure("it broke")
     [event] = captured(fail)
