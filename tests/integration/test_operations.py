@@ -81,12 +81,18 @@ class OperationsTests(GatewayTestCase):
         return gateway, metrics_port
 
     async def test_metrics_count_sent_refused_and_deferred_mail(self) -> None:
-        primary = await self.serve(PRIMARY, rcpt_default=DEFER)
+        primary = await self.serve(PRIMARY, rcpt_default=DEFER, rcpt_replies={CAROL: ACCEPT})
         gateway, port = await self.metrics_gateway(primary.port)
+        wanted = [("mailgate_deliveries_total", (("result", "delivered"), ("scheme", "local"))),
+                  ("mailgate_deliveries_total", (("result", "delivered"), ("scheme", "mx"))),
+                  ("mailgate_deliveries_total", (("result", "deferred"), ("scheme", "mx"))),
+                  ("mailgate_recipients_refused_total", (("code", "550"),))]
         before = await scrape(port)
         self.assertEqual(before[("mailgate_queue_messages", ())], 0)
         self.assertIn(("process_resident_memory_bytes", ()), before)
+        self.assertEqual([before.get(key, 0) for key in wanted], [0, 0, 0, 0])
         submit(gateway, "someone@remote.test", [ALICE], b"Subject: local\r\n\r\nhi\r\n")
+        sent = submit(gateway, ALICE, [CAROL], b"Subject: sent\r\n\r\nhi\r\n")
         queued = submit(gateway, ALICE, [BOB], b"Subject: remote\r\n\r\nhi\r\n")
         client = RawSMTP(gateway.ports["smtp"])
         client.reply()
@@ -95,16 +101,15 @@ class OperationsTests(GatewayTestCase):
         self.assertEqual(client.command(b"RCPT TO:<nobody@example.test>")[0], 550)
         client.close()
         await self.attempted(queued)
+        await eventually(lambda: self.entry(sent) is None, "the message to carol to be delivered")
 
-        wanted = [("mailgate_deliveries_total", (("result", "delivered"), ("scheme", "local"))),
-                  ("mailgate_deliveries_total", (("result", "deferred"), ("scheme", "mx"))),
-                  ("mailgate_recipients_refused_total", (("code", "550"),))]
         found = await scraped_until(port, lambda found: all(found.get(key) == 1 for key in wanted)
                                     and found[("mailgate_queue_messages", ())] == 1, "the counters to move")
-        self.assertEqual(found[("mailgate_messages_received_total", (("listener", "smtp"),))], 2)
-        self.assertGreaterEqual(found[("mailgate_smtp_sessions_total", (("listener", "smtp"),))], 3)
+        self.assertEqual(found[("mailgate_messages_received_total", (("listener", "smtp"),))], 3)
+        self.assertGreaterEqual(found[("mailgate_smtp_sessions_total", (("listener", "smtp"),))], 4)
         self.assertEqual(found[("mailgate_queue_destination_messages", (("destination", "remote.test"),))], 1)
         self.assertGreaterEqual(found[("mailgate_queue_oldest_seconds", ())], 0)
+        self.assertEqual(found[("mailgate_delivery_delay_seconds_count", (("scheme", "mx"),))], 1)
 
     async def test_the_status_page_in_chromium_shows_a_queued_recipient_and_its_last_error(self) -> None:
         if shutil.which("chromium") is None:
