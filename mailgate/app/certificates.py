@@ -8,7 +8,9 @@ on being served; it is tried again when the files change again.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 
@@ -24,9 +26,11 @@ CHECK_SECONDS = 5.0  # a stat of two files: cheap enough to notice a renewal wit
 class CertificateWatch:
     """Replaces `tls`'s options when the configured certificate or key file changes."""
 
-    def __init__(self, tls: ReloadableTLS, config: Callable[[], GatewayConfig]) -> None:
+    def __init__(self, tls: ReloadableTLS, config: Callable[[], GatewayConfig],
+                 run_blocking: Callable[..., Deferred]) -> None:
         self._tls = tls
         self._config = config
+        self._run_blocking = run_blocking  # the pair is read in the disk pool, never on the reactor
         self._loaded = self._stamps()
         self._refused: tuple[FileStamp, ...] | None = None  # the files as they were when they failed to load
 
@@ -34,20 +38,23 @@ class CertificateWatch:
         tls = self._config().tls
         return file_stamps([tls.certificate, tls.key])
 
-    def check(self) -> None:
+    def check(self) -> Deferred | None:
         """Periodic: load the pair again if its files changed since it was loaded (or last refused)."""
         stamps = self._stamps()
         if stamps in (self._loaded, self._refused):
-            return
+            return None
+        return Deferred.fromCoroutine(self._load(stamps))
+
+    async def _load(self, stamps: tuple[FileStamp, ...]) -> None:
         config = self._config()
         try:
-            options = preflight.load_tls(config)
+            options: Any = await self._run_blocking(preflight.load_tls, config)
         except ConfigError as error:
             self._refused = stamps
             for problem in error.problems:
                 log.error("tls: {problem}; new TLS sessions still get the certificate loaded before", problem=problem)
             return
-        self.loaded(options)
+        self.loaded(options, stamps)
         log.info("tls: {certificate} changed: new TLS sessions get the new certificate",
                  certificate=config.tls.certificate)
 

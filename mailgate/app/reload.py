@@ -16,7 +16,9 @@ nothing changed:
 5. the service takes the new generation (GatewayService.adopt): new
    sessions and queue attempts use it, sessions in flight finish on theirs.
 
-The server never exits on SIGHUP: whatever goes wrong is logged.
+The files (the configuration, the TLS pair) are read in the disk thread
+pool, so sessions go on while a reload waits on the disk. The server never
+exits on SIGHUP: whatever goes wrong is logged.
 """
 
 from __future__ import annotations
@@ -107,14 +109,14 @@ class Reloader:
         running, path = generation.config, service.config_path
         log.info("reload: reading {path}", path=path)
         try:
-            new = self._with_plugin_paths(load_config(path))
+            new = self._with_plugin_paths(await service.run_blocking(load_config, path))
         except ConfigError as error:
             return self._refused(error.problems)
         for key in needs_restart(running, new):
             log.warn("reload: {key} changed: that needs a restart; it keeps its running value", key=key)
         new = as_running(running, new)
         try:
-            tls = preflight.load_tls(new) if service.shared.tls is not None else None
+            tls = await service.run_blocking(preflight.load_tls, new) if service.shared.tls is not None else None
             manager = load_plugins(new, service.extra_plugins, service.shared.meters,
                                    previous=builtins(generation.hooks.manager))
         except ConfigError as error:

@@ -105,7 +105,8 @@ class GatewayService(MultiService):
         tls = self._prepare_files()
         if tls is not None:
             self.shared = Shared(self.reactor, self.shared.throttle, ReloadableTLS(tls), self.shared.meters)
-            self._certificates = CertificateWatch(self.shared.tls, lambda: self.config)  # type: ignore[arg-type]
+            self._certificates = CertificateWatch(self.shared.tls, lambda: self.config,  # type: ignore[arg-type]
+                                                 self.run_blocking)
         metrics = operations.metrics_listener(self)
         if metrics is not None:
             metrics.setServiceParent(self)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
 from mailgate import hookimpl
@@ -70,6 +70,10 @@ class FakeService:
 
     def adopt(self, config: GatewayConfig, hooks: Hooks, tls: Any) -> None:
         self.adopted.append(config)
+
+    def run_blocking(self, function: Any, *args: Any) -> Deferred:
+        """The disk pool, here the caller's thread: the test stays synchronous."""
+        return maybeDeferred(function, *args)
 
 
 def service(tmp_path: Path, picky: Picky) -> FakeService:
