@@ -205,8 +205,20 @@ _SECURITY = {
     "bare_newline": Key(choice("reject", "normalize")),
     "sender_login": Key(choice("owned", "any")),
 }
+
+
+def _metrics_endpoint(value: Any) -> str:
+    """`metrics.endpoint`: "" is off; a bare tcp:PORT binds loopback, since the page has no login."""
+    if not string(value):
+        return value
+    kind, _, options = endpoint(value).partition(":")
+    if kind not in ("tcp", "tcp6") or "interface=" in options:
+        return value
+    return value + (":interface=127.0.0.1" if kind == "tcp" else r":interface=\:\:1")
+
+
 _METRICS = {
-    "endpoint": Key(lambda value: string(value) and endpoint(value)),  # "" means "off"
+    "endpoint": Key(_metrics_endpoint),
     "destinations": Key(_positive_int),
 }
 _LOG = {"format": Key(choice("text", "json")), "twisted_noise": Key(boolean)}

@@ -504,3 +504,18 @@ def test_a_webhook_reached_only_by_routes_needs_no_match() -> None:
         relay={"transport": {"tickets.test": "webhook:tickets"}},
     ))
     assert config.webhook[0].match == () and config.relay.transport["tickets.test"] == "webhook:tickets"
+
+
+@pytest.mark.parametrize(("given", "served"), [
+    ("", ""),
+    ("tcp:9025", "tcp:9025:interface=127.0.0.1"),
+    ("tcp:port=9025", "tcp:port=9025:interface=127.0.0.1"),
+    ("tcp6:9025", r"tcp6:9025:interface=\:\:1"),
+    ("tcp:9025:interface=0.0.0.0", "tcp:9025:interface=0.0.0.0"),
+    ("unix:/run/mailgate/metrics.sock", "unix:/run/mailgate/metrics.sock"),
+    ("systemd:domain=INET:index=2", "systemd:domain=INET:index=2"),
+])
+def test_the_metrics_endpoint_is_loopback_unless_an_interface_is_named(given: str, served: str) -> None:
+    """The status page has no login: `tcp:PORT` alone must not open it to every interface (issue #17)."""
+    config = parse_config(with_sections(metrics={"endpoint": given}))
+    assert config.metrics.endpoint == served
