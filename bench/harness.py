@@ -245,9 +245,15 @@ def accepts(port: int) -> bool:
 class Gateway:
     """`twistd -n mailgate` in its own temporary directory; stopped by its pid."""
 
-    def __init__(self, ctx: Context, name: str, extra: str = "", root: Path | None = None, server: str = "") -> None:
+    def __init__(self, ctx: Context, name: str, extra: str = "", root: Path | None = None, server: str = "",
+                 metrics: bool | None = None) -> None:
         self.root = root or Path(tempfile.mkdtemp(prefix=f"mailgate-bench-{name}-", dir=ctx.scratch))
         self.port = free_port()
+        self.metrics_port: int | None = None
+        if metrics if metrics is not None else ctx.args.metrics == "on":
+            self.metrics_port = free_port()
+            extra += f'\n[metrics]\nendpoint = "tcp:{self.metrics_port}:interface=127.0.0.1"\n'
+
         self.config = self.root / "mailgate.toml"
         self.config.write_text(CONFIG.format(port=self.port, extra=extra, server=server))
         workers = re.search(r"workers = (\d+)", server)
@@ -516,7 +522,10 @@ def cleanup(ctx: Context, root: Path) -> None:
 def smtp_cell(size: int, conc: int) -> Callable[[Context], None]:
     def run(ctx: Context) -> None:
         n = ctx.args.n1k if size == 1024 else ctx.args.n100k
-        maildir_cell(ctx, f"smtp-{size // 1024}k-c{conc}", "smtp", "mailgate", size, conc, n)
+        if ctx.args.metrics == "both":
+            metrics_pair_cell(ctx, f"smtp-{size // 1024}k-c{conc}", size, conc, n)
+        else:
+            maildir_cell(ctx, f"smtp-{size // 1024}k-c{conc}", "smtp", "mailgate", size, conc, n)
     return run
 
 
@@ -527,6 +536,51 @@ def workers_cell(conc: int) -> Callable[[Context], None]:
             maildir_cell(ctx, f"workers-1k-c{conc}", "workers", f"workers = {workers}", 1024, conc, ctx.args.n1k,
                          server=f"workers = {workers}\n")
     return run
+
+
+METRICS_ON = "mailgate, metrics on"
+
+
+def metrics_pair_cell(ctx: Context, cell: str, size: int, conc: int, n: int) -> None:
+    """`--metrics both`: the cell with `[metrics] endpoint` off and on, side by side.
+
+    Two gateways run the whole time; their runs alternate ABBA (off, on; on,
+    off; ...) so that the machine's drift between states hits both alike.
+    After each metrics-on run /metrics is read once, to show the counting
+    happened (`metrics_received`: mailgate_messages_received_total).
+    Metrics-off runs are the plain cell (group smtp); metrics-on runs are
+    group "metrics", so the anchors' tables keep comparing the plain one.
+    """
+    gateways = {"off": Gateway(ctx, cell, metrics=False), "on": Gateway(ctx, cell + "-metrics", metrics=True)}
+    commands = {which: ctx.load_command(gateway.port, n, conc, size, USER) for which, gateway in gateways.items()}
+    try:
+        for gateway in gateways.values():
+            gateway.start()
+        for rep in range(1, ctx.args.reps + 1):
+            for which in (("off", "on") if rep % 2 else ("on", "off")):
+                gateway, (client, command) = gateways[which], commands[which]
+                clear_maildir(gateway.maildir(USER))
+                new = gateway.maildir(USER) / "new"
+                result = measure(ctx, gateway, command, n, lambda new=new: count_files(new), n)
+                extra = {"metrics_received": received_counter(gateway)} if which == "on" else {}
+                record(ctx, cell, "smtp" if which == "off" else "metrics", "mailgate" if which == "off" else METRICS_ON,
+                       rep, result, client=client, size=size, conc=conc, rcpts=1, per_connection=1, pipelining=False,
+                       command=shlex.join(command), **extra)
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+            cleanup(ctx, gateway.root)
+
+
+def received_counter(gateway: Gateway) -> float | None:
+    """mailgate_messages_received_total from the gateway's /metrics, or None if it cannot be read."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    found = re.findall(r'^mailgate_messages_received_total\{listener="smtp"\} (\S+)$', text, re.MULTILINE)
+    return float(found[0]) if found else None
 
 
 def pipelining_cell(conc: int) -> Callable[[Context], None]:
@@ -966,6 +1020,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, metavar="DIR", help="run each gateway under cProfile "
                         "(twistd --profile --savestats): DIR/CELL-TIME-PORT.pstats, written when it stops; "
                         "the figures are then slower than without")
+    parser.add_argument("--metrics", choices=["off", "on", "both"], default="off",
+                        help="[metrics] endpoint of the gateways: off (default), on for every cell, or both: the "
+                        "smtp cells run with it off and on, side by side, runs alternated (see RESULTS.md)")
     parser.add_argument("--code", default="snapshot", help="which mailgate to run: snapshot (of the working tree "
                         "at the start, default), worktree (live: changes mid-run show up), or a git revision (HEAD)")
     args = parser.parse_args(argv)
@@ -1020,7 +1077,7 @@ def main(argv: list[str] | None = None) -> None:
             "concs": args.concs, "client": "python" if args.client == "python" or not smtp_source else "smtp-source",
             "smtp_sink": smtp_sink if smtp_sink and args.client != "python" else "bench/receivers.py smtp",
             "cells": [c[0] for c in cells], "quick": args.quick, "code": code, "quiet": args.quiet,
-            "queue_settle": args.queue_settle}
+            "queue_settle": args.queue_settle, "metrics": args.metrics}
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     log(f"results in {out}; cells: {', '.join(c[0] for c in cells) or 'none'}")
 

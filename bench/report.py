@@ -200,6 +200,7 @@ def summarize(out: Path) -> str:
         targets(lines, rows, anchors)  # issue 7's targets: noise beside a run of the mail-authentication cells alone
         smtp_table(lines, rows, anchors)
     detail_table(lines, rows)
+    metrics_table(lines, rows)
     extras_table(lines, rows)
     mailauth_table(lines, rows)
     pop3_table(lines, rows, anchors)
@@ -351,6 +352,36 @@ def detail_table(lines: list[str], rows: list[dict]) -> None:
     add("Load commands (the port is the gateway's, picked by the kernel): " + "; ".join(f"`{c}`" for c in commands[:2])
         + (" …" if len(commands) > 2 else ""))
     add("")
+
+
+def metrics_table(lines: list[str], rows: list[dict]) -> None:
+    """`--metrics both`: each smtp cell with `[metrics] endpoint` off and on, from the same invocation."""
+    on = [r for r in rows if r.get("group") == "metrics" and "delivered_msgs_s" in r]
+    if not on:
+        return
+    add = lines.append
+    add("### Metrics off and on (`--metrics both`: two gateways, runs alternated; median (min–max))\n")
+    add("| cell | runs | delivered msgs/s, off | delivered msgs/s, on | on ÷ off | server CPU ms/msg, off | "
+        "server CPU ms/msg, on | on ÷ off | counted by /metrics |")
+    add("|---|---|---|---|---|---|---|---|---|")
+    for (cell,), on_rows in group(on, "cell").items():
+        off_rows = [r for r in rows if r.get("cell") == cell and r.get("group") == "smtp" and "delivered_msgs_s" in r]
+        rate_off, rate_on = med(r["delivered_msgs_s"] for r in off_rows), med(r["delivered_msgs_s"] for r in on_rows)
+        cpu_off = med(r["server_cpu_ms_per_msg"] for r in off_rows)
+        cpu_on = med(r["server_cpu_ms_per_msg"] for r in on_rows)
+        counted = sorted({int(r["metrics_received"]) for r in on_rows if r.get("metrics_received") is not None})
+        add(f"| {cell} | {len(off_rows)} + {len(on_rows)} | {spread([r['delivered_msgs_s'] for r in off_rows])} | "
+            f"{spread([r['delivered_msgs_s'] for r in on_rows])} | {_change(rate_on, rate_off)} | "
+            f"{spread([r['server_cpu_ms_per_msg'] for r in off_rows], '%.2f')} | "
+            f"{spread([r['server_cpu_ms_per_msg'] for r in on_rows], '%.2f')} | {_change(cpu_on, cpu_off)} | "
+            f"{', '.join(str(c) for c in counted) or '–'} |")
+    add("")
+
+
+def _change(new: float | None, old: float | None) -> str:
+    if not new or not old:
+        return "–"
+    return f"{new / old:.3f} ({100 * (new - old) / old:+.1f} %)"
 
 
 def extras_table(lines: list[str], rows: list[dict]) -> None:

@@ -4,13 +4,18 @@ Each part gets what it needs at construction, in dependency order; the one
 loop in the path (bounces are delivered like any accepted message, and
 accepted messages feed the scheduler) is closed by the scheduler listening
 to the spooler, not by setting attributes afterwards.
+
+The store, the spool and the scheduler live as long as the process; what
+the scheduler delivers through (the SMTP transport, retry policy and
+bounces) is made from the configuration by `queue_parts`, once at start
+and again at each reload (mailgate.app.reload).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -36,26 +41,57 @@ from mailgate.outbound.smtp_transport import SCHEMES, SMTPTransport
 from mailgate.outbound.spool import QueueStore
 from mailgate.outbound.spooler import Spooler
 from mailgate.outbound.tls_policy import TLSPolicy
-from mailgate.outbound.transport import HookTransport, read_wire_form
+from mailgate.outbound.transport import HookTransport, Transport, read_wire_form
 from mailgate.store.maildir_writer import MaildirStore
 
 log = Logger()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Pipeline:
-    deliverer: Deliverer
+    mailboxes: MaildirStore
+    spooler: Spooler
+    deliverer: Deliverer  # the first configuration's; sessions of later ones get their own (deliverer_for)
     scheduler: Scheduler
+    smtp: SMTPTransport  # the one the scheduler delivers through now
+    bounces: BounceSender  # the current configuration's: success reports of later sessions' deliverers too
+
+
+@dataclass(frozen=True)
+class QueueParts:
+    """What the scheduler delivers through, made from one configuration."""
+
     smtp: SMTPTransport
+    transports: Mapping[str, Transport]
+    bounces: BounceSender
+    policy: RetryPolicy
+    delay_warning_seconds: float
 
 
 def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
                    run_blocking: Callable[..., Deferred]) -> Pipeline:
-    """Everything between a session's accepted message and its last delivery attempt."""
-    hostname, relay = config.server.hostname, config.relay
-    mailboxes = MaildirStore(config.store.maildir_root, hostname, run_blocking)
+    """Everything between a session's accepted message and its last delivery attempt.
+
+    `hooks` is the queue's: it routes bounces, delivers plugins' routes
+    and tells the queue's events (a reload points it at the new plugins).
+    """
+    mailboxes = MaildirStore(config.store.maildir_root, config.server.hostname, run_blocking)
     spooler = Spooler(QueueStore(os.path.join(config.server.state_dir, "queue")), run_blocking, reactor.seconds)
-    deliverer = Deliverer(mailboxes, spooler, hooks, hostname)
+    deliverer = Deliverer(mailboxes, spooler, hooks, config.server.hostname)
+    parts = queue_parts(config, hooks, deliverer, spooler, reactor, run_blocking)
+    scheduler = Scheduler(
+        spooler, parts.transports,
+        HookTransport(hooks, lambda job: run_blocking(read_wire_form, job.message_path)), parts.bounces, parts.policy,
+        reactor, run_blocking, delay_warning_seconds=parts.delay_warning_seconds, events=Events(hooks),
+    )
+    return Pipeline(mailboxes, spooler, deliverer, scheduler, parts.smtp, parts.bounces)
+
+
+def queue_parts(config: GatewayConfig, hooks: Hooks, deliverer: Deliverer, spooler: Spooler, reactor: Any,
+                run_blocking: Callable[..., Deferred]) -> QueueParts:
+    """The SMTP transport, retry policy and bounces of one configuration; bounces go through `deliverer`,
+    which also sends its NOTIFY=SUCCESS reports through them. `hooks` (the queue's) choose pools."""
+    hostname, relay = config.server.hostname, config.relay
     credentials = (Credentials(relay.smarthost_username, smarthost_password(config))
                    if relay.smarthost_username else None)
     resolver = MXResolver(make_resolver(relay.nameservers, reactor, timeouts=OUTBOUND_DNS_TIMEOUTS))
@@ -71,12 +107,14 @@ def build_pipeline(config: GatewayConfig, hooks: Hooks, reactor: Any,
     bounces = BounceSender(hostname, policy.max_queue_seconds, spooler.store.message_path, run_blocking,
                            deliverer.inject, sign=lambda report: signer.fields(report, domain=hostname))
     deliverer.reports = bounces  # NOTIFY=SUCCESS for what is delivered while the client waits
-    scheduler = Scheduler(
-        spooler, {scheme: smtp for scheme in SCHEMES},
-        HookTransport(hooks, lambda job: run_blocking(read_wire_form, job.message_path)), bounces, policy,
-        reactor, run_blocking, delay_warning_seconds=relay.delay_warning_seconds, events=Events(hooks),
-    )
-    return Pipeline(deliverer, scheduler, smtp)
+    return QueueParts(smtp, {scheme: smtp for scheme in SCHEMES}, bounces, policy, relay.delay_warning_seconds)
+
+
+def deliverer_for(pipeline: Pipeline, hooks: Hooks, config: GatewayConfig) -> Deliverer:
+    """A delivery transaction over the pipeline's store and spool, asking `hooks` (one configuration's)."""
+    deliverer = Deliverer(pipeline.mailboxes, pipeline.spooler, hooks, config.server.hostname)
+    deliverer.reports = pipeline.bounces
+    return deliverer
 
 
 def tls_policy(config: GatewayConfig, resolver: MXResolver, reactor: Any,

@@ -14,6 +14,7 @@ import stat
 from dataclasses import replace
 
 from pluggy import PluginManager
+from twisted.internet.ssl import CertificateOptions
 
 from mailgate.builtin import load_plugins
 from mailgate.config import ConfigError, GatewayConfig
@@ -167,7 +168,7 @@ def prepare_files(config: GatewayConfig, owner: Owner | None = None) -> bool:
     return ensure_certificate(cert, key, config.server.hostname, owner)
 
 
-def load_tls(config: GatewayConfig) -> object:
+def load_tls(config: GatewayConfig) -> CertificateOptions:
     """The listeners' TLS context factory, serving the [tls.sni] pairs by name; ConfigError naming
     the key when a pair can't be served."""
     tls = config.tls

@@ -1,4 +1,4 @@
-"""The running gateway: listeners and shared resources, started and stopped in order."""
+"""The running gateway: listeners and shared resources, started, reloaded and stopped in order."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService
@@ -15,34 +16,46 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
-from mailgate.accounts.cred import build_portal
-from mailgate.app import preflight
+from mailgate.app import operations, preflight
+from mailgate.app.certificates import CHECK_SECONDS, CertificateWatch
+from mailgate.app.generation import Generation, Shared, hand_over, listener_factory, new_generation
+from mailgate.app.periodic import Periodic
+from mailgate.app.pipeline import Pipeline, build_pipeline, deliverer_for, queue_parts
+from mailgate.app.reload import Reloader
 from mailgate.config import ConfigError, GatewayConfig, ListenConfig
 from mailgate.hooks.calling import Hooks
-from mailgate.inbound.transaction import Deliverer
-from mailgate.app.periodic import Periodic
 from mailgate.limits.admission import Admission, AdmissionGate
 from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.limits.state import shared_admission, shared_throttle
-from mailgate.app.pipeline import build_pipeline
 from mailgate.net.accept_backoff import AcceptBackoff, pause_on_exhaustion
 from mailgate.net.proxy_protocol import ProxyHeaderFactory
+from mailgate.net.tls_reload import ReloadableTLS
+from mailgate.ops import Operations
 from mailgate.outbound.scheduler import Scheduler
-from mailgate.outbound.smtp_transport import SMTPTransport
-from mailgate.smtp.factory import SMTPFactory
-from mailgate.smtp.policy import ListenerPolicy
 from mailgate.store.durable import Owner
-from mailgate.accounts.users_file import Accounts
 
 log = Logger()
 
 DISK_THREADS = 32  # fsync waits on the disk, not the CPU: many may overlap
 SHUTDOWN_GRACE_SECONDS = 10.0
 REQUEST_POLL_SECONDS = 1.0  # how soon `mailgate queue flush|delete` is noticed
+
+
+def _admission(config: GatewayConfig, reactor: Any) -> Admission:
+    """The server's one Admission of new connections, every listener's (limits.max_connections...)."""
+    admission = Admission(config.limits, reactor)
+    log.info("connections: at most {count} at once ({per_ip} per address), RLIMIT_NOFILE {descriptors}",
+             count=admission.max_connections, per_ip=config.limits.max_connections_per_ip,
+             descriptors=admission.descriptors)
+    if admission.max_connections >= admission.descriptors:
+        log.warn("limits.max_connections: {count} is not below RLIMIT_NOFILE ({descriptors}): descriptors "
+                 "may run out first", count=admission.max_connections, descriptors=admission.descriptors)
+    return admission
 
 
 class GatewayService(MultiService):
@@ -52,36 +65,71 @@ class GatewayService(MultiService):
     privilegedStartService, after twistd has applied --rundir (relative
     paths are relative to it) and before it drops --uid/--gid (so ports
     below 1024 can be bound).
+
+    The configuration in force is `generation` (mailgate.app.generation):
+    a reload (SIGHUP) builds the next one and `adopt`s it.
     """
 
     def __init__(
         self, config: GatewayConfig, hooks: Hooks, reactor: Any, configured: Deferred,
-        owner: Owner | None = None, twistd: Mapping[str, Any] | None = None,
+        owner: Owner | None = None, twistd: Mapping[str, Any] | None = None, ops: Operations | None = None,
+        extra_plugins: tuple = (), config_path: str | None = None, launched_in: str | None = None,
     ) -> None:
         super().__init__()
         self.owner = owner  # twistd's --uid/--gid: who gets the directories and files made as root
         self.twistd = twistd  # twistd's own options, when it runs us: its status pipe, for start-up errors
         self._configured = configured
-        self.config = config
-        self.hooks = hooks
+        self.config = config  # the one in force: generation.config, once there is a generation
+        self.hooks = hooks  # the first generation's
         self.reactor = reactor
+        self.ops = ops if ops is not None else Operations(config, reactor.seconds)
+        self.extra_plugins = extra_plugins  # registered again at each reload
+        self.config_path = config_path or config.source  # what a reload reads
+        self.reloader = Reloader(self, launched_in or os.getcwd())
         self.threadpool = ThreadPool(minthreads=0, maxthreads=DISK_THREADS, name="mailgate-disk")
         self.factories: list[Any] = []
-        self.outbound: Scheduler | None = None
-        self.relay: SMTPTransport | None = None
-        self._requests: Periodic | None = None
+        self._listeners: list[tuple[ListenConfig, Factory]] = []
+        self.pipeline: Pipeline | None = None
+        self.generation: Generation | None = None  # set when the listeners are built
+        # AUTH/POP3 failures and connection counts outlive configurations; with workers, the master's
+        # (mailgate.limits.state: the role is set before the service is built).
+        self.shared = Shared(reactor, shared_throttle(AuthThrottle.from_limits(config.limits, reactor)),
+                             None, self.ops.meters, shared_admission(_admission(config, reactor)))
+        self.queue_hooks = Hooks(hooks.manager, reactor, config.plugins.timeout_seconds)  # follows reloads
+        self._certificates: CertificateWatch | None = None
+        self._periodic: list[Periodic] = []
         self.ports: dict[str, Any] = {}  # listener name -> IListeningPort, once bound
         self._backoffs: list[AcceptBackoff] = []
-        self._tls: Any = None  # the listeners' TLS context factory, when one uses TLS
         self._previous_sighup: Any = None  # the handler before ours, put back at stop
         self.role: Any = None  # a worker's WorkerRole (server.workers > 1, mailgate.app.worker)
+        self.started = reactor.seconds()
+
+    @property
+    def outbound(self) -> Scheduler | None:
+        return self.pipeline.scheduler if self.pipeline is not None else None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """Under twistd `parent` is the application: mailgate's log observer is offered to it
+        (twistd asks the application before making its own, after its --logger)."""
+        if self.twistd is not None and hasattr(parent, "setComponent") and parent.getComponent(ILogObserver) is None:
+            observer = self.ops.observer_for_twistd(self.twistd)
+            if observer is not None:
+                parent.setComponent(ILogObserver, observer)
+        super().setServiceParent(parent)
 
     def run_blocking(self, function: Any, *args: Any) -> Deferred:
         """Run a call that blocks on the disk in the disk thread pool."""
         return deferToThreadPool(self.reactor, self.threadpool, function, *args)
 
     def privilegedStartService(self) -> None:
-        self._tls = self._prepare_files()
+        tls = self._prepare_files()
+        if tls is not None:
+            self.shared = replace(self.shared, tls=ReloadableTLS(tls))
+            self._certificates = CertificateWatch(self.shared.tls, lambda: self.config,  # type: ignore[arg-type]
+                                                 self.run_blocking)
+        metrics = operations.metrics_listener(self)
+        if metrics is not None:
+            metrics.setServiceParent(self)
         if self._configured.called:
             self._build_listeners()  # children bound by super(), before privileges drop
         else:
@@ -92,7 +140,7 @@ class GatewayService(MultiService):
         log.critical("plugins: mailgate_configure failed: {error}", error=failure.getErrorMessage())
         self.reactor.stop()
 
-    def _prepare_files(self) -> Any:
+    def _prepare_files(self) -> CertificateOptions | None:
         """Check and make directories and the TLS pair, in --rundir; the listeners' TLS options."""
         problems = preflight.file_problems(self.config)
         if problems:
@@ -111,33 +159,45 @@ class GatewayService(MultiService):
             self._fail_startup(*error.problems)
 
     def _build_listeners(self) -> None:
-        tls_options = self._tls
-        pipeline = build_pipeline(self.config, self.hooks, self.reactor, self.run_blocking)
-        self.outbound, self.relay, deliverer = pipeline.scheduler, pipeline.smtp, pipeline.deliverer
-        self.accounts = Accounts(self.config.users.file)
-        self.portal = build_portal(self.accounts, self.reactor)
-        self.throttle = shared_throttle(AuthThrottle.from_limits(self.config.limits, self.reactor))  # SMTP AUTH, POP3
-        self.admission = shared_admission(self._admission())  # one for every listener: the limits hold per server
+        self.pipeline = pipeline = build_pipeline(self.config, self.queue_hooks, self.reactor, self.run_blocking)
+        deliverer = deliverer_for(pipeline, self.hooks, self.config)
+        self.generation = new_generation(1, self.config, self.hooks, deliverer, self.shared, self.reactor.seconds())
         for index, listener in enumerate(self.config.listen):
-            factory = self._factory(listener, deliverer, tls_options)
+            factory = listener_factory(listener, self.generation, self.shared)
             self.factories.append(factory)
+            self._listeners.append((listener, factory))
+            served: Any = factory
             if listener.tls == "implicit":
-                factory = TLSMemoryBIOFactory(tls_options, False, factory)
+                assert self.shared.tls is not None  # made in _prepare_files for any TLS listener
+                served = TLSMemoryBIOFactory(self.shared.tls, False, factory)
             if listener.proxy:  # the header comes first, before any TLS handshake
-                factory = ProxyHeaderFactory(factory, listener.proxy, self.reactor, listener.name)
-            self._listen(index, listener, AdmissionGate(factory, self.admission))
+                served = ProxyHeaderFactory(served, listener.proxy, self.reactor, listener.name)
+            self._listen(index, listener, AdmissionGate(served, self.shared.admission))
         if self.running:  # configured late: startService has already run
             self._start_queue(pipeline.scheduler)
 
-    def _admission(self) -> Admission:
-        admission = Admission(self.config.limits, self.reactor)
-        log.info("connections: at most {count} at once ({per_ip} per address), RLIMIT_NOFILE {descriptors}",
-                 count=admission.max_connections, per_ip=self.config.limits.max_connections_per_ip,
-                 descriptors=admission.descriptors)
-        if admission.max_connections >= admission.descriptors:
-            log.warn("limits.max_connections: {count} is not below RLIMIT_NOFILE ({descriptors}): descriptors "
-                     "may run out first", count=admission.max_connections, descriptors=admission.descriptors)
-        return admission
+    def adopt(self, config: GatewayConfig, hooks: Hooks, tls: CertificateOptions | None) -> None:
+        """A reload's new configuration takes over new sessions and queue attempts (mailgate.app.reload)."""
+        pipeline, previous = self.pipeline, self.generation
+        assert pipeline is not None and previous is not None  # reloads begin once the listeners are built
+        deliverer = deliverer_for(pipeline, hooks, config)
+        self.generation = generation = new_generation(previous.number + 1, config, hooks, deliverer, self.shared,
+                                                      self.reactor.seconds(), previous)
+        for listener, factory in self._listeners:
+            hand_over(factory, listener, generation, self.shared)
+        self.queue_hooks.use(hooks.manager, config.plugins.timeout_seconds)
+        pipeline.deliverer = deliverer_for(pipeline, self.queue_hooks, config)  # bounces: routed by the new plugins
+        parts = queue_parts(config, self.queue_hooks, pipeline.deliverer, pipeline.spooler, self.reactor,
+                            self.run_blocking)
+        pipeline.scheduler.reconfigure(parts.transports, parts.bounces, parts.policy, parts.delay_warning_seconds)
+        old_smtp, pipeline.smtp = pipeline.smtp, parts.smtp
+        Deferred.fromCoroutine(old_smtp.close_idle()).addErrback(
+            lambda failure: log.failure("reload: closing the old relay connections", failure))
+        if tls is not None and self._certificates is not None:
+            self._certificates.loaded(tls)
+        pipeline.bounces = parts.bounces
+        self.ops.reconfigure(config)
+        self.config, self.hooks = config, hooks
 
     def _start_queue(self, scheduler: Scheduler) -> None:
         """Lock the spool, resume what is queued, and serve the CLI's requests."""
@@ -155,32 +215,13 @@ class GatewayService(MultiService):
         Deferred.fromCoroutine(scheduler.start()).addErrback(
             lambda f: log.failure("queue: could not resume the spool", f)
         )
-        self._requests = Periodic("queue requests (mailgate queue flush|delete)", scheduler.serve_requests,
-                                  self.reactor, REQUEST_POLL_SECONDS)
-        self._requests.start(now=False)
+        self._every("queue requests (mailgate queue flush|delete)", scheduler.serve_requests,
+                    REQUEST_POLL_SECONDS)
 
-    def _factory(self, listener: ListenConfig, deliverer: Deliverer, tls_options: Any) -> Factory[Any]:
-        if listener.protocol == "pop3":
-            return self._pop3_factory(listener, tls_options)
-        return SMTPFactory(ListenerPolicy(
-            self.config, listener, self.hooks, deliverer, self.reactor,
-            tls_options, portal=self.portal, throttle=self.throttle, admission=self.admission,
-        ))
-
-    def _pop3_factory(self, listener: ListenConfig, tls_options: Any) -> Factory:
-        from mailgate.pop3.session import POP3Factory
-
-        return POP3Factory(
-            accounts=self.accounts,
-            maildir_root=self.config.store.maildir_root,
-            hostname=self.config.server.hostname,
-            tls_options=tls_options if listener.tls == "starttls" else None,
-            plaintext_auth=self.config.security.plaintext_auth,
-            reactor=self.reactor,
-            throttle=self.throttle,
-            portal=self.portal,
-            admission=self.admission,
-        )
+    def _every(self, name: str, work: Any, seconds: float) -> None:
+        periodic = Periodic(name, work, self.reactor, seconds)
+        periodic.start(now=False)
+        self._periodic.append(periodic)
 
     def _listen(self, index: int, listener: ListenConfig, factory: Factory) -> None:
         try:
@@ -210,20 +251,30 @@ class GatewayService(MultiService):
         self.threadpool.start()
         if self.outbound is not None:
             self._start_queue(self.outbound)
+        if self._certificates is not None:
+            self._every("tls: certificate check", self._certificates.check, CHECK_SECONDS)
+        figures = operations.queue_figures(self)
+        if figures is not None:
+            figures.start(now=True)
+            self._periodic.append(figures)
+        self.started = self.reactor.seconds()
         super().startService()
         log.info("mailgate started: {count} listener(s)", count=len(self.config.listen))
 
     def _hold_sighup(self) -> None:
-        """SIGHUP's default action ends the process, with no clean stop: until reload
-        exists (SPEC 0.2 "Reload"), it only says so, so that `kill -HUP` or
-        `systemctl reload` never stops the server."""
+        """SIGHUP reloads (mailgate.app.reload); its default action would end the process with no
+        clean stop, so `kill -HUP` or `systemctl reload` never stops the server."""
         def on_sighup(signum: int, frame: object) -> None:
-            self.reactor.callFromThread(log.warn, "SIGHUP: reload is not supported yet; configuration unchanged")
+            self.reactor.callFromThread(self._sighup)
 
         try:
             self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
         except ValueError:  # not the main thread (a test driving the service): no signals here
             self._previous_sighup = None
+
+    def _sighup(self) -> None:
+        log.info("SIGHUP: reloading the configuration")
+        self.reloader.request()
 
     def stopService(self) -> Deferred:
         """Stop accepting, end sessions (deliveries in flight finish), then the disk pool."""
@@ -246,13 +297,12 @@ class GatewayService(MultiService):
         await sessions_done
         if timer.active():
             timer.cancel()
-        if self._requests is not None and self._requests.running:
-            self._requests.stop()
-        if self.outbound is not None:
-            await self.outbound.stop()
-            if self.relay is not None:
-                await self.relay.close_idle()
-            self.outbound.store.unlock()
+        for periodic in self._periodic:
+            periodic.stop()
+        if self.pipeline is not None:
+            await self.pipeline.scheduler.stop()
+            await self.pipeline.smtp.close_idle()
+            self.pipeline.scheduler.store.unlock()
         self.threadpool.stop()
         log.info("mailgate stopped cleanly")
 

@@ -15,6 +15,7 @@ from mailgate.app import worker, workers
 from mailgate.config import ConfigError, GatewayConfig, load_config
 from mailgate.builtin import load_plugins
 from mailgate.hooks.calling import Hooks
+from mailgate.ops import Operations
 from mailgate.store.durable import Owner
 
 DEFAULT_CONFIG = "etc/mailgate.toml"
@@ -35,7 +36,9 @@ def makeService(options: Options) -> IService:
         if master is not None:
             return master
         role = worker.process_role(config, reactor)  # a worker's listeners and queue; state.backend
-        return worker.attach(build_service(config, reactor, owner=owner, twistd=twistd), role, reactor)
+        service = build_service(config, reactor, owner=owner, twistd=twistd,
+                                config_path=os.path.abspath(options["config"]))
+        return worker.attach(service, role, reactor)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -61,20 +64,25 @@ def twistd_owner(options: usage.Options) -> Owner | None:
 
 
 def build_service(config: GatewayConfig, reactor: Any, extra_plugins: tuple = (),
-                  owner: Owner | None = None, twistd: Any = None) -> IService:
+                  owner: Owner | None = None, twistd: Any = None, config_path: str | None = None) -> IService:
     """Load plugins, let them configure, and build the gateway service.
 
     mailgate_configure runs here, before any port is bound, so a plugin's
     ConfigError stops start-up like a bad key does. A plugin that must wait
     on the network answers with a Deferred; listeners then open once it fires.
+    The operations plugin (log lines, metrics of delivery events) is
+    registered with the built-ins, before `extra_plugins`, and kept by reloads.
     """
     from mailgate.app.service import GatewayService
 
-    hooks = Hooks(load_plugins(config, extra_plugins), reactor, config.plugins.timeout_seconds)
+    ops = Operations(config, reactor.seconds)
+    extra_plugins = (ops.plugin, *extra_plugins)
+    hooks = Hooks(load_plugins(config, extra_plugins, ops.meters), reactor, config.plugins.timeout_seconds)
     configured = Deferred.fromCoroutine(hooks.each("mailgate_configure", config=config, reactor=reactor))
     if configured.called:  # every plugin answered synchronously: errors surface now
         failures: list[Any] = []
         configured.addErrback(failures.append)
         if failures:
             failures[0].raiseException()
-    return GatewayService(config, hooks, reactor, configured, owner, twistd)
+    return GatewayService(config, hooks, reactor, configured, owner, twistd, ops=ops, extra_plugins=extra_plugins,
+                          config_path=config_path, launched_in=os.getcwd())

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from mailgate import __version__
 from mailgate.builtin.event_spool import EventSpool, Listing, new_event_id, spooled_at
+from mailgate.core.meters import NO_METERS, Meters
 from mailgate.builtin.http_post import Answer, exchange, within
 from mailgate.builtin.webhook_payload import signature_headers
 from mailgate.config import EventWebhookConfig
@@ -51,8 +52,9 @@ class EventSender:
     """POSTs the events of one `[[event_webhook]]` from its EventSpool, retrying on the queue's schedule."""
 
     def __init__(self, webhook: EventWebhookConfig, spool: EventSpool, http: Any, clock: Any,
-                 policy: RetryPolicy, max_in_memory: int = MAX_IN_MEMORY) -> None:
+                 policy: RetryPolicy, max_in_memory: int = MAX_IN_MEMORY, meters: Meters = NO_METERS) -> None:
         self.webhook = webhook
+        self._meters = meters
         self.policy = policy
         self._spool = spool
         self._http = http
@@ -213,10 +215,12 @@ class EventSender:
             answer = await within(post, self.webhook.timeout_seconds, self._clock)
         except Exception as exc:  # timeout, refused, reset, DNS: the receiver may be back later
             if not self._closed:
+                self._meters.webhook_answered(self.webhook.name, "error")
                 self._failed(event_id, f"{type(exc).__name__}: {exc}")
             return
         finally:
             del self._posts[event_id]
+        self._meters.webhook_answered(self.webhook.name, str(answer.status))
         self._answered(event_id, answer)
 
     def _answered(self, event_id: str, answer: Answer) -> None:

@@ -23,6 +23,7 @@ from mailgate.builtin.event_sender import MAX_IN_FLIGHT, MAX_IN_MEMORY, EventSen
 from mailgate.builtin.event_spool import EventSpool
 from mailgate.builtin.http_post import pooled_client, reactor_or_global
 from mailgate.config import EventWebhookConfig, GatewayConfig
+from mailgate.core.meters import NO_METERS, Meters
 from mailgate.outbound.retry import RetryPolicy
 
 SPOOL_DIRECTORY = "events"  # under server.state_dir
@@ -33,11 +34,20 @@ class EventWebhooks:
 
     `reactor`, `http` (anything with treq's `post`), `run_blocking` (how a
     blocking disk call is run; default: the reactor's thread pool) and
-    `max_in_memory` (event ids held per webhook) are for tests.
+    `max_in_memory` (event ids held per webhook) are for tests; `meters`
+    counts the requests.
+
+    One object for the whole process (`process_wide`): on a reload it is
+    configured again, its spools stay open, and senders are added or
+    closed as the new `[[event_webhook]]` tables say.
     """
 
+    process_wide = True
+
     def __init__(self, reactor: Any = None, http: Any = None,
-                 run_blocking: Callable[..., Deferred] | None = None, max_in_memory: int = MAX_IN_MEMORY) -> None:
+                 run_blocking: Callable[..., Deferred] | None = None, max_in_memory: int = MAX_IN_MEMORY,
+                 meters: Meters = NO_METERS) -> None:
+        self._meters = meters
         self._reactor = reactor
         self._http = http
         self._run_blocking = run_blocking
@@ -88,7 +98,7 @@ class EventWebhooks:
         # Relative to --rundir: we run after twistd changed to it.
         directory = os.path.join(os.path.abspath(config.server.state_dir), SPOOL_DIRECTORY, webhook.name)
         spool = EventSpool(directory, self._run_blocking or self._in_thread_pool)
-        return EventSender(webhook, spool, self._http, self._reactor, policy, self._max_in_memory)
+        return EventSender(webhook, spool, self._http, self._reactor, policy, self._max_in_memory, self._meters)
 
     def _in_thread_pool(self, function: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)

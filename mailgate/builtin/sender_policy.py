@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from mailgate import hookimpl
-from mailgate.config import GatewayConfig
+from mailgate.config import GatewayConfig, SenderRate
 from mailgate.core.reply import Reply
 from mailgate.core.session import Session
 from mailgate.limits import state
@@ -26,18 +26,28 @@ STATE_UNAVAILABLE = Reply(451, "4.3.0", "Temporary failure, try again later")
 
 
 class SenderPolicy:
-    """One rate limiter for the whole server: every listener's sessions count together."""
+    """One rate limiter for the whole server: every listener's sessions count together.
+
+    `process_wide`: a reload configures this object again (mailgate.builtin
+    keeps it), and the counts go on while `limits.sender_rate` is unchanged,
+    so that a reload never hands every sender a fresh allowance.
+    """
+
+    process_wide = True
 
     def __init__(self) -> None:
         self._owners: dict[str, frozenset[str]] = {}
         self._login = "owned"
         self._rate: Any = None  # a RateLimiter, or a SharedRate answering later
+        self._rate_setting: SenderRate | None = None
 
     @hookimpl
     def mailgate_configure(self, config: GatewayConfig, reactor: IReactorTime) -> None:
         self._owners = owned_senders(config)
         self._login = config.security.sender_login
-        self._rate = state.rate_limiter("sender", config.limits.sender_rate, reactor)
+        if self._rate is None or self._rate_setting != config.limits.sender_rate:
+            self._rate = state.rate_limiter("sender", config.limits.sender_rate, reactor)
+        self._rate_setting = config.limits.sender_rate
 
     @hookimpl
     def mailgate_mail_from(self, session: Session, sender: str) -> Reply | Deferred[Reply | None] | None:

@@ -11,6 +11,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from mailgate import __version__, hookimpl
 from mailgate.config import GatewayConfig, WebhookConfig
+from mailgate.core.meters import NO_METERS, Meters
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope
 from mailgate.core.errors import DeliveryError, PermanentFailure, TemporaryFailure
@@ -36,10 +37,11 @@ class WebhookGateway:
     end of DATA (`mailgate_deliver_inline`), the HTTP answer becoming the
     SMTP reply. `reactor` and `http` (anything with treq's `post`, such as
     `treq.testing.StubTreq`) are for tests; by default the global reactor
-    and a pooled treq client are used.
+    and a pooled treq client are used; `meters` counts the requests.
     """
 
-    def __init__(self, reactor: Any = None, http: Any = None) -> None:
+    def __init__(self, reactor: Any = None, http: Any = None, meters: Meters = NO_METERS) -> None:
+        self._meters = meters
         self._reactor = reactor
         self._http = http
         self._pool: HTTPConnectionPool | None = None
@@ -134,9 +136,11 @@ class WebhookGateway:
         try:
             answer = await within(posted, webhook.timeout_seconds, self._reactor)
         except Exception as exc:  # timeout, refused, reset, DNS: the receiver may be back later
+            self._meters.webhook_answered(webhook.name, "error")
             error = _temporary(webhook, "unreachable", f"{delivery}: {type(exc).__name__}: {exc}")
             log.info("{reason}", reason=error.reason)  # the queue logs only counts
             raise error from None
+        self._meters.webhook_answered(webhook.name, str(answer.status))
         try:
             return _verdict(webhook, delivery, answer)
         except DeliveryError as error:

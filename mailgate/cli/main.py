@@ -13,6 +13,7 @@ from mailgate.accounts import users_file as users
 from mailgate.app import preflight
 from mailgate.cli.dkim import add_dkim_commands
 from mailgate.cli.queue import CommandError, add_queue_commands
+from mailgate.cli.reload import add_reload_command
 from mailgate.config import ConfigError, GatewayConfig, load_config
 
 DEFAULT_CONFIG = "etc/mailgate.toml"
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check_config_command(commands, common)
     add_queue_commands(commands, common)
     add_dkim_commands(commands, common)
+    add_reload_command(commands, common)
     return parser
 
 

@@ -1,10 +1,8 @@
-"""`mailgate queue list|flush|delete`: the outbound queue from the command line.
+"""`mailgate queue list|show`: the outbound queue from the command line, read from the spool.
 
-When a server runs on the spool (it holds the queue lock), flush and delete
-are requests it carries out within a second, so nothing races its own
-writes; otherwise the CLI acts on the spool directly. Damaged entries (in
-corrupt/, or in env/ and not yet tried) are listed with their reason, and
-one bad file never hides the rest of the queue.
+Damaged entries (in corrupt/, or in env/ and not yet tried) are listed with
+their reason, and one bad file never hides the rest of the queue. The
+commands that change the queue are in mailgate.cli.queue_control.
 """
 
 from __future__ import annotations
@@ -14,20 +12,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from mailgate.config import load_config
+from mailgate.cli.queue_control import CommandError, add_control_commands, store_of, valid_id
+from mailgate.config.checks import parse_duration
 from mailgate.outbound.spool import DamagedEntry, QueuedMessage, QueueStore
-from mailgate.store.durable import inherited_owner
 
-REQUEST_DEADLINE_SECONDS = 15.0
-
-
-class CommandError(Exception):
-    """An expected failure; main() prints it as one line and exits 1."""
+__all__ = ["CommandError", "add_queue_commands"]
 
 
 @dataclass(frozen=True)
@@ -44,42 +37,31 @@ def add_queue_commands(commands: argparse._SubParsersAction, common: argparse.Ar
     actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="list queued messages", parents=[common])
     listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.add_argument("--to", metavar="DOMAIN", help="only messages with a recipient pending in DOMAIN")
+    listing.add_argument("--older-than", metavar="AGE", type=_age, help='only messages queued longer than AGE '
+                         '("30m", "1h", "2d")')
     listing.set_defaults(handler=_list)
-    actions.add_parser("flush", help="try every queued message now", parents=[common]).set_defaults(handler=_flush)
-    delete = actions.add_parser("delete", help="remove a queued message (no bounce)", parents=[common])
-    delete.add_argument("queue_id", metavar="ID")
-    delete.set_defaults(handler=_delete)
+    show = actions.add_parser("show", help="print a queued message: envelope, recipients, message",
+                              parents=[common])
+    show.add_argument("queue_id", metavar="ID")
+    show.set_defaults(handler=_show)
+    add_control_commands(actions, common)
 
 
-def _store(args: argparse.Namespace) -> QueueStore:
-    config = load_config(args.config)
-    return QueueStore(os.path.join(config.server.state_dir, "queue"))
-
-
-@contextmanager
-def _as_owner_of(directory: str) -> Iterator[None]:
-    """Root acts on a spool as the user it belongs to (seteuid), so that what it
-    writes there (requests, rewritten entries, the lock file) stays the
-    server's: a server started with --uid/--gid could not read files of root's."""
-    uid, gid = inherited_owner(directory)
-    if os.geteuid() != 0 or uid == 0:
-        yield
-        return
-    saved_gid = os.getegid()
-    os.setegid(gid)
-    os.seteuid(uid)
+def _age(text: str) -> float:
     try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(saved_gid)
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _list(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = store_of(args)
     entries, damaged = survey(store)
-    items = [describe(entry) for entry in sorted(entries, key=lambda e: e.arrived)]
-    items += [describe_damaged(item) for item in damaged]
+    wanted = _filter(args.to, args.older_than)
+    items = [describe(entry) for entry in sorted(entries, key=lambda e: e.arrived) if wanted(entry)]
+    items += [describe_damaged(item) for item in damaged if item.entry is None and wanted is _everything
+              or item.entry is not None and wanted(item.entry)]
     if not items:  # on stderr: stdout stays what --json or a script expects
         missing = "" if os.path.isdir(store.directory) else " (no such directory)"
         print(f"mailgate: the queue is empty: {os.path.abspath(store.directory)}{missing}", file=sys.stderr)
@@ -90,8 +72,9 @@ def _list(args: argparse.Namespace) -> int:
         if item["corrupt"]:
             print(f"{item['id']}  corrupt: {item['reason']}")
         else:
+            next_attempt = "held" if item["held"] else f"next={item['next_attempt']}"
             print(f"{item['id']}  {item['arrived']}  <{item['sender']}>  attempts={item['attempts']}  "
-                  f"next={item['next_attempt']}")
+                  f"{next_attempt}")
         for recipient in item["recipients"]:
             print(f"    {recipient}")
         if item["last_error"]:
@@ -133,6 +116,7 @@ def describe(entry: QueuedMessage) -> dict:
         "arrived": _iso(entry.arrived),
         "next_attempt": _iso(entry.next_attempt),
         "last_error": entry.last_error,
+        "held": entry.held,
         "corrupt": False,
         "reason": None,
     }
@@ -144,7 +128,7 @@ def describe_damaged(item: Damaged) -> dict:
         described = describe(item.entry)
     else:
         described = {"id": item.queue_id, "sender": None, "recipients": [], "attempts": None,
-                     "arrived": None, "next_attempt": None, "last_error": None}
+                     "arrived": None, "next_attempt": None, "last_error": None, "held": None}
     return {**described, "corrupt": True, "reason": item.reason}
 
 
@@ -152,59 +136,74 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _flush(args: argparse.Namespace) -> int:
-    store = _store(args)
-    with _as_owner_of(store.directory):
-        return _flush_store(store)
+def _everything(entry: QueuedMessage) -> bool:
+    return True
 
 
-def _flush_store(store: QueueStore) -> int:
-    if store.lock():
+def _filter(domain: str | None, older_than: float | None) -> Callable[[QueuedMessage], bool]:
+    """The --to and --older-than test; without either, everything (damaged entries too)."""
+    if domain is None and older_than is None:
+        return _everything
+    suffix = "@" + domain.lower().lstrip("@") if domain else None
+    cutoff = time.time() - older_than if older_than is not None else None
+
+    def wanted(entry: QueuedMessage) -> bool:
+        if cutoff is not None and entry.arrived > cutoff:
+            return False
+        return suffix is None or any(r.address.lower().endswith(suffix) for r in entry.pending())
+
+    return wanted
+
+
+def _show(args: argparse.Namespace) -> int:
+    """Like Postfix's `postcat -q`: the envelope, each recipient's state, then the message as queued."""
+    store = store_of(args)
+    queue_id = valid_id(store, args.queue_id)
+    out = sys.stdout
+    try:
+        entry = store.load(queue_id)
+        reason = None
+    except DamagedEntry as damage:
+        entry, reason = None, str(damage)
+    message_path = store.message_path(queue_id)
+    if entry is None and reason is None:  # set aside in corrupt/
+        aside = store.corrupt.read(queue_id)
+        reason, message_path = aside.reason, os.path.join(store.corrupt.directory, queue_id + ".msg")
         try:
-            count = _mark_all_due(store)
-        finally:
-            store.unlock()
-        print(f"mailgate is not running: {count} queued message(s) will be tried when it starts")
-        return 0
-    _ask_server(store, "flush")
-    print("queue flush: the running server is trying every queued message")
+            entry = QueuedMessage.from_json(aside.envelope or b"", queue_id)
+        except DamagedEntry:
+            entry = None
+    print(f"*** ENVELOPE {queue_id} ***", file=out)
+    if reason is not None:
+        print(f"corrupt: {reason}", file=out)
+    if entry is not None:
+        for line in envelope_lines(entry):
+            print(line, file=out)
+    print(f"*** MESSAGE {queue_id} ***", file=out, flush=True)
+    try:
+        with open(message_path, "rb") as message:
+            sys.stdout.buffer.write(message.read())
+    except OSError as error:
+        print(f"(no message file: {error.strerror})", file=out)
+    sys.stdout.flush()
     return 0
 
 
-def _mark_all_due(store: QueueStore) -> int:
-    now, count = time.time(), 0
-    for entry in store.entries():
-        entry.next_attempt, count = now, count + 1
-        store.save(entry)
-    return count
-
-
-def _delete(args: argparse.Namespace) -> int:
-    store = _store(args)
-    with _as_owner_of(store.directory):
-        return _delete_from(store, args.queue_id)
-
-
-def _delete_from(store: QueueStore, queue_id: str) -> int:
-    if "/" in queue_id or "." in queue_id or not store.exists(queue_id):
-        raise CommandError(f"no queued message {queue_id}")
-    if store.lock():
-        try:
-            store.remove(queue_id)
-        finally:
-            store.unlock()
-    else:
-        _ask_server(store, "delete", queue_id)
-    print(f"deleted {queue_id}")
-    return 0
-
-
-def _ask_server(store: QueueStore, action: str, queue_id: str = "") -> None:
-    """File a request and wait until the running server has carried it out."""
-    path = store.request(action, queue_id)
-    deadline = time.monotonic() + REQUEST_DEADLINE_SECONDS
-    while os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise CommandError(f"the running server did not carry out '{action}' in time; it stays requested")
-        time.sleep(0.05)
+def envelope_lines(entry: QueuedMessage) -> list[str]:
+    held = f"yes, since {_iso(entry.held_since)}" if entry.held_since is not None else "no"
+    lines = [
+        f"sender: <{entry.sender}>",
+        f"arrived: {_iso(entry.arrived)}",
+        f"attempts: {entry.attempts}",
+        f"next attempt: {_iso(entry.next_attempt)}",
+        f"held: {held}",
+        f"last error: {entry.last_error or '-'}",
+        f"client: [{entry.session.get('peer', '')}] helo=<{entry.session.get('helo', '')}> "
+        f"user=<{entry.session.get('user') or ''}> listener={entry.session.get('listener', '')}",
+    ]
+    for recipient in entry.recipients:
+        reply = " ".join(str(part) for part in (recipient.code, recipient.enhanced, recipient.diagnostic) if part)
+        lines.append(f"recipient: <{recipient.address}> route={recipient.route} status={recipient.status}"
+                     + (f" ({reply})" if reply else ""))
+    return lines
 

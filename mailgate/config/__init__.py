@@ -28,6 +28,8 @@ from mailgate.config.model import (
     PipeConfig,
     SenderRate,
     LimitsConfig,
+    MetricsConfig,
+    LogConfig,
     PluginsConfig,
     GatewayConfig,
 )
@@ -58,6 +60,8 @@ __all__ = [
     "PipeConfig",
     "SenderRate",
     "LimitsConfig",
+    "MetricsConfig",
+    "LogConfig",
     "PluginsConfig",
     "GatewayConfig",
     "load_config",

@@ -238,6 +238,18 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    endpoint: str = ""  # a Twisted server endpoint string for /metrics and the status page; "" = off
+    destinations: int = 10  # queue depth is told for this many destinations, the rest as "other"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"  # text | json: one JSON object per line
+    twisted_noise: bool = False  # keep Twisted's own "Starting factory ..." lines
+
+
+@dataclass(frozen=True)
 class PluginsConfig:
     paths: tuple[str, ...] = ("plugins",)
     enable: tuple[str, ...] = ()
@@ -264,6 +276,8 @@ class GatewayConfig:
     srs: SRSConfig = SRSConfig()
     pipe: Mapping[str, PipeConfig] = field(default_factory=lambda: MappingProxyType({}))
     limits: LimitsConfig = LimitsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
     plugins: PluginsConfig = PluginsConfig()
     state: StateConfig = StateConfig()
     plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))

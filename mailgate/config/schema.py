@@ -72,6 +72,8 @@ from mailgate.config.model import (
     PipeConfig,
     SenderRate,
     LimitsConfig,
+    MetricsConfig,
+    LogConfig,
     PluginsConfig,
     GatewayConfig,
 )
@@ -285,6 +287,23 @@ _SECURITY = {
     "sender_login": Key(choice("owned", "any")),
     "dsn": Key(choice("all", "submission")),
 }
+
+
+def _metrics_endpoint(value: Any) -> str:
+    """`metrics.endpoint`: "" is off; a bare tcp:PORT binds loopback, since the page has no login."""
+    if not string(value):
+        return value
+    kind, _, options = endpoint(value).partition(":")
+    if kind not in ("tcp", "tcp6") or "interface=" in options:
+        return value
+    return value + (":interface=127.0.0.1" if kind == "tcp" else r":interface=\:\:1")
+
+
+_METRICS = {
+    "endpoint": Key(_metrics_endpoint),
+    "destinations": Key(_positive_int),
+}
+_LOG = {"format": Key(choice("text", "json")), "twisted_noise": Key(boolean)}
 _PLUGINS = {"paths": Key(list_of(text)), "enable": Key(list_of(module_name)),
             "timeout": Key(_duration, "timeout_seconds")}
 _DOCUMENT = {
@@ -306,6 +325,8 @@ _DOCUMENT = {
     "srs": Key(table_of(SRSConfig, SRS_KEYS)),
     "pipe": Key(_pipes),
     "limits": Key(table_of(LimitsConfig, _LIMITS)),
+    "metrics": Key(table_of(MetricsConfig, _METRICS)),
+    "log": Key(table_of(LogConfig, _LOG)),
     "plugins": Key(table_of(PluginsConfig, _PLUGINS)),
     "state": Key(table_of(StateConfig, {"backend": Key(_state_backend),
                                         "fallback_time": Key(_duration, "fallback_seconds")})),

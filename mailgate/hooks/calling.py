@@ -57,6 +57,10 @@ class Hooks:
         self._told: list[tuple[str, list[HookImpl], dict[str, object]]] = []  # notify()'s, for the next turn
         self._implementations: dict[str, list[HookImpl]] = {}
 
+    def use(self, manager: PluginManager, timeout_seconds: float) -> None:
+        """Call `manager`'s plugins from now on: a reload, for the queue's Hooks (the sessions' stay as they are)."""
+        self.manager, self.timeout_seconds = manager, timeout_seconds
+
     def implemented(self, name: str) -> bool:
         """Whether any plugin implements the hook: callers skip building its arguments if not."""
         return bool(self._impls(name))

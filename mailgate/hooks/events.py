@@ -29,14 +29,20 @@ class Events:
         return self._hooks is not None and self._hooks.implemented("mailgate_event")
 
     def emit(self, kind: str, *, queue_id: str = "", mail_from: str = "", recipient: str = "",
-             route: str = "", reply: Reply | None = None, client: str = "", attempt: int = 0) -> None:
-        """One event; call `wanted` first where building the arguments costs something."""
+             route: str = "", reply: Reply | None = None, client: str = "", attempt: int = 0,
+             **extra: object) -> None:
+        """One event; call `wanted` first where building the arguments costs something.
+
+        `extra` adds keys beyond the SPEC's (`listener` of a received
+        message, `relay` and `delay` of a queue attempt) for the operator's
+        log lines and metrics (mailgate.ops); plugins may read them too.
+        """
         if not self.wanted:
             return
         event: dict[str, Any] = {
             "type": kind, "time": _now(), "queue_id": queue_id, "mail_from": mail_from,
             "recipient": recipient, "route": str(route), "reply": str(reply) if reply is not None else "",
-            "client": client, "attempt": attempt,
+            "client": client, "attempt": attempt, **extra,
         }
         assert self._hooks is not None
         self._hooks.notify("mailgate_event", event=event)

@@ -201,8 +201,8 @@ class MirroredThrottle:
         self.admit, self.release = throttle.admit, throttle.release
         self.failures, self.delay_seconds, self.locked_out = throttle.failures, throttle.delay_seconds, throttle.locked_out
 
-    def record_failure(self, ip: str, account: str, protocol: str) -> None:
-        self._throttle.record_failure(ip, account, protocol)
+    def record_failure(self, ip: str, account: str) -> None:
+        self._throttle.record_failure(ip, account)
         self._tell("failed", ip, account)
 
     def record_success(self, ip: str, account: str) -> None:

@@ -109,10 +109,8 @@ class AuthThrottle:
         return cls(clock, failures_per_account=limits.auth_failures_per_account,
                    failures_per_ip=limits.auth_failures_per_ip, penalty_seconds=limits.auth_penalty_seconds)
 
-    def record_failure(self, ip: str, account: str, protocol: str) -> None:
-        """Count a wrong password for `account` from `ip`, and log it: one line, what fail2ban needs."""
-        log.warn("auth failed: ip={ip} user={user} protocol={protocol}",
-                 ip=ip, user=for_log(account), protocol=protocol)
+    def record_failure(self, ip: str, account: str) -> None:
+        """Count a wrong password for `account` from `ip` (the protocol logs it, naming its listener)."""
         self.count_failure(ip, account)
 
     def count_failure(self, ip: str, account: str) -> None:

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Awaitable, Callable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from mailgate.core.dsn import DELAY, FAILURE, SUCCESS, original_recipient, wants, xtext_decode
 from mailgate.core.route import Route
@@ -26,6 +27,7 @@ from mailgate.store.maildir_writer import StoredMessage
 
 Inject = Callable[[Envelope, StoredMessage, str], Awaitable[None]]
 Sign = Callable[[bytes], list[bytes]]  # blocking: a message (LF) -> header fields to add (CRLF each)
+log = Logger(namespace="mailgate.delivery")  # beside the delivery lines it follows
 
 
 class BounceSender:
@@ -88,8 +90,12 @@ class BounceSender:
                 full_message_limit=0 if headers_only else 100_000, envelope_id=envid and xtext_decode(envid),
             ))
         )
-        await self.inject_report(entry.id + _SUFFIX[min(actions, key=_ACTION_ORDER.index)], entry.sender, report,
-                                 signatures)
+        first = min(actions, key=_ACTION_ORDER.index)
+        report_id = entry.id + _SUFFIX[first]
+        await self.inject_report(report_id, entry.sender, report, signatures)
+        log.info("{queue_id}: sender {what} notification: {bounce_id} to <{to}> for {count} recipient(s)",
+                 event="bounce", queue_id=entry.id, what=_WHAT[first], bounce_id=report_id, to=entry.sender,
+                 count=len(recipients))  # Postfix's words for the three kinds
 
     async def inject_report(self, report_id: str, sender: str, report: bytes, signatures: bytes = b"") -> None:
         """Deliver a report (with its DKIM signature fields, LF line ends), from the null sender so it never loops."""
@@ -109,6 +115,7 @@ class BounceSender:
 
 _ACTION_ORDER = ["failed", "delayed", "delivered", "relayed"]
 _SUFFIX = {"failed": "B", "delayed": "W", "delivered": "S", "relayed": "S"}
+_WHAT = {"failed": "non-delivery", "delayed": "delay", "delivered": "delivery status", "relayed": "delivery status"}
 
 
 def _headers_of(message: StoredMessage) -> bytes:

@@ -58,12 +58,30 @@ class QueuedMessage:
     extra: dict = field(default_factory=dict)  # room for plugins' bookkeeping
     message_size: int | None = None  # bytes of msg/<id> as queued; None in entries queued by 0.1
     message_sha256: str | None = None  # its SHA-256, hex
+    held_since: float | None = None  # `mailgate queue hold`: unix seconds since; None when not held
+    held_seconds: float = 0.0  # time spent held before, which does not count against relay.max_queue_time
+
+    @property
+    def held(self) -> bool:
+        return self.held_since is not None
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status == PENDING]
 
     def failed(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status == FAILED]
+
+    def hold(self, now: float) -> None:
+        """`mailgate queue hold`: no attempt, and no expiry, until released."""
+        if self.held_since is None:
+            self.held_since = now
+
+    def release(self, now: float) -> None:
+        """`mailgate queue release`: due now; the time held is not counted against relay.max_queue_time."""
+        if self.held_since is not None:
+            self.held_seconds += max(0.0, now - self.held_since)
+            self.held_since = None
+        self.next_attempt = now
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -94,7 +112,8 @@ _ENTRY_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {  # name: (JSON types
     "recipients": ((list,), True), "attempts": ((int,), False), "next_attempt": ((int, float), False),
     "last_error": ((str, _NONE), False), "warned": ((bool,), False), "session": ((dict,), False),
     "parameters": ((dict,), False), "extra": ((dict,), False), "message_size": ((int, _NONE), False),
-    "message_sha256": ((str, _NONE), False),
+    "message_sha256": ((str, _NONE), False), "held_since": ((int, float, _NONE), False),
+    "held_seconds": ((int, float), False),
 }
 _RECIPIENT_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "address": ((str,), True), "route": ((str,), True), "status": ((str,), False),

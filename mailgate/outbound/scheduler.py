@@ -21,13 +21,13 @@ from mailgate.core.reply import Reply
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope, Session
 from mailgate.hooks.events import Events
+from mailgate.outbound import control
 from mailgate.outbound.bounces import BounceSender
 from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
 from mailgate.outbound.retry import RetryPolicy
 from mailgate.outbound.spool import DELIVERED, FAILED, DamagedEntry, QueuedMessage, RecipientState
 from mailgate.outbound.spooler import Blocking, Spooler
 from mailgate.outbound.transport import DeliveryJob, RecipientResult, Transport
-from mailgate.store.durable import unlink_quietly
 
 log = Logger()
 
@@ -67,6 +67,7 @@ class Scheduler:
         self._due: dict[str, float] = {}  # id -> its live heap time; stale heap entries skipped
         self._running: dict[str, Deferred] = {}
         self._deleted: set[str] = set()
+        self._held: set[str] = set()  # `mailgate queue hold`: never started until released
         self._timer: IDelayedCall | None = None
         self._stopping = False
         self._abandoned = False
@@ -81,6 +82,7 @@ class Scheduler:
         set_aside, entries = await self._run(self._load_all)
         for queue_id, reason in set_aside:
             _log_set_aside(queue_id, reason)
+        self.spooler.index.resumed(queue_id for queue_id, _ in entries)
         for queue_id, next_attempt in entries:
             self.schedule(queue_id, next_attempt)
         if entries:
@@ -117,6 +119,12 @@ class Scheduler:
         owns the queue, server.workers > 1) and is never attempted here."""
         self._forward = forward
 
+    def reconfigure(self, transports: Mapping[str, Transport], bounces: BounceSender, policy: RetryPolicy,
+                    delay_warning_seconds: float = 0.0) -> None:
+        """A reload: attempts started from now on use these; attempts in flight finish as they began."""
+        self._transports, self._bounces, self._policy = transports, bounces, policy
+        self._delay_warning_seconds = delay_warning_seconds
+
     def _released(self, queue_id: str) -> None:
         """A new entry whose client has been told 250: due now, here or where the queue is run."""
         if self._forward is not None:
@@ -142,20 +150,35 @@ class Scheduler:
         self._deleted.add(queue_id)
         return self.spooler.remove(queue_id)
 
-    def serve_requests(self) -> None:
-        """Act on the CLI's flush and delete requests (a LoopingCall, once a second).
+    def hold(self, queue_id: str) -> Deferred:
+        """`mailgate queue hold`: never attempted (nor expired) until released; an attempt in flight ends first."""
+        self._due.pop(queue_id, None)
+        self._held.add(queue_id)
+        return Deferred.fromCoroutine(self._mark_held(queue_id, True))
 
-        The CLI waits for its request file to vanish, so it is removed only
-        once the request is carried out.
-        """
-        for path, action, queue_id in self.store.requests():
-            done = self.delete(queue_id) if action == "delete" else None
-            if action == "flush":
-                self.flush()
-            if done is None:
-                unlink_quietly(path)
-            else:
-                done.addBoth(_unlink_after, path)
+    def release(self, queue_id: str) -> Deferred:
+        """`mailgate queue release`: a held entry is due now."""
+        self._held.discard(queue_id)
+        return Deferred.fromCoroutine(self._mark_held(queue_id, False))
+
+    async def _mark_held(self, queue_id: str, held: bool) -> None:
+        if queue_id in self._running:
+            await DeferredList([self._running[queue_id]])  # its results are saved first, and the mark goes on top
+        try:
+            entry = await self._run(self.store.load, queue_id)
+        except DamagedEntry:
+            return
+        if entry is None or held == entry.held:
+            return
+        now = self._clock.seconds()
+        entry.hold(now) if held else entry.release(now)
+        await self.spooler.save(entry)
+        if not held and queue_id not in self._held:
+            self.schedule(queue_id, now)
+
+    def serve_requests(self) -> None:
+        """Act on the CLI's requests (mailgate.outbound.control), once a second."""
+        control.serve_requests(self)
 
     def _arm(self) -> None:
         """Keep one timer, set for the earliest live entry, while an attempt may start.
@@ -214,12 +237,18 @@ class Scheduler:
         if queue_id in self._deleted:
             await self.spooler.remove(queue_id)  # in case a save raced the delete
             return
+        if queue_id in self._held:
+            return
         try:
             entry = await self._run(self.store.load_checked, queue_id)
         except DamagedEntry as damage:
             await self._set_aside(queue_id, str(damage))
             return
         if entry is None:
+            return
+        if entry.held:  # held before a restart: resumed with the others, never tried
+            self._held.add(queue_id)
+            self.spooler.index.note(entry)
             return
         groups = self._groups(entry)
         outcomes = await DeferredList(
@@ -243,6 +272,7 @@ class Scheduler:
             log.error("queue: {id}: damaged ({reason}), and not moved to corrupt/: {error}",
                       id=queue_id, reason=reason, error=error)
             return
+        self.spooler.index.discard(queue_id)
         if moved:
             _log_set_aside(queue_id, reason)
 
@@ -284,7 +314,7 @@ class Scheduler:
                 recipient.status = FAILED
             else:
                 entry.last_error = str(reply)
-        expired = entry.pending() if self._policy.expired(entry.arrived, now) else []
+        expired = entry.pending() if self._policy.expired(entry.arrived + entry.held_seconds, now) else []
         for recipient in expired:
             recipient.status = FAILED
             recipient.enhanced = "4.4.7"
@@ -302,14 +332,19 @@ class Scheduler:
 
     def _tell(self, entry: QueuedMessage, attempted: list[RecipientState], results: dict[str, RecipientResult],
               expired: list[RecipientState]) -> None:
-        """One mailgate_event per recipient attempted: delivered, deferred, bounced or expired."""
+        """One mailgate_event per recipient attempted: delivered, deferred, bounced or expired.
+
+        Beyond the SPEC's keys: `relay` (the host that answered, else the
+        route) and `delay` (seconds since arrival), for the log's lines."""
+        delay = round(self._clock.seconds() - entry.arrived, 3)
         for recipient in attempted:
             result = results.get(recipient.address)
             kind = ("expired" if recipient in expired else "delivered" if recipient.status == DELIVERED
                     else "bounced" if recipient.status == FAILED else "deferred")
             self._events.emit(kind, queue_id=entry.id, mail_from=entry.sender, recipient=recipient.address,
                               route=recipient.route, reply=result.reply if result is not None else None,
-                              attempt=entry.attempts)
+                              attempt=entry.attempts, delay=delay,
+                              relay=result.remote_mta if result is not None and result.remote_mta else recipient.route)
 
     async def _settle(self, entry: QueuedMessage, failed_now: list[RecipientState],
                       results: dict[str, RecipientResult]) -> None:
@@ -327,7 +362,8 @@ class Scheduler:
             await self._bounces.report(entry, entry.pending(), "delayed")
         if entry.pending():
             await self.spooler.save(entry)
-            self.schedule(entry.id, entry.next_attempt)
+            if entry.id not in self._held:
+                self.schedule(entry.id, entry.next_attempt)
             return
         await self.spooler.remove(entry.id)
 
@@ -348,8 +384,3 @@ def _warn_maybe_delivered(queue_id: str, results: list[RecipientResult]) -> None
         log.warn("{id}: to={to}: {why}; it stays queued, and a retry may deliver a second copy",
                  id=queue_id, to=",".join(r.recipient for r in results), why=results[0].reply.text)
 
-
-def _unlink_after(result: object, path: str) -> object:
-    """A CLI request is answered by removing its file, once it is carried out."""
-    unlink_quietly(path)
-    return result

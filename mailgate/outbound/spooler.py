@@ -4,7 +4,8 @@ The delivery transaction adds entries, the scheduler saves and removes
 them; every write goes through one Batcher per kind, so concurrent
 transactions share syncs as Maildir deliveries do. An entry is handed to
 whoever listens (the scheduler) only once it is released, after the rest
-of its transaction has been stored too.
+of its transaction has been stored too. What it writes it also tells its
+QueueIndex, the queue in memory for the status page and the metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from twisted.internet.defer import Deferred
 
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope
+from mailgate.outbound.queue_index import QueueIndex
 from mailgate.outbound.spool import QueuedMessage, QueueStore, RecipientState
 from mailgate.store.group_commit import Batcher
 from mailgate.store.maildir_writer import StoredMessage
@@ -33,6 +35,7 @@ class Spooler:
         self._saves: Batcher = Batcher(run_blocking, store.save_batch)
         self._removes: Batcher = Batcher(run_blocking, store.remove_batch)
         self._listeners: list[Callable[[str], None]] = []
+        self.index = QueueIndex()
 
     def on_release(self, listener: Callable[[str], None]) -> None:
         """Call `listener(queue_id)` for every entry released from now on."""
@@ -44,6 +47,8 @@ class Spooler:
         job = [(self._entry(queue_id, envelope, recipients, now), message)
                for queue_id, envelope, recipients, message in entries]
         await self._adds.submit(job)
+        for entry, _ in job:
+            self.index.note(entry)
 
     @staticmethod
     def _entry(queue_id: str, envelope: Envelope, recipients: Sequence[tuple[str, Route]],
@@ -64,8 +69,10 @@ class Spooler:
                 listener(queue_id)
 
     def save(self, entry: QueuedMessage) -> Deferred:
+        self.index.note(entry)
         return self._saves.submit(entry)
 
     def remove(self, queue_id: str) -> Deferred:
         """Drop an entry (delivered, given up on, deleted, or its transaction failed)."""
+        self.index.discard(queue_id)
         return self._removes.submit(queue_id)

@@ -9,6 +9,7 @@ from twisted.cred.portal import Portal
 from twisted.logger import Logger
 
 from mailgate.accounts.cred import log_in
+from mailgate.core.meters import NO_METERS, Meters
 from mailgate.accounts.sasl import (
     SASLAuthzidRefused,
     SASLBadBase64,
@@ -50,6 +51,7 @@ class Authorization:
         throttle: AuthThrottle,
         mailboxes: Mailboxes,
         plaintext_auth: str,  # "tls" | "always" (security.plaintext_auth)
+        meters: Meters = NO_METERS,
     ) -> None:
         self._channel = channel
         self._portal = portal
@@ -57,6 +59,7 @@ class Authorization:
         self._mailboxes = mailboxes
         self._plaintext_always = plaintext_auth == "always"
         self._user: bytes | None = None
+        self._meters = meters
 
     def commands(self) -> Mapping[str, Command]:
         return {
@@ -153,6 +156,9 @@ class Authorization:
             finally:
                 self._throttle.release(ip, account)
         except (UnauthorizedLogin, UnhandledCredentials):
+            self._meters.auth_failed("pop3")
+            log.warn("auth failed: POP3 from [{client}]: user=<{user}>", event="auth.failure", protocol="pop3",
+                     client=ip, user=_printable(user[:64]))
             await self._answer_failure(ip, account)
             return
         except Exception:
@@ -166,7 +172,7 @@ class Authorization:
 
     async def _answer_failure(self, ip: str, account: str) -> None:
         """Answer a wrong password late, later the more recent failures (ip, account) has; cut off at the limit."""
-        self._throttle.record_failure(ip, account, "pop3")
+        self._throttle.record_failure(ip, account)
         delay = self._throttle.delay_seconds(ip, account)
         disconnect = self._throttle.locked_out(ip, account)
         if not self._channel.is_connected:
@@ -188,4 +194,11 @@ class Authorization:
             maildrop.release()
             return
         self._channel.enter_transaction(maildrop)
+        log.info("pop3: login: user=<{user}> from [{client}], {count} message(s)", event="pop3.login",
+                 user=address, client=self._channel.peer_ip, count=len(maildrop.messages))
         self._channel.reply(b"+OK Logged in.")
+
+
+def _printable(name: bytes) -> str:
+    """A user name as the client sent it, safe in one log line: no line break to forge another."""
+    return "".join(char if char.isprintable() else "?" for char in name.decode("utf-8", "replace"))

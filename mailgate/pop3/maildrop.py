@@ -80,6 +80,11 @@ class Maildrop:
         """RETR (not TOP) moves the message to cur/ at QUIT: a Maildrop reader then sees it read."""
         self._retrieved.add(index)
 
+    @property
+    def marked_deleted(self) -> int:
+        """How many messages DELE marked (deleted at QUIT)."""
+        return len(self._deleted)
+
     def undelete_all(self) -> None:
         self._deleted.clear()
 

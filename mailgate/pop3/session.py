@@ -28,6 +28,7 @@ from mailgate.accounts.cred import (
     thread_runner,
 )
 from mailgate.config import LimitsConfig
+from mailgate.core.meters import NO_METERS, Meters
 from mailgate.limits.admission import Admission, Refusal
 from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.net.interfaces import Connection, connection_view, socket_of
@@ -65,8 +66,11 @@ class POP3Factory(protocol.ServerFactory):
         portal: Portal | None = None,
         run_blocking: BlockingRunner | None = None,
         admission: Admission | None = None,  # the server's, shared with every listener
+        meters: Meters = NO_METERS,
+        listener: str = "pop3",
     ) -> None:
         self.hostname = hostname
+        self.meters, self.listener = meters, listener  # sessions and login failures, for mailgate.ops.metrics
         self.tls_options = tls_options
         self.plaintext_auth = plaintext_auth
         self.reactor = reactor
@@ -113,6 +117,7 @@ class POP3Session(protocol.Protocol):
             throttle=factory.throttle,
             mailboxes=factory.mailboxes,
             plaintext_auth=factory.plaintext_auth,
+            meters=factory.meters,
         )
         self._buffer = b""
         self._pending: deque[bytes] = deque()
@@ -126,6 +131,7 @@ class POP3Session(protocol.Protocol):
         self._ip = "unknown"
         self._closed: Deferred[None] | None = None  # fires when the connection is gone, once shut_down asked
         self._counted = False  # by the factory's Admission, until connectionLost
+        self._opened_at = 0.0
 
     # connection life cycle
 
@@ -135,6 +141,8 @@ class POP3Session(protocol.Protocol):
         self._connection = connection
         self._connected = True
         self.factory.sessions.add(self)
+        self._opened_at = self._clock.seconds()
+        self.factory.meters.session_opened("pop3", self.factory.listener)
         self._secure = is_tls(connection)
         self._ip = str(getattr(connection.getPeer(), "host", "unknown"))
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -168,6 +176,7 @@ class POP3Session(protocol.Protocol):
         if self._counted:
             self._counted = False
             self.factory.admission.leave(self._ip)
+        self.factory.meters.session_closed("pop3", self.factory.listener, self._clock.seconds() - self._opened_at)
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         for waiting in (self._pause, self._line_waiter):

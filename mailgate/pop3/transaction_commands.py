@@ -137,6 +137,7 @@ class Transaction:
     async def _update(self) -> None:
         """The UPDATE state (RFC 1939 section 6): commit the marks, then log out, whatever happened."""
         self._committing = True
+        marked = self._maildrop.marked_deleted
         try:
             undeleted = await self._maildrop.commit()
         except Exception:
@@ -149,6 +150,9 @@ class Transaction:
                     count=len(undeleted),
                     address=self._maildrop.address,
                 )
+            if marked:
+                log.info("pop3: deleted {count} message(s): user=<{user}> from [{client}]", event="pop3.delete",
+                         count=marked - len(undeleted), user=self._maildrop.address, client=self._channel.peer_ip)
             self._channel.reply(NOT_REMOVED if undeleted else b"+OK Logging out.")
         finally:
             self._maildrop.release()

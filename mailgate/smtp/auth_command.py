@@ -88,9 +88,10 @@ async def authenticate(mechanism: str, initial: str, portal: Portal, state: Sess
         log.failure("AUTH check failed for {ip}", ip=peer)
         return TEMPORARY
     if user is None:
-        return await failed(username, peer, channel, policy)
+        return await failed(username, state, channel, policy)
     state.authenticated(user)
-    log.info("{ip}: authenticated as {user}", ip=peer, user=user)
+    log.info("auth: SMTP from [{client}]: user=<{user}> listener={listener}", event="auth.login", protocol="smtp",
+             client=peer, user=user, listener=state.session.listener)
     return SUCCESS
 
 
@@ -100,12 +101,17 @@ async def checked(portal: Portal, username: str, password: str, peer: str, polic
     try:
         _, avatar, _ = await portal.login(login, None, IMailAccount)
     except UnauthorizedLogin:
-        policy.throttle.record_failure(peer, username, "smtp")
+        policy.throttle.record_failure(peer, username)
         return None
     finally:
         policy.throttle.release(peer, username)
     policy.throttle.record_success(peer, username)
     return str(avatar)  # mailgate.accounts.cred.AddressRealm: the avatar is the address
+
+
+def printable(text: str) -> str:
+    """A client's words, safe in one log line: no line break or control character to forge another."""
+    return "".join(char if char.isprintable() else "?" for char in text)
 
 
 async def credentials(mechanism: str, initial: str, channel: Channel) -> tuple[str, str]:
@@ -127,9 +133,16 @@ async def credentials(mechanism: str, initial: str, channel: Channel) -> tuple[s
         raise SASLMalformed() from None
 
 
-async def failed(username: str, peer: str, channel: Channel, policy: ListenerPolicy) -> Reply | None:
-    """535 after a delay that grows with the recent failures of (IP, account); 421 and the end at the limit."""
-    throttle = policy.throttle
+async def failed(username: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply | None:
+    """535 after a delay that grows with the recent failures of (IP, account); 421 and the end at the limit.
+
+    The log line names the client and the account tried (fail2ban's pattern,
+    docs/operations.md); the metrics count it by protocol.
+    """
+    throttle, peer = policy.throttle, state.session.peer
+    policy.meters.auth_failed("smtp")
+    log.warn("auth failed: SMTP from [{client}]: user=<{user}> listener={listener}", event="auth.failure",
+             protocol="smtp", client=peer, user=printable(username[:64]), listener=state.session.listener)
     delay = throttle.delay_seconds(peer, username)
     if delay:
         await deferLater(policy.clock, delay)

@@ -84,23 +84,21 @@ async def finish_message(reader: DataReader, envelope: Envelope, esmtp: bool, po
     except DeliveryError as exc:
         log.warn("{id}: delivery failed: {reason}", id=queue_id, reason=exc.reason)
         return _refused(envelope, queue_id, exc.reply, policy)
-    log.info(
-        "{id}: from=<{sender}> to={rcpts} size={size} delivered",
-        id=queue_id, sender=envelope.mail_from, rcpts=len(envelope.rcpt_to), size=message.size,
-    )
-    if policy.events.wanted:
-        _tell_received(envelope, queue_id, delivered, policy)
+    if policy.events.wanted:  # the log's lines per recipient come from these (mailgate.ops)
+        _tell_received(envelope, queue_id, delivered, policy, message.size)
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
 
-def _tell_received(envelope: Envelope, queue_id: str, delivered: list[Delivered], policy: ListenerPolicy) -> None:
+def _tell_received(envelope: Envelope, queue_id: str, delivered: list[Delivered], policy: ListenerPolicy,
+                   size: int) -> None:
     """`received` for every recipient, then `delivered` for those already in their Maildir or gateway."""
+    listener = envelope.session.listener
     for recipient, route in envelope.routes.items():
         policy.events.emit("received", queue_id=queue_id, mail_from=envelope.mail_from, recipient=recipient,
-                           route=route, client=envelope.session.peer)
+                           route=route, client=envelope.session.peer, listener=listener, size=size)
     for done in delivered:
         policy.events.emit("delivered", queue_id=done.queue_id, mail_from=done.mail_from, recipient=done.recipient,
-                           route=done.route, reply=DELIVERED, attempt=1)
+                           route=done.route, reply=DELIVERED, attempt=1, relay=str(done.route), delay=0.0)
 
 
 async def _message(reader: DataReader, envelope: Envelope, esmtp: bool, queue_id: str,

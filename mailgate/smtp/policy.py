@@ -14,6 +14,7 @@ from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 
 from mailgate.config import GatewayConfig, ListenConfig
+from mailgate.core.meters import NO_METERS, Meters
 from mailgate.core.session import Envelope
 from mailgate.hooks.calling import Hooks
 from mailgate.hooks.events import Events
@@ -47,6 +48,7 @@ class ListenerPolicy:
         portal: Portal | None = None,
         throttle: AuthThrottle | None = None,
         admission: Admission | None = None,
+        meters: Meters = NO_METERS,
     ) -> None:
         self.config = config
         self.listener = listener
@@ -61,4 +63,5 @@ class ListenerPolicy:
         # the server's one admission for every listener (POP3 too); a policy built alone counts alone
         self.admission = admission if admission is not None else Admission(config.limits, clock)
         self.events = Events(hooks)
+        self.meters = meters  # sessions and AUTH failures, for mailgate.ops.metrics
 

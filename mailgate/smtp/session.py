@@ -34,9 +34,9 @@ from mailgate.net.interfaces import Connection, connection_view, socket_of
 from mailgate.net.sni import host_name
 from mailgate.net.tls import is_tls
 from mailgate.net.write_through import write_through
-from mailgate.smtp import (auth_command, bdat_command, data_command, mail_command, rcpt_command, session_commands,
-                           verify_commands)
-from mailgate.smtp.channel import Answer, Handler, Pending
+from mailgate.smtp import bdat_command, data_command, refusal_log, session_commands
+from mailgate.smtp.channel import Answer, Pending
+from mailgate.smtp.commands import COMMANDS
 from mailgate.smtp.chunk_reader import ChunkReader
 from mailgate.smtp.data_reader import DataReader
 from mailgate.smtp.state import SessionState
@@ -52,24 +52,6 @@ BAD_COMMAND_CODES = frozenset((500, 501, 502, 503, 504, 555))
 OUTBOX_FLUSH_BYTES = 16 * 1024  # a long pipelined batch is answered in parts, so backpressure can stop it
 CLOSE_GRACE_SECONDS = 30.0  # a closing connection whose client reads nothing is then aborted
 MAX_UNHANDLED_INPUT = 64 * 1024  # input read but not yet handled; past it, reading pauses
-
-COMMANDS: dict[str, Handler] = {
-    "HELO": session_commands.helo,
-    "EHLO": session_commands.ehlo,
-    "STARTTLS": session_commands.starttls,
-    "RSET": session_commands.rset,
-    "NOOP": session_commands.noop,
-    "QUIT": session_commands.quit_,
-    "HELP": session_commands.help_,
-    "PROXY": session_commands.proxy,
-    "MAIL": mail_command.mail,
-    "RCPT": rcpt_command.rcpt,
-    "DATA": data_command.data,
-    "BDAT": bdat_command.bdat,
-    "AUTH": auth_command.auth,
-    "VRFY": verify_commands.vrfy,
-    "EXPN": verify_commands.expn,
-}
 
 UNRECOGNIZED = Reply(500, "5.5.2", "Command not recognized")
 NOT_ASCII = Reply(500, "5.5.2", "Command contains non-ASCII characters")
@@ -110,6 +92,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._data_progress = 0  # bytes since the idle timer was last reset in DATA
         self._greeting_waits = False  # for the TLS handshake (implicit TLS with [tls.sni] pairs)
         self._admission: Deferred[Reply | None] | None = None  # the master's answer, with workers
+        self._command_name, self._argument = "CONNECT", ""  # what the next reply answers, for the refusal log
+        self._opened_at = 0.0  # clock seconds at connect: the session's duration, for the metrics
 
     # --- connection ----------------------------------------------------------
 
@@ -124,6 +108,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         self.state.session = Session(peer=ip, tls=is_tls(self._connection), listener=policy.listener.name)
         factory.sessions.add(self)
         self._flow.start(send_buffer_bytes=SMALL_SEND_BUFFER)  # replies are short: no megabytes in the kernel
+        self._opened_at = self._clock.seconds()
+        policy.meters.session_opened("smtp", policy.listener.name)
         set_no_delay = getattr(self._connection, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)  # replies are small; Nagle would add 40 ms each
@@ -157,6 +143,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         if self._counted:
             self._counted = False
             self._policy.admission.leave(self.state.session.peer)
+        self._policy.meters.session_closed("smtp", self._policy.listener.name, self._clock.seconds() - self._opened_at)
         if self._closed is not None:
             self._closed.callback(None)
 
@@ -165,6 +152,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         return self._clock.callLater(period, func)
 
     def timeoutConnection(self) -> None:
+        self._command_name, self._argument = "TIMEOUT", ""
         self.close(TIMED_OUT)
 
     def shut_down(self) -> Deferred[None]:
@@ -249,6 +237,7 @@ class SMTPSession(Protocol, TimeoutMixin):
             self.resetTimeout()  # per whole line: a trickled line counts as idle
             if self._skipping_long_line or len(line) + 2 > MAX_COMMAND_LINE:
                 self._skipping_long_line = False
+                self._command_name, self._argument = "LONG-LINE", ""
                 self._answer(LINE_TOO_LONG)
                 continue
             if self._line_waiter is not None:
@@ -261,8 +250,10 @@ class SMTPSession(Protocol, TimeoutMixin):
         try:
             text = line.decode("utf-8")  # UTF-8 paths are SMTPUTF8's (RFC 6531 3.3); the handlers check
         except UnicodeDecodeError:
+            self._command_name, self._argument = "NON-ASCII", ""
             return self._answer(NOT_ASCII)
         verb, _, argument = text.partition(" ")
+        self._command_name, self._argument = verb.upper()[:16], argument
         if not text.isascii() and verb.upper() not in UTF8_VERBS:
             return self._answer(NOT_ASCII)
         handler = COMMANDS.get(verb.upper())
@@ -329,6 +320,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         if isinstance(reader, ChunkReader):
             return self._give(bdat_command.chunk_done(reader, self.state, self._policy))
         envelope, self.state.envelope = self.state.envelope, None
+        self._command_name, self._argument = "DATA", ""
         assert envelope is not None  # DATA was accepted for it, and no command ran since
         self._wait_for(data_command.finish_message(reader, envelope, self.state.esmtp, self._policy))
 
@@ -336,6 +328,8 @@ class SMTPSession(Protocol, TimeoutMixin):
 
     def _answer(self, reply: Reply) -> None:
         """Queue a reply; it leaves at once unless a batch of commands is being answered."""
+        if reply.code >= 400:
+            refusal_log.tell(self._command_name, self._argument, self.state, reply)
         if reply.code in BAD_COMMAND_CODES and not self._closing:
             state = self.state
             state.bad_commands += 1  # Postfix's smtpd_hard_error_limit: a probe or a bot

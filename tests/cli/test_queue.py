@@ -60,7 +60,7 @@ def test_queue_list_json_marks_damaged_entries_corrupt_with_their_reason(tmp_pat
     assert sorted(items) == ["ASIDE", "EMPTY", "GARBAGE", "GOOD", "SHORT"]
     assert (items["GOOD"]["corrupt"], items["GOOD"]["reason"], items["GOOD"]["recipients"]) == (False, None, ["b@y.test"])
     assert items["EMPTY"] == {"id": "EMPTY", "sender": None, "recipients": [], "attempts": None, "arrived": None,
-                              "next_attempt": None, "last_error": None, "corrupt": True,
+                              "next_attempt": None, "last_error": None, "held": None, "corrupt": True,
                               "reason": "envelope file is empty"}
     for queue_id in ("SHORT", "ASIDE"):  # their envelopes can be read: all they say is shown
         assert (items[queue_id]["corrupt"], items[queue_id]["sender"]) == (True, "a@x.test")

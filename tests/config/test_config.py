@@ -260,6 +260,8 @@ EVENTS_OK = {"name": "crm", "url": "http://127.0.0.1:8080/events"}
     ({"plugin": {"mine": "not a table"}}, "plugin.mine"),
     ({"pluginz": {}}, "pluginz"),
 ])
+
+
 def test_each_problem_names_its_key(sections: dict[str, Any], path: str) -> None:
     problems = problems_of(with_sections(**sections))
     assert [p.partition(": ")[0] for p in problems] == [path]
@@ -370,6 +372,8 @@ def test_relay_values_are_converted() -> None:
     "local", "local:alice@example.test", "mx", "discard", "smtp:127.0.0.1:2626",
     "smtp:[::1]:25", "webhook:hook", "reject:550 5.7.1 not here", "reject:451", "s3:bucket/prefix",
 ])
+
+
 def test_valid_routes_are_accepted(route: str) -> None:
     config = parse_config(with_sections(webhook=[WEBHOOK_OK], relay={"transport": {"a.test": route}}))
     assert config.relay.transport["a.test"] == route
@@ -408,6 +412,8 @@ def test_event_webhooks_and_rspamd() -> None:
     ("", None),
     ("off", None),
 ])
+
+
 def test_sender_rate(text: str, rate: SenderRate | None) -> None:
     config = parse_config(with_sections(limits={"sender_rate": text}))
     assert config.limits.sender_rate == rate
@@ -440,6 +446,8 @@ def test_result_is_immutable() -> None:
     ("30s", 30.0), ("5m", 300.0), ("2h", 7200.0), ("5d", 432000.0), ("1.5h", 5400.0),
     ("45", 45.0), (45, 45.0), (0.5, 0.5), (" 10s ", 10.0),
 ])
+
+
 def test_parse_duration(text: str | int | float, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -454,6 +462,8 @@ def test_parse_duration_rejects(text: Any) -> None:
     ("512KB", 512_000), ("25MB", 25_000_000), ("2GB", 2_000_000_000), ("1KiB", 1024),
     ("1MiB", 1024**2), ("1GiB", 1024**3), ("0.5KB", 500), ("100", 100), (100, 100), ("25mb", 25_000_000),
 ])
+
+
 def test_parse_size(text: str | int, size: int) -> None:
     assert parse_size(text) == size
 
@@ -557,6 +567,8 @@ def test_pools_and_destinations() -> None:
         "relay.pool[0].addresses[0]: not an IP address: 'nope'",
         "relay.destination.\"*\".concurrency: must be positive, got 0",
     ]
+
+
 def test_mail_authentication_values_are_converted() -> None:
     config = parse_config(with_sections(
         dkim={"headers": ["Subject", "TO", "subject"]},
@@ -569,3 +581,18 @@ def test_mail_authentication_values_are_converted() -> None:
     defaults = parse_config(MINIMAL)
     assert defaults.dkim.sign == "authenticated" and "from" in defaults.dkim.headers
     assert defaults.authentication.checks == ("spf", "dkim", "dmarc") and defaults.srs.secret == ""
+@pytest.mark.parametrize(("given", "served"), [
+    ("", ""),
+    ("tcp:9025", "tcp:9025:interface=127.0.0.1"),
+    ("tcp:port=9025", "tcp:port=9025:interface=127.0.0.1"),
+    ("tcp6:9025", r"tcp6:9025:interface=\:\:1"),
+    ("tcp:9025:interface=0.0.0.0", "tcp:9025:interface=0.0.0.0"),
+    ("unix:/run/mailgate/metrics.sock", "unix:/run/mailgate/metrics.sock"),
+    ("systemd:domain=INET:index=2", "systemd:domain=INET:index=2"),
+])
+
+
+def test_the_metrics_endpoint_is_loopback_unless_an_interface_is_named(given: str, served: str) -> None:
+    """The status page has no login: `tcp:PORT` alone must not open it to every interface (issue #17)."""
+    config = parse_config(with_sections(metrics={"endpoint": given}))
+    assert config.metrics.endpoint == served

@@ -87,10 +87,11 @@ class Gateway:
     def __post_init__(self) -> None:
         self.log_path = self.root / "twistd.log"
 
-    def start(self, preexec_fn: Callable[[], None] | None = None, nofile: int | None = None) -> "Gateway":
+    def start(self, preexec_fn: Callable[[], None] | None = None, nofile: int | None = None,
+              pidfile: str = "") -> "Gateway":
         """Start twistd; `preexec_fn` runs in the child before exec: keep it to setrlimit and signal
         dispositions (it runs after fork, beside no other thread). With `nofile`, under that soft
-        RLIMIT_NOFILE (this process keeps its own)."""
+        RLIMIT_NOFILE (this process keeps its own). `pidfile`: twistd's --pidfile, none by default."""
         def in_child() -> None:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
@@ -98,7 +99,7 @@ class Gateway:
                 preexec_fn()
 
         self.process = subprocess.Popen(
-            [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log_path),
+            [str(BIN / "twistd"), "-n", f"--pidfile={pidfile}", "--logfile", str(self.log_path),
              "mailgate", "--config", str(self.config)],
             cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             preexec_fn=in_child if nofile is not None or preexec_fn is not None else None,  # noqa: PLW1509
