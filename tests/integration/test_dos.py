@@ -332,6 +332,6 @@ def test_auth_guesses_that_do_not_wait_are_refused_unchecked(make_gateway) -> No
     for outcome in (owner, neighbour):
         assert "error" not in outcome and str(outcome["result"]).startswith("235 "), outcome
         assert float(outcome["seconds"]) < NORMAL_DEADLINE_SECONDS, outcome  # type: ignore[arg-type]
-    checked = gateway.log().count("auth failed: ip=127.0.0.1 user=alice@example.test protocol=smtp")
+    checked = gateway.log().count("auth failed: SMTP from [127.0.0.1]: user=<alice@example.test>")
     assert 1 <= checked <= 5, f"{checked} of {len(answers)} guesses were checked"
     assert sum(answer.startswith("454 ") for answer in answers) > len(answers) // 2, answers

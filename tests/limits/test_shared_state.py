@@ -85,7 +85,7 @@ class AnvilTests(SynchronousTestCase):
 
         mine = AuthThrottle(self.clock, failures_per_account=2)
         mirrored = AnvilClient(Recorder()).share_throttle(mine)  # type: ignore[arg-type]
-        mirrored.record_failure("192.0.2.1", "alice", "smtp")
+        mirrored.record_failure("192.0.2.1", "alice")
         self.assertEqual(sent, [(AuthFailed, {"ip": "192.0.2.1", "account": "alice"})])
         self.assertEqual(mine.failures("192.0.2.1", "alice"), 1)
         theirs = AuthThrottle(self.clock, failures_per_account=2)
