@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import resource
 import signal
 import socket
@@ -56,11 +57,34 @@ async def eventually(predicate: Callable[[], object], what: str, seconds: float 
         await deferLater(reactor, 0.05, lambda: None)
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections (Linux: ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = range(max(1024, _ephemeral_low() - 12_000), _ephemeral_low())
+
+
+def free_port(interface: str = "127.0.0.1") -> int:
+    """A port free on `interface` right now, below the kernel's ephemeral range.
+
+    A port the kernel picks (bind to 0) comes from the range it also gives
+    every outgoing connection, so between this check and the server's bind
+    any client socket of the test run could take it ("Address already in
+    use"); ports below the range are never handed out that way.
+    """
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind((interface, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port on {interface} in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def wait_for(predicate: Callable[[], object], deadline_seconds: float = 10.0, what: str = "condition") -> object:

@@ -22,17 +22,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support.gateway import eventually
+from tests.support.gateway import eventually, free_port
 
 SMTP_SINK = next((path for path in ("/usr/sbin/smtp-sink", "/usr/lib/postfix/smtp-sink", shutil.which("smtp-sink"))
                   if path and os.access(path, os.X_OK)), None)
 NO_SMTP_SINK = "Postfix's smtp-sink is not installed (Debian package postfix; .ci/run installs it)"
-
-
-def free_port_on(interface: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((interface, 0))
-        return sock.getsockname()[1]
 
 
 def accepts(interface: str, port: int) -> bool:
@@ -65,7 +59,7 @@ class PostfixSink:
         if os.geteuid() == 0:  # smtp-sink drops root privileges to -u's user, who must be able to write the dumps
             self.directory.chmod(0o777)
             command += ["-u", "nobody"]
-        self.port = free_port_on(interface)
+        self.port = free_port(interface)
         self.process = subprocess.Popen([*command, f"{interface}:{self.port}", "16"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         await eventually(lambda: self.process is not None and (self.process.poll() is not None
