@@ -152,7 +152,8 @@ def test_sender_rate_holds_across_workers(make_gateway: Callable[..., Gateway]) 
         extra='[limits]\nconnection_rate = "off"\nsender_rate = "5/hour"\n[security]\nplaintext_auth = "always"\n'))
     gateway.add_user(ALICE)
     start_workers(gateway)
-    codes = until_both(gateway, "auth: SMTP from [127.0.0.1]: user=<alice@example.test>", lambda: send_as_alice(gateway), minimum=10)
+    codes = until_both(gateway, "auth: SMTP from [127.0.0.1]: user=<alice@example.test>",
+                       lambda: send_as_alice(gateway), minimum=10)
     assert codes.count(250) == 5, codes
     assert codes.count(450) == len(codes) - 5, codes
 
