@@ -143,7 +143,7 @@ class Gateway:
         if self.process is not None and self.process.poll() is not None:
             output = self.process.stdout.read().decode() if self.process.stdout else ""
             raise AssertionError(f"twistd exited {self.process.returncode}: {output}\n{self.log()}")
-        return "mailgate started" in self.log() and all(_accepts(p) for p in self.ports.values())
+        return "mailgate started" in self.log() and all(accepts(p) for p in self.ports.values())
 
     def log(self) -> str:
         """The whole log, oldest first: twistd rotates its file at 1 MB (twistd.log.1, .2, ...)."""
@@ -172,9 +172,10 @@ class Gateway:
         )
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int, interface: str = "127.0.0.1") -> bool:
+    """Whether something listens on interface:port now (a connection is made and closed)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
+        with socket.create_connection((interface, port), timeout=1):
             return True
     except OSError:
         return False

@@ -17,14 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.gateway import free_port
+from tests.support.gateway import accepts, free_port
 
 RSPAMD = shutil.which("rspamd") or next(
     (path for path in ("/usr/bin/rspamd", "/usr/sbin/rspamd") if os.access(path, os.X_OK)), None)
@@ -96,19 +95,12 @@ class RspamdServer:
             start_new_session=True,  # its workers are children: one process group to end
         )
         deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-        while not self._accepts():
+        while not accepts(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 log = self.log()[-3000:]
                 self.stop()
                 raise RuntimeError(f"rspamd did not start on 127.0.0.1:{self.port}; its log:\n{log}")
             time.sleep(0.05)
-
-    def _accepts(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-        except OSError:
-            return False
 
     def stop(self) -> None:
         """End rspamd and its workers (TERM, then KILL), and remove its directory."""

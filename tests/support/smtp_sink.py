@@ -17,24 +17,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support.gateway import eventually, free_port
+from tests.support.gateway import accepts, eventually, free_port
 
 SMTP_SINK = next((path for path in ("/usr/sbin/smtp-sink", "/usr/lib/postfix/smtp-sink", shutil.which("smtp-sink"))
                   if path and os.access(path, os.X_OK)), None)
 NO_SMTP_SINK = "Postfix's smtp-sink is not installed (Debian package postfix; .ci/run installs it)"
-
-
-def accepts(interface: str, port: int) -> bool:
-    try:
-        with socket.create_connection((interface, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def unstuffed(dump: bytes) -> bytes:
@@ -63,7 +54,7 @@ class PostfixSink:
         self.process = subprocess.Popen([*command, f"{interface}:{self.port}", "16"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         await eventually(lambda: self.process is not None and (self.process.poll() is not None
-                                                                or accepts(interface, self.port)), "smtp-sink to listen")
+                                                                or accepts(self.port, interface)), "smtp-sink to listen")
         assert self.process.poll() is None, self.process.stderr.read() if self.process.stderr else ""
         return self.port
 
