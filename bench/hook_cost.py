@@ -74,8 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=harness.RESULTS_MD)
     parser.add_argument("--no-results", action="store_true")
     own = parser.parse_args(argv)
-    # The harness's own options for what measure() and Gateway read, at their defaults.
-    base = harness.parse_args(["--quiet", str(own.quiet), "--quiet-wait", str(own.quiet_wait)])
+    base = harness.parse_args([])  # the harness's options measure() and Gateway read, at their defaults
     for key, value in vars(own).items():
         setattr(base, key, value)
     return base
