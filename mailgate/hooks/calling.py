@@ -60,6 +60,7 @@ class Hooks:
     def use(self, manager: PluginManager, timeout_seconds: float) -> None:
         """Call `manager`'s plugins from now on: a reload, for the queue's Hooks (the sessions' stay as they are)."""
         self.manager, self.timeout_seconds = manager, timeout_seconds
+        self._implementations.clear()  # read again from the new manager
 
     def implemented(self, name: str) -> bool:
         """Whether any plugin implements the hook: callers skip building its arguments if not."""

@@ -112,3 +112,13 @@ def test_notify_costs_nothing_without_plugins() -> None:
     clock = Clock()
     hooks_of(clock=clock).notify("mailgate_event", event={})
     assert clock.getDelayedCalls() == []
+
+
+def test_after_use_the_new_managers_plugins_answer() -> None:
+    """A reload points the queue's Hooks at a new manager: no answer of the old plugins remains."""
+    hooks = hooks_of(Answer("550 5.7.1 old"))
+    assert CASE.successResultOf(Deferred.fromCoroutine(hooks.refusal("mailgate_verify", address="a@b.test"))) \
+        == Reply(550, "5.7.1", "old")
+    hooks.use(hooks_of(Answer("551 5.7.1 new")).manager, 30.0)
+    assert CASE.successResultOf(Deferred.fromCoroutine(hooks.refusal("mailgate_verify", address="a@b.test"))) \
+        == Reply(551, "5.7.1", "new")
