@@ -41,11 +41,8 @@ class TempError(Exception):
 
 async def check_spf(lookups: Lookups, client_ip: str, mail_from: str, helo: str) -> SPFResult:
     """SPF for MAIL FROM's domain, or for the HELO name when MAIL FROM is null (RFC 7208 2.4)."""
-    if mail_from:
-        identity, domain, sender = "mailfrom", mail_from.rpartition("@")[2], mail_from
-    else:
-        identity, domain, sender = "helo", helo, f"postmaster@{helo}"
-    value = mail_from or helo
+    identity, value, domain = spf_identity(mail_from, helo)
+    sender = mail_from or f"postmaster@{helo}"
     try:
         ip = _client(client_ip)
     except ValueError:
@@ -60,6 +57,11 @@ async def check_spf(lookups: Lookups, client_ip: str, mail_from: str, helo: str)
     except TempError as error:
         return SPFResult("temperror", identity, value, domain, str(error))
     return SPFResult(result, identity, value, domain)
+
+
+def spf_identity(mail_from: str, helo: str) -> tuple[str, str, str]:
+    """What SPF checks (RFC 7208 2.4): ("mailfrom", MAIL FROM, its domain), or ("helo", HELO, HELO) for a null one."""
+    return ("mailfrom", mail_from, mail_from.rpartition("@")[2]) if mail_from else ("helo", helo, helo)
 
 
 def _client(text: str) -> IP:
