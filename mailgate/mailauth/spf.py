@@ -110,8 +110,7 @@ class _Evaluation:
     async def _record(self, domain: str) -> str | None:
         """The one SPF record at `domain`, None when there is none; PermError for two."""
         try:
-            texts = await lookup_txt(self._lookups.resolver, domain, self._lookups.timeout_seconds,
-                                     self._lookups.clock)
+            texts = await lookup_txt(self._lookups, domain)
         except NoSuchName:
             return None
         except LookupFailed as error:
@@ -166,8 +165,7 @@ class _Evaluation:
     async def _addresses(self, name: str, void: bool = False, ipv6: bool | None = None) -> list[str]:
         family_v6 = self._ip.version == 6 if ipv6 is None else ipv6
         try:
-            found = await lookup_addresses(self._lookups.resolver, name, family_v6, self._lookups.timeout_seconds,
-                                           self._lookups.clock)
+            found = await lookup_addresses(self._lookups, name, family_v6)
         except NoSuchName:
             found = []
         except LookupFailed as error:
@@ -178,8 +176,7 @@ class _Evaluation:
 
     async def _mx(self, target: str, term: Term) -> bool:
         try:
-            hosts = await lookup_mx(self._lookups.resolver, target, self._lookups.timeout_seconds,
-                                    self._lookups.clock)
+            hosts = await lookup_mx(self._lookups, target)
         except NoSuchName:
             hosts = []
         except LookupFailed as error:
@@ -195,9 +192,8 @@ class _Evaluation:
 
     async def _ptr(self, target: str) -> bool:
         """RFC 7208 5.5: a validated name of the client at or below `target`; lookup errors do not match."""
-        lookups = self._lookups
         try:
-            names = await lookup_ptr(lookups.resolver, str(self._ip), lookups.timeout_seconds, lookups.clock)
+            names = await lookup_ptr(self._lookups, str(self._ip))
         except (NoSuchName, LookupFailed):
             names = []
         if not names:
