@@ -28,6 +28,11 @@ def _checks(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(list_of(choice(*AUTHENTICATION_CHECKS))(value)))
 
 
+def _domain_or_empty(value: Any) -> str:
+    """A domain name, or "" for the default (server.hostname)."""
+    return string(value) and domain(value)
+
+
 def _srs_secret(value: Any) -> str:
     if string(value) and len(value) < SRS_SECRET_MIN_CHARS:
         raise ValueError(f"too short for a secret: use {SRS_SECRET_MIN_CHARS} characters or more "
@@ -43,10 +48,10 @@ DKIM_KEYS = {
 AUTHENTICATION_KEYS = {
     "checks": Key(_checks),
     "dns_timeout": Key(_DURATION, "dns_timeout_seconds"),
-    "authserv_id": Key(lambda value: string(value) and domain(value)),  # "" = server.hostname
+    "authserv_id": Key(_domain_or_empty),  # "" = server.hostname
     "dmarc": Key(choice("report", "enforce")),
 }
 SRS_KEYS = {
     "secret": Key(_srs_secret),  # "" = no SRS
-    "domain": Key(lambda value: string(value) and domain(value)),  # "" = server.hostname
+    "domain": Key(_domain_or_empty),  # "" = server.hostname
 }

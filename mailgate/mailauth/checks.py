@@ -21,7 +21,7 @@ from mailgate.mailauth.dkim_verify import RunInThread, check_dkim
 from mailgate.mailauth.dmarc import Discovery, OrganizationalDomains, discover, evaluate
 from mailgate.mailauth.headers import from_domains
 from mailgate.mailauth.results import DKIMResult, DMARCResult, Results, SPFResult
-from mailgate.mailauth.spf import check_spf
+from mailgate.mailauth.spf import check_spf, spf_identity
 from mailgate.net.dns import Lookups
 
 T = TypeVar("T")
@@ -43,7 +43,7 @@ class Checker:
             else None
         authors = from_domains(message)
         policy = self._start(discover(self.lookups, self.organizational, authors)) if dmarc else None
-        identity = ("mailfrom", mail_from, mail_from.rpartition("@")[2]) if mail_from else ("helo", helo, helo)
+        identity = spf_identity(mail_from, helo)
         spf_result = await _within(spf, lambda: SPFResult("temperror", *identity, "time limit")) if spf else None
         dkim_results = await _within(dkim, lambda: (DKIMResult("temperror", "", "", "time limit"),)) \
             if dkim else None

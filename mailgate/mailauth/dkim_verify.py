@@ -98,7 +98,7 @@ def _fetch(lookups: Lookups, name: str) -> Deferred[KeyAnswer]:
 
 async def fetch_key(lookups: Lookups, name: str) -> KeyAnswer:
     try:
-        records = await lookup_txt(lookups.resolver, name, lookups.timeout_seconds, lookups.clock)
+        records = await lookup_txt(lookups, name)
     except NoSuchName:
         return KeyAnswer(problem=f"no key at {name}")
     except LookupFailed as error:

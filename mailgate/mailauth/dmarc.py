@@ -80,8 +80,7 @@ async def find_policy(lookups: Lookups, from_domain: str, organizational: str) -
     """(the policy, the domain whose record it is) or None; LookupFailed when a lookup failed."""
     for domain in dict.fromkeys((from_domain, organizational)):
         try:
-            records = await lookup_txt(lookups.resolver, f"_dmarc.{domain}", lookups.timeout_seconds,
-                                       lookups.clock)
+            records = await lookup_txt(lookups, f"_dmarc.{domain}")
         except NoSuchName:
             records = []
         policies = [policy for record in records if (policy := parse_policy(record)) is not None]

@@ -171,11 +171,12 @@ def write_new_key(keys_dir: str, domain: str, selector: str, algorithm: str) -> 
     path = os.path.join(directory, f"{selector}.pem")
     if os.path.lexists(path):
         raise FileExistsError(17, "File exists", path)
-    make_directories(directory, DIRECTORY_MODE, _giveable(inherited_owner(directory)))
+    owner = _giveable(inherited_owner(directory))  # the directories made get it too, so the key's is the same
+    make_directories(directory, DIRECTORY_MODE, owner)
     private = generate(algorithm)
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    replace_file(path, pem, KEY_MODE, owner=_giveable(inherited_owner(directory)), exclusive=True)
+    replace_file(path, pem, KEY_MODE, owner=owner, exclusive=True)
     return SigningKey(domain, selector, path, private)
 
 

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from mailgate.config import GatewayConfig
 
 HEADER = "Authentication-Results"
-RESULT_WORDS = frozenset({"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"})  # SPEC
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+")  # RFC 8601 pvalue, and a token besides
 _COMMENT_UNSAFE = re.compile(r"[^\x20-\x7e]|[()\\]")
 REASON_CHARS = 120

@@ -41,11 +41,8 @@ class TempError(Exception):
 
 async def check_spf(lookups: Lookups, client_ip: str, mail_from: str, helo: str) -> SPFResult:
     """SPF for MAIL FROM's domain, or for the HELO name when MAIL FROM is null (RFC 7208 2.4)."""
-    if mail_from:
-        identity, domain, sender = "mailfrom", mail_from.rpartition("@")[2], mail_from
-    else:
-        identity, domain, sender = "helo", helo, f"postmaster@{helo}"
-    value = mail_from or helo
+    identity, value, domain = spf_identity(mail_from, helo)
+    sender = mail_from or f"postmaster@{helo}"
     try:
         ip = _client(client_ip)
     except ValueError:
@@ -60,6 +57,11 @@ async def check_spf(lookups: Lookups, client_ip: str, mail_from: str, helo: str)
     except TempError as error:
         return SPFResult("temperror", identity, value, domain, str(error))
     return SPFResult(result, identity, value, domain)
+
+
+def spf_identity(mail_from: str, helo: str) -> tuple[str, str, str]:
+    """What SPF checks (RFC 7208 2.4): ("mailfrom", MAIL FROM, its domain), or ("helo", HELO, HELO) for a null one."""
+    return ("mailfrom", mail_from, mail_from.rpartition("@")[2]) if mail_from else ("helo", helo, helo)
 
 
 def _client(text: str) -> IP:
@@ -108,8 +110,7 @@ class _Evaluation:
     async def _record(self, domain: str) -> str | None:
         """The one SPF record at `domain`, None when there is none; PermError for two."""
         try:
-            texts = await lookup_txt(self._lookups.resolver, domain, self._lookups.timeout_seconds,
-                                     self._lookups.clock)
+            texts = await lookup_txt(self._lookups, domain)
         except NoSuchName:
             return None
         except LookupFailed as error:
@@ -164,8 +165,7 @@ class _Evaluation:
     async def _addresses(self, name: str, void: bool = False, ipv6: bool | None = None) -> list[str]:
         family_v6 = self._ip.version == 6 if ipv6 is None else ipv6
         try:
-            found = await lookup_addresses(self._lookups.resolver, name, family_v6, self._lookups.timeout_seconds,
-                                           self._lookups.clock)
+            found = await lookup_addresses(self._lookups, name, family_v6)
         except NoSuchName:
             found = []
         except LookupFailed as error:
@@ -176,8 +176,7 @@ class _Evaluation:
 
     async def _mx(self, target: str, term: Term) -> bool:
         try:
-            hosts = await lookup_mx(self._lookups.resolver, target, self._lookups.timeout_seconds,
-                                    self._lookups.clock)
+            hosts = await lookup_mx(self._lookups, target)
         except NoSuchName:
             hosts = []
         except LookupFailed as error:
@@ -193,9 +192,8 @@ class _Evaluation:
 
     async def _ptr(self, target: str) -> bool:
         """RFC 7208 5.5: a validated name of the client at or below `target`; lookup errors do not match."""
-        lookups = self._lookups
         try:
-            names = await lookup_ptr(lookups.resolver, str(self._ip), lookups.timeout_seconds, lookups.clock)
+            names = await lookup_ptr(self._lookups, str(self._ip))
         except (NoSuchName, LookupFailed):
             names = []
         if not names:

@@ -70,6 +70,7 @@ class SenderRewriting:
             original = str(self._srs.reverse(address))
         except srslib.Error as error:
             raise NotOurs(str(error)) from None
-        if "@" not in original or not original.rpartition("@")[0] or not original.rpartition("@")[2]:
+        local, _, domain = original.rpartition("@")  # no "@": local is ""
+        if not local or not domain:
             raise NotOurs(f"no address inside {address}")
         return original.lower()

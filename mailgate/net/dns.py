@@ -305,18 +305,18 @@ class CachingResolver:
         return self._lookup("lookupPointer", name, timeout)
 
 
-async def lookup(resolver: Any, name: str, record_type: int, timeout_seconds: float, clock: Any) -> list[Any]:
+async def lookup(lookups: Lookups, name: str, record_type: int) -> list[Any]:
     """The payloads of `record_type` records at `name`, CNAMEs followed; [] when the name has none.
 
     Raises NoSuchName or LookupFailed, and never takes longer than
-    `timeout_seconds` per query: the resolver's own timer (one attempt of
-    that length) fires first, a Deferred timeout on `clock` bounds the rest
+    `lookups.timeout_seconds` per query: the resolver's own timer (one attempt
+    of that length) fires first, a Deferred timeout on `lookups.clock` bounds the rest
     (a TCP retry after truncation, a resolver chain), so a server that never
     answers costs one timeout, never a stalled session.
     """
     target = name.strip().rstrip(".").lower()
     for _hop in range(MAX_CNAME_CHAIN):
-        answers = await _query(resolver, target, record_type, timeout_seconds, clock)
+        answers = await _query(lookups, target, record_type)
         found = [answer.payload for answer in answers if answer.type == record_type]
         if found:
             return found
@@ -327,10 +327,11 @@ async def lookup(resolver: Any, name: str, record_type: int, timeout_seconds: fl
     raise LookupFailed(f"CNAME chain longer than {MAX_CNAME_CHAIN} at {name}")
 
 
-async def _query(resolver: Any, name: str, record_type: int, timeout_seconds: float, clock: Any) -> list[Any]:
-    method = getattr(resolver, _LOOKUPS[record_type])
+async def _query(lookups: Lookups, name: str, record_type: int) -> list[Any]:
+    timeout_seconds = lookups.timeout_seconds
+    method = getattr(lookups.resolver, _LOOKUPS[record_type])
     asked = method(name, timeout=(timeout_seconds,))
-    asked.addTimeout(timeout_seconds, clock)
+    asked.addTimeout(timeout_seconds, lookups.clock)
     try:
         answers, _authority, _additional = await asked
     except DNSNameError:
@@ -342,29 +343,29 @@ async def _query(resolver: Any, name: str, record_type: int, timeout_seconds: fl
     return list(answers)
 
 
-async def lookup_txt(resolver: Any, name: str, timeout_seconds: float, clock: Any) -> list[bytes]:
+async def lookup_txt(lookups: Lookups, name: str) -> list[bytes]:
     """Each TXT record at `name` as one string: its character-strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2)."""
-    records = await lookup(resolver, name, dns.TXT, timeout_seconds, clock)
+    records = await lookup(lookups, name, dns.TXT)
     return [b"".join(cast(dns.Record_TXT, record).data) for record in records]
 
 
-async def lookup_addresses(resolver: Any, name: str, ipv6: bool, timeout_seconds: float, clock: Any) -> list[str]:
+async def lookup_addresses(lookups: Lookups, name: str, ipv6: bool) -> list[str]:
     """The A (or, with `ipv6`, AAAA) addresses of `name`, as text."""
     record_type = dns.AAAA if ipv6 else dns.A
-    records = await lookup(resolver, name, record_type, timeout_seconds, clock)
+    records = await lookup(lookups, name, record_type)
     header = [dns.RRHeader(b"", record_type, payload=record) for record in records]
     return _addresses(header)
 
 
-async def lookup_mx(resolver: Any, name: str, timeout_seconds: float, clock: Any) -> list[str]:
+async def lookup_mx(lookups: Lookups, name: str) -> list[str]:
     """The MX host names of `name`, in preference order (null MX "." left out)."""
-    records = await lookup(resolver, name, dns.MX, timeout_seconds, clock)
+    records = await lookup(lookups, name, dns.MX)
     ordered = sorted(records, key=lambda record: record.preference)
     return [host for record in ordered if (host := _name(record.name))]
 
 
-async def lookup_ptr(resolver: Any, address: str, timeout_seconds: float, clock: Any) -> list[str]:
+async def lookup_ptr(lookups: Lookups, address: str) -> list[str]:
     """The names a PTR lookup gives for `address` (in-addr.arpa or ip6.arpa)."""
     reverse = ipaddress.ip_address(address).reverse_pointer
-    records = await lookup(resolver, reverse, dns.PTR, timeout_seconds, clock)
+    records = await lookup(lookups, reverse, dns.PTR)
     return [name for record in records if (name := _name(record.name))]

@@ -70,12 +70,12 @@ def signed(author: str, selector: bytes = b"sel") -> bytes:
                      canonicalize=(b"relaxed", b"simple")) + message
 
 
-def send(gateway: Gateway, sender: str, message: bytes) -> tuple[int, bytes]:
+def send(gateway: Gateway, sender: str, message: bytes, recipient: str = ALICE) -> tuple[int, bytes]:
     """One transaction in a thread-safe, blocking way; the reply to DATA."""
     with smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=30) as client:
         client.ehlo("client.test")
         client.mail(sender)
-        client.rcpt(ALICE)
+        client.rcpt(recipient)
         return client.data(message)
 
 
@@ -175,15 +175,8 @@ class ChecksTests(GatewayTestCase):
         url = listen(self, receiver, path="/inbound")
         hook = f'[[webhook]]\nname = "in"\nmatch = ["hook@example.test"]\nurl = "{url}"\n'
         gateway = await self.checked_gateway(extra=hook)
-
-        def post() -> tuple[int, bytes]:
-            with smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=30) as client:
-                client.ehlo("client.test")
-                client.mail("bob@signed.test")
-                client.rcpt("hook@example.test")
-                return client.data(signed("bob@signed.test"))
-
-        code, reply = await deferToThread(post)
+        code, reply = await deferToThread(send, gateway, "bob@signed.test", signed("bob@signed.test"),
+                                          "hook@example.test")
         self.assertEqual(code, 250, reply)
         [request] = await eventually(lambda: receiver.requests, "the webhook POST")
         document = json.loads(request["body"])

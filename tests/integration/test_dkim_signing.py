@@ -51,12 +51,15 @@ class SigningTests(GatewayTestCase):
         await eventually(lambda: len(self.sink.messages) >= sink_count, "the MX to receive the message")
         return self.sink.message_bodies()
 
-    async def setup_gateway(self, relay: dict | None = None, extra: str = "") -> Gateway:
-        self.sink = await self.serve(PRIMARY)
-        gateway = self.gateway(self.sink.port, relay, extra)
+    async def with_keys(self, gateway: Gateway) -> Gateway:
+        """An RSA key (s1) for example.test and an Ed25519 one (e1) for ed.example.test."""
         await self.keygen(gateway, "example.test", "s1")
         await self.keygen(gateway, "ed.example.test", "e1", "ed25519")
         return gateway
+
+    async def setup_gateway(self, relay: dict | None = None, extra: str = "") -> Gateway:
+        self.sink = await self.serve(PRIMARY)
+        return await self.with_keys(self.gateway(self.sink.port, relay, extra))
 
     @pytest.mark.skipif(not MAIL_DKIM, reason=NO_MAIL_DKIM)
     async def test_mail_from_a_trusted_network_is_signed_and_verifies_at_mail_dkim(self) -> None:
@@ -118,10 +121,7 @@ class SigningTests(GatewayTestCase):
         sink = PostfixSink()
         await sink.start(PRIMARY)
         self.addCleanup(sink.stop)
-        gateway = self.gateway(sink.port)
-        await self.keygen(gateway, "example.test", "s1")
-        await self.keygen(gateway, "ed.example.test", "e1", "ed25519")
-        await self.start(gateway)
+        gateway = await self.start(await self.with_keys(self.gateway(sink.port)))
         submit(gateway, ALICE, [BOB], message(ALICE))
         submit(gateway, "carol@ed.example.test", [BOB], message("carol@ed.example.test", "ed25519"))
         await self.queue_empty()  # smtp-sink said 250 to both

@@ -45,7 +45,10 @@ class SRSTests(GatewayTestCase):
         gateway.add_user(ALICE)
         return await self.start(gateway)
 
-    async def rewritten_sender(self) -> tuple[str, str, str]:
+    async def forwarded(self, gateway: Gateway, sender: str, subject: bytes) -> tuple[str, str, str]:
+        """`sender`'s mail to fwd@ forwarded: (its SRS sender at the remote MX, the domain and local part inside)."""
+        submit(gateway, sender, ["fwd@example.test"], b"Subject: " + subject + b"\r\n\r\nhello\r\n")
+        await eventually(lambda: self.sink.messages, "the forwarded copy at the remote MX")
         await eventually(lambda: self.sink.sessions and len(self.sink.sessions[-1].commands) > 1, "a relay session")
         mail = next(command for command in self.sink.sessions[-1].commands if command.startswith("MAIL FROM:"))
         match = SRS0.match(mail)
@@ -54,9 +57,7 @@ class SRSTests(GatewayTestCase):
 
     async def test_forwarded_mail_gets_an_srs0_sender_and_a_bounce_to_it_reaches_the_sender(self) -> None:
         gateway = await self.start_forwarder()
-        submit(gateway, ALICE, ["fwd@example.test"], b"Subject: forwarded\r\n\r\nhello\r\n")
-        await eventually(lambda: self.sink.messages, "the forwarded copy at the remote MX")
-        address, domain, local = await self.rewritten_sender()
+        address, domain, local = await self.forwarded(gateway, ALICE, b"forwarded")
         self.assertEqual((domain, local), ("example.test", "alice"))
         self.assertIn(f"RCPT TO:<{CAROL}>", self.sink.sessions[-1].commands)
         self.assertEqual(bounce_to(gateway, address.lower())[0], 250)  # servers may change the case
@@ -67,9 +68,7 @@ class SRSTests(GatewayTestCase):
 
     async def test_a_remote_sender_is_rewritten_and_its_bounce_relayed_back_to_it(self) -> None:
         gateway = await self.start_forwarder()
-        submit(gateway, BOB, ["fwd@example.test"], b"Subject: from afar\r\n\r\nhello\r\n")
-        await eventually(lambda: self.sink.messages, "the forwarded copy")
-        address, domain, local = await self.rewritten_sender()
+        address, domain, local = await self.forwarded(gateway, BOB, b"from afar")
         self.assertEqual((domain, local), ("remote.test", "bob"))
         self.assertEqual(bounce_to(gateway, address)[0], 250)
         await eventually(lambda: len(self.sink.messages) == 2, "the bounce relayed to bob's MX")

@@ -177,7 +177,7 @@ class AuthenticationLookupTests(TestCase):
         self.lookups = Lookups(make_resolver([self.server.nameserver], reactor, timeouts=(0.3,)), 0.3, reactor)
 
     def txt(self, name: str) -> Deferred:
-        return Deferred.fromCoroutine(lookup_txt(self.lookups.resolver, name, 0.3, reactor))
+        return Deferred.fromCoroutine(lookup_txt(self.lookups, name))
 
     async def test_txt_records_joined_per_record_and_cnames_followed(self) -> None:
         self.assertEqual(await self.txt("txt.test"), [b"v=spf1 -all", b"x" * 300])
@@ -194,9 +194,9 @@ class AuthenticationLookupTests(TestCase):
 
     async def test_mx_addresses_and_ptr(self) -> None:
         lookups = self.lookups
-        self.assertEqual(await lookup_mx(lookups.resolver, "mail.test", 0.3, reactor), ["a.mail.test", "b.mail.test"])
-        self.assertEqual(await lookup_addresses(lookups.resolver, "empty.test", False, 0.3, reactor), ["192.0.2.1"])
-        self.assertEqual(await lookup_ptr(lookups.resolver, "192.0.2.7", 0.3, reactor), ["host.mail.test"])
+        self.assertEqual(await lookup_mx(lookups, "mail.test"), ["a.mail.test", "b.mail.test"])
+        self.assertEqual(await lookup_addresses(lookups, "empty.test", False), ["192.0.2.1"])
+        self.assertEqual(await lookup_ptr(lookups, "192.0.2.7"), ["host.mail.test"])
 
 
 class CachingResolverTests(TestCase):
@@ -212,7 +212,7 @@ class CachingResolverTests(TestCase):
         self.resolver = CachingResolver(make_resolver([self.server.nameserver], reactor, timeouts=(0.3,)), self.clock)
 
     def txt(self, name: str) -> Deferred:
-        return Deferred.fromCoroutine(lookup_txt(self.resolver, name, 0.3, reactor))
+        return Deferred.fromCoroutine(lookup_txt(Lookups(self.resolver, 0.3, reactor), name))
 
     def asked(self, name: str) -> int:
         return sum(1 for asked_name, _ in self.server.queries if asked_name == name)
