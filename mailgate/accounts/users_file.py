@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from mailgate.core.addresses import AddressError, normalize_mailbox
 from mailgate.store.durable import (
     Owner,
+    giveable,
     inherited_owner,
     make_directories,
     replace_file,
@@ -333,8 +334,8 @@ def _rewrite(path: str, edit: Callable[[list[str]], list[str]]) -> None:
     server out of its own users file.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    make_directories(directory, 0o755, _giveable(inherited_owner(directory)))
-    with _locked(path + ".lock", _giveable(inherited_owner(directory))):
+    make_directories(directory, 0o755, giveable(inherited_owner(directory)))
+    with _locked(path + ".lock", giveable(inherited_owner(directory))):
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
                 lines = f.readlines()  # comments and unknown lines are kept as they are
@@ -343,12 +344,7 @@ def _rewrite(path: str, edit: Callable[[list[str]], list[str]]) -> None:
         except FileNotFoundError:
             lines, owner, mode = [], inherited_owner(directory), 0o600
         replace_file(path, "".join(edit(lines)).encode("utf-8", "surrogateescape"), mode=mode,
-                     owner=_giveable(owner))
-
-
-def _giveable(owner: Owner) -> Owner | None:
-    """`owner` when this process may give files to it (root may); None: files stay ours."""
-    return owner if os.geteuid() == 0 else None
+                     owner=giveable(owner))
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from mailgate.core.addresses import AddressError, normalize_domain
-from mailgate.store.durable import Owner, inherited_owner, make_directories, replace_file
+from mailgate.store.durable import giveable, inherited_owner, make_directories, replace_file
 
 ALGORITHMS = ("rsa", "ed25519")
 RSA_BITS = 2048
@@ -171,7 +171,7 @@ def write_new_key(keys_dir: str, domain: str, selector: str, algorithm: str) -> 
     path = os.path.join(directory, f"{selector}.pem")
     if os.path.lexists(path):
         raise FileExistsError(17, "File exists", path)
-    owner = _giveable(inherited_owner(directory))  # the directories made get it too, so the key's is the same
+    owner = giveable(inherited_owner(directory))  # the directories made get it too, so the key's is the same
     make_directories(directory, DIRECTORY_MODE, owner)
     private = generate(algorithm)
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -179,7 +179,3 @@ def write_new_key(keys_dir: str, domain: str, selector: str, algorithm: str) -> 
     replace_file(path, pem, KEY_MODE, owner=owner, exclusive=True)
     return SigningKey(domain, selector, path, private)
 
-
-def _giveable(owner: Owner) -> Owner | None:
-    """`owner` when this process may give files to it (root may); None: files stay ours."""
-    return owner if os.geteuid() == 0 else None

@@ -84,6 +84,11 @@ def inherited_owner(path: str) -> Owner:
         return info.st_uid, info.st_gid
 
 
+def giveable(owner: Owner) -> Owner | None:
+    """`owner` when this process may give files to it (root may); None: files stay ours."""
+    return owner if os.geteuid() == 0 else None
+
+
 def make_directories(path: str, mode: int = 0o700, owner: Owner | None = None) -> list[str]:
     """Create `path` and its missing parents; return the ones made, outermost first.
 
