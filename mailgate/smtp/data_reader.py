@@ -60,15 +60,19 @@ class DataReader:
         return None
 
     def _take(self, block: bytes) -> None:
-        """Store one run of whole lines."""
+        """Store one run of whole lines, dots unstuffed."""
         self._after_crlf = block.endswith(b"\r\n")
+        self._store(block, unstuff=True)
+
+    def _store(self, block: bytes, unstuff: bool = False) -> None:
+        """One run of whole lines in the on-disk form (LF line ends), its flags and counts; BDAT's too."""
         self._check_lines(block)
         text = block.replace(b"\r\n", b"\n")
         self.nul_byte = self.nul_byte or b"\0" in text
         self.bare_cr = self.bare_cr or b"\r" in text
-        if text.startswith(b"."):
-            text = text[1:]
-        text = text.replace(b"\n.", b"\n")
+        if unstuff:
+            text = text[1:] if text.startswith(b".") else text
+            text = text.replace(b"\n.", b"\n")
         self.size += len(text)
         self.lines += text.count(b"\n")
         if self.size + self.lines > self.max_size:  # SIZE counts CRLF octets
