@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mailgate.core.reply import Reply
-from mailgate.smtp.data_reader import MAX_TEXT_LINE, DataReader
+from mailgate.core.wire import MAX_TEXT_LINE
+from mailgate.smtp.data_reader import DataReader
 
 
 @dataclass

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mailgate.core.wire import MAX_TEXT_LINE
+
 END_OF_DATA = b"\r\n.\r\n"
-MAX_TEXT_LINE = 1000  # RFC 5321 4.5.3.1.6, CRLF included
 
 
 @dataclass
