@@ -41,14 +41,15 @@ class Changed:
 async def run_message_hooks(hooks: Hooks, envelope: Envelope, message: bytes, max_size: int) -> Reply | Changed:
     """Ask every plugin; a refusal, or what they changed (a plugin's mistake raises HookFailed)."""
     changed = Changed(message)
+    seen = message  # what the next plugin is shown: joined again only when a plugin changed it
     for plugin, ask in hooks.plugins(HOOK):
-        seen = b"".join(changed.headers) + changed.message if changed.headers else changed.message
         answer = await ask(session=envelope.session, envelope=envelope, message=seen)
         if answer is None:
             continue
         if not isinstance(answer, MessageChange):
             return as_refusal(HOOK, plugin, answer)
         _apply(plugin, answer, changed, envelope, max_size)
+        seen = b"".join(changed.headers) + changed.message if changed.headers else changed.message
     return changed
 
 
