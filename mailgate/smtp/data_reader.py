@@ -67,23 +67,21 @@ class DataReader:
 
     def _store(self, block: bytes, unstuff: bool = False) -> None:
         """One run of whole lines in the on-disk form (LF line ends), its flags and counts; BDAT's too."""
-        self._check_lines(block)
+        newlines = block.count(b"\n")  # the LF count of the stored form too: CRLF and unstuffing keep each LF
         text = block.replace(b"\r\n", b"\n")
+        if newlines != len(block) - len(text):  # each CRLF made one octet shorter: fewer CRLFs than LFs
+            self.bare_lf = True
+        if len(block) > MAX_TEXT_LINE and max(map(len, block.split(b"\n"))) >= MAX_TEXT_LINE:
+            self.line_too_long = True
         self.nul_byte = self.nul_byte or b"\0" in text
         self.bare_cr = self.bare_cr or b"\r" in text
         if unstuff:
             text = text[1:] if text.startswith(b".") else text
             text = text.replace(b"\n.", b"\n")
         self.size += len(text)
-        self.lines += text.count(b"\n")
+        self.lines += newlines
         if self.size + self.lines > self.max_size:  # SIZE counts CRLF octets
             self.too_big = True
             self.chunks.clear()  # discard as it comes: an oversize message is never buffered
             return
         self.chunks.append(text)
-
-    def _check_lines(self, block: bytes) -> None:
-        if block.count(b"\n") != block.count(b"\r\n"):
-            self.bare_lf = True
-        if len(block) > MAX_TEXT_LINE and max(map(len, block.split(b"\n"))) >= MAX_TEXT_LINE:
-            self.line_too_long = True
