@@ -7,6 +7,8 @@ never per line, and carry the little state a block boundary needs.
 
 from __future__ import annotations
 
+MAX_TEXT_LINE = 1000  # RFC 5321 4.5.3.1.6, CRLF included: DATA, BDAT and what plugins change
+
 
 class CRLFConverter:
     """Turn a byte stream's line ends into CRLF, one block at a time.

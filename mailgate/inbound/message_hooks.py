@@ -19,10 +19,10 @@ from mailgate.core.message_change import MessageChange
 from mailgate.core.reply import Reply
 from mailgate.core.route import Route, RouteError
 from mailgate.core.session import Envelope
+from mailgate.core.wire import MAX_TEXT_LINE
 from mailgate.hooks.calling import Hooks, as_refusal, failed
 
 HOOK = "mailgate_message"
-MAX_LINE = 1000  # RFC 5321 4.5.3.1.6, CRLF included
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 3.6.8 ftext
 _BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _UNFOLDED = re.compile(rb"\r\n(?![ \t])")
@@ -41,14 +41,15 @@ class Changed:
 async def run_message_hooks(hooks: Hooks, envelope: Envelope, message: bytes, max_size: int) -> Reply | Changed:
     """Ask every plugin; a refusal, or what they changed (a plugin's mistake raises HookFailed)."""
     changed = Changed(message)
+    seen = message  # what the next plugin is shown: joined again only when a plugin changed it
     for plugin, ask in hooks.plugins(HOOK):
-        seen = b"".join(changed.headers) + changed.message if changed.headers else changed.message
         answer = await ask(session=envelope.session, envelope=envelope, message=seen)
         if answer is None:
             continue
         if not isinstance(answer, MessageChange):
             return as_refusal(HOOK, plugin, answer)
         _apply(plugin, answer, changed, envelope, max_size)
+        seen = b"".join(changed.headers) + changed.message if changed.headers else changed.message
     return changed
 
 
@@ -75,8 +76,8 @@ def message_problem(message: bytes, max_size: int) -> str:
         return "NUL character"
     if _BARE_LINE_END.search(message):
         return "bare CR or LF"
-    if max(map(len, message.split(b"\r\n"))) + 2 > MAX_LINE:
-        return f"a line over {MAX_LINE} octets"
+    if max(map(len, message.split(b"\r\n"))) + 2 > MAX_TEXT_LINE:
+        return f"a line over {MAX_TEXT_LINE} octets"
     return ""
 
 
@@ -88,8 +89,8 @@ def _field(plugin: str, name: str, value: str) -> bytes:
     if b"\0" in raw_value or _BARE_LINE_END.search(raw_value) or _UNFOLDED.search(raw_value):
         raise failed(HOOK, plugin, f"header {name}: a line end that does not fold the value")
     line = raw_name + b": " + raw_value + b"\r\n"
-    if max(map(len, line.split(b"\r\n"))) + 2 > MAX_LINE:
-        raise failed(HOOK, plugin, f"header {name}: a line over {MAX_LINE} octets")
+    if max(map(len, line.split(b"\r\n"))) + 2 > MAX_TEXT_LINE:
+        raise failed(HOOK, plugin, f"header {name}: a line over {MAX_TEXT_LINE} octets")
     return line
 
 

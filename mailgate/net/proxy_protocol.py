@@ -145,10 +145,10 @@ class ProxyHeaderFactory(WrappingFactory["ProxyHeaderProtocol"]):
         self.listener = listener
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
-        if not from_networks(addr, self.networks):
-            return self.wrappedFactory.buildProtocol(addr)
         wrapped = self.wrappedFactory.buildProtocol(addr)
-        return None if wrapped is None else ProxyHeaderProtocol(self, wrapped)
+        if wrapped is None or not from_networks(addr, self.networks):
+            return wrapped
+        return ProxyHeaderProtocol(self, wrapped)
 
 
 def _canonical(info: ProxyInfo) -> ProxyInfo | None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mailgate.core.reply import Reply
-from mailgate.smtp.data_reader import MAX_TEXT_LINE, DataReader
+from mailgate.core.wire import MAX_TEXT_LINE
+from mailgate.smtp.data_reader import DataReader
 
 
 @dataclass
@@ -70,18 +71,3 @@ class ChunkReader(DataReader):
             return
         line, self._carry = self._carry, b""
         self._store(line + b"\r\n")  # a CR left at its end stays a bare CR, and is refused
-
-    def _store(self, block: bytes) -> None:
-        """One run of whole lines, as DataReader takes them but without dot-unstuffing."""
-        self._check_lines(block)
-        text = block.replace(b"\r\n", b"\n")
-        self.nul_byte = self.nul_byte or b"\0" in text
-        self.bare_cr = self.bare_cr or b"\r" in text
-        self.size += len(text)
-        self.lines += text.count(b"\n")
-        if self.size + self.lines > self.max_size:
-            self.too_big = True
-            self.chunks.clear()
-            return
-        if not self.too_big:
-            self.chunks.append(text)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mailgate.core.wire import MAX_TEXT_LINE
+
 END_OF_DATA = b"\r\n.\r\n"
-MAX_TEXT_LINE = 1000  # RFC 5321 4.5.3.1.6, CRLF included
 
 
 @dataclass
@@ -60,25 +61,27 @@ class DataReader:
         return None
 
     def _take(self, block: bytes) -> None:
-        """Store one run of whole lines."""
+        """Store one run of whole lines, dots unstuffed."""
         self._after_crlf = block.endswith(b"\r\n")
-        self._check_lines(block)
+        self._store(block, unstuff=True)
+
+    def _store(self, block: bytes, unstuff: bool = False) -> None:
+        """One run of whole lines in the on-disk form (LF line ends), its flags and counts; BDAT's too."""
+        newlines = block.count(b"\n")  # the LF count of the stored form too: CRLF and unstuffing keep each LF
         text = block.replace(b"\r\n", b"\n")
+        if newlines != len(block) - len(text):  # each CRLF made one octet shorter: fewer CRLFs than LFs
+            self.bare_lf = True
+        if len(block) > MAX_TEXT_LINE and max(map(len, block.split(b"\n"))) >= MAX_TEXT_LINE:
+            self.line_too_long = True
         self.nul_byte = self.nul_byte or b"\0" in text
         self.bare_cr = self.bare_cr or b"\r" in text
-        if text.startswith(b"."):
-            text = text[1:]
-        text = text.replace(b"\n.", b"\n")
+        if unstuff:
+            text = text[1:] if text.startswith(b".") else text
+            text = text.replace(b"\n.", b"\n")
         self.size += len(text)
-        self.lines += text.count(b"\n")
+        self.lines += newlines
         if self.size + self.lines > self.max_size:  # SIZE counts CRLF octets
             self.too_big = True
             self.chunks.clear()  # discard as it comes: an oversize message is never buffered
             return
         self.chunks.append(text)
-
-    def _check_lines(self, block: bytes) -> None:
-        if block.count(b"\n") != block.count(b"\r\n"):
-            self.bare_lf = True
-        if len(block) > MAX_TEXT_LINE and max(map(len, block.split(b"\n"))) >= MAX_TEXT_LINE:
-            self.line_too_long = True

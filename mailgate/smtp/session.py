@@ -253,10 +253,11 @@ class SMTPSession(Protocol, TimeoutMixin):
             self._command_name, self._argument = "NON-ASCII", ""
             return self._answer(NOT_ASCII)
         verb, _, argument = text.partition(" ")
-        self._command_name, self._argument = verb.upper()[:16], argument
-        if not text.isascii() and verb.upper() not in UTF8_VERBS:
+        verb = verb.upper()
+        self._command_name, self._argument = verb[:16], argument
+        if not text.isascii() and verb not in UTF8_VERBS:
             return self._answer(NOT_ASCII)
-        handler = COMMANDS.get(verb.upper())
+        handler = COMMANDS.get(verb)
         if handler is None:
             return self._answer(UNRECOGNIZED)
         self._give(handler(argument.strip(), self.state, self, self._policy))
