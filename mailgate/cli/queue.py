@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -183,7 +184,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"*** MESSAGE {queue_id} ***", file=out, flush=True)
     try:
         with open(message_path, "rb") as message:
-            sys.stdout.buffer.write(message.read())
+            shutil.copyfileobj(message, sys.stdout.buffer)  # a large message is not read into memory whole
     except OSError as error:
         print(f"(no message file: {error.strerror})", file=out)
     sys.stdout.flush()
