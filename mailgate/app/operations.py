@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from mailgate.app.listening import StartupListener
 from mailgate.app.periodic import Periodic
 from mailgate.ops.recent import RecentEvents
 from mailgate.ops.status_page import ListenerView, StatusView, render
@@ -28,22 +27,11 @@ log = Logger()
 QUEUE_FIGURES_SECONDS = 1.0
 
 
-class MetricsListener(StreamServerEndpointService):
+class MetricsListener(StartupListener):
     """`[metrics] endpoint`: bound before privileges drop; a failure to bind stops start-up."""
 
     def __init__(self, gateway: GatewayService, endpoint: Any, site: Any) -> None:
-        super().__init__(endpoint, site)
-        self._raiseSynchronously = True
-        self._gateway = gateway
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as exc:
-            self._gateway._fail_startup(f"metrics.endpoint: cannot listen on {self._gateway.config.metrics.endpoint}: "
-                                        f"{exc.socketError}")
-        assert self._waitingForPort is not None
-        self._waitingForPort.addCallback(self._bound)
+        super().__init__(endpoint, site, gateway, "metrics.endpoint", gateway.config.metrics.endpoint)
 
     def _bound(self, port: Any) -> Any:
         log.info("listening: metrics and status page (http) on {address}", address=port.getHost())

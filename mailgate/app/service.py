@@ -9,11 +9,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, NoReturn
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions
@@ -24,6 +22,7 @@ from twisted.python.threadpool import ThreadPool
 from mailgate.app import operations, preflight
 from mailgate.app.certificates import CHECK_SECONDS, CertificateWatch
 from mailgate.app.generation import Generation, Shared, hand_over, listener_factory, new_generation
+from mailgate.app.listening import StartupListener
 from mailgate.app.periodic import Periodic
 from mailgate.app.pipeline import Pipeline, build_pipeline, deliverer_for, queue_parts
 from mailgate.app.reload import Reloader
@@ -315,23 +314,16 @@ class GatewayService(MultiService):
                 session.transport.abortConnection()
 
 
-class ListenerService(StreamServerEndpointService):
+class ListenerService(StartupListener):
     """One [[listen]] table's port: bound before privileges drop, a failure stopping start-up."""
 
     def __init__(self, endpoint: Any, factory: Factory[Any], index: int, listener: ListenConfig,
                  gateway: GatewayService) -> None:
-        super().__init__(endpoint, factory)
-        self._raiseSynchronously = True  # a port in use must stop start-up, not just log
-        self._index, self._listener, self._gateway = index, listener, gateway
+        super().__init__(endpoint, factory, gateway, f"listen[{index}].endpoint", listener.endpoint)
+        self._listener = listener
 
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as exc:
-            self._gateway._fail_startup(f"listen[{self._index}].endpoint: cannot listen on "
-                                        f"{self._listener.endpoint}: {exc.socketError}")
-        assert self._waitingForPort is not None
-        self._waitingForPort.addCallback(self._gateway._bound, self._listener)
+    def _bound(self, port: Any) -> Any:
+        return self._gateway._bound(port, self._listener)
 
 
 def fail_startup(problems: tuple[str, ...], twistd: Mapping[str, Any] | None = None) -> NoReturn:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -98,12 +99,16 @@ def survey(store: QueueStore) -> tuple[list[QueuedMessage], list[Damaged]]:
             damaged.append(Damaged(queue_id, str(damage), entry))
     for queue_id in store.corrupt.ids():
         aside = store.corrupt.read(queue_id)
-        try:
-            readable = QueuedMessage.from_json(aside.envelope or b"", queue_id)
-        except DamagedEntry:
-            readable = None
-        damaged.append(Damaged(queue_id, aside.reason, readable))
+        damaged.append(Damaged(queue_id, aside.reason, readable_envelope(aside.envelope, queue_id)))
     return entries, damaged
+
+
+def readable_envelope(envelope: bytes | None, queue_id: str) -> QueuedMessage | None:
+    """What can be read of a set-aside entry's envelope: None if nothing can."""
+    try:
+        return QueuedMessage.from_json(envelope or b"", queue_id)
+    except DamagedEntry:
+        return None
 
 
 def describe(entry: QueuedMessage) -> dict:
@@ -169,10 +174,7 @@ def _show(args: argparse.Namespace) -> int:
     if entry is None and reason is None:  # set aside in corrupt/
         aside = store.corrupt.read(queue_id)
         reason, message_path = aside.reason, os.path.join(store.corrupt.directory, queue_id + ".msg")
-        try:
-            entry = QueuedMessage.from_json(aside.envelope or b"", queue_id)
-        except DamagedEntry:
-            entry = None
+        entry = readable_envelope(aside.envelope, queue_id)
     print(f"*** ENVELOPE {queue_id} ***", file=out)
     if reason is not None:
         print(f"corrupt: {reason}", file=out)
@@ -182,7 +184,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"*** MESSAGE {queue_id} ***", file=out, flush=True)
     try:
         with open(message_path, "rb") as message:
-            sys.stdout.buffer.write(message.read())
+            shutil.copyfileobj(message, sys.stdout.buffer)  # a large message is not read into memory whole
     except OSError as error:
         print(f"(no message file: {error.strerror})", file=out)
     sys.stdout.flush()

@@ -173,7 +173,7 @@ class ThrottleLink(QuietAMP):
     @AuthFailed.responder
     def _auth_failed(self, ip: str, account: str) -> dict[str, Any]:
         if self.throttle is not None:
-            self.throttle.count_failure(ip, account)
+            self.throttle.record_failure(ip, account)
         return {}
 
     @AuthSucceeded.responder
@@ -212,6 +212,6 @@ class MirroredThrottle:
     def heard(self, kind: str, ip: str, account: str) -> None:
         """Another process's news: counted here, not told again."""
         if kind == "failed":
-            self._throttle.count_failure(ip, account)
+            self._throttle.record_failure(ip, account)
         elif kind == "succeeded":
             self._throttle.record_success(ip, account)

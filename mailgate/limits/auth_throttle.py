@@ -110,11 +110,7 @@ class AuthThrottle:
                    failures_per_ip=limits.auth_failures_per_ip, penalty_seconds=limits.auth_penalty_seconds)
 
     def record_failure(self, ip: str, account: str) -> None:
-        """Count a wrong password for `account` from `ip` (the protocol logs it, naming its listener)."""
-        self.count_failure(ip, account)
-
-    def count_failure(self, ip: str, account: str) -> None:
-        """Count a wrong password, unlogged: one another process of this server has logged."""
+        """Count a wrong password for `account` from `ip`, unlogged (the protocol logs it, naming its listener)."""
         self._pairs.add((ip, account_key(account)))
         self._ips.add(ip)
 

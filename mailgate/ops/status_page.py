@@ -65,6 +65,9 @@ def render(view: StatusView, queue: QueueIndex, recent: RecentEvents, now: float
     now = time.time() if now is None else now
     up = _age(now - view.started)
     reloaded = f", configuration reloaded {_age(now - view.reloaded)} ago" if view.reloaded is not None else ""
+    biggest, others = queue.destination_counts(DESTINATIONS_SHOWN)
+    shown = [(destination, count, queue.oldest_for(destination, MESSAGES_PER_DESTINATION))
+             for destination, count in biggest]  # once for both sections: each walks the destination's entries
     return "".join([
         '<!doctype html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -72,7 +75,8 @@ def render(view: StatusView, queue: QueueIndex, recent: RecentEvents, now: float
         f"<title>mailgate on {escape(view.hostname)}</title><style>{STYLE}</style></head><body>",
         f"<header><h1>mailgate on {escape(view.hostname)}</h1><p>mailgate {escape(__version__)}, up {up}, "
         f"configuration generation {view.generation}{reloaded}; {_moment(now)}</p></header><main>",
-        _rates(recent), _listeners(view.listeners), _queue_summary(queue, now), _queue_messages(queue, now),
+        _rates(recent), _listeners(view.listeners), _queue_summary(queue, shown, others, now),
+        _queue_messages(shown, now),
         _events(recent), "</main></body></html>",
     ])
 
@@ -104,12 +108,14 @@ def _listening(address: str | None) -> str:
     return f'<span class="good">listening on</span> <span class="mono">{escape(address)}</span>'
 
 
-def _queue_summary(queue: QueueIndex, now: float) -> str:
-    biggest, others = queue.destination_counts(DESTINATIONS_SHOWN)
+Shown = list[tuple[str, int, list[Summary]]]  # the biggest destinations: name, messages, the oldest few
+
+
+def _queue_summary(queue: QueueIndex, shown: Shown, others: int, now: float) -> str:
     oldest = queue.oldest_arrival()
     rows = "".join(
-        f"<tr><td>{escape(destination)}</td><td>{count}</td><td>{_oldest_age(queue, destination, now)}</td></tr>"
-        for destination, count in biggest
+        f"<tr><td>{escape(destination)}</td><td>{count}</td><td>{_oldest_age(first, now)}</td></tr>"
+        for destination, count, first in shown
     )
     if others:
         rows += f'<tr><td class="muted">other destinations</td><td>{others}</td><td></td></tr>'
@@ -121,16 +127,14 @@ def _queue_summary(queue: QueueIndex, now: float) -> str:
             f"{rows or '<tr><td colspan=3 class=muted>nothing queued</td></tr>'}</table></div></section>")
 
 
-def _oldest_age(queue: QueueIndex, destination: str, now: float) -> str:
-    oldest = queue.oldest_for(destination, 1)
+def _oldest_age(oldest: list[Summary], now: float) -> str:
     return _age(now - oldest[0].arrived) if oldest else ""
 
 
-def _queue_messages(queue: QueueIndex, now: float) -> str:
-    biggest, _ = queue.destination_counts(DESTINATIONS_SHOWN)
+def _queue_messages(shown: Shown, now: float) -> str:
     rows = []
-    for destination, count in biggest:
-        for summary in queue.oldest_for(destination, MESSAGES_PER_DESTINATION):
+    for destination, count, oldest in shown:
+        for summary in oldest:
             rows.append(_message_row(destination, summary, now))
         if count > MESSAGES_PER_DESTINATION:
             rows.append(f'<tr><td colspan="6" class="muted">{escape(destination)}: '

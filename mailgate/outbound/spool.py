@@ -64,9 +64,10 @@ class QueueStore:
             unlink_quietly(os.path.join(self._msg, name))
         # add_batch renames msg/ before env/ and remove_batch unlinks env/ first, so
         # an envelope without its message is damage: kept for the operator, not deleted.
-        for name in sorted(queued - stored):
+        missing = sorted(queued - stored)
+        for name in missing:
             self.set_aside(name, MISSING_MESSAGE)
-        return [(name, MISSING_MESSAGE) for name in sorted(queued - stored)]
+        return [(name, MISSING_MESSAGE) for name in missing]
 
     def message_path(self, queue_id: str) -> str:
         return os.path.join(self._msg, queue_id)

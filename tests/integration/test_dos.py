@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, wait_for
 
 ALICE = "alice@example.test"
 NORMAL_DEADLINE_SECONDS = 10.0
@@ -323,7 +323,8 @@ def test_auth_guesses_that_do_not_wait_are_refused_unchecked(make_gateway) -> No
     guessers = [threading.Thread(target=guess, args=(n,), daemon=True) for n in range(10)]
     for thread in guessers:
         thread.start()
-    time.sleep(1.0)  # the attack under way: not a wait for an outcome
+    wait_for(lambda: "auth refused: ip=127.0.0.1 user=alice@example.test" in gateway.log(), 3.0,
+             "the guesses to be refused unchecked")  # the attack under way and biting
     owner = timed(lambda: smtp_auth(gateway, ALICE, "secret", source="127.0.0.2"))
     neighbour = timed(lambda: smtp_auth(gateway, "bob@example.test", "bobsecret"))
     for thread in guessers:

@@ -9,6 +9,7 @@ from typing import Iterator
 import pytest
 
 from tests.support.gateway import Gateway, free_port, gateway_config
+from tests.support.nodes import kill_running
 
 ALICE = "alice@example.test"
 
@@ -17,10 +18,7 @@ ALICE = "alice@example.test"
 def nodes(tmp_path: Path) -> Iterator[list[Gateway]]:
     made: list[Gateway] = []
     yield made
-    for gateway in made:
-        if gateway.process is not None and gateway.process.poll() is None:
-            gateway.process.kill()
-            gateway.process.wait()
+    kill_running(made)
 
 
 def node(tmp_path: Path, name: str, maildir_root: Path, made: list[Gateway]) -> Gateway:

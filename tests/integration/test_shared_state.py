@@ -9,6 +9,7 @@ from typing import Iterator
 import pytest
 
 from tests.support.gateway import Gateway, free_port, gateway_config, wait_for
+from tests.support.nodes import kill_running, send_authenticated
 from tests.support.redis_server import RedisServer, require_redis
 
 ALICE = "alice@example.test"
@@ -26,10 +27,7 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 def nodes(tmp_path: Path) -> Iterator[list[Gateway]]:
     made: list[Gateway] = []
     yield made
-    for gateway in made:
-        if gateway.process is not None and gateway.process.poll() is None:
-            gateway.process.kill()
-            gateway.process.wait()
+    kill_running(made)
 
 
 def node(tmp_path: Path, name: str, redis: RedisServer, made: list[Gateway], fallback: str = "30s",
@@ -48,13 +46,7 @@ def node(tmp_path: Path, name: str, redis: RedisServer, made: list[Gateway], fal
 
 def send(gateway: Gateway) -> int:
     """One authenticated message from alice; the MAIL FROM or final reply code."""
-    with smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=30) as client:
-        client.login(ALICE, "secret")
-        try:
-            client.sendmail(ALICE, [ALICE], b"Subject: rate\r\n\r\nrate\r\n")
-        except smtplib.SMTPSenderRefused as error:
-            return error.smtp_code
-        return 250
+    return send_authenticated(gateway, ALICE)
 
 
 def test_two_nodes_on_one_redis_enforce_one_sender_rate(tmp_path: Path, redis: RedisServer,

@@ -17,6 +17,7 @@ from typing import Callable, TypeVar
 import pytest
 
 from tests.support.gateway import BIN, Gateway, free_port, gateway_config, wait_for
+from tests.support.nodes import send_authenticated
 
 BOB = "bob@example.test"
 ALICE = "alice@example.test"
@@ -153,19 +154,9 @@ def test_sender_rate_holds_across_workers(make_gateway: Callable[..., Gateway]) 
     gateway.add_user(ALICE)
     start_workers(gateway)
     codes = until_both(gateway, "auth: SMTP from [127.0.0.1]: user=<alice@example.test>",
-                       lambda: send_as_alice(gateway), minimum=10)
+                       lambda: send_authenticated(gateway, ALICE), minimum=10)
     assert codes.count(250) == 5, codes
     assert codes.count(450) == len(codes) - 5, codes
-
-
-def send_as_alice(gateway: Gateway) -> int:
-    with smtplib.SMTP("127.0.0.1", gateway.ports["smtp"], timeout=30) as client:
-        client.login(ALICE, "secret")
-        try:
-            client.sendmail(ALICE, [ALICE], b"Subject: rate\r\n\r\nrate\r\n")
-        except smtplib.SMTPSenderRefused as error:
-            return error.smtp_code
-        return 250
 
 
 def test_auth_failures_count_across_workers(make_gateway: Callable[..., Gateway]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.test.iosim import connect, FakeTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -71,9 +72,12 @@ class AnvilTests(SynchronousTestCase):
     def test_a_lost_master_admits_with_one_log_line(self) -> None:
         self.link.transport.loseConnection()  # type: ignore[union-attr]
         self.pump.flush()
-        self.assertIsNone(self.successResultOf(self.client.enter("192.0.2.1")))
-        self.assertEqual(self.successResultOf(self.client.take("sender", "a@example.test")), 0.0)
-        self.client.leave("192.0.2.1")  # no error either
+        with capturedLogs() as events:
+            self.assertIsNone(self.successResultOf(self.client.enter("192.0.2.1")))
+            self.assertEqual(self.successResultOf(self.client.take("sender", "a@example.test")), 0.0)
+            self.client.leave("192.0.2.1")  # no error either
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(sum("counters are unreachable" in line for line in lines), 1, lines)
 
     def test_auth_failures_are_told_to_the_master_and_counted_by_the_other_workers(self) -> None:
         """MirroredThrottle counts and tells (AuthFailed); a ThrottleLink counts what the master passes on."""
