@@ -105,29 +105,58 @@ def process_tree(root: int) -> list[int]:
     return found
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime + cutime + cstime of one process: the children it reaped count (a restarted
+    worker's, Postfix's daemons that exited), the live ones are in the tree themselves."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return sum(int(x) for x in fields[11:15]) / HZ
+
+
 def cpu_seconds(root: int) -> float:
-    """utime + stime + cutime + cstime over the server's live process tree."""
-    total = 0
+    """utime + stime + cutime + cstime over the server's live process tree (master and workers)."""
+    return sum(filter(None, (process_cpu_seconds(pid) for pid in process_tree(root))))
+
+
+def process_peak_rss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def cpu_by_process(root: int) -> dict[int, float]:
+    return {pid: cpu for pid in process_tree(root) if (cpu := process_cpu_seconds(pid)) is not None}
+
+
+def per_process(root: int, cpu0: dict[int, float], n: int, names: dict[int, str]) -> list[dict[str, Any]]:
+    """The server's processes after a run, grouped by name (master, worker 0, ...; Postfix's daemon
+    names): CPU ms per message since `cpu0` and the largest peak RSS of the group. A process that
+    started during the run counts from zero; one reaped during it is in its parent's cutime."""
+    groups: dict[str, dict[str, Any]] = {}
     for pid in process_tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        cpu = process_cpu_seconds(pid)
+        if cpu is None:
             continue
-        total += sum(int(x) for x in fields[11:15])
-    return total / HZ
-
-
-def peak_rss_kb(root: int) -> int:
-    """VmHWM of the largest process in the tree (the anchors' "peak RSS")."""
-    values = []
-    for pid in process_tree(root):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    values.append(int(line.split()[1]))
-        except OSError:
-            pass
-    return max(values, default=0)
+        name = names.get(pid) or process_name(pid)
+        entry = groups.setdefault(name, {"name": name, "processes": 0, "cpu_s": 0.0, "peak_rss_kb": 0})
+        entry["processes"] += 1
+        entry["cpu_s"] += cpu - cpu0.get(pid, 0.0)
+        entry["peak_rss_kb"] = max(entry["peak_rss_kb"], process_peak_rss_kb(pid) or 0)
+    return [{"name": e["name"], "processes": e["processes"], "cpu_ms_per_msg": round(1000 * e["cpu_s"] / n, 3),
+             "peak_rss_kb": e["peak_rss_kb"]} for e in groups.values()]
 
 
 def busy_seconds() -> float:
@@ -257,8 +286,8 @@ class Gateway:
         self.config = self.root / "mailgate.toml"
         self.config.write_text(CONFIG.format(port=self.port, extra=extra, server=server))
         workers = re.search(r"workers = (\d+)", server)
-        many = workers is not None and int(workers.group(1)) > 1
-        self.ready = f"workers: all {workers.group(1)} ready" if many and workers else "mailgate started"
+        self.workers = int(workers.group(1)) if workers else 1
+        self.ready = f"workers: all {self.workers} ready" if self.workers > 1 else "mailgate started"
         (self.root / "etc").mkdir(exist_ok=True)
         shutil.copy(ctx.users_file, self.root / "etc" / "users")
         self.log_path = self.root / "twistd.log"
@@ -310,6 +339,17 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def process_names(self) -> dict[int, str]:
+        """pid -> "master", "worker 0", ... (from the master's log), or "mailgate" without workers."""
+        if self.workers <= 1:
+            return {self.pid: "mailgate"}
+        names = {int(pid): f"worker {index}"
+                 for index, pid in re.findall(r"workers: worker (\d+) started \(pid (\d+)\)", self.log_text())}
+        return {**names, self.pid: "master"}
+
+    def queue_left(self) -> int:
+        return count_files(self.queue_env())
 
     def maildir(self, address: str) -> Path:
         local, _, domain = address.partition("@")
@@ -389,14 +429,17 @@ class Context:
             handle.write(json.dumps(record) + "\n")
 
 
-def measure(ctx: Context, gateway: Gateway, command: list[str], n: int, progress: Callable[[], int],
+def measure(ctx: Context, gateway: Any, command: list[str], n: int, progress: Callable[[], int],
             expected: int, done: Callable[[], bool] = lambda: True) -> dict[str, Any]:
     """One run: start the load, poll every 20 ms until the client exited and
-    `progress()` reached `expected` and `done()` holds (or the timeout)."""
+    `progress()` reached `expected` and `done()` holds (or the timeout).
+
+    `gateway` is a Gateway or another server with a `pid` (the root of its
+    process tree) and `process_names()` (bench/postfix_relay.py's Postfix)."""
     os.sync()
     time.sleep(ctx.args.settle)
     waited = wait_for_quiet(ctx)
-    cpu0, busy0 = cpu_seconds(gateway.pid), busy_seconds()
+    procs0, busy0 = cpu_by_process(gateway.pid), busy_seconds()
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -420,7 +463,8 @@ def measure(ctx: Context, gateway: Gateway, command: list[str], n: int, progress
         if client.poll() is None:
             client.kill()
     out, err = client.communicate()
-    cpu = cpu_seconds(gateway.pid) - cpu0
+    cpu = cpu_seconds(gateway.pid) - sum(procs0.values())
+    processes = per_process(gateway.pid, procs0, n, gateway.process_names())
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the client, reaped by communicate()
     client_cpu = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
     self1 = resource.getrusage(resource.RUSAGE_SELF)  # this poller
@@ -436,7 +480,9 @@ def measure(ctx: Context, gateway: Gateway, command: list[str], n: int, progress
         "delivered_msgs_s": round(n / delivered, 1) if delivered else None,
         "server_cpu_s": round(cpu, 3),
         "server_cpu_ms_per_msg": round(1000 * cpu / n, 3),
-        "peak_rss_kb": peak_rss_kb(gateway.pid),
+        "peak_rss_kb": max((p["peak_rss_kb"] for p in processes), default=0),
+        "peak_rss_kb_sum": sum(p["peak_rss_kb"] for p in processes),
+        "server_processes": processes,
         "client_cpu_ms_per_msg": round(1000 * client_cpu / n, 3),
         "other_cpu_percent": round(100 * max(0.0, other) / (wall * (os.cpu_count() or 1)), 1),
         "harness_cpu_ms_per_msg": round(1000 * own / n, 3),
