@@ -701,37 +701,76 @@ class Far:
         self.output.unlink(missing_ok=True)
 
 
-def queued_cell(ctx: Context, cell: str, group: str, kind: str, conc: int) -> None:
-    """Accept into the queue, deliver to a far end; delivered = the far end has all, env/ empty."""
-    far = Far(ctx, kind)
+def interleaved(variants: list[Any], reps: int) -> list[tuple[int, Any]]:
+    """(rep, variant) in the order to run: A B C, then C B A, ...: on a machine that drifts between
+    fast and slow, no variant gets all the early (or late) runs, so the difference is the variant's."""
+    order: list[tuple[int, Any]] = []
+    for rep in range(1, reps + 1):
+        order += [(rep, variant) for variant in (variants if rep % 2 else variants[::-1])]
+    return order
+
+
+@dataclass
+class Queued:
+    """One server of a queued cell, with its own far end: a Gateway, or the Postfix relay anchor."""
+    variant: str
+    server: Any  # .pid, .port, .start(), .stop(), .queue_left(), .process_names(), .root
+    far: Far
+    fields: dict[str, Any]  # recorded with each of its runs (workers, server)
+
+
+def far_config(kind: str, far: Far) -> tuple[str, str, str]:
+    """The gateway configuration that sends to `far`, the recipient to load it with, the variant's name."""
     if kind == "smtp":
-        extra = f'\n[relay]\nallowed_networks = ["127.0.0.0/8"]\nsmarthost = "127.0.0.1:{far.port}"\n'
-        to, variant = RELAY_RCPT, f"relay to {far.label}"
-    else:
-        extra = ("\n[[webhook]]\nname = \"bench\"\nmatch = [\"*@hooks.example.test\"]\n"
-                 f"url = \"http://127.0.0.1:{far.port}/inbound\"\nsecret = \"{WEBHOOK_SECRET}\"\n"
-                 "format = \"json\"\nmode = \"queued\"\n")
-        to, variant = WEBHOOK_RCPT, "webhook (queued, json, signed) to a 204 receiver"
-    try:
-        gateway = Gateway(ctx, cell, extra)
-    except BaseException:
-        far.stop()
-        raise
-    n = ctx.args.n1k
-    client, command = ctx.load_command(gateway.port, n, conc, 1024, to)
-    try:
-        gateway.start()
-        for rep in range(1, ctx.args.reps + 1):
+        return (f'\n[relay]\nallowed_networks = ["127.0.0.0/8"]\nsmarthost = "127.0.0.1:{far.port}"\n',
+                RELAY_RCPT, f"relay to {far.label}")
+    return ("\n[[webhook]]\nname = \"bench\"\nmatch = [\"*@hooks.example.test\"]\n"
+            f"url = \"http://127.0.0.1:{far.port}/inbound\"\nsecret = \"{WEBHOOK_SECRET}\"\n"
+            "format = \"json\"\nmode = \"queued\"\n",
+            WEBHOOK_RCPT, "webhook (queued, json, signed) to a 204 receiver")
+
+
+def queued_gateway(ctx: Context, stack: contextlib.ExitStack, cell: str, kind: str,
+                   workers: int | None = None) -> Queued:
+    """A gateway sending to a far end of its own, both stopped (and removed) when `stack` closes."""
+    far = Far(ctx, kind)
+    stack.callback(far.stop)
+    extra, _, variant = far_config(kind, far)
+    server = f"workers = {workers}\n" if workers else ""
+    gateway = Gateway(ctx, cell, extra, server=server)
+    stack.callback(cleanup, ctx, gateway.root)
+    stack.callback(gateway.stop)
+    fields = {"server": "mailgate"}
+    if workers:
+        variant, fields["workers"] = f"mailgate, workers = {workers}", workers
+    return Queued(variant, gateway, far, fields)
+
+
+def queued_cell(ctx: Context, cell: str, group: str, kind: str, conc: int, size: int = 1024,
+                workers: Iterable[int | None] = (None,), anchors: Iterable[Callable[..., Queued | None]] = ()) -> None:
+    """Accept into the queue, deliver to a far end; delivered = the far end has all, the queue empty.
+
+    One gateway per `workers` value (None: the key unset) and one server per
+    anchor (bench/postfix_relay.py), each with its own far end, all started
+    before the first run; the runs take turns (A B C, C B A, ...).
+    """
+    n = ctx.args.n1k if size == 1024 else ctx.args.n100k
+    to = RELAY_RCPT if kind == "smtp" else WEBHOOK_RCPT
+    with contextlib.ExitStack() as stack:
+        servers = [queued_gateway(ctx, stack, cell, kind, w) for w in workers]
+        servers += [s for make in anchors if (s := make(ctx, stack, cell)) is not None]
+        for queued in servers:
+            queued.server.start()
+        for rep, queued in interleaved(servers, ctx.args.reps):
+            server, far = queued.server, queued.far
+            client, command = ctx.load_command(server.port, n, conc, size, to)
             base, far_cpu = far.count(), cpu_seconds(far.process.pid)
-            result = measure(ctx, gateway, command, n, lambda base=base: far.count() - base, n, queue_drained(gateway))
-            result["queue_left"] = count_files(gateway.queue_env())
+            result = measure(ctx, server, command, n, lambda base=base, far=far: far.count() - base, n,
+                             lambda server=server: server.queue_left() == 0)
+            result["queue_left"] = server.queue_left()
             result["far_cpu_ms_per_msg"] = round(1000 * (cpu_seconds(far.process.pid) - far_cpu) / n, 3)
-            record(ctx, cell, group, variant, rep, result, client=client, size=1024, conc=conc,
-                   command=shlex.join(command), log_errors=gateway.errors_in_log())
-    finally:
-        gateway.stop()
-        far.stop()
-        cleanup(ctx, gateway.root)
+            record(ctx, cell, group, queued.variant, rep, result, client=client, size=size, conc=conc,
+                   command=shlex.join(command), log_errors=server.errors_in_log(), **queued.fields)
 
 
 def relay_cell(conc: int) -> Callable[[Context], None]:
@@ -774,12 +813,14 @@ def fill_queue(root: Path, count: int) -> None:
     os.sync()
 
 
-def queue_cell(ctx: Context) -> None:
+def queue_cell(ctx: Context, cell: str = "queue-1k-c10", group: str = "queue", workers: int | None = None) -> None:
     """1 KB c=10 accept rate with an empty queue and with `queue_size` deferred entries,
     a fresh gateway for every run, in the order empty-full, full-empty, empty-full, ...;
-    also the start-up time of each."""
-    cell, count, n, conc = "queue-1k-c10", ctx.args.queue_size, ctx.args.n1k, 10
-    full = Gateway(ctx, cell + "-full")
+    also the start-up time of each. `workers`: server.workers of both (unset if None)."""
+    count, n, conc = ctx.args.queue_size, ctx.args.n1k, 10
+    server, suffix = (f"workers = {workers}\n", f", workers = {workers}") if workers else ("", "")
+    fields = {"workers": workers} if workers else {}
+    full = Gateway(ctx, cell + "-full", server=server)
     log(f"  writing {count:,} deferred queue entries")
     t0 = time.perf_counter()
     fill_queue(full.root, count)
@@ -787,8 +828,8 @@ def queue_cell(ctx: Context) -> None:
     empties: list[Gateway] = []
     try:
         for rep in range(1, ctx.args.reps + 1):
-            empties.append(Gateway(ctx, cell + "-empty"))
-            pair = [("empty queue", empties[-1]), (f"{count:,} deferred", full)]
+            empties.append(Gateway(ctx, cell + "-empty", server=server))
+            pair = [("empty queue" + suffix, empties[-1]), (f"{count:,} deferred" + suffix, full)]
             # ABBA: the machine drifts between fast and slow states; alternating the order
             # keeps a drift from always falling on the same variant.
             for variant, gateway in (pair if rep % 2 else pair[::-1]):
@@ -805,8 +846,8 @@ def queue_cell(ctx: Context) -> None:
                     result = measure(ctx, gateway, command, n, lambda new=new, b=before: count_files(new) - b, n)
                     result.update({k: round(v, 3) for k, v in times.items()})
                     result["queued_after"] = count_files(gateway.queue_env())
-                    record(ctx, cell, "queue", variant, rep, result, client=client, size=1024, conc=conc,
-                           queue_size=count if gateway is full else 0, command=shlex.join(command))
+                    record(ctx, cell, group, variant, rep, result, client=client, size=1024, conc=conc,
+                           queue_size=count if gateway is full else 0, command=shlex.join(command), **fields)
                 finally:
                     gateway.stop()
     finally:
