@@ -1079,7 +1079,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="load for one-message-per-connection cells: smtp-source (installed with postfix "
                         "if missing, as root), or bench/loadgen.py; auto = smtp-source if installed")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install postfix")
-    parser.add_argument("--queue-size", type=int, help="deferred entries for the queue cell (100000)")
+    parser.add_argument("--queue-size", type=int, help="deferred entries for the queue cells (100000)")
+    parser.add_argument("--no-postfix-relay", action="store_true", help="workers-relay-* cells: do not run the "
+                        "Postfix relay anchor (bench/postfix_relay.py; it needs root and Postfix, and is skipped "
+                        "with --client python)")
     parser.add_argument("--queue-settle", type=float, default=0.0, help="queue cell: seconds to wait after start-up "
                         "(after the queue is resumed) before loading; default 0")
     parser.add_argument("--idle-sessions", type=int, help="sessions for idle_sessions.py (1000)")
