@@ -575,15 +575,6 @@ def smtp_cell(size: int, conc: int) -> Callable[[Context], None]:
     return run
 
 
-def workers_cell(conc: int) -> Callable[[Context], None]:
-    """Durable 1 KB into Maildirs, server.workers = 1 then 2, in one cell: side by side (issue 18)."""
-    def run(ctx: Context) -> None:
-        for workers in (1, 2):
-            maildir_cell(ctx, f"workers-1k-c{conc}", "workers", f"workers = {workers}", 1024, conc, ctx.args.n1k,
-                         server=f"workers = {workers}\n")
-    return run
-
-
 METRICS_ON = "mailgate, metrics on"
 
 
@@ -1006,11 +997,11 @@ def all_cells(concs: Iterable[int]) -> list[tuple[str, str, Callable[[Context], 
     cells += [(f"rcpt10-1k-c{c}", "multircpt", multircpt_cell(c)) for c in concs if c > 1]
     cells += [(f"relay-1k-c{c}", "relay", relay_cell(c)) for c in concs if c > 1]
     cells += [(f"webhook-1k-c{c}", "webhook", webhook_cell(c)) for c in concs if c > 1]
-    cells += [(f"workers-1k-c{c}", "workers", workers_cell(c)) for c in concs if c > 1]
+    from bench import mailauth, scaling  # their cells build on this module's pieces
+
+    cells += scaling.cells(concs)
     cells += [("pop3-retr", "pop3", pop3_retr_cell), ("pop3-uidl", "pop3", pop3_uidl_cell),
               ("idle", "idle", idle_cell), ("queue-1k-c10", "queue", queue_cell)]
-    from bench import mailauth  # its cells build on this module's pieces
-
     return cells + mailauth.cells()
 
 
@@ -1067,8 +1058,8 @@ def machine() -> dict[str, str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--cells", default="", help="comma-separated cell names, groups (smtp, pipelining, "
-                        "multircpt, relay, webhook, workers, pop3, idle, queue, mailauth) or globs ('smtp-1k-*'); "
-                        "default all")
+                        "multircpt, relay, webhook, workers, pop3, idle, queue, mailauth) or globs ('smtp-1k-*', "
+                        "'workers-relay-*'); default all")
     parser.add_argument("--list", action="store_true", help="list the cells and exit")
     parser.add_argument("--quick", action="store_true", help="tiny N and 1 run per cell: a check, not a figure")
     parser.add_argument("--reps", type=int, help="runs per cell (3)")
