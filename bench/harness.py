@@ -731,7 +731,7 @@ def queued_gateway(ctx: Context, stack: contextlib.ExitStack, cell: str, kind: s
     gateway = Gateway(ctx, cell, extra, server=server)
     stack.callback(cleanup, ctx, gateway.root)
     stack.callback(gateway.stop)
-    fields = {"server": "mailgate"}
+    fields: dict[str, Any] = {"server": "mailgate"}
     if workers:
         variant, fields["workers"] = f"mailgate, workers = {workers}", workers
     return Queued(variant, gateway, far, fields)
