@@ -705,20 +705,20 @@ def interleaved(variants: list[Any], reps: int) -> list[tuple[int, Any]]:
 class Queued:
     """One server of a queued cell, with its own far end: a Gateway, or the Postfix relay anchor."""
     variant: str
-    server: Any  # .pid, .port, .start(), .stop(), .queue_left(), .process_names(), .root
+    server: Any  # .pid, .port, .start(), .stop(), .queue_left(), .process_names(), .errors_in_log()
     far: Far
     fields: dict[str, Any]  # recorded with each of its runs (workers, server)
 
 
-def far_config(kind: str, far: Far) -> tuple[str, str, str]:
-    """The gateway configuration that sends to `far`, the recipient to load it with, the variant's name."""
+def far_config(kind: str, far: Far) -> tuple[str, str]:
+    """The gateway configuration that sends to `far`, and the variant's name."""
     if kind == "smtp":
         return (f'\n[relay]\nallowed_networks = ["127.0.0.0/8"]\nsmarthost = "127.0.0.1:{far.port}"\n',
-                RELAY_RCPT, f"relay to {far.label}")
+                f"relay to {far.label}")
     return ("\n[[webhook]]\nname = \"bench\"\nmatch = [\"*@hooks.example.test\"]\n"
             f"url = \"http://127.0.0.1:{far.port}/inbound\"\nsecret = \"{WEBHOOK_SECRET}\"\n"
             "format = \"json\"\nmode = \"queued\"\n",
-            WEBHOOK_RCPT, "webhook (queued, json, signed) to a 204 receiver")
+            "webhook (queued, json, signed) to a 204 receiver")
 
 
 def queued_gateway(ctx: Context, stack: contextlib.ExitStack, cell: str, kind: str,
@@ -726,7 +726,7 @@ def queued_gateway(ctx: Context, stack: contextlib.ExitStack, cell: str, kind: s
     """A gateway sending to a far end of its own, both stopped (and removed) when `stack` closes."""
     far = Far(ctx, kind)
     stack.callback(far.stop)
-    extra, _, variant = far_config(kind, far)
+    extra, variant = far_config(kind, far)
     server = f"workers = {workers}\n" if workers else ""
     gateway = Gateway(ctx, cell, extra, server=server)
     stack.callback(cleanup, ctx, gateway.root)
