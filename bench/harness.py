@@ -105,29 +105,58 @@ def process_tree(root: int) -> list[int]:
     return found
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime + cutime + cstime of one process: the children it reaped count (a restarted
+    worker's, Postfix's daemons that exited), the live ones are in the tree themselves."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return sum(int(x) for x in fields[11:15]) / HZ
+
+
 def cpu_seconds(root: int) -> float:
-    """utime + stime + cutime + cstime over the server's live process tree."""
-    total = 0
+    """utime + stime + cutime + cstime over the server's live process tree (master and workers)."""
+    return sum(filter(None, (process_cpu_seconds(pid) for pid in process_tree(root))))
+
+
+def process_peak_rss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def cpu_by_process(root: int) -> dict[int, float]:
+    return {pid: cpu for pid in process_tree(root) if (cpu := process_cpu_seconds(pid)) is not None}
+
+
+def per_process(root: int, cpu0: dict[int, float], n: int, names: dict[int, str]) -> list[dict[str, Any]]:
+    """The server's processes after a run, grouped by name (master, worker 0, ...; Postfix's daemon
+    names): CPU ms per message since `cpu0` and the largest peak RSS of the group. A process that
+    started during the run counts from zero; one reaped during it is in its parent's cutime."""
+    groups: dict[str, dict[str, Any]] = {}
     for pid in process_tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        cpu = process_cpu_seconds(pid)
+        if cpu is None:
             continue
-        total += sum(int(x) for x in fields[11:15])
-    return total / HZ
-
-
-def peak_rss_kb(root: int) -> int:
-    """VmHWM of the largest process in the tree (the anchors' "peak RSS")."""
-    values = []
-    for pid in process_tree(root):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    values.append(int(line.split()[1]))
-        except OSError:
-            pass
-    return max(values, default=0)
+        name = names.get(pid) or process_name(pid)
+        entry = groups.setdefault(name, {"name": name, "processes": 0, "cpu_s": 0.0, "peak_rss_kb": 0})
+        entry["processes"] += 1
+        entry["cpu_s"] += cpu - cpu0.get(pid, 0.0)
+        entry["peak_rss_kb"] = max(entry["peak_rss_kb"], process_peak_rss_kb(pid) or 0)
+    return [{"name": e["name"], "processes": e["processes"], "cpu_ms_per_msg": round(1000 * e["cpu_s"] / n, 3),
+             "peak_rss_kb": e["peak_rss_kb"]} for e in groups.values()]
 
 
 def busy_seconds() -> float:
@@ -257,8 +286,8 @@ class Gateway:
         self.config = self.root / "mailgate.toml"
         self.config.write_text(CONFIG.format(port=self.port, extra=extra, server=server))
         workers = re.search(r"workers = (\d+)", server)
-        many = workers is not None and int(workers.group(1)) > 1
-        self.ready = f"workers: all {workers.group(1)} ready" if many and workers else "mailgate started"
+        self.workers = int(workers.group(1)) if workers else 1
+        self.ready = f"workers: all {self.workers} ready" if self.workers > 1 else "mailgate started"
         (self.root / "etc").mkdir(exist_ok=True)
         shutil.copy(ctx.users_file, self.root / "etc" / "users")
         self.log_path = self.root / "twistd.log"
@@ -310,6 +339,17 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def process_names(self) -> dict[int, str]:
+        """pid -> "master", "worker 0", ... (from the master's log), or "mailgate" without workers."""
+        if self.workers <= 1:
+            return {self.pid: "mailgate"}
+        names = {int(pid): f"worker {index}"
+                 for index, pid in re.findall(r"workers: worker (\d+) started \(pid (\d+)\)", self.log_text())}
+        return {**names, self.pid: "master"}
+
+    def queue_left(self) -> int:
+        return count_files(self.queue_env())
 
     def maildir(self, address: str) -> Path:
         local, _, domain = address.partition("@")
@@ -389,14 +429,17 @@ class Context:
             handle.write(json.dumps(record) + "\n")
 
 
-def measure(ctx: Context, gateway: Gateway, command: list[str], n: int, progress: Callable[[], int],
+def measure(ctx: Context, gateway: Any, command: list[str], n: int, progress: Callable[[], int],
             expected: int, done: Callable[[], bool] = lambda: True) -> dict[str, Any]:
     """One run: start the load, poll every 20 ms until the client exited and
-    `progress()` reached `expected` and `done()` holds (or the timeout)."""
+    `progress()` reached `expected` and `done()` holds (or the timeout).
+
+    `gateway` is a Gateway or another server with a `pid` (the root of its
+    process tree) and `process_names()` (bench/postfix_relay.py's Postfix)."""
     os.sync()
     time.sleep(ctx.args.settle)
     waited = wait_for_quiet(ctx)
-    cpu0, busy0 = cpu_seconds(gateway.pid), busy_seconds()
+    procs0, busy0 = cpu_by_process(gateway.pid), busy_seconds()
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -420,7 +463,8 @@ def measure(ctx: Context, gateway: Gateway, command: list[str], n: int, progress
         if client.poll() is None:
             client.kill()
     out, err = client.communicate()
-    cpu = cpu_seconds(gateway.pid) - cpu0
+    cpu = cpu_seconds(gateway.pid) - sum(procs0.values())
+    processes = per_process(gateway.pid, procs0, n, gateway.process_names())
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the client, reaped by communicate()
     client_cpu = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
     self1 = resource.getrusage(resource.RUSAGE_SELF)  # this poller
@@ -436,7 +480,9 @@ def measure(ctx: Context, gateway: Gateway, command: list[str], n: int, progress
         "delivered_msgs_s": round(n / delivered, 1) if delivered else None,
         "server_cpu_s": round(cpu, 3),
         "server_cpu_ms_per_msg": round(1000 * cpu / n, 3),
-        "peak_rss_kb": peak_rss_kb(gateway.pid),
+        "peak_rss_kb": max((p["peak_rss_kb"] for p in processes), default=0),
+        "peak_rss_kb_sum": sum(p["peak_rss_kb"] for p in processes),
+        "server_processes": processes,
         "client_cpu_ms_per_msg": round(1000 * client_cpu / n, 3),
         "other_cpu_percent": round(100 * max(0.0, other) / (wall * (os.cpu_count() or 1)), 1),
         "harness_cpu_ms_per_msg": round(1000 * own / n, 3),
@@ -526,15 +572,6 @@ def smtp_cell(size: int, conc: int) -> Callable[[Context], None]:
             metrics_pair_cell(ctx, f"smtp-{size // 1024}k-c{conc}", size, conc, n)
         else:
             maildir_cell(ctx, f"smtp-{size // 1024}k-c{conc}", "smtp", "mailgate", size, conc, n)
-    return run
-
-
-def workers_cell(conc: int) -> Callable[[Context], None]:
-    """Durable 1 KB into Maildirs, server.workers = 1 then 2, in one cell: side by side (issue 18)."""
-    def run(ctx: Context) -> None:
-        for workers in (1, 2):
-            maildir_cell(ctx, f"workers-1k-c{conc}", "workers", f"workers = {workers}", 1024, conc, ctx.args.n1k,
-                         server=f"workers = {workers}\n")
     return run
 
 
@@ -655,37 +692,76 @@ class Far:
         self.output.unlink(missing_ok=True)
 
 
-def queued_cell(ctx: Context, cell: str, group: str, kind: str, conc: int) -> None:
-    """Accept into the queue, deliver to a far end; delivered = the far end has all, env/ empty."""
-    far = Far(ctx, kind)
+def interleaved(variants: list[Any], reps: int) -> list[tuple[int, Any]]:
+    """(rep, variant) in the order to run: A B C, then C B A, ...: on a machine that drifts between
+    fast and slow, no variant gets all the early (or late) runs, so the difference is the variant's."""
+    order: list[tuple[int, Any]] = []
+    for rep in range(1, reps + 1):
+        order += [(rep, variant) for variant in (variants if rep % 2 else variants[::-1])]
+    return order
+
+
+@dataclass
+class Queued:
+    """One server of a queued cell, with its own far end: a Gateway, or the Postfix relay anchor."""
+    variant: str
+    server: Any  # .pid, .port, .start(), .stop(), .queue_left(), .process_names(), .errors_in_log()
+    far: Far
+    fields: dict[str, Any]  # recorded with each of its runs (workers, server)
+
+
+def far_config(kind: str, far: Far) -> tuple[str, str]:
+    """The gateway configuration that sends to `far`, and the variant's name."""
     if kind == "smtp":
-        extra = f'\n[relay]\nallowed_networks = ["127.0.0.0/8"]\nsmarthost = "127.0.0.1:{far.port}"\n'
-        to, variant = RELAY_RCPT, f"relay to {far.label}"
-    else:
-        extra = ("\n[[webhook]]\nname = \"bench\"\nmatch = [\"*@hooks.example.test\"]\n"
-                 f"url = \"http://127.0.0.1:{far.port}/inbound\"\nsecret = \"{WEBHOOK_SECRET}\"\n"
-                 "format = \"json\"\nmode = \"queued\"\n")
-        to, variant = WEBHOOK_RCPT, "webhook (queued, json, signed) to a 204 receiver"
-    try:
-        gateway = Gateway(ctx, cell, extra)
-    except BaseException:
-        far.stop()
-        raise
-    n = ctx.args.n1k
-    client, command = ctx.load_command(gateway.port, n, conc, 1024, to)
-    try:
-        gateway.start()
-        for rep in range(1, ctx.args.reps + 1):
+        return (f'\n[relay]\nallowed_networks = ["127.0.0.0/8"]\nsmarthost = "127.0.0.1:{far.port}"\n',
+                f"relay to {far.label}")
+    return ("\n[[webhook]]\nname = \"bench\"\nmatch = [\"*@hooks.example.test\"]\n"
+            f"url = \"http://127.0.0.1:{far.port}/inbound\"\nsecret = \"{WEBHOOK_SECRET}\"\n"
+            "format = \"json\"\nmode = \"queued\"\n",
+            "webhook (queued, json, signed) to a 204 receiver")
+
+
+def queued_gateway(ctx: Context, stack: contextlib.ExitStack, cell: str, kind: str,
+                   workers: int | None = None) -> Queued:
+    """A gateway sending to a far end of its own, both stopped (and removed) when `stack` closes."""
+    far = Far(ctx, kind)
+    stack.callback(far.stop)
+    extra, variant = far_config(kind, far)
+    server = f"workers = {workers}\n" if workers else ""
+    gateway = Gateway(ctx, cell, extra, server=server)
+    stack.callback(cleanup, ctx, gateway.root)
+    stack.callback(gateway.stop)
+    fields: dict[str, Any] = {"server": "mailgate"}
+    if workers:
+        variant, fields["workers"] = f"mailgate, workers = {workers}", workers
+    return Queued(variant, gateway, far, fields)
+
+
+def queued_cell(ctx: Context, cell: str, group: str, kind: str, conc: int, size: int = 1024,
+                workers: Iterable[int | None] = (None,), anchors: Iterable[Callable[..., Queued | None]] = ()) -> None:
+    """Accept into the queue, deliver to a far end; delivered = the far end has all, the queue empty.
+
+    One gateway per `workers` value (None: the key unset) and one server per
+    anchor (bench/postfix_relay.py), each with its own far end, all started
+    before the first run; the runs take turns (A B C, C B A, ...).
+    """
+    n = ctx.args.n1k if size == 1024 else ctx.args.n100k
+    to = RELAY_RCPT if kind == "smtp" else WEBHOOK_RCPT
+    with contextlib.ExitStack() as stack:
+        servers = [queued_gateway(ctx, stack, cell, kind, w) for w in workers]
+        servers += [s for make in anchors if (s := make(ctx, stack, cell)) is not None]
+        for queued in servers:
+            queued.server.start()
+        for rep, queued in interleaved(servers, ctx.args.reps):
+            server, far = queued.server, queued.far
+            client, command = ctx.load_command(server.port, n, conc, size, to)
             base, far_cpu = far.count(), cpu_seconds(far.process.pid)
-            result = measure(ctx, gateway, command, n, lambda base=base: far.count() - base, n, queue_drained(gateway))
-            result["queue_left"] = count_files(gateway.queue_env())
+            result = measure(ctx, server, command, n, lambda base=base, far=far: far.count() - base, n,
+                             lambda server=server: server.queue_left() == 0)
+            result["queue_left"] = server.queue_left()
             result["far_cpu_ms_per_msg"] = round(1000 * (cpu_seconds(far.process.pid) - far_cpu) / n, 3)
-            record(ctx, cell, group, variant, rep, result, client=client, size=1024, conc=conc,
-                   command=shlex.join(command), log_errors=gateway.errors_in_log())
-    finally:
-        gateway.stop()
-        far.stop()
-        cleanup(ctx, gateway.root)
+            record(ctx, cell, group, queued.variant, rep, result, client=client, size=size, conc=conc,
+                   command=shlex.join(command), log_errors=server.errors_in_log(), **queued.fields)
 
 
 def relay_cell(conc: int) -> Callable[[Context], None]:
@@ -728,12 +804,14 @@ def fill_queue(root: Path, count: int) -> None:
     os.sync()
 
 
-def queue_cell(ctx: Context) -> None:
+def queue_cell(ctx: Context, cell: str = "queue-1k-c10", group: str = "queue", workers: int | None = None) -> None:
     """1 KB c=10 accept rate with an empty queue and with `queue_size` deferred entries,
     a fresh gateway for every run, in the order empty-full, full-empty, empty-full, ...;
-    also the start-up time of each."""
-    cell, count, n, conc = "queue-1k-c10", ctx.args.queue_size, ctx.args.n1k, 10
-    full = Gateway(ctx, cell + "-full")
+    also the start-up time of each. `workers`: server.workers of both (unset if None)."""
+    count, n, conc = ctx.args.queue_size, ctx.args.n1k, 10
+    server, suffix = (f"workers = {workers}\n", f", workers = {workers}") if workers else ("", "")
+    fields = {"workers": workers} if workers else {}
+    full = Gateway(ctx, cell + "-full", server=server)
     log(f"  writing {count:,} deferred queue entries")
     t0 = time.perf_counter()
     fill_queue(full.root, count)
@@ -741,8 +819,8 @@ def queue_cell(ctx: Context) -> None:
     empties: list[Gateway] = []
     try:
         for rep in range(1, ctx.args.reps + 1):
-            empties.append(Gateway(ctx, cell + "-empty"))
-            pair = [("empty queue", empties[-1]), (f"{count:,} deferred", full)]
+            empties.append(Gateway(ctx, cell + "-empty", server=server))
+            pair = [("empty queue" + suffix, empties[-1]), (f"{count:,} deferred" + suffix, full)]
             # ABBA: the machine drifts between fast and slow states; alternating the order
             # keeps a drift from always falling on the same variant.
             for variant, gateway in (pair if rep % 2 else pair[::-1]):
@@ -759,8 +837,8 @@ def queue_cell(ctx: Context) -> None:
                     result = measure(ctx, gateway, command, n, lambda new=new, b=before: count_files(new) - b, n)
                     result.update({k: round(v, 3) for k, v in times.items()})
                     result["queued_after"] = count_files(gateway.queue_env())
-                    record(ctx, cell, "queue", variant, rep, result, client=client, size=1024, conc=conc,
-                           queue_size=count if gateway is full else 0, command=shlex.join(command))
+                    record(ctx, cell, group, variant, rep, result, client=client, size=1024, conc=conc,
+                           queue_size=count if gateway is full else 0, command=shlex.join(command), **fields)
                 finally:
                     gateway.stop()
     finally:
@@ -919,11 +997,11 @@ def all_cells(concs: Iterable[int]) -> list[tuple[str, str, Callable[[Context], 
     cells += [(f"rcpt10-1k-c{c}", "multircpt", multircpt_cell(c)) for c in concs if c > 1]
     cells += [(f"relay-1k-c{c}", "relay", relay_cell(c)) for c in concs if c > 1]
     cells += [(f"webhook-1k-c{c}", "webhook", webhook_cell(c)) for c in concs if c > 1]
-    cells += [(f"workers-1k-c{c}", "workers", workers_cell(c)) for c in concs if c > 1]
+    from bench import mailauth, scaling  # their cells build on this module's pieces
+
+    cells += scaling.cells(concs)
     cells += [("pop3-retr", "pop3", pop3_retr_cell), ("pop3-uidl", "pop3", pop3_uidl_cell),
               ("idle", "idle", idle_cell), ("queue-1k-c10", "queue", queue_cell)]
-    from bench import mailauth  # its cells build on this module's pieces
-
     return cells + mailauth.cells()
 
 
@@ -980,8 +1058,8 @@ def machine() -> dict[str, str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--cells", default="", help="comma-separated cell names, groups (smtp, pipelining, "
-                        "multircpt, relay, webhook, workers, pop3, idle, queue, mailauth) or globs ('smtp-1k-*'); "
-                        "default all")
+                        "multircpt, relay, webhook, workers, pop3, idle, queue, mailauth) or globs ('smtp-1k-*', "
+                        "'workers-relay-*'); default all")
     parser.add_argument("--list", action="store_true", help="list the cells and exit")
     parser.add_argument("--quick", action="store_true", help="tiny N and 1 run per cell: a check, not a figure")
     parser.add_argument("--reps", type=int, help="runs per cell (3)")
@@ -992,7 +1070,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="load for one-message-per-connection cells: smtp-source (installed with postfix "
                         "if missing, as root), or bench/loadgen.py; auto = smtp-source if installed")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install postfix")
-    parser.add_argument("--queue-size", type=int, help="deferred entries for the queue cell (100000)")
+    parser.add_argument("--queue-size", type=int, help="deferred entries for the queue cells (100000)")
+    parser.add_argument("--no-postfix-relay", action="store_true", help="workers-relay-* cells: do not run the "
+                        "Postfix relay anchor (bench/postfix_relay.py; it needs root and Postfix, and is skipped "
+                        "with --client python)")
     parser.add_argument("--queue-settle", type=float, default=0.0, help="queue cell: seconds to wait after start-up "
                         "(after the queue is resumed) before loading; default 0")
     parser.add_argument("--idle-sessions", type=int, help="sessions for idle_sessions.py (1000)")

@@ -32,7 +32,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from bench.harness import (
     BIN,
@@ -47,6 +46,7 @@ from bench.harness import (
     cleanup,
     clear_maildir,
     count_files,
+    interleaved,
     log,
     measure,
     queue_drained,
@@ -58,15 +58,6 @@ SIGNING_VARIANTS = (("relay, not signed", None), ("relay, DKIM rsa-sha256 (2048 
                     ("relay, DKIM ed25519-sha256", "ed25519"))
 CHECKS_VARIANTS = (("MX, checks off", "[]"), ('MX, checks on (spf, dkim, dmarc)', '["spf", "dkim", "dmarc"]'))
 SENDER_DOMAIN = SENDER.rpartition("@")[2]
-
-
-def interleaved(variants: list[Any], reps: int) -> list[tuple[int, Any]]:
-    """(rep, variant) in the order to run: A B C, then C B A, ...: on a machine that drifts between
-    fast and slow, no variant gets all the early (or late) runs, so the difference is the feature's."""
-    order: list[tuple[int, Any]] = []
-    for rep in range(1, reps + 1):
-        order += [(rep, variant) for variant in (variants if rep % 2 else variants[::-1])]
-    return order
 
 
 def started(ctx: Context, stack: contextlib.ExitStack, cell: str, extra: str) -> Gateway:

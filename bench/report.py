@@ -150,10 +150,12 @@ class Anchors:
         return "–" if value is None else fmt % value + (" †" if self.pop3_same_run else "")
 
 
-OWN_TABLES = {"mailauth", "error"}  # groups whose tables need neither the targets nor the anchors
+OWN_TABLES = {"mailauth", "workers", "error"}  # groups whose tables need neither issue 7's targets nor its table
 
 
 def summarize(out: Path) -> str:
+    from bench import workers_report  # it builds on this module's helpers
+
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     rows = load(out / "mailgate.jsonl")
     anchors = Anchors(out / "anchors")
@@ -202,6 +204,7 @@ def summarize(out: Path) -> str:
     detail_table(lines, rows)
     metrics_table(lines, rows)
     extras_table(lines, rows)
+    workers_report.table(lines, rows, anchors)
     mailauth_table(lines, rows)
     pop3_table(lines, rows, anchors)
     idle_table(lines, rows)
@@ -386,7 +389,7 @@ def _change(new: float | None, old: float | None) -> str:
 
 def extras_table(lines: list[str], rows: list[dict]) -> None:
     add = lines.append
-    extra = [r for r in rows if r.get("group") in ("pipelining", "multircpt", "relay", "webhook", "workers")]
+    extra = [r for r in rows if r.get("group") in ("pipelining", "multircpt", "relay", "webhook")]
     if not extra:
         return
     add("### Sessions with several messages, multi-recipient, relay, webhook (1 KB)\n")

@@ -69,3 +69,25 @@ def test_the_mail_authentication_cells(tmp_path: Path) -> None:
     assert len(variants) == 8, variants  # 3 + 3 signing variants, 2 checks variants
     assert all(not r["failed"] and r["delivered_msgs_s"] > 0 for r in records), records
     assert "Mail authentication: DKIM signing and the inbound checks" in (tmp_path / "summary.md").read_text()
+
+
+def test_the_workers_cells(tmp_path: Path) -> None:
+    """workers = 1 and = 2 side by side in each cell, the master's and each worker's share recorded."""
+    records = run_bench(tmp_path, "--cells", "workers", "--concs", "2", "--n1k", "20", "--n100k", "5",
+                        "--queue-size", "50")
+    assert not [r for r in records if r["group"] == "error"], records
+    timed = [r for r in records if "delivered_msgs_s" in r]
+    assert {(r["cell"], r["variant"]) for r in timed} >= {
+        ("workers-1k-c2", "workers = 1"), ("workers-1k-c2", "workers = 2"),
+        ("workers-relay-1k-c2", "mailgate, workers = 1"), ("workers-relay-100k-c2", "mailgate, workers = 2"),
+        ("workers-webhook-1k-c2", "mailgate, workers = 2"), ("workers-queue-1k-c10", "50 deferred, workers = 2"),
+        ("workers-queue-1k-c10", "empty queue, workers = 2")}
+    assert all(not r["failed"] and r["delivered_msgs_s"] > 0 for r in timed), timed
+    two = [r for r in timed if r["variant"].endswith("workers = 2")]
+    assert all({p["name"] for p in r["server_processes"]} == {"master", "worker 0", "worker 1"} for r in two), two
+    assert all(r["server_cpu_ms_per_msg"] > 0 and r["peak_rss_kb_sum"] > r["peak_rss_kb"] for r in two), two
+    # --client python: no Postfix, so the relay anchor says why it did not run
+    assert {r["cell"] for r in records if r.get("server") == "postfix" and r.get("note")} == {
+        "workers-relay-1k-c2", "workers-relay-100k-c2"}
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Workers (issue 18, item 5): the targets" in summary and "master " in summary
