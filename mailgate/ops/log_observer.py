@@ -21,13 +21,12 @@ from twisted.logger import (
     FileLogObserver,
     ILogObserver,
     LegacyLogObserverWrapper,
-    formatEvent,
-    textFileLogObserver,
 )
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 from mailgate.config import LogConfig
+from mailgate.ops.log_text import classic_line, event_text
 
 # Lines Twisted logs for itself that tell a mail operator nothing.
 NOISE_FORMATS = frozenset({
@@ -57,7 +56,7 @@ def json_line(event: Mapping[str, Any]) -> str:
         "time": _iso(event.get("log_time")),
         "level": getattr(level, "name", "info"),
         "event": name if isinstance(name, str) else str(event.get("log_namespace", "log")),
-        "message": formatEvent(dict(event)),
+        "message": event_text(event),
     }
     for key, value in event.items():
         if key.startswith("log_") or key in LEGACY_KEYS or key in line:
@@ -84,7 +83,7 @@ class GatewayLogObserver:
 
     def __init__(self, settings: LogConfig, out: IO[str] | None = None, fallback: Any = None) -> None:
         self.settings = settings
-        self._text = fallback if out is None else textFileLogObserver(out)
+        self._text = fallback if out is None else FileLogObserver(out, classic_line)  # as textFileLogObserver
         self._json = self._text if out is None else FileLogObserver(out, json_line)
 
     def __call__(self, event: dict[str, Any]) -> None:
