@@ -9,6 +9,7 @@ whose lines all end with CRLF, most of whose white space is single spaces.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import dkim  # type: ignore[import-untyped]  # dkimpy ships no type information
@@ -20,6 +21,8 @@ from dkim.canonicalization import (  # type: ignore[import-untyped]
 
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _WSP_TO_CHANGE = re.compile(rb"[\t ]{2,}|\t")  # a lone space stays as it is
+_B_START = re.compile(rb"[;\s]b\s*=")  # dkimpy's RE_BTAG, whose FWS is any run of white space
+_B_VALUE = re.compile(rb"[\sa-zA-Z0-9+/=]*")
 
 
 def parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
@@ -35,6 +38,39 @@ def parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
         return dkim.rfc822_parse(message)  # no body
     headers, _ = dkim.rfc822_parse(message[:end + 2])
     return headers, message[end + 4:]
+
+
+def without_b_value(value: bytes) -> bytes:
+    """`dkim.RE_BTAG.sub(b"\\1", value)`: a DKIM-Signature value with b= emptied, as it is hashed (RFC 6376
+    3.5). dkimpy's expression tries its folding white space before each character of the signature:
+    45 µs for a 2048-bit one, against 6 here, where a plain run is taken and its trailing white space
+    given back (dkimpy's run ends on a base64 character), the line end kept only at the very end."""
+    parts, position = [], 0
+    while (start := _B_START.search(value, position)) is not None:
+        end = _B_VALUE.match(value, start.end()).end()  # type: ignore[union-attr]  # matches the empty string
+        while end > start.end() and value[end - 1] in b" \t\r\n\x0b\x0c":
+            end -= 1
+        if value[end:] in (b"\r\n", b"\n"):
+            end = len(value)
+        parts.append(value[position:start.end()])
+        position = end
+    parts.append(value[position:])
+    return b"".join(parts)
+
+
+def header_hash(policy: CanonicalizationPolicy, headers: list[list[bytes]], signed: list[bytes],
+                field: tuple[bytes, bytes] | list[bytes]) -> bytes:
+    """SHA-256 of the header fields as `dkim.hash_headers` feeds them: those `signed` names (lower-case)
+    pick, bottom up (`dkim.select_headers`), canonicalized, then `field` (name, value) with b= emptied
+    and no line end. Only the picked fields are canonicalized, where dkimpy canonicalizes all."""
+    picked = policy.canonicalize_headers(dkim.select_headers(headers, signed))
+    [(name, value)] = policy.canonicalize_headers([(field[0], without_b_value(field[1]))])
+    digest = hashlib.sha256()
+    for picked_name, picked_value in [*picked, (name, value.rstrip())]:
+        digest.update(picked_name)
+        digest.update(b":")
+        digest.update(picked_value)
+    return digest.digest()
 
 
 def relaxed_body(body: bytes) -> bytes:

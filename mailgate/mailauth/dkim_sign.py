@@ -1,8 +1,8 @@
 """DKIM signing (RFC 6376, relaxed/relaxed): DKIM-Signature fields for a message, one per key of its domain.
 
 The signature is made of dkimpy's pieces: its message parser, its relaxed
-canonicalization, its header selection and hashing (`dkim.hash_headers`)
-and its folding, exactly as `dkim.DKIM.sign` uses them, so what is hashed
+canonicalization, its header selection and its folding, hashed as
+`dkim.hash_headers` hashes them, exactly as `dkim.DKIM.sign` does, so what is hashed
 is what dkimpy's (and every) verifier hashes. Three steps are done faster,
 with the same result (the last two in mailgate.mailauth.dkim_canon, which
 verification uses too):
@@ -42,7 +42,7 @@ import dkim  # type: ignore[import-untyped]  # dkimpy ships no type information
 from twisted.logger import Logger
 
 from mailgate.config import DKIMConfig
-from mailgate.mailauth.dkim_canon import RELAXED, parse, relaxed_body
+from mailgate.mailauth.dkim_canon import RELAXED, header_hash, parse, relaxed_body
 from mailgate.mailauth.headers import from_domains
 from mailgate.mailauth.keys import KeyProblem, SigningKey, key_domain, key_files, load_key
 
@@ -138,17 +138,14 @@ def sign(message: bytes, keys: Sequence[SigningKey], signed_headers: Sequence[st
     present = {bytes(name).decode("ascii", "replace").lower() for name, _ in raw_headers}
     include = [name.encode("ascii") for name in signed_headers if name in present] + [b"from"]
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
-    headers = RELAXED.canonicalize_headers(raw_headers)
     timestamp = str(int(time.time() if now is None else now)).encode("ascii")
     fields = []
     for key in keys:
         tags = [(b"v", b"1"), (b"a", key.signature_algorithm), (b"c", b"relaxed/relaxed"),
                 (b"d", key.domain.encode("ascii")), (b"s", key.selector.encode("ascii")), (b"t", timestamp),
                 (b"h", b":".join(include)), (b"bh", body_hash), (b"b", _PLACEHOLDER)]
-        hashed = dkim.RE_BTAG.sub(b"\\1", _folded(tags))  # the field as verifiers hash it: b= empty
-        digest = hashlib.sha256()
-        dkim.hash_headers(digest, RELAXED, headers, list(include), (FIELD_NAME, b" " + hashed), dict(tags))
-        tags[-1] = (b"b", base64.b64encode(key.sign_digest(digest.digest())))
+        digest = header_hash(RELAXED, raw_headers, include, (FIELD_NAME, b" " + _folded(tags)))
+        tags[-1] = (b"b", base64.b64encode(key.sign_digest(digest)))
         fields.append(FIELD_NAME + b": " + _folded(tags, b"\r\n"))
     return fields
 

@@ -37,7 +37,7 @@ from dkim.canonicalization import (  # type: ignore[import-untyped]
 from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, DeferredList
 
-from mailgate.mailauth.dkim_canon import parse, relaxed_body
+from mailgate.mailauth.dkim_canon import header_hash, parse, relaxed_body
 from mailgate.mailauth.dkim_public_keys import MIN_RSA_BITS, RECORDS, KeyRecordProblem
 from mailgate.mailauth.headers import header_fields
 from mailgate.mailauth.results import DKIMResult
@@ -210,20 +210,7 @@ def _check(parsed: _Parsed, field: list[bytes], key_name: str, record: bytes) ->
         signed.append(b"from")
     if key.kind == "rsa" and key.bits < MIN_RSA_BITS:  # RFC 8301 3.2
         return "permerror", f"public key too small: {key.bits}"
-    digest = _header_hash(policy, parsed.headers, signed, field)
+    digest = header_hash(policy, parsed.headers, signed, field)
     if not key.verifies(digest, base64.b64decode(_WSP.sub(b"", tags[b"b"]))):
         return "fail", "signature did not verify"
     return "pass", ""
-
-
-def _header_hash(policy: Any, headers: list[list[bytes]], signed: list[bytes], field: list[bytes]) -> bytes:
-    """dkimpy's `hash_headers`: the h= fields (bottom up, as select_headers picks them), then this field
-    with b= empty and no line end; only the picked fields canonicalized, not the whole header."""
-    picked = policy.canonicalize_headers(dkim.select_headers(headers, signed))
-    [(name, value)] = policy.canonicalize_headers([(field[0], dkim.RE_BTAG.sub(b"\\1", field[1]))])
-    digest = hashlib.sha256()
-    for picked_name, picked_value in [*picked, (name, value.rstrip())]:
-        digest.update(picked_name)
-        digest.update(b":")
-        digest.update(picked_value)
-    return digest.digest()

@@ -19,6 +19,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import TestCase
 
 from mailgate.config import DKIMConfig
+from mailgate.mailauth.dkim_canon import without_b_value
 from mailgate.mailauth.dkim_sign import RELAXED, Signer, parse, relaxed_body, sign
 from mailgate.mailauth.dkim_verify import check_dkim, signatures
 from mailgate.mailauth.keys import KeyProblem, key_problems, load_key, write_new_key
@@ -140,3 +141,13 @@ def test_parse_is_dkimpys_rfc822_parse(header: list[tuple[bytes, bytes]], blank:
             parse(message)
         return
     assert parse(message) == expected
+
+
+_B_TAG_PARTS = st.sampled_from([b";", b" ", b"\t", b"\r\n", b"\n", b"\r", b"\x0b", b"b", b"=", b"A", b"h", b"/", b"-",
+                                b"b=", b" b=", b";b=", b"; b =\r\n "])
+
+
+@given(st.lists(_B_TAG_PARTS, max_size=30))
+def test_without_b_value_is_dkimpys_re_btag(parts: list[bytes]) -> None:
+    value = b"".join(parts)
+    assert without_b_value(value) == dkim.RE_BTAG.sub(b"\\1", value)
