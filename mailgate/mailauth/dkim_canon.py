@@ -58,12 +58,28 @@ def without_b_value(value: bytes) -> bytes:
     return b"".join(parts)
 
 
+def select_headers(headers: list[list[bytes]], signed: list[bytes]) -> list[list[bytes]]:
+    """`dkim.select_headers`: for each name of h= (lower-case), the next field of that name from the
+    bottom up, none when they are used up. dkimpy scans the header section again for each name it
+    does not find: an h= of 5000 names over 900 fields held the interpreter 0.35 s. Here each field
+    is looked at once."""
+    positions: dict[bytes, list[int]] = {}
+    for index, header in enumerate(headers):
+        positions.setdefault(header[0].lower(), []).append(index)
+    picked = []
+    for name in signed:
+        found = positions.get(name)
+        if found:
+            picked.append(headers[found.pop()])
+    return picked
+
+
 def header_hash(policy: CanonicalizationPolicy, headers: list[list[bytes]], signed: list[bytes],
                 field: tuple[bytes, bytes] | list[bytes]) -> bytes:
     """SHA-256 of the header fields as `dkim.hash_headers` feeds them: those `signed` names (lower-case)
-    pick, bottom up (`dkim.select_headers`), canonicalized, then `field` (name, value) with b= emptied
+    pick, bottom up (select_headers), canonicalized, then `field` (name, value) with b= emptied
     and no line end. Only the picked fields are canonicalized, where dkimpy canonicalizes all."""
-    picked = policy.canonicalize_headers(dkim.select_headers(headers, signed))
+    picked = policy.canonicalize_headers(select_headers(headers, signed))
     [(name, value)] = policy.canonicalize_headers([(field[0], without_b_value(field[1]))])
     digest = hashlib.sha256()
     for picked_name, picked_value in [*picked, (name, value.rstrip())]:

@@ -19,7 +19,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import TestCase
 
 from mailgate.config import DKIMConfig
-from mailgate.mailauth.dkim_canon import without_b_value
+from mailgate.mailauth.dkim_canon import select_headers, without_b_value
 from mailgate.mailauth.dkim_sign import RELAXED, Signer, parse, relaxed_body, sign
 from mailgate.mailauth.dkim_verify import check_dkim, signatures
 from mailgate.mailauth.keys import KeyProblem, key_problems, load_key, write_new_key
@@ -151,3 +151,10 @@ _B_TAG_PARTS = st.sampled_from([b";", b" ", b"\t", b"\r\n", b"\n", b"\r", b"\x0b
 def test_without_b_value_is_dkimpys_re_btag(parts: list[bytes]) -> None:
     value = b"".join(parts)
     assert without_b_value(value) == dkim.RE_BTAG.sub(b"\\1", value)
+
+
+@given(st.lists(st.sampled_from([b"From", b"from", b"To", b"Subject", b"X-A"]), max_size=8),
+       st.lists(st.sampled_from([b"from", b"to", b"subject", b"x-a", b"cc"]), max_size=10))
+def test_select_headers_is_dkimpys(names: list[bytes], signed: list[bytes]) -> None:
+    headers = [[name, b" %d\r\n" % index] for index, name in enumerate(names)]
+    assert select_headers(headers, signed) == dkim.select_headers(headers, signed)
