@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from typing import Callable
 
 import dkim
 import pytest
@@ -11,12 +12,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import Clock
+from twisted.names import dns
 
 from mailgate.mailauth import dkim_public_keys
 from mailgate.mailauth.dkim_public_keys import KeyRecordProblem, RecordCache, read_record
-from mailgate.mailauth.dkim_verify import KeyAnswer, signatures, verify_all
-from mailgate.mailauth.keys import SigningKey
 from mailgate.mailauth.dkim_sign import sign
+from mailgate.mailauth.dkim_verify import INLINE_MAX_BYTES, KeyAnswer, check_dkim, signatures, verify_all
+from mailgate.mailauth.keys import SigningKey
+from mailgate.net.dns import Lookups
 
 RSA = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # dkimpy signs in pure Python: small
 RSA_PEM = RSA.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
@@ -196,3 +201,32 @@ def test_a_record_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     cache.key(ED_RECORD)  # a third record: the oldest goes
     cache.key(RSA_RECORD)
     assert reads == [RSA_RECORD, b"v=DKIM2; p=AAAA", ED_RECORD, RSA_RECORD]
+
+
+class _MemoryResolver:
+    def lookupText(self, name: str, timeout: object = None) -> Deferred[object]:  # noqa: N802 - IResolver's
+        record = RECORDS[name.split(".")[0].encode()]
+        return succeed(([dns.RRHeader(name.encode(), dns.TXT, payload=dns.Record_TXT(record))], [], []))
+
+
+def test_small_messages_are_verified_on_the_reactor_others_in_the_pool() -> None:
+    pooled: list[int] = []
+
+    def pool(work: Callable[..., object], message: bytes, *args: object) -> Deferred[object]:
+        pooled.append(len(message))
+        return maybeDeferred(work, message, *args)
+
+    lookups = Lookups(_MemoryResolver(), 5.0, Clock())
+
+    def verdicts(message: bytes) -> list[str]:
+        done = Deferred.fromCoroutine(check_dkim(lookups, message, pool))
+        return [result.result for result in done.result]
+
+    body = b"".join(b"line %d of a long message\r\n" % n for n in range(INLINE_MAX_BYTES // 20))
+    small = dkimpy_signed(MESSAGE, b"r", (b"relaxed", b"relaxed"), [b"from"], False)
+    large = dkimpy_signed(MESSAGE + body, b"e", (b"relaxed", b"simple"), [b"from"], False)
+    assert verdicts(small) == ["pass"] and pooled == []
+    assert verdicts(large) == ["pass"] and pooled == [len(large)]
+    signed_thrice = dkimpy_signed(dkimpy_signed(small, b"e", (b"simple", b"simple"), [b"from"], False),
+                                  b"r", (b"simple", b"relaxed"), [b"from"], True)
+    assert verdicts(signed_thrice) == ["pass", "pass", "pass"] and pooled == [len(large), len(signed_thrice)]
