@@ -8,11 +8,12 @@ the extra From it hashes), but with the public-key work done by OpenSSL
 through `cryptography` (mailgate.mailauth.dkim_public_keys: each key
 record read once, then kept) and the body canonicalized by
 mailgate.mailauth.dkim_canon. dkimpy's RSA is pure Python: on the bench's
-1 KB message (bench/mailauth_inprocess.py) its `dkim.verify` takes
-1.1 ms, 0.29 of them the RSA-2048 verification and 0.05 reading the key
-record, against 0.03 for OpenSSL's verification and a dictionary look-up;
-property tests hold the results to dkimpy's (pass exactly when it passes)
-for messages signed, then changed.
+1 KB message (bench/mailauth_inprocess.py, CPU time) its `dkim.verify`
+takes 0.45-0.5 ms, 0.26 of them the RSA-2048 verification and 0.06
+reading the key record, against 0.03 for OpenSSL's verification and a
+dictionary look-up; `verify_all` takes 0.1 ms. Property tests hold the
+results to dkimpy's (pass exactly when it passes) for messages signed,
+then changed.
 
 Where: CPU-heavy work goes to the thread pool, and with dkimpy's RSA a
 verification was that. It no longer is for a small message, which is
@@ -20,9 +21,10 @@ verified on the reactor: up to INLINE_MAX_BYTES (16 KB) and
 INLINE_MAX_SIGNATURES (2), `verify_all` takes 0.1 ms for the bench's
 1 KB message, 0.4 ms for 16 KB of text signed twice, and at most 1.8 ms
 for 16 KB made to be slow (4000 lines of "a ", two signatures, one
-relaxed with l=, one simple); handing it to the pool and back costs
-0.3 ms of CPU more than that per message (the whole check, 1 KB: 0.25 ms
-inline, 0.55 through the pool; bench/mailauth_inprocess.py --pool-always).
+relaxed with l=, one simple), while handing it to the pool and back
+costs more CPU than the 1 KB verification itself (the whole check of the
+1 KB message: 0.25-0.30 ms with DKIM verified on the reactor, 0.38-0.46
+through the pool; bench/mailauth_inprocess.py, --pool-always).
 A pool thread would hold the GIL for that time anyway (the switch interval
 is 5 ms), so the reactor waits no longer. Larger messages, where the
 canonicalization grows with the body (7 ms for 64 KB made to be slow),
