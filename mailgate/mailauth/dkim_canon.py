@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Sequence
 
 import dkim  # type: ignore[import-untyped]  # dkimpy ships no type information
 from dkim.canonicalization import (  # type: ignore[import-untyped]
     CanonicalizationPolicy,
+    Relaxed,
     correct_empty_body,
     strip_trailing_lines,
 )
 
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _WSP_TO_CHANGE = re.compile(rb"[\t ]{2,}|\t")  # a lone space stays as it is
+_WSP_RUN = re.compile(rb"[\t ]+")
 _B_START = re.compile(rb"[;\s]b\s*=")  # dkimpy's RE_BTAG, whose FWS is any run of white space
 _B_VALUE = re.compile(rb"[\sa-zA-Z0-9+/=]*")
 
@@ -74,13 +77,27 @@ def select_headers(headers: list[list[bytes]], signed: list[bytes]) -> list[list
     return picked
 
 
+def relaxed_headers(headers: Sequence[Sequence[bytes]]) -> list[tuple[bytes, bytes]]:
+    """`Relaxed.canonicalize_headers` (RFC 6376 3.4.2), with bytes methods: dkimpy runs two regular
+    expressions on every field, where most fields have no line end to unfold but their last and no
+    white space to compress."""
+    canonical = []
+    for name, value in headers:
+        unfolded = value.replace(b"\r\n", b"").replace(b"\n", b"")  # dkimpy's \r?\n removed
+        if b"\t" in unfolded or b"  " in unfolded:
+            unfolded = _WSP_RUN.sub(b" ", unfolded)
+        canonical.append((name.lower().rstrip(), unfolded.strip() + b"\r\n"))
+    return canonical
+
+
 def header_hash(policy: CanonicalizationPolicy, headers: list[list[bytes]], signed: list[bytes],
                 field: tuple[bytes, bytes] | list[bytes]) -> bytes:
     """SHA-256 of the header fields as `dkim.hash_headers` feeds them: those `signed` names (lower-case)
     pick, bottom up (select_headers), canonicalized, then `field` (name, value) with b= emptied
     and no line end. Only the picked fields are canonicalized, where dkimpy canonicalizes all."""
-    picked = policy.canonicalize_headers(select_headers(headers, signed))
-    [(name, value)] = policy.canonicalize_headers([(field[0], without_b_value(field[1]))])
+    canonicalize = relaxed_headers if policy.header_algorithm is Relaxed else policy.canonicalize_headers
+    picked = canonicalize(select_headers(headers, signed))
+    [(name, value)] = canonicalize([(field[0], without_b_value(field[1]))])
     digest = hashlib.sha256()
     for picked_name, picked_value in [*picked, (name, value.rstrip())]:
         digest.update(picked_name)

@@ -19,7 +19,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import TestCase
 
 from mailgate.config import DKIMConfig
-from mailgate.mailauth.dkim_canon import select_headers, without_b_value
+from mailgate.mailauth.dkim_canon import relaxed_headers, select_headers, without_b_value
 from mailgate.mailauth.dkim_sign import RELAXED, Signer, parse, relaxed_body, sign
 from mailgate.mailauth.dkim_verify import check_dkim, signatures
 from mailgate.mailauth.keys import KeyProblem, key_problems, load_key, write_new_key
@@ -158,3 +158,13 @@ def test_without_b_value_is_dkimpys_re_btag(parts: list[bytes]) -> None:
 def test_select_headers_is_dkimpys(names: list[bytes], signed: list[bytes]) -> None:
     headers = [[name, b" %d\r\n" % index] for index, name in enumerate(names)]
     assert select_headers(headers, signed) == dkim.select_headers(headers, signed)
+
+
+_HEADER_VALUE_PARTS = st.sampled_from([b" ", b"  ", b"\t", b"\r\n", b"\r\n ", b"\n\t", b"\r", b"\n", b"a", b"B c",
+                                       b"\x0b", b"\x0c"])
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"Subject", b"X-Y ", b"from"]),
+                          st.lists(_HEADER_VALUE_PARTS, max_size=12).map(b"".join)), max_size=4))
+def test_relaxed_headers_is_dkimpys(headers: list[tuple[bytes, bytes]]) -> None:
+    assert relaxed_headers(headers) == RELAXED.canonicalize_headers(headers)
