@@ -193,6 +193,17 @@ def verify_sizes(number: int, repeats: int) -> list[tuple[str, float]]:
                     return results
                 rows.append((f"verify_all, {size // 1024} KB, c=relaxed/{body.decode()}, {count} signature(s)",
                              timed(once, max(10, number // (size // 1024)), repeats)))
+    for size in (16 * 1024, 64 * 1024):  # made to be slow: a line end and a space to strip every 4 bytes
+        slow = b"From: <%s>\r\nSubject: slow\r\n\r\n" % SENDER.encode() + b"a \r\n" * ((size - 200) // 4)
+        for body in (b"simple", b"relaxed"):  # two canonical bodies, one with l=: nothing shared
+            slow = dkim.sign(slow, b"bench", DOMAIN.encode(), pem, canonicalize=(b"relaxed", body),
+                             include_headers=[b"from"], length=body == b"relaxed") + slow
+        found = dkim_verify.signatures(slow)
+
+        def slowest(found: list[Any] = found, slow: bytes = slow) -> object:
+            return dkim_verify.verify_all(slow, found, {found[0].key_name: dkim_verify.KeyAnswer(record)})
+        rows.append((f"verify_all, {size // 1024} KB of 'a ' lines, 2 signatures (simple; relaxed, l=)",
+                     timed(slowest, max(10, number // (size // 1024)), repeats)))
     return rows
 
 

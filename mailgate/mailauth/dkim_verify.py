@@ -16,18 +16,18 @@ results to dkimpy's (pass exactly when it passes) for messages signed,
 then changed.
 
 Where: CPU-heavy work goes to the thread pool, and with dkimpy's RSA a
-verification was that. It no longer is for a small message, which is
+verification was that. For a small message it no longer is, and it is
 verified on the reactor: up to INLINE_MAX_BYTES (16 KB) and
-INLINE_MAX_SIGNATURES (2), `verify_all` takes 0.1 ms for the bench's
-1 KB message, 0.4 ms for 16 KB of text signed twice, and at most 1.8 ms
-for 16 KB made to be slow (4000 lines of "a ", two signatures, one
-relaxed with l=, one simple), while handing it to the pool and back
-costs more CPU than the 1 KB verification itself (the whole check of the
-1 KB message: 0.25-0.30 ms with DKIM verified on the reactor, 0.38-0.46
-through the pool; bench/mailauth_inprocess.py, --pool-always).
-A pool thread would hold the GIL for that time anyway (the switch interval
-is 5 ms), so the reactor waits no longer. Larger messages, where the
-canonicalization grows with the body (7 ms for 64 KB made to be slow),
+INLINE_MAX_SIGNATURES (2), `verify_all` takes 0.1 ms for the bench's 1 KB
+message, 0.2-0.3 ms for 16 KB of text signed twice, and at most 1.9 ms for
+16 KB made to be slow (4000 lines of "a ", two signatures that share no
+canonical body). Handing it to the pool and back costs more CPU than the
+1 KB verification itself: the whole check of that message on a running
+reactor takes 0.25-0.28 ms with DKIM verified there, 0.34-0.45 through
+the pool (bench/mailauth_inprocess.py, --sizes, --pool-always). And a
+pool thread running Python holds the GIL for up to the switch interval
+(5 ms) anyway, so the reactor waits no longer. Larger messages, where the
+canonicalization grows with the body (6.6 ms for 64 KB made to be slow),
 and messages with more signatures are verified in the pool.
 
 Results (RFC 8601 2.7.1): `pass`, `fail` (the body or the headers changed,
