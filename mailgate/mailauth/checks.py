@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeoutErro
 
 from mailgate.mailauth.dkim_verify import RunInThread, check_dkim
 from mailgate.mailauth.dmarc import Discovery, OrganizationalDomains, discover, evaluate
-from mailgate.mailauth.headers import from_domains
+from mailgate.mailauth.headers import from_domains, header_fields
 from mailgate.mailauth.results import DKIMResult, DMARCResult, Results, SPFResult
 from mailgate.mailauth.spf import check_spf, spf_identity
 from mailgate.net.dns import Lookups
@@ -39,9 +39,10 @@ class Checker:
         dmarc = "dmarc" in self.checks
         spf = self._start(check_spf(self.lookups, client_ip, mail_from, helo)) if dmarc or "spf" in self.checks \
             else None
-        dkim = self._start(check_dkim(self.lookups, message, self.run_in_thread)) if dmarc or "dkim" in self.checks \
-            else None
-        authors = from_domains(message)
+        fields = header_fields(message)  # read once: DKIM's signatures and DMARC's From: are both in it
+        dkim = self._start(check_dkim(self.lookups, message, self.run_in_thread, fields)) \
+            if dmarc or "dkim" in self.checks else None
+        authors = from_domains(message, fields)
         policy = self._start(discover(self.lookups, self.organizational, authors)) if dmarc else None
         identity = spf_identity(mail_from, helo)
         spf_result = await _within(spf, lambda: SPFResult("temperror", *identity, "time limit")) if spf else None
@@ -61,6 +62,8 @@ class Checker:
 
     def _start(self, work: Awaitable[T]) -> Deferred[T]:
         started: Deferred[T] = Deferred.fromCoroutine(work)  # type: ignore[arg-type]
+        if started.called:  # done already (every answer was cached): no timer to set and cancel
+            return started
         return started.addTimeout(self.time_limit_seconds, self.lookups.clock)
 
 

@@ -18,6 +18,7 @@ sampling, RFC 7489 6.6.4).
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import dataclass
@@ -35,11 +36,20 @@ _VERSION = re.compile(rb"v\s*=\s*DMARC1\s*(?:;|$)")
 class OrganizationalDomains:
     """The organizational domain of a name (RFC 7489 3.2): the public suffix and one label more."""
 
+    MAX_ENTRIES = 10_000
+
     def __init__(self) -> None:
         self._list = PublicSuffixList()  # the bundled list; an unknown TLD counts as a public suffix
+        self._known: dict[str, str] = {}  # asked 3-4 times per message (discovery, alignment): kept
 
     def of(self, domain: str) -> str:
-        return self._list.privatesuffix(domain) or domain
+        found = self._known.get(domain)
+        if found is None:
+            found = self._list.privatesuffix(domain) or domain
+            if len(self._known) >= self.MAX_ENTRIES:
+                self._known.clear()
+            self._known[domain] = found
+        return found
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class Policy:
     pct: int = 100
 
 
+@functools.lru_cache(maxsize=1024)  # a Policy is frozen: the same record's is shared
 def parse_policy(record: bytes) -> Policy | None:
     """The policy of one TXT record, or None when it is not a usable DMARC record (RFC 7489 6.3, 6.6.3)."""
     if not _VERSION.match(record):

@@ -70,10 +70,13 @@ def without_fields(message: bytes, unwanted: Callable[[Field], bool]) -> bytes |
     return b"".join(kept)
 
 
-def from_domains(message: bytes) -> list[str]:
-    """The domains of the From: field's addresses (RFC 5322 3.6.2), lower-cased, each once."""
-    values = [unfold(field.value).decode("utf-8", "replace") for field in header_fields(message)
-              if field.name == "from"]
+def from_domains(message: bytes, fields: list[Field] | None = None) -> list[str]:
+    """The domains of the From: field's addresses (RFC 5322 3.6.2), lower-cased, each once.
+
+    `fields`: the message's header_fields, when the caller has them already.
+    """
+    values = [unfold(field.value).decode("utf-8", "replace")
+              for field in (header_fields(message) if fields is None else fields) if field.name == "from"]
     domains = [address.rpartition("@")[2].strip().rstrip(".").lower() for _, address in getaddresses(values)
                if "@" in address]
     return list(dict.fromkeys(domain for domain in domains if domain))

@@ -16,7 +16,9 @@ lookups (NXDOMAIN or no answer), at most 10 names per mx or ptr.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+
 from mailgate.mailauth.results import SPFResult
 from mailgate.mailauth.spf_record import (
     DNS_TERMS,
@@ -33,6 +35,7 @@ MAX_DNS_TERMS = 10
 MAX_VOID_LOOKUPS = 2
 MAX_NAMES = 10  # MX hosts of one mx, names of one ptr
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+CACHED = 1024  # parsed records and networks kept: a sender's next message parses neither again
 
 
 class TempError(Exception):
@@ -95,7 +98,7 @@ class _Evaluation:
             if nested:  # an include or redirect to a domain without SPF (RFC 7208 5.2, 6.1)
                 raise PermError(f"no SPF record at {domain}")
             return "none"
-        mechanisms, redirect = parse_record(record)
+        mechanisms, redirect = _parsed(record)
         context = MacroContext(self._sender, domain, str(self._ip), self._helo)
         for term in mechanisms:
             if term.name in DNS_TERMS:
@@ -156,11 +159,8 @@ class _Evaluation:
         return await self.check_host(target, nested=True) == "pass"
 
     def _within(self, address: str, term: Term) -> bool:
-        candidate = ipaddress.ip_address(address)
-        if candidate.version != self._ip.version:
-            return False
-        length = term.cidr4 if candidate.version == 4 else term.cidr6
-        return self._ip in ipaddress.ip_network(f"{candidate}/{length}", strict=False)
+        network = _network(address, term.cidr4, term.cidr6)
+        return network.version == self._ip.version and self._ip in network
 
     async def _addresses(self, name: str, void: bool = False, ipv6: bool | None = None) -> list[str]:
         family_v6 = self._ip.version == 6 if ipv6 is None else ipv6
@@ -207,3 +207,18 @@ class _Evaluation:
             except TempError:
                 continue
         return False
+
+
+@functools.lru_cache(maxsize=CACHED)
+def _parsed(record: str) -> tuple[tuple[Term, ...], Term | None]:
+    """parse_record, once per record text (a PermError is not kept: such a record is parsed each time)."""
+    mechanisms, redirect = parse_record(record)
+    return tuple(mechanisms), redirect
+
+
+@functools.lru_cache(maxsize=CACHED)
+def _network(address: str, cidr4: int, cidr6: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The network of an address and the prefix length for its family (ValueError for a bad address)."""
+    candidate = ipaddress.ip_address(address)
+    length = cidr4 if candidate.version == 4 else cidr6
+    return ipaddress.ip_network(f"{candidate}/{length}", strict=False)

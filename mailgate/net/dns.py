@@ -331,7 +331,8 @@ async def _query(lookups: Lookups, name: str, record_type: int) -> list[Any]:
     timeout_seconds = lookups.timeout_seconds
     method = getattr(lookups.resolver, _LOOKUPS[record_type])
     asked = method(name, timeout=(timeout_seconds,))
-    asked.addTimeout(timeout_seconds, lookups.clock)
+    if not asked.called:  # an answer from CachingResolver is in already: no timer to set and cancel
+        asked.addTimeout(timeout_seconds, lookups.clock)
     try:
         answers, _authority, _additional = await asked
     except DNSNameError:

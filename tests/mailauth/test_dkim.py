@@ -19,6 +19,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import TestCase
 
 from mailgate.config import DKIMConfig
+from mailgate.mailauth.dkim_canon import relaxed_headers, select_headers, without_b_value
 from mailgate.mailauth.dkim_sign import RELAXED, Signer, parse, relaxed_body, sign
 from mailgate.mailauth.dkim_verify import check_dkim, signatures
 from mailgate.mailauth.keys import KeyProblem, key_problems, load_key, write_new_key
@@ -140,3 +141,30 @@ def test_parse_is_dkimpys_rfc822_parse(header: list[tuple[bytes, bytes]], blank:
             parse(message)
         return
     assert parse(message) == expected
+
+
+_B_TAG_PARTS = st.sampled_from([b";", b" ", b"\t", b"\r\n", b"\n", b"\r", b"\x0b", b"b", b"=", b"A", b"h", b"/", b"-",
+                                b"b=", b" b=", b";b=", b"; b =\r\n "])
+
+
+@given(st.lists(_B_TAG_PARTS, max_size=30))
+def test_without_b_value_is_dkimpys_re_btag(parts: list[bytes]) -> None:
+    value = b"".join(parts)
+    assert without_b_value(value) == dkim.RE_BTAG.sub(b"\\1", value)
+
+
+@given(st.lists(st.sampled_from([b"From", b"from", b"To", b"Subject", b"X-A"]), max_size=8),
+       st.lists(st.sampled_from([b"from", b"to", b"subject", b"x-a", b"cc"]), max_size=10))
+def test_select_headers_is_dkimpys(names: list[bytes], signed: list[bytes]) -> None:
+    headers = [[name, b" %d\r\n" % index] for index, name in enumerate(names)]
+    assert select_headers(headers, signed) == dkim.select_headers(headers, signed)
+
+
+_HEADER_VALUE_PARTS = st.sampled_from([b" ", b"  ", b"\t", b"\r\n", b"\r\n ", b"\n\t", b"\r", b"\n", b"a", b"B c",
+                                       b"\x0b", b"\x0c"])
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"Subject", b"X-Y ", b"from"]),
+                          st.lists(_HEADER_VALUE_PARTS, max_size=12).map(b"".join)), max_size=4))
+def test_relaxed_headers_is_dkimpys(headers: list[tuple[bytes, bytes]]) -> None:
+    assert relaxed_headers(headers) == RELAXED.canonicalize_headers(headers)
