@@ -117,8 +117,10 @@ class Signer:
     def fields(self, message: bytes, domain: str | None = None) -> list[bytes]:
         """One `DKIM-Signature: ...\\r\\n` field per key of `domain` (default: the From: field's one domain).
 
-        [] when signing is off, the domain has no key, or From: names no
-        single domain. `message` may end its lines with CRLF or LF.
+        [] when signing is off, the domain has no key, From: names no
+        single domain, or a header line is not a field (`Subject : x`: no
+        verifier could read it either), which is logged: the message goes
+        unsigned rather than refused. `message` may end its lines with CRLF or LF.
         """
         if self.settings.sign == "off":
             return []
@@ -128,7 +130,13 @@ class Signer:
                 return []
             domain = domains[0]
         keys = self.keys.keys_for(domain)
-        return sign(message, keys, self.settings.headers) if keys else []
+        if not keys:
+            return []
+        try:
+            return sign(message, keys, self.settings.headers)
+        except dkim.MessageFormatError as error:
+            log.warn("dkim: a message from {domain} not signed: {error}", domain=domain, error=error)
+            return []
 
 
 def sign(message: bytes, keys: Sequence[SigningKey], signed_headers: Sequence[str],

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import reactor
 from twisted.internet.defer import maybeDeferred
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mailgate.config import DKIMConfig
@@ -77,6 +78,21 @@ def test_the_signer_follows_the_keys_directory(tmp_path: Path) -> None:
     assert b"s=new;" in field and b"a=ed25519-sha256;" in field
     assert signer.fields(MESSAGE.replace(b"example.test", b"../../etc")) == []  # never a path
     assert Signer(DKIMConfig(keys_dir=str(tmp_path), sign="off")).fields(MESSAGE) == []
+
+
+def test_a_header_no_verifier_could_read_goes_unsigned(tmp_path: Path) -> None:
+    write_new_key(str(tmp_path), "example.test", "sel", "ed25519")
+    signer = Signer(DKIMConfig(keys_dir=str(tmp_path)))
+    assert len(signer.fields(MESSAGE)) == 1
+    broken = MESSAGE.replace(b"\r\n\r\n", b"\r\nSubject : no colon after the name\r\n\r\n", 1)
+    assert broken != MESSAGE
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        assert signer.fields(broken) == []
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert any("not signed" in formatEvent(event) for event in logged)
 
 
 class VerificationTests(TestCase):
