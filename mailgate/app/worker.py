@@ -4,8 +4,8 @@ The master (mailgate.app.workers) binds every listener and starts each
 worker as `twistd mailgate` with the sockets and one end of a socketpair
 inherited, described in the MAILGATE_WORKER environment variable. The
 worker adopts the sockets (`reactor.adoptStreamPort`) instead of binding,
-asks the master for the shared limits over the socketpair (AMP, see
-mailgate.limits.anvil), and stops when the master has gone.
+asks the master for the shared limits over the socketpair (short lines,
+see mailgate.limits.anvil), and stops when the master has gone.
 
 The queue: a message must be attempted by exactly one process. The
 simplest design that is correct without any locking between processes is
@@ -33,12 +33,11 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger, eventAsText
-from twisted.protocols import amp
 from zope.interface import implementer
 
 from mailgate.config import GatewayConfig
 from mailgate.limits import state
-from mailgate.limits.anvil import AnvilClient, ThrottleLink
+from mailgate.limits.anvil import AnvilClient, AnvilLink
 from mailgate.outbound.scheduler import Scheduler
 
 log = Logger()
@@ -46,18 +45,8 @@ log = Logger()
 ENVIRONMENT = "MAILGATE_WORKER"
 
 
-class Hello(amp.Command):
-    """Worker -> master: started, with this index (worker 0: its queue is running)."""
-
-    arguments = [(b"index", amp.Integer()), (b"pid", amp.Integer())]
-    requiresAnswer = False
-
-
-class Queued(amp.Command):
-    """A worker -> the master -> worker 0: an entry this worker spooled, to be attempted there."""
-
-    arguments = [(b"queue_id", amp.Unicode())]
-    requiresAnswer = False
+HELLO = b"H"  # worker -> master: started, with this index and pid (worker 0: its queue is running)
+QUEUED = b"Q"  # a worker -> the master -> worker 0: an entry this worker spooled, to be attempted there
 
 
 @dataclass(frozen=True)
@@ -78,24 +67,20 @@ class WorkerSetup:
         return cls(data["index"], data["control"], tuple((fd, family) for fd, family in data["listeners"]))
 
 
-class WorkerLink(ThrottleLink):
-    """The worker's end of the socketpair: answers the master, and ends the worker when it goes."""
+class WorkerLink(AnvilLink):
+    """The worker's end of the socketpair: hears the master, and ends the worker when it goes."""
 
     def __init__(self, reactor: Any) -> None:
         super().__init__()
         self._reactor = reactor
         self.scheduler: Scheduler | None = None  # set in worker 0, whose queue it is
-        self.lost = False  # the master has gone (perhaps before this reactor ran)
 
-    @Queued.responder
-    def _queued(self, queue_id: str) -> dict[str, Any]:
-        if self.scheduler is not None:
-            self.scheduler.schedule(queue_id, self._reactor.seconds())
-        return {}
+    def heard(self, verb: bytes, fields: list[str]) -> None:
+        if verb == QUEUED and self.scheduler is not None:
+            self.scheduler.schedule(fields[0], self._reactor.seconds())
 
     def connectionLost(self, reason: Any = None) -> None:
-        super().connectionLost(reason)
-        self.lost = True
+        super().connectionLost(reason)  # `lost`: the master has gone (perhaps before this reactor ran)
         if self._reactor.running:
             log.warn("workers: the master has gone: stopping")
             self._reactor.stop()
@@ -138,10 +123,8 @@ class WorkerRole:
         return False
 
     def _forward(self, queue_id: str) -> None:
-        try:
-            self.link.callRemote(Queued, queue_id=queue_id)
-        except Exception as error:  # the master has gone: worker 0 resumes it from env/ at its start
-            log.warn("workers: could not hand {id} to the queue: {error}", id=queue_id, error=error)
+        if not self.link.send(QUEUED, queue_id):  # the master has gone: worker 0 resumes it from env/ at its start
+            log.warn("workers: could not hand {id} to the queue: the master has gone", id=queue_id)
 
     def started(self) -> None:
         """Tell the master; or, if it died while this worker was starting, stop: no orphans."""
@@ -149,7 +132,7 @@ class WorkerRole:
             log.warn("workers: the master went away during start-up: stopping")
             self._reactor.stop()
             return
-        self.link.callRemote(Hello, index=self.setup.index, pid=os.getpid())
+        self.link.send(HELLO, str(self.setup.index), str(os.getpid()))
 
 
 def process_role(config: GatewayConfig, reactor: Any) -> WorkerRole | None:

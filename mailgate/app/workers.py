@@ -32,9 +32,9 @@ from twisted.logger import Logger, LogLevel
 
 from mailgate.app import preflight
 from mailgate.app.service import fail_startup
-from mailgate.app.worker import Hello, Queued, WorkerSetup, ENVIRONMENT
+from mailgate.app.worker import HELLO, QUEUED, WorkerSetup, ENVIRONMENT
 from mailgate.config import ConfigError, GatewayConfig
-from mailgate.limits.anvil import AnvilResponder, AuthFailed, AuthSucceeded, Counters
+from mailgate.limits.anvil import FAILED, SUCCEEDED, AnvilResponder, Counters
 from mailgate.outbound.spool import QueueStore
 
 log = Logger()
@@ -60,25 +60,13 @@ class MasterLink(AnvilResponder):
         super().__init__(master.counters)
         self._master, self._index = master, index
 
-    @Hello.responder
-    def _hello(self, index: int, pid: int) -> dict[str, Any]:
-        self._master.worker_ready(self._index, self)
-        return {}
-
-    @Queued.responder
-    def _queued(self, queue_id: str) -> dict[str, Any]:
-        self._master.hand_to_queue(queue_id)
-        return {}
-
-    @AuthFailed.responder
-    def _auth_failed(self, ip: str, account: str) -> dict[str, Any]:
-        self._master.tell_others(self, AuthFailed, ip=ip, account=account)
-        return {}
-
-    @AuthSucceeded.responder
-    def _auth_succeeded(self, ip: str, account: str) -> dict[str, Any]:
-        self._master.tell_others(self, AuthSucceeded, ip=ip, account=account)
-        return {}
+    def heard(self, verb: bytes, fields: list[str]) -> None:
+        if verb == HELLO:
+            self._master.worker_ready(self._index, self)
+        elif verb == QUEUED:
+            self._master.hand_to_queue(fields[0])
+        elif verb == FAILED or verb == SUCCEEDED:
+            self._master.tell_others(self, verb, *fields)
 
 
 class WorkerProcess(ProcessProtocol):
@@ -221,21 +209,16 @@ class Master(Service):
         if first and len(self._ready) == self.config.server.workers:
             log.info("workers: all {count} ready", count=len(self._ready))
 
-    def tell_others(self, source: MasterLink, command: Any, **arguments: Any) -> None:
-        """Pass a worker's news (an AUTH failure) on to every other worker."""
+    def tell_others(self, source: MasterLink, verb: bytes, *fields: str) -> None:
+        """Pass a worker's news (an AUTH failure) on to every other worker (one that has just gone: not)."""
         for link in list(self._links.values()):
-            if link is not source and link.transport is not None:
-                try:
-                    link.callRemote(command, **arguments)
-                except Exception:  # that worker has just gone
-                    pass
+            if link is not source:
+                link.send(verb, *fields)
 
     def hand_to_queue(self, queue_id: str) -> None:
         owner = self._queue_owner
-        if owner is None or owner.transport is None:
+        if owner is None or not owner.send(QUEUED, queue_id):
             self._waiting_ids.append(queue_id)
-            return
-        owner.callRemote(Queued, queue_id=queue_id)
 
     def worker_ended(self, process: WorkerProcess, reason: Any) -> None:
         index = process.index

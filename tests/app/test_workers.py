@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.task import Clock
 
 from mailgate.app.workers import FIRST_RESTART_SECONDS, LONGEST_RESTART_SECONDS, Master, WorkerProcess
@@ -72,14 +70,13 @@ def test_a_worker_dying_before_it_was_ever_ready_stops_the_server() -> None:
 def test_ids_spooled_while_worker_0_is_away_reach_it_when_it_is_back() -> None:
     gateway, _, _ = master()
     gateway.hand_to_queue("Q1")
-    sent: list[tuple[Any, dict[str, str]]] = []
+    sent: list[tuple[bytes, tuple[str, ...]]] = []
 
     class Link:
-        transport = object()
-
-        def callRemote(self, command: Any, **arguments: str) -> None:
-            sent.append((command.__name__, arguments))
+        def send(self, verb: bytes, *fields: str) -> bool:
+            sent.append((verb, fields))
+            return True
 
     gateway.worker_ready(0, Link())  # type: ignore[arg-type]
     gateway.hand_to_queue("Q2")
-    assert sent == [("Queued", {"queue_id": "Q1"}), ("Queued", {"queue_id": "Q2"})]
+    assert sent == [(b"Q", ("Q1",)), (b"Q", ("Q2",))]

@@ -1,4 +1,4 @@
-"""Counters shared across processes: the master's anvil over AMP, SharedAdmission, and Redis's fail-open rule."""
+"""Counters shared across processes: the master's anvil over its line protocol, SharedAdmission, and Redis's fail-open rule."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailgate.config import LimitsConfig, SenderRate, StateConfig
 from mailgate.limits import state
 from mailgate.limits.admission import Admission, Refusal
-from mailgate.limits.anvil import AnvilClient, AuthFailed, AnvilResponder, Counters, ThrottleLink
+from mailgate.limits.anvil import FAILED, AnvilClient, AnvilLink, AnvilResponder, Counters
 from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.limits.redis_state import RedisState
 
 
-def linked(counters: Counters) -> tuple[AnvilResponder, ThrottleLink, Any]:
+def linked(counters: Counters) -> tuple[AnvilResponder, AnvilLink, Any]:
     """A worker's link and the master's responder, joined by an in-memory transport."""
-    server, client = AnvilResponder(counters), ThrottleLink()
+    server, client = AnvilResponder(counters), AnvilLink()
     pump = connect(server, FakeTransport(server, isServer=True), client, FakeTransport(client, isServer=False))
     return server, client, pump
 
@@ -80,22 +80,23 @@ class AnvilTests(SynchronousTestCase):
         self.assertEqual(sum("counters are unreachable" in line for line in lines), 1, lines)
 
     def test_auth_failures_are_told_to_the_master_and_counted_by_the_other_workers(self) -> None:
-        """MirroredThrottle counts and tells (AuthFailed); a ThrottleLink counts what the master passes on."""
-        sent: list[tuple[Any, dict[str, str]]] = []
+        """MirroredThrottle counts and tells (F ip account); an AnvilLink counts what the master passes on."""
+        sent: list[tuple[bytes, tuple[str, ...]]] = []
 
-        class Recorder:
-            def callRemote(self, command: Any, **arguments: str) -> None:
-                sent.append((command, arguments))
+        class Recorder(AnvilLink):
+            def send(self, verb: bytes, *fields: str) -> bool:
+                sent.append((verb, fields))
+                return True
 
         mine = AuthThrottle(self.clock, failures_per_account=2)
-        mirrored = AnvilClient(Recorder()).share_throttle(mine)  # type: ignore[arg-type]
+        mirrored = AnvilClient(Recorder()).share_throttle(mine)
         mirrored.record_failure("192.0.2.1", "alice")
-        self.assertEqual(sent, [(AuthFailed, {"ip": "192.0.2.1", "account": "alice"})])
+        self.assertEqual(sent, [(FAILED, ("192.0.2.1", "alice"))])
         self.assertEqual(mine.failures("192.0.2.1", "alice"), 1)
         theirs = AuthThrottle(self.clock, failures_per_account=2)
         self.link.throttle = theirs
         for _ in range(2):
-            self.server.callRemote(AuthFailed, ip="192.0.2.1", account="Alice")
+            self.server.send(FAILED, "192.0.2.1", "Alice")
         self.pump.flush()
         self.assertTrue(theirs.locked_out("192.0.2.1", "alice"))
 
