@@ -23,12 +23,14 @@ left before any worker starts; a worker 0 started again later must not
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
 import sys
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
@@ -158,18 +160,47 @@ def attach(service: Any, role: WorkerRole | None, reactor: Any) -> Any:
 
 @implementer(ILogObserver)
 class LineObserver:
-    """A worker's log: one `LEVEL text` line per event on stdout, which the master relays into its log."""
+    """A worker's log: one `LEVEL text` line per event on stdout, which the master relays into its log.
 
-    def __init__(self, write: Callable[[str], object] = sys.stdout.write) -> None:
-        self._write = write
+    The lines of one reactor turn are written together at the end of it: a
+    write, and a wake-up of the master, per turn rather than per event.
+    Lines logged while the reactor is not running (start-up, shutdown) or
+    from another thread are written at once, with any still waiting, and
+    the rest at exit; a crash's traceback goes to stderr, unbuffered.
+    """
+
+    def __init__(self, out: IO[str], reactor: Any) -> None:
+        self._out, self._reactor = out, reactor
+        self._pending: list[str] = []
+        self._scheduled = False
+        self._main = threading.main_thread()
+        atexit.register(self.flush)
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = getattr(event.get("log_level"), "name", "info")
         text = eventAsText(event, includeTimestamp=False, includeSystem=False)
-        self._write("".join(f"{level} {line}\n" for line in text.splitlines()))
-        sys.stdout.flush()
+        lines = "".join(f"{level} {line}\n" for line in text.splitlines())
+        if threading.current_thread() is not self._main:
+            self._out.write(lines)  # the stream's lock keeps the line whole
+            self._out.flush()
+            return
+        self._pending.append(lines)
+        if not self._reactor.running:  # no end of turn to wait for (and a delayed call may never run)
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        if pending:
+            self._out.write("".join(pending))
+            self._out.flush()
 
 
 def log_observer() -> LineObserver:
     """twistd --logger for a worker."""
-    return LineObserver()
+    from twisted.internet import reactor  # twistd has installed it before it asks for the logger
+
+    return LineObserver(sys.stdout, reactor)

@@ -42,9 +42,9 @@ log = Logger()
 FIRST_RESTART_SECONDS = 0.5
 LONGEST_RESTART_SECONDS = 30.0
 YOUNG_SECONDS = 30.0  # a worker that ran longer than this died of something new: restart at once
-LEVELS = frozenset(("debug", "info", "warn", "error", "critical"))  # LogLevel names
-STOP_GRACE_SECONDS = 20.0
-TWISTD = "from twisted.scripts.twistd import run; run()"  # `twistd` itself, with this interpreter  # the workers' own shutdown grace (10 s) and then some; then SIGKILL
+LEVELS = {level.name: level for level in LogLevel.iterconstants()}  # "debug", "info", "warn", "error", "critical"
+STOP_GRACE_SECONDS = 20.0  # the workers' own shutdown grace (10 s) and then some; then SIGKILL
+TWISTD = "from twisted.scripts.twistd import run; run()"  # `twistd` itself, with this interpreter
 
 
 class Silent(Factory):
@@ -74,20 +74,29 @@ class WorkerProcess(ProcessProtocol):
 
     def __init__(self, master: Master, index: int) -> None:
         self._master, self.index = master, index
-        self._partial = b""
+        self._partial = {1: b"", 2: b""}  # stdout's and stderr's unfinished lines
         self.ended: Deferred[None] = Deferred()
 
-    def outReceived(self, data: bytes) -> None:
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        for line in lines:
-            level, _, text = line.decode("utf-8", "replace").partition(" ")
-            known = level in LEVELS
-            log.emit(LogLevel.levelWithName(level) if known else LogLevel.info,
-                     "worker {index}: {text}", index=self.index, text=text if known else f"{level} {text}")
-
-    errReceived = outReceived  # a worker's stderr is the same kind of line (or a crash's last words)
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """A chunk of a worker's stdout (its log, a reactor turn's lines at a time) or stderr (the
+        same kind of line, or a crash's last words): decoded and split once, each line logged."""
+        chunk = self._partial.get(childFD, b"") + data
+        end = chunk.rfind(b"\n")
+        self._partial[childFD] = chunk[end + 1:]
+        if end < 0:
+            return
+        emit, index, levels = log.emit, self.index, LEVELS
+        for line in chunk[:end].decode("utf-8", "replace").split("\n"):
+            level, _, text = line.partition(" ")
+            if level in levels:
+                emit(levels[level], "worker {index}: {text}", index=index, text=text)
+            else:
+                emit(LogLevel.info, "worker {index}: {text}", index=index, text=line)
 
     def processEnded(self, reason: Any) -> None:
+        for childFD, rest in self._partial.items():  # last words without a line end
+            if rest:
+                self.childDataReceived(childFD, b"\n")
         self._master.worker_ended(self, reason.value)
         self.ended.callback(None)
 
