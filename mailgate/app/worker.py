@@ -49,6 +49,7 @@ ENVIRONMENT = "MAILGATE_WORKER"
 
 HELLO = b"H"  # worker -> master: started, with this index and pid (worker 0: its queue is running)
 QUEUED = b"Q"  # a worker -> the master -> worker 0: an entry this worker spooled, to be attempted there
+RESTARTS = b"R"  # the master -> worker 0, which serves the metrics: how many workers it has started again
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,11 @@ class WorkerSetup:
     index: int
     control: int  # this worker's end of the socketpair to the master
     listeners: tuple[tuple[int, int], ...]  # (descriptor, address family), in [[listen]] order
+    metrics: tuple[int, int] | None = None  # metrics.endpoint's, for worker 0 only
 
     def encode(self) -> str:
-        return json.dumps({"index": self.index, "control": self.control, "listeners": self.listeners})
+        return json.dumps({"index": self.index, "control": self.control, "listeners": self.listeners,
+                           "metrics": self.metrics})
 
     @classmethod
     def from_environment(cls) -> WorkerSetup | None:
@@ -66,7 +69,9 @@ class WorkerSetup:
         if not raw:
             return None
         data = json.loads(raw)
-        return cls(data["index"], data["control"], tuple((fd, family) for fd, family in data["listeners"]))
+        metrics = data.get("metrics")
+        return cls(data["index"], data["control"], tuple((fd, family) for fd, family in data["listeners"]),
+                   (metrics[0], metrics[1]) if metrics else None)
 
 
 class WorkerLink(AnvilLink):
@@ -76,10 +81,13 @@ class WorkerLink(AnvilLink):
         super().__init__()
         self._reactor = reactor
         self.scheduler: Scheduler | None = None  # set in worker 0, whose queue it is
+        self.restarts: Any = None  # worker 0's metrics' WorkerRestarts, when they are served
 
     def heard(self, verb: bytes, fields: list[str]) -> None:
         if verb == QUEUED and self.scheduler is not None:
             self.scheduler.schedule(fields[0], self._reactor.seconds())
+        elif verb == RESTARTS and self.restarts is not None:
+            self.restarts.count = int(fields[0])
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)  # `lost`: the master has gone (perhaps before this reactor ran)
@@ -113,6 +121,12 @@ class WorkerRole:
     def endpoint(self, index: int) -> AdoptedEndpoint:
         descriptor, family = self.setup.listeners[index]
         return AdoptedEndpoint(self._reactor, descriptor, family)
+
+    def metrics_endpoint(self) -> AdoptedEndpoint | None:
+        """metrics.endpoint, bound by the master: worker 0 serves it, the others do not."""
+        if self.setup.metrics is None:
+            return None
+        return AdoptedEndpoint(self._reactor, *self.setup.metrics)
 
     def owns_queue(self, scheduler: Scheduler) -> bool:
         """Worker 0 runs the queue (without clearing the spool: others write to it); the
@@ -154,6 +168,8 @@ def attach(service: Any, role: WorkerRole | None, reactor: Any) -> Any:
     """Give the GatewayService its worker role; tell the master once it has started."""
     if role is not None:
         service.role = role
+        metrics = service.ops.metrics
+        role.link.restarts = metrics.worker_restarts if metrics is not None else None
         reactor.callWhenRunning(role.started)
     return service
 

@@ -10,7 +10,10 @@ a crash left before any worker writes to it (see mailgate.app.worker).
 
 A worker that dies is started again with the same index (worker 0 runs
 the queue), after a delay doubling from half a second to 30 s while it
-keeps dying young, with one log line each time. SIGTERM stops the workers
+keeps dying young, with one log line each time, counted in
+`mailgate_worker_restarts_total`. The `metrics.endpoint` is bound here too
+and served by worker 0 alone (it has the queue and the status page), from
+every process's counters (see mailgate.ops.metrics). SIGTERM stops the workers
 (each finishes its sessions, as a single process does) and then the
 master; SIGHUP is passed on to every worker.
 """
@@ -18,6 +21,7 @@ master; SIGHUP is passed on to every worker.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -32,9 +36,10 @@ from twisted.logger import Logger, LogLevel
 
 from mailgate.app import preflight
 from mailgate.app.service import fail_startup
-from mailgate.app.worker import HELLO, QUEUED, WorkerSetup, ENVIRONMENT
+from mailgate.app.worker import HELLO, QUEUED, RESTARTS, WorkerSetup, ENVIRONMENT
 from mailgate.config import ConfigError, GatewayConfig
 from mailgate.limits.anvil import FAILED, SUCCEEDED, AnvilResponder, Counters
+from mailgate.ops.metrics import SHARED_DIRECTORY
 from mailgate.outbound.spool import QueueStore
 
 log = Logger()
@@ -110,6 +115,8 @@ class Master(Service):
         self._owner, self._twistd = owner, twistd
         self.counters = Counters(config.limits, reactor)
         self._ports: list[Any] = []
+        self._metrics_port: Any = None  # metrics.endpoint's, handed to worker 0
+        self._metrics_directory = os.path.join(config.server.state_dir, "metrics")  # every worker's counters
         self._processes: dict[int, WorkerProcess] = {}
         self._links: dict[int, MasterLink] = {}
         self._started_at: dict[int, float] = {}
@@ -137,25 +144,29 @@ class Master(Service):
         except ConfigError as error:
             fail_startup(tuple(error.problems), self._twistd)
         for index, listener in enumerate(self.config.listen):
-            self._ports.append(self._bind(index, listener.endpoint))
+            port = self._bind(f"listen[{index}].endpoint", listener.endpoint)
+            log.info("listening: {name} on {address}, for {count} workers",
+                     name=listener.name, address=port.getHost(), count=self.config.server.workers)
+            self._ports.append(port)
+        if self.config.metrics.endpoint:
+            self._metrics_port = self._bind("metrics.endpoint", self.config.metrics.endpoint)
+            log.info("listening: metrics and status page (http) on {address}, for worker 0",
+                     address=self._metrics_port.getHost())
         super().privilegedStartService()
 
-    def _bind(self, index: int, description: str) -> Any:
+    def _bind(self, key: str, description: str) -> Any:
         """Listen on the endpoint without ever accepting: the workers accept."""
         bound: list[Any] = []
         try:
             d = serverFromString(self._reactor, description).listen(Silent())
         except (IndexError, KeyError):
-            fail_startup((f"listen[{index}].endpoint: {description}: no such socket was passed by systemd",),
-                         self._twistd)
+            fail_startup((f"{key}: {description}: no such socket was passed by systemd",), self._twistd)
         d.addCallbacks(bound.append, bound.append)  # a listening endpoint answers at once: a port or a Failure
         result = bound[0] if bound else None
         if result is None or not hasattr(result, "fileno"):
             error = getattr(getattr(result, "value", None), "socketError", result)
-            fail_startup((f"listen[{index}].endpoint: cannot listen on {description}: {error}",), self._twistd)
+            fail_startup((f"{key}: cannot listen on {description}: {error}",), self._twistd)
         result.stopReading()
-        log.info("listening: {name} on {address}, for {count} workers",
-                 name=self.config.listen[index].name, address=result.getHost(), count=self.config.server.workers)
         return result
 
     def startService(self) -> None:
@@ -169,6 +180,15 @@ class Master(Service):
     def _spool_prepared(self, set_aside: list[tuple[str, str]]) -> None:
         for queue_id, reason in set_aside:
             log.warn("queue: {id} set aside in corrupt/: {reason}", id=queue_id, reason=reason)
+        if self._metrics_port is not None:  # counters start at zero with the server
+            shutil.rmtree(self._metrics_directory, ignore_errors=True)
+            try:
+                os.makedirs(self._metrics_directory)
+            except OSError as error:
+                log.critical("server.state_dir: cannot make {path}: {error}", path=self._metrics_directory,
+                             error=error.strerror)
+                self._reactor.stop()
+                return
         for index in range(self.config.server.workers):
             self._spawn(index)
 
@@ -192,14 +212,18 @@ class Master(Service):
         self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: link))
         ours.close()
         listeners = tuple((port.fileno(), port.addressFamily) for port in self._ports)
-        setup = WorkerSetup(index, theirs.fileno(), listeners)
+        metrics = self._metrics_port
+        served = (metrics.fileno(), metrics.addressFamily) if metrics is not None and index == 0 else None
+        setup = WorkerSetup(index, theirs.fileno(), listeners, served)
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", setup.control: setup.control}
-        child_fds.update({fd: fd for fd, _ in listeners})
+        child_fds.update({fd: fd for fd, _ in (*listeners, *([served] if served else []))})
+        env = {**os.environ, ENVIRONMENT: setup.encode()}
+        if metrics is not None:
+            env[SHARED_DIRECTORY] = os.path.abspath(self._metrics_directory)
         process = WorkerProcess(self, index)
         args = [sys.executable, "-c", TWISTD, "--nodaemon", "--pidfile=",
                 "--logger=mailgate.app.worker.log_observer", "mailgate", "--config", self._config_path]
-        self._reactor.spawnProcess(process, sys.executable, args, env={**os.environ, ENVIRONMENT: setup.encode()},
-                                   childFDs=child_fds)
+        self._reactor.spawnProcess(process, sys.executable, args, env=env, childFDs=child_fds)
         theirs.close()
         log.info("workers: worker {index} started (pid {pid})", index=index, pid=getattr(process.transport, "pid", None))
         self._processes[index] = process
@@ -212,6 +236,7 @@ class Master(Service):
         self._ready.add(index)
         if index == 0:
             self._queue_owner = link
+            link.send(RESTARTS, str(self.restarts))
             waiting, self._waiting_ids = self._waiting_ids, []
             for queue_id in waiting:
                 self.hand_to_queue(queue_id)
@@ -250,6 +275,8 @@ class Master(Service):
                  else min(max(self._delays.get(index, 0.0) * 2, FIRST_RESTART_SECONDS), LONGEST_RESTART_SECONDS))
         self._delays[index] = delay
         self.restarts += 1
+        if self._queue_owner is not None:  # worker 0 serves the metrics; if it is the one gone, it hears at Hello
+            self._queue_owner.send(RESTARTS, str(self.restarts))
         log.warn("workers: worker {index} ended ({why}) after {lived:.1f} s: starting it again in {delay:.1f} s",
                  index=index, why=reason, lived=lived, delay=delay)
         self._reactor.callLater(delay, self._spawn, index)
@@ -282,7 +309,7 @@ class Master(Service):
         return done
 
     def _close(self) -> None:
-        for port in self._ports:
+        for port in [*self._ports, *([self._metrics_port] if self._metrics_port is not None else [])]:
             port.stopListening()
         super().stopService()
         log.info("mailgate stopped cleanly")
