@@ -9,13 +9,14 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
+from twisted.internet.testing import StringTransport
 from twisted.test.iosim import connect, FakeTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailgate.config import LimitsConfig, SenderRate, StateConfig
 from mailgate.limits import state
 from mailgate.limits.admission import Admission, Refusal
-from mailgate.limits.anvil import FAILED, AnvilClient, AnvilLink, AnvilResponder, Counters
+from mailgate.limits.anvil import FAILED, AnvilClient, AnvilLink, AnvilResponder, Counters, decode, encode
 from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.limits.redis_state import RedisState
 
@@ -78,6 +79,32 @@ class AnvilTests(SynchronousTestCase):
             self.client.leave("192.0.2.1")  # no error either
         lines = [formatEvent(event) for event in events]
         self.assertEqual(sum("counters are unreachable" in line for line in lines), 1, lines)
+
+    def test_a_question_the_master_never_answered_admits_when_the_link_goes(self) -> None:
+        d = self.client.enter("192.0.2.1")
+        with capturedLogs() as events:
+            self.link.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(sum("counters are unreachable" in formatEvent(event) for event in events), 1)
+
+    def test_the_questions_of_one_read_are_answered_in_one_write_in_order(self) -> None:
+        writes: list[bytes] = []
+
+        class Recording(StringTransport):
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+
+        responder = AnvilResponder(self.counters)
+        responder.makeConnection(Recording())
+        responder.dataReceived(b"E 192.0.2.9\nE 192.0.2.9\nL 192.0.2.9\nT sender b@example.test\nE 192.0.2.9\n"
+                               b"E 192.0.2.9\nT sen")
+        self.assertEqual(writes, [b"A \nA \nA 0.0\nA \nA PER_IP\n"])
+        responder.dataReceived(b"der b@example.test\n")
+        self.assertEqual(writes[1:], [b"A 0.0\n"])
+
+    def test_fields_with_spaces_line_ends_and_percent_signs_arrive_unchanged(self) -> None:
+        for text in ("alice", "", "a b", "line\r\nend", "100%", "é@example.test", "%41"):
+            self.assertEqual(decode(encode(b"F", ("192.0.2.1", text)).rstrip(b"\n")), (b"F", ["192.0.2.1", text]))
 
     def test_auth_failures_are_told_to_the_master_and_counted_by_the_other_workers(self) -> None:
         """MirroredThrottle counts and tells (F ip account); an AnvilLink counts what the master passes on."""
