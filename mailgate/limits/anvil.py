@@ -95,7 +95,8 @@ class LineLink(Protocol):
                       count=LONGEST_LINE)
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
-        self._batch = batch = []
+        batch: list[bytes] = []
+        self._batch = batch
         try:
             for raw in lines:
                 verb, fields = decode(raw)
