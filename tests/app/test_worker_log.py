@@ -8,10 +8,11 @@ from typing import Any
 
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, Logger, capturedLogs, formatEvent
+from twisted.logger import LogLevel, LogPublisher, Logger, capturedLogs, formatEvent, textFileLogObserver
 from twisted.python.failure import Failure
 
 from mailgate.app.worker import LineObserver
+from mailgate.app import workers
 from mailgate.app.workers import WorkerProcess
 
 
@@ -65,6 +66,7 @@ def test_a_line_from_another_thread_is_written_at_once() -> None:
 
 class Master:
     ended: list[Any] = []
+    log_out: io.StringIO | None = None
 
     def worker_ended(self, process: WorkerProcess, reason: Any) -> None:
         self.ended.append(reason)
@@ -85,3 +87,23 @@ def test_the_master_logs_each_line_of_a_chunk_with_its_level_and_worker() -> Non
         (LogLevel.error, "worker 1: bad"),
         (LogLevel.info, "worker 1:   File"),  # stderr's last words, without a line end
     ]
+
+
+def test_written_to_the_masters_text_log_directly_the_lines_are_what_its_observer_would_write(
+        monkeypatch: Any) -> None:
+    """With the master's own text log observer, a chunk is written in one go, each line exactly as
+    that observer writes the event `worker N: text` at the same moment."""
+    monkeypatch.setattr(workers.time, "time", lambda: 1764660000.0)
+    chunk = b"info accepted {a}\nwarn slow\ncritical oh no\nno-level-here\n"
+    master = Master()
+    master.log_out = io.StringIO()
+    WorkerProcess(master, 1).childDataReceived(1, chunk)  # type: ignore[arg-type]
+
+    expected, publisher = io.StringIO(), LogPublisher()
+    publisher.addObserver(textFileLogObserver(expected))
+    with capturedLogs() as events:
+        WorkerProcess(Master(), 1).childDataReceived(1, chunk)  # type: ignore[arg-type]
+    for event in events:
+        publisher({**event, "log_time": 1764660000.0})
+    assert master.log_out.getvalue() == expected.getvalue()
+    assert expected.getvalue().count("\n") == 4 and "[mailgate.app.workers#warn] worker 1: slow\n" in expected.getvalue()
