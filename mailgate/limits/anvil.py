@@ -15,21 +15,24 @@ AUTH failures and successes (`F`/`S ip account`, to the master and from
 it to every other worker) and what mailgate.app.workers adds (`H`ello,
 `Q`ueued).
 
-Why lines and not AMP, and not leases: with AMP each question cost about
-0.14 ms of CPU on each side (boxes built, parsed and dispatched through
-several layers), 0.28 ms per connection in all, a third of what a 1 KB
-message costs. A line is a verb and space-separated fields, split once;
-questions asked in one reactor turn leave in one send (the transport
-buffers what is written until the reactor's next write pass), and the
-master answers all the questions of one read in one write. That keeps the
-round trip per connection Postfix's smtpd also makes, and the master stays
-the only judge: the limits are exactly as strict as one process's, and a
-dead worker's connections are uncounted when its link closes. Leases
-(each worker admitting within a share of each limit without asking) would
-save the round trip too, but need shares revoked before a refusal to stay
-exact, and a wake-up of the master per connection still to settle them;
-the line protocol brought the cost down enough (docs/scaling.md, "What
-workers cost") to not need them.
+Why lines and not AMP, and not leases: AMP cost about 0.28 ms of CPU per
+connection across both processes (bench/RESULTS.md, issue 18): boxes
+built, parsed and dispatched through several layers for each Enter and
+Leave. A line is a verb and space-separated fields, split once; questions
+asked in one reactor turn leave in one send (the transport buffers what is
+written until the reactor's next write pass), and the master answers all
+the questions of one read in one write. Measured in one process over a
+real socketpair, both ends' CPU per connection (Enter answered, Leave):
+AMP 110-130 us, lines 56-65 us one connection at a time and 24-26 us with
+50 at once. That keeps the one round trip per connection Postfix's smtpd
+also makes, and the master the only judge: the limits are exactly as strict
+as one process's, and a dead worker's connections are uncounted when its
+link closes. Leases (each worker admitting within its share of each limit
+without asking, the master revoking unused shares before it refuses) would
+save the round trip too, but a share must still be given back when each
+connection ends, and exactness then rests on revocation racing admission
+in several processes: more code, and more ways to be wrong, for the tens
+of microseconds left.
 """
 
 from __future__ import annotations
