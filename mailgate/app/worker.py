@@ -30,7 +30,7 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
@@ -40,6 +40,7 @@ from zope.interface import implementer
 from mailgate.config import GatewayConfig
 from mailgate.limits import state
 from mailgate.limits.anvil import AnvilClient, AnvilLink
+from mailgate.ops.log_text import event_text
 from mailgate.outbound.scheduler import Scheduler
 
 log = Logger()
@@ -194,7 +195,8 @@ class LineObserver:
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = getattr(event.get("log_level"), "name", "info")
-        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        text = (event_text(event) if "log_failure" not in event  # a failure's text ends with its traceback
+                else eventAsText(event, includeTimestamp=False, includeSystem=False))
         lines = "".join(f"{level} {line}\n" for line in text.splitlines())
         if threading.current_thread() is not self._main:
             self._out.write(lines)  # the stream's lock keeps the line whole

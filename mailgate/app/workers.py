@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, Logger, LogLevel, formatTime, textFileLogObserver, timeFormatRFC3339
+from twisted.logger import FileLogObserver, ILogObserver, Logger, LogLevel, formatTime, timeFormatRFC3339
 
 from mailgate.app import preflight
 from mailgate.app.service import fail_startup
@@ -41,6 +41,7 @@ from mailgate.app.worker import HELLO, QUEUED, RESTARTS, WorkerSetup, ENVIRONMEN
 from mailgate.config import ConfigError, GatewayConfig
 from mailgate.limits.anvil import FAILED, SUCCEEDED, AnvilResponder, Counters
 from mailgate.ops.log_observer import twistd_destination
+from mailgate.ops.log_text import classic_line
 from mailgate.ops.metrics import SHARED_DIRECTORY
 from mailgate.outbound.spool import QueueStore
 
@@ -156,13 +157,14 @@ class Master(Service):
         self.log_out: IO[str] | None = None  # where the master's log observer writes, when it is ours
 
     def setServiceParent(self, parent: Any) -> None:
-        """Under twistd, offer the application twistd's own text log observer, made here so that
-        the workers' lines can be written to its file directly (WorkerProcess)."""
+        """Under twistd, offer the application the text log observer twistd would make (its lines
+        byte for byte, mailgate.ops.log_text), made here so that the workers' lines can be written
+        to its file directly (WorkerProcess)."""
         options = self._twistd
         if (options is not None and hasattr(parent, "setComponent") and parent.getComponent(ILogObserver) is None
                 and not options.get("logger") and not options.get("syslog")):
             self.log_out = twistd_destination(options)
-            parent.setComponent(ILogObserver, textFileLogObserver(self.log_out))
+            parent.setComponent(ILogObserver, FileLogObserver(self.log_out, classic_line))
         super().setServiceParent(parent)
 
     # --- start ---------------------------------------------------------------

@@ -46,6 +46,19 @@ def test_the_lines_of_one_turn_are_written_together_at_its_end() -> None:
     assert out.getvalue().endswith("\nerror three\n") and out.writes == 2
 
 
+def test_a_failure_is_written_with_its_traceback_each_line_at_its_level() -> None:
+    log, out, reactor = observed()
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.failure("delivery {id} crashed", id="Q1")
+    reactor.advance(0)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "critical delivery Q1 crashed"
+    assert "critical Traceback (most recent call last):" in lines
+    assert lines[-1] == "critical builtins.ZeroDivisionError: division by zero"
+
+
 def test_without_a_running_reactor_lines_are_written_at_once_after_any_still_waiting() -> None:
     log, out, reactor = observed()
     log.info("first")
