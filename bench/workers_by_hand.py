@@ -11,23 +11,36 @@ No quiet-machine wait and no other process accounted: on a shared machine
 read the master's figure, which is small and steady, before the workers'.
 KEEP=1 keeps the directory; PROFILE=FILE profiles the master (cProfile).
 """
-import os, subprocess, sys, tempfile, time, socket, shutil
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
 workers, n, reps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 TICK = os.sysconf("SC_CLK_TCK")
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
-def ticks(pid):
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ticks(pid: int) -> int:
+    """utime + stime, in clock ticks."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
 
-def children(pid):
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
 
 root = Path(tempfile.mkdtemp(prefix="anvil-measure-"))
 port = free_port()
@@ -61,14 +74,20 @@ while not (log.exists() and ready in log.read_text()):
     assert time.time() < deadline and proc.poll() is None, log.read_text() if log.exists() else "no log"
     time.sleep(0.1)
 new = root / "var/mail/example.test/benchuser/new"
-def count():
+
+
+def count() -> int:
     return len(os.listdir(new)) if new.is_dir() else 0
-def run(m):
+
+
+def run(m: int) -> None:
     start = count()
     subprocess.run(["/usr/sbin/smtp-source", "-s", "50", "-m", str(m), "-l", "1024", "-M", "client.test",
                     "-f", "bench@client.test", "-t", "benchuser@example.test", f"127.0.0.1:{port}"], check=True)
     while count() < start + m:
         time.sleep(0.02)
+
+
 try:
     run(500)  # warm-up
     pids = [proc.pid] + children(proc.pid)
@@ -83,5 +102,9 @@ try:
         print(f"rep {rep}: {n / wall:.0f} msgs/s; ms/msg " + " ".join(f"{name}={v:.3f}" for name, v in zip(names, per))
               + f" total={sum(per):.3f}", flush=True)
 finally:
-    proc.terminate(); proc.wait(30)
-    print(root) if os.environ.get("KEEP") else shutil.rmtree(root, ignore_errors=True)
+    proc.terminate()
+    proc.wait(30)
+    if os.environ.get("KEEP"):
+        print(root)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
