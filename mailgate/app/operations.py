@@ -43,10 +43,15 @@ def metrics_listener(gateway: GatewayService) -> MetricsListener | None:
     metrics, endpoint = gateway.ops.metrics, gateway.config.metrics.endpoint
     if metrics is None or not endpoint:
         return None
-    try:
-        server = serverFromString(gateway.reactor, endpoint)
-    except (IndexError, KeyError):  # the config checked its form: only systemd's lookup is left
-        gateway._fail_startup(f"metrics.endpoint: {endpoint}: no such socket was passed by systemd (LISTEN_FDS)")
+    if gateway.role is not None:  # a worker: the master bound it, for worker 0
+        server = gateway.role.metrics_endpoint()
+        if server is None:
+            return None
+    else:
+        try:
+            server = serverFromString(gateway.reactor, endpoint)
+        except (IndexError, KeyError):  # the config checked its form: only systemd's lookup is left
+            gateway._fail_startup(f"metrics.endpoint: {endpoint}: no such socket was passed by systemd (LISTEN_FDS)")
     listener = MetricsListener(gateway, server, metrics_site(metrics.registry, lambda: status_page(gateway)))
     listener.setName("metrics")
     return listener

@@ -4,8 +4,8 @@ The master (mailgate.app.workers) binds every listener and starts each
 worker as `twistd mailgate` with the sockets and one end of a socketpair
 inherited, described in the MAILGATE_WORKER environment variable. The
 worker adopts the sockets (`reactor.adoptStreamPort`) instead of binding,
-asks the master for the shared limits over the socketpair (AMP, see
-mailgate.limits.anvil), and stops when the master has gone.
+asks the master for the shared limits over the socketpair (short lines,
+see mailgate.limits.anvil), and stops when the master has gone.
 
 The queue: a message must be attempted by exactly one process. The
 simplest design that is correct without any locking between processes is
@@ -23,22 +23,24 @@ left before any worker starts; a worker 0 started again later must not
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
 import sys
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger, eventAsText
-from twisted.protocols import amp
 from zope.interface import implementer
 
 from mailgate.config import GatewayConfig
 from mailgate.limits import state
-from mailgate.limits.anvil import AnvilClient, ThrottleLink
+from mailgate.limits.anvil import AnvilClient, AnvilLink
+from mailgate.ops.log_text import event_text
 from mailgate.outbound.scheduler import Scheduler
 
 log = Logger()
@@ -46,18 +48,9 @@ log = Logger()
 ENVIRONMENT = "MAILGATE_WORKER"
 
 
-class Hello(amp.Command):
-    """Worker -> master: started, with this index (worker 0: its queue is running)."""
-
-    arguments = [(b"index", amp.Integer()), (b"pid", amp.Integer())]
-    requiresAnswer = False
-
-
-class Queued(amp.Command):
-    """A worker -> the master -> worker 0: an entry this worker spooled, to be attempted there."""
-
-    arguments = [(b"queue_id", amp.Unicode())]
-    requiresAnswer = False
+HELLO = b"H"  # worker -> master: started, with this index and pid (worker 0: its queue is running)
+QUEUED = b"Q"  # a worker -> the master -> worker 0: an entry this worker spooled, to be attempted there
+RESTARTS = b"R"  # the master -> worker 0, which serves the metrics: how many workers it has started again
 
 
 @dataclass(frozen=True)
@@ -65,9 +58,11 @@ class WorkerSetup:
     index: int
     control: int  # this worker's end of the socketpair to the master
     listeners: tuple[tuple[int, int], ...]  # (descriptor, address family), in [[listen]] order
+    metrics: tuple[int, int] | None = None  # metrics.endpoint's, for worker 0 only
 
     def encode(self) -> str:
-        return json.dumps({"index": self.index, "control": self.control, "listeners": self.listeners})
+        return json.dumps({"index": self.index, "control": self.control, "listeners": self.listeners,
+                           "metrics": self.metrics})
 
     @classmethod
     def from_environment(cls) -> WorkerSetup | None:
@@ -75,27 +70,28 @@ class WorkerSetup:
         if not raw:
             return None
         data = json.loads(raw)
-        return cls(data["index"], data["control"], tuple((fd, family) for fd, family in data["listeners"]))
+        metrics = data.get("metrics")
+        return cls(data["index"], data["control"], tuple((fd, family) for fd, family in data["listeners"]),
+                   (metrics[0], metrics[1]) if metrics else None)
 
 
-class WorkerLink(ThrottleLink):
-    """The worker's end of the socketpair: answers the master, and ends the worker when it goes."""
+class WorkerLink(AnvilLink):
+    """The worker's end of the socketpair: hears the master, and ends the worker when it goes."""
 
     def __init__(self, reactor: Any) -> None:
         super().__init__()
         self._reactor = reactor
         self.scheduler: Scheduler | None = None  # set in worker 0, whose queue it is
-        self.lost = False  # the master has gone (perhaps before this reactor ran)
+        self.restarts: Any = None  # worker 0's metrics' WorkerRestarts, when they are served
 
-    @Queued.responder
-    def _queued(self, queue_id: str) -> dict[str, Any]:
-        if self.scheduler is not None:
-            self.scheduler.schedule(queue_id, self._reactor.seconds())
-        return {}
+    def heard(self, verb: bytes, fields: list[str]) -> None:
+        if verb == QUEUED and self.scheduler is not None:
+            self.scheduler.schedule(fields[0], self._reactor.seconds())
+        elif verb == RESTARTS and self.restarts is not None:
+            self.restarts.count = int(fields[0])
 
     def connectionLost(self, reason: Any = None) -> None:
-        super().connectionLost(reason)
-        self.lost = True
+        super().connectionLost(reason)  # `lost`: the master has gone (perhaps before this reactor ran)
         if self._reactor.running:
             log.warn("workers: the master has gone: stopping")
             self._reactor.stop()
@@ -127,6 +123,12 @@ class WorkerRole:
         descriptor, family = self.setup.listeners[index]
         return AdoptedEndpoint(self._reactor, descriptor, family)
 
+    def metrics_endpoint(self) -> AdoptedEndpoint | None:
+        """metrics.endpoint, bound by the master: worker 0 serves it, the others do not."""
+        if self.setup.metrics is None:
+            return None
+        return AdoptedEndpoint(self._reactor, *self.setup.metrics)
+
     def owns_queue(self, scheduler: Scheduler) -> bool:
         """Worker 0 runs the queue (without clearing the spool: others write to it); the
         others hand what they spool to it."""
@@ -138,10 +140,8 @@ class WorkerRole:
         return False
 
     def _forward(self, queue_id: str) -> None:
-        try:
-            self.link.callRemote(Queued, queue_id=queue_id)
-        except Exception as error:  # the master has gone: worker 0 resumes it from env/ at its start
-            log.warn("workers: could not hand {id} to the queue: {error}", id=queue_id, error=error)
+        if not self.link.send(QUEUED, queue_id):  # the master has gone: worker 0 resumes it from env/ at its start
+            log.warn("workers: could not hand {id} to the queue: the master has gone", id=queue_id)
 
     def started(self) -> None:
         """Tell the master; or, if it died while this worker was starting, stop: no orphans."""
@@ -149,7 +149,7 @@ class WorkerRole:
             log.warn("workers: the master went away during start-up: stopping")
             self._reactor.stop()
             return
-        self.link.callRemote(Hello, index=self.setup.index, pid=os.getpid())
+        self.link.send(HELLO, str(self.setup.index), str(os.getpid()))
 
 
 def process_role(config: GatewayConfig, reactor: Any) -> WorkerRole | None:
@@ -169,24 +169,56 @@ def attach(service: Any, role: WorkerRole | None, reactor: Any) -> Any:
     """Give the GatewayService its worker role; tell the master once it has started."""
     if role is not None:
         service.role = role
+        metrics = service.ops.metrics
+        role.link.restarts = metrics.worker_restarts if metrics is not None else None
         reactor.callWhenRunning(role.started)
     return service
 
 
 @implementer(ILogObserver)
 class LineObserver:
-    """A worker's log: one `LEVEL text` line per event on stdout, which the master relays into its log."""
+    """A worker's log: one `LEVEL text` line per event on stdout, which the master relays into its log.
 
-    def __init__(self, write: Callable[[str], object] = sys.stdout.write) -> None:
-        self._write = write
+    The lines of one reactor turn are written together at the end of it: a
+    write, and a wake-up of the master, per turn rather than per event.
+    Lines logged while the reactor is not running (start-up, shutdown) or
+    from another thread are written at once, with any still waiting, and
+    the rest at exit; a crash's traceback goes to stderr, unbuffered.
+    """
+
+    def __init__(self, out: IO[str], reactor: Any) -> None:
+        self._out, self._reactor = out, reactor
+        self._pending: list[str] = []
+        self._scheduled = False
+        self._main = threading.main_thread()
+        atexit.register(self.flush)
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = getattr(event.get("log_level"), "name", "info")
-        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
-        self._write("".join(f"{level} {line}\n" for line in text.splitlines()))
-        sys.stdout.flush()
+        text = (event_text(event) if "log_failure" not in event  # a failure's text ends with its traceback
+                else eventAsText(event, includeTimestamp=False, includeSystem=False))
+        lines = "".join(f"{level} {line}\n" for line in text.splitlines())
+        if threading.current_thread() is not self._main:
+            self._out.write(lines)  # the stream's lock keeps the line whole
+            self._out.flush()
+            return
+        self._pending.append(lines)
+        if not self._reactor.running:  # no end of turn to wait for (and a delayed call may never run)
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        if pending:
+            self._out.write("".join(pending))
+            self._out.flush()
 
 
 def log_observer() -> LineObserver:
     """twistd --logger for a worker."""
-    return LineObserver()
+    from twisted.internet import reactor  # twistd has installed it before it asks for the logger
+
+    return LineObserver(sys.stdout, reactor)

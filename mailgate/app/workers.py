@@ -10,7 +10,10 @@ a crash left before any worker writes to it (see mailgate.app.worker).
 
 A worker that dies is started again with the same index (worker 0 runs
 the queue), after a delay doubling from half a second to 30 s while it
-keeps dying young, with one log line each time. SIGTERM stops the workers
+keeps dying young, with one log line each time, counted in
+`mailgate_worker_restarts_total`. The `metrics.endpoint` is bound here too
+and served by worker 0 alone (it has the queue and the status page), from
+every process's counters (see mailgate.ops.metrics). SIGTERM stops the workers
 (each finishes its sessions, as a single process does) and then the
 master; SIGHUP is passed on to every worker.
 """
@@ -18,23 +21,28 @@ master; SIGHUP is passed on to every worker.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
-from typing import Any
+import time
+from typing import IO, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.threads import deferToThread
-from twisted.logger import Logger, LogLevel
+from twisted.logger import FileLogObserver, ILogObserver, Logger, LogLevel, formatTime, timeFormatRFC3339
 
 from mailgate.app import preflight
 from mailgate.app.service import fail_startup
-from mailgate.app.worker import Hello, Queued, WorkerSetup, ENVIRONMENT
+from mailgate.app.worker import HELLO, QUEUED, RESTARTS, WorkerSetup, ENVIRONMENT
 from mailgate.config import ConfigError, GatewayConfig
-from mailgate.limits.anvil import AnvilResponder, AuthFailed, AuthSucceeded, Counters
+from mailgate.limits.anvil import FAILED, SUCCEEDED, AnvilResponder, Counters
+from mailgate.ops.log_observer import twistd_destination
+from mailgate.ops.log_text import classic_line
+from mailgate.ops.metrics import SHARED_DIRECTORY
 from mailgate.outbound.spool import QueueStore
 
 log = Logger()
@@ -42,9 +50,10 @@ log = Logger()
 FIRST_RESTART_SECONDS = 0.5
 LONGEST_RESTART_SECONDS = 30.0
 YOUNG_SECONDS = 30.0  # a worker that ran longer than this died of something new: restart at once
-LEVELS = frozenset(("debug", "info", "warn", "error", "critical"))  # LogLevel names
-STOP_GRACE_SECONDS = 20.0
-TWISTD = "from twisted.scripts.twistd import run; run()"  # `twistd` itself, with this interpreter  # the workers' own shutdown grace (10 s) and then some; then SIGKILL
+LEVELS = {level.name: level for level in LogLevel.iterconstants()}  # "debug", "info", "warn", "error", "critical"
+SYSTEMS = {name: f"{__name__}#{name}" for name in LEVELS}  # what twistd's text log shows of this module's events
+STOP_GRACE_SECONDS = 20.0  # the workers' own shutdown grace (10 s) and then some; then SIGKILL
+TWISTD = "from twisted.scripts.twistd import run; run()"  # `twistd` itself, with this interpreter
 
 
 class Silent(Factory):
@@ -60,46 +69,67 @@ class MasterLink(AnvilResponder):
         super().__init__(master.counters)
         self._master, self._index = master, index
 
-    @Hello.responder
-    def _hello(self, index: int, pid: int) -> dict[str, Any]:
-        self._master.worker_ready(self._index, self)
-        return {}
-
-    @Queued.responder
-    def _queued(self, queue_id: str) -> dict[str, Any]:
-        self._master.hand_to_queue(queue_id)
-        return {}
-
-    @AuthFailed.responder
-    def _auth_failed(self, ip: str, account: str) -> dict[str, Any]:
-        self._master.tell_others(self, AuthFailed, ip=ip, account=account)
-        return {}
-
-    @AuthSucceeded.responder
-    def _auth_succeeded(self, ip: str, account: str) -> dict[str, Any]:
-        self._master.tell_others(self, AuthSucceeded, ip=ip, account=account)
-        return {}
+    def heard(self, verb: bytes, fields: list[str]) -> None:
+        if verb == HELLO:
+            self._master.worker_ready(self._index, self)
+        elif verb == QUEUED:
+            self._master.hand_to_queue(fields[0])
+        elif verb == FAILED or verb == SUCCEEDED:
+            self._master.tell_others(self, verb, *fields)
 
 
 class WorkerProcess(ProcessProtocol):
-    """One running worker: its output relayed into the master's log, its end reported."""
+    """One running worker: its output relayed into the master's log, its end reported.
+
+    Each line of a worker is one line of the master's log. Where that log
+    is twistd's text file (or stdout), the master's own observer writing to
+    `Master.log_out`, the lines of a chunk are formatted as that observer
+    would and written at once, without an event each through the logging
+    system, which cost the master about 25 us a line; with `--syslog` or a
+    `--logger`, each line is an event.
+    """
 
     def __init__(self, master: Master, index: int) -> None:
         self._master, self.index = master, index
-        self._partial = b""
+        self._partial = {1: b"", 2: b""}  # stdout's and stderr's unfinished lines
         self.ended: Deferred[None] = Deferred()
 
-    def outReceived(self, data: bytes) -> None:
-        *lines, self._partial = (self._partial + data).split(b"\n")
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """A chunk of a worker's stdout (its log, a reactor turn's lines at a time) or stderr (the
+        same kind of line, or a crash's last words): decoded and split once, each line logged."""
+        chunk = self._partial.get(childFD, b"") + data
+        end = chunk.rfind(b"\n")
+        self._partial[childFD] = chunk[end + 1:]
+        if end < 0:
+            return
+        lines = chunk[:end].decode("utf-8", "replace").split("\n")
+        out = self._master.log_out
+        if out is not None:
+            out.write(self._as_logged(lines))
+            out.flush()
+            return
+        emit, index = log.emit, self.index
         for line in lines:
-            level, _, text = line.decode("utf-8", "replace").partition(" ")
-            known = level in LEVELS
-            log.emit(LogLevel.levelWithName(level) if known else LogLevel.info,
-                     "worker {index}: {text}", index=self.index, text=text if known else f"{level} {text}")
+            level, _, text = line.partition(" ")
+            if level in LEVELS:
+                emit(LEVELS[level], "worker {index}: {text}", index=index, text=text)
+            else:
+                emit(LogLevel.info, "worker {index}: {text}", index=index, text=line)
 
-    errReceived = outReceived  # a worker's stderr is the same kind of line (or a crash's last words)
+    def _as_logged(self, lines: list[str]) -> str:
+        """The lines as twistd's text log would write their events (`worker N: text` each), in one go."""
+        stamp, index, written = formatTime(time.time(), timeFormatRFC3339), self.index, []
+        for line in lines:
+            level, _, text = line.partition(" ")
+            if level not in SYSTEMS:
+                level, text = "info", line
+            written.append(f"{stamp} [{SYSTEMS[level]}] worker {index}: {text}\n")
+        return "".join(written)
 
     def processEnded(self, reason: Any) -> None:
+        for childFD, rest in self._partial.items():  # last words without a line end
+            if rest:
+                self.childDataReceived(childFD, b"\n")
         self._master.worker_ended(self, reason.value)
         self.ended.callback(None)
 
@@ -113,6 +143,8 @@ class Master(Service):
         self._owner, self._twistd = owner, twistd
         self.counters = Counters(config.limits, reactor)
         self._ports: list[Any] = []
+        self._metrics_port: Any = None  # metrics.endpoint's, handed to worker 0
+        self._metrics_directory = os.path.join(config.server.state_dir, "metrics")  # every worker's counters
         self._processes: dict[int, WorkerProcess] = {}
         self._links: dict[int, MasterLink] = {}
         self._started_at: dict[int, float] = {}
@@ -122,6 +154,18 @@ class Master(Service):
         self._waiting_ids: list[str] = []  # spooled while worker 0 was away: its start lists them anyway
         self._stopping = False
         self.restarts = 0
+        self.log_out: IO[str] | None = None  # where the master's log observer writes, when it is ours
+
+    def setServiceParent(self, parent: Any) -> None:
+        """Under twistd, offer the application the text log observer twistd would make (its lines
+        byte for byte, mailgate.ops.log_text), made here so that the workers' lines can be written
+        to its file directly (WorkerProcess)."""
+        options = self._twistd
+        if (options is not None and hasattr(parent, "setComponent") and parent.getComponent(ILogObserver) is None
+                and not options.get("logger") and not options.get("syslog")):
+            self.log_out = twistd_destination(options)
+            parent.setComponent(ILogObserver, FileLogObserver(self.log_out, classic_line))
+        super().setServiceParent(parent)
 
     # --- start ---------------------------------------------------------------
 
@@ -140,25 +184,29 @@ class Master(Service):
         except ConfigError as error:
             fail_startup(tuple(error.problems), self._twistd)
         for index, listener in enumerate(self.config.listen):
-            self._ports.append(self._bind(index, listener.endpoint))
+            port = self._bind(f"listen[{index}].endpoint", listener.endpoint)
+            log.info("listening: {name} on {address}, for {count} workers",
+                     name=listener.name, address=port.getHost(), count=self.config.server.workers)
+            self._ports.append(port)
+        if self.config.metrics.endpoint:
+            self._metrics_port = self._bind("metrics.endpoint", self.config.metrics.endpoint)
+            log.info("listening: metrics and status page (http) on {address}, for worker 0",
+                     address=self._metrics_port.getHost())
         super().privilegedStartService()
 
-    def _bind(self, index: int, description: str) -> Any:
+    def _bind(self, key: str, description: str) -> Any:
         """Listen on the endpoint without ever accepting: the workers accept."""
         bound: list[Any] = []
         try:
             d = serverFromString(self._reactor, description).listen(Silent())
         except (IndexError, KeyError):
-            fail_startup((f"listen[{index}].endpoint: {description}: no such socket was passed by systemd",),
-                         self._twistd)
+            fail_startup((f"{key}: {description}: no such socket was passed by systemd",), self._twistd)
         d.addCallbacks(bound.append, bound.append)  # a listening endpoint answers at once: a port or a Failure
         result = bound[0] if bound else None
         if result is None or not hasattr(result, "fileno"):
             error = getattr(getattr(result, "value", None), "socketError", result)
-            fail_startup((f"listen[{index}].endpoint: cannot listen on {description}: {error}",), self._twistd)
+            fail_startup((f"{key}: cannot listen on {description}: {error}",), self._twistd)
         result.stopReading()
-        log.info("listening: {name} on {address}, for {count} workers",
-                 name=self.config.listen[index].name, address=result.getHost(), count=self.config.server.workers)
         return result
 
     def startService(self) -> None:
@@ -172,6 +220,15 @@ class Master(Service):
     def _spool_prepared(self, set_aside: list[tuple[str, str]]) -> None:
         for queue_id, reason in set_aside:
             log.warn("queue: {id} set aside in corrupt/: {reason}", id=queue_id, reason=reason)
+        if self._metrics_port is not None:  # counters start at zero with the server
+            shutil.rmtree(self._metrics_directory, ignore_errors=True)
+            try:
+                os.makedirs(self._metrics_directory)
+            except OSError as error:
+                log.critical("server.state_dir: cannot make {path}: {error}", path=self._metrics_directory,
+                             error=error.strerror)
+                self._reactor.stop()
+                return
         for index in range(self.config.server.workers):
             self._spawn(index)
 
@@ -195,14 +252,18 @@ class Master(Service):
         self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: link))
         ours.close()
         listeners = tuple((port.fileno(), port.addressFamily) for port in self._ports)
-        setup = WorkerSetup(index, theirs.fileno(), listeners)
+        metrics = self._metrics_port
+        served = (metrics.fileno(), metrics.addressFamily) if metrics is not None and index == 0 else None
+        setup = WorkerSetup(index, theirs.fileno(), listeners, served)
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", setup.control: setup.control}
-        child_fds.update({fd: fd for fd, _ in listeners})
+        child_fds.update({fd: fd for fd, _ in (*listeners, *([served] if served else []))})
+        env = {**os.environ, ENVIRONMENT: setup.encode()}
+        if metrics is not None:
+            env[SHARED_DIRECTORY] = os.path.abspath(self._metrics_directory)
         process = WorkerProcess(self, index)
         args = [sys.executable, "-c", TWISTD, "--nodaemon", "--pidfile=",
                 "--logger=mailgate.app.worker.log_observer", "mailgate", "--config", self._config_path]
-        self._reactor.spawnProcess(process, sys.executable, args, env={**os.environ, ENVIRONMENT: setup.encode()},
-                                   childFDs=child_fds)
+        self._reactor.spawnProcess(process, sys.executable, args, env=env, childFDs=child_fds)
         theirs.close()
         log.info("workers: worker {index} started (pid {pid})", index=index, pid=getattr(process.transport, "pid", None))
         self._processes[index] = process
@@ -215,27 +276,23 @@ class Master(Service):
         self._ready.add(index)
         if index == 0:
             self._queue_owner = link
+            link.send(RESTARTS, str(self.restarts))
             waiting, self._waiting_ids = self._waiting_ids, []
             for queue_id in waiting:
                 self.hand_to_queue(queue_id)
         if first and len(self._ready) == self.config.server.workers:
             log.info("workers: all {count} ready", count=len(self._ready))
 
-    def tell_others(self, source: MasterLink, command: Any, **arguments: Any) -> None:
-        """Pass a worker's news (an AUTH failure) on to every other worker."""
+    def tell_others(self, source: MasterLink, verb: bytes, *fields: str) -> None:
+        """Pass a worker's news (an AUTH failure) on to every other worker (one that has just gone: not)."""
         for link in list(self._links.values()):
-            if link is not source and link.transport is not None:
-                try:
-                    link.callRemote(command, **arguments)
-                except Exception:  # that worker has just gone
-                    pass
+            if link is not source:
+                link.send(verb, *fields)
 
     def hand_to_queue(self, queue_id: str) -> None:
         owner = self._queue_owner
-        if owner is None or owner.transport is None:
+        if owner is None or not owner.send(QUEUED, queue_id):
             self._waiting_ids.append(queue_id)
-            return
-        owner.callRemote(Queued, queue_id=queue_id)
 
     def worker_ended(self, process: WorkerProcess, reason: Any) -> None:
         index = process.index
@@ -258,6 +315,8 @@ class Master(Service):
                  else min(max(self._delays.get(index, 0.0) * 2, FIRST_RESTART_SECONDS), LONGEST_RESTART_SECONDS))
         self._delays[index] = delay
         self.restarts += 1
+        if self._queue_owner is not None:  # worker 0 serves the metrics; if it is the one gone, it hears at Hello
+            self._queue_owner.send(RESTARTS, str(self.restarts))
         log.warn("workers: worker {index} ended ({why}) after {lived:.1f} s: starting it again in {delay:.1f} s",
                  index=index, why=reason, lived=lived, delay=delay)
         self._reactor.callLater(delay, self._spawn, index)
@@ -290,7 +349,7 @@ class Master(Service):
         return done
 
     def _close(self) -> None:
-        for port in self._ports:
+        for port in [*self._ports, *([self._metrics_port] if self._metrics_port is not None else [])]:
             port.stopListening()
         super().stopService()
         log.info("mailgate stopped cleanly")

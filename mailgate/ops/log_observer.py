@@ -102,10 +102,10 @@ def for_twistd(options: Mapping[str, Any], settings: LogConfig) -> GatewayLogObs
 
         legacy = SyslogObserver(options.get("prefix") or "twisted").emit
         return GatewayLogObserver(settings, fallback=LegacyLogObserverWrapper(cast(Any, legacy)))
-    return GatewayLogObserver(settings, _destination(options))
+    return GatewayLogObserver(settings, twistd_destination(options))
 
 
-def _destination(options: Mapping[str, Any]) -> IO[str]:
+def twistd_destination(options: Mapping[str, Any]) -> IO[str]:
     """Where twistd logs (twisted.scripts._twistd_unix.UnixAppLogger): stdout or a rotated log file."""
     name = options.get("logfile") or ""
     if name == "-" or (options.get("nodaemon") and not name):

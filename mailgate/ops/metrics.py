@@ -7,16 +7,25 @@ and webhook requests by the code that sees them (the Meters methods); the
 queue gauges from the QueueIndex, copied on the reactor thread once a second
 (refresh) because prometheus-client's Twisted resource collects in a thread
 and must never walk structures the reactor is changing.
+
+With `server.workers > 1` the master starts every worker with
+PROMETHEUS_MULTIPROC_DIR set (SHARED_DIRECTORY): prometheus-client then
+keeps each process's counters and histograms in a file of that directory,
+and the registry served (by worker 0, which has the queue) sums them all
+(MultiProcessCollector) instead of listing its own, beside its queue
+gauges, its process metrics and the master's count of worker restarts.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -26,18 +35,29 @@ from mailgate.outbound.queue_index import QueueIndex
 SESSION_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 DELAY_SECONDS = (0.01, 0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400)
 RESULTS = {"delivered": "delivered", "deferred": "deferred", "bounced": "bounced", "expired": "bounced"}
+SHARED_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable: read when it is imported
 
 
 class Metrics:
     """The gateway's metrics; implements mailgate.core.meters.Meters."""
 
-    def __init__(self, destinations: int = 10) -> None:
-        self.registry = registry = CollectorRegistry()
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
+    def __init__(self, destinations: int = 10, shared: str | None = None) -> None:
+        """`shared`: the directory every process's counters are kept in (see the module docstring);
+        by default PROMETHEUS_MULTIPROC_DIR, if set."""
+        shared = shared if shared is not None else os.environ.get(SHARED_DIRECTORY)
+        self.registry = served = CollectorRegistry()  # what /metrics shows
+        registry = served if not shared else CollectorRegistry()  # where this process's counters are listed
+        if shared:
+            MultiProcessCollector(served, path=shared)
+            self.worker_restarts: WorkerRestarts | None = WorkerRestarts()
+            served.register(self.worker_restarts)
+        else:
+            self.worker_restarts = None
+        ProcessCollector(registry=served)
+        PlatformCollector(registry=served)
+        GCCollector(registry=served)
         self.queue = QueueGauges(destinations)
-        registry.register(self.queue)
+        served.register(self.queue)
         self.smtp_sessions = Counter("mailgate_smtp_sessions", "SMTP connections accepted", ["listener"],
                                      registry=registry)
         self.smtp_session_seconds = Histogram("mailgate_smtp_session_duration_seconds",
@@ -137,3 +157,14 @@ class QueueGauges:
             by_destination.add_metric([destination], messages)
         by_destination.add_metric(["other"], others)
         yield by_destination
+
+
+class WorkerRestarts:
+    """`mailgate_worker_restarts_total`: the master's count of workers it started again, as it last told."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("mailgate_worker_restarts", "Workers that died and were started again "
+                                  "(server.workers > 1)", value=self.count)

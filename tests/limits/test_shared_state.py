@@ -1,4 +1,4 @@
-"""Counters shared across processes: the master's anvil over AMP, SharedAdmission, and Redis's fail-open rule."""
+"""Counters shared across processes: the master's anvil over its line protocol, SharedAdmission, and Redis's fail-open rule."""
 
 from __future__ import annotations
 
@@ -9,20 +9,21 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
+from twisted.internet.testing import StringTransport
 from twisted.test.iosim import connect, FakeTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailgate.config import LimitsConfig, SenderRate, StateConfig
 from mailgate.limits import state
 from mailgate.limits.admission import Admission, Refusal
-from mailgate.limits.anvil import AnvilClient, AuthFailed, AnvilResponder, Counters, ThrottleLink
+from mailgate.limits.anvil import FAILED, AnvilClient, AnvilLink, AnvilResponder, Counters, decode, encode
 from mailgate.limits.auth_throttle import AuthThrottle
 from mailgate.limits.redis_state import RedisState
 
 
-def linked(counters: Counters) -> tuple[AnvilResponder, ThrottleLink, Any]:
+def linked(counters: Counters) -> tuple[AnvilResponder, AnvilLink, Any]:
     """A worker's link and the master's responder, joined by an in-memory transport."""
-    server, client = AnvilResponder(counters), ThrottleLink()
+    server, client = AnvilResponder(counters), AnvilLink()
     pump = connect(server, FakeTransport(server, isServer=True), client, FakeTransport(client, isServer=False))
     return server, client, pump
 
@@ -79,23 +80,50 @@ class AnvilTests(SynchronousTestCase):
         lines = [formatEvent(event) for event in events]
         self.assertEqual(sum("counters are unreachable" in line for line in lines), 1, lines)
 
-    def test_auth_failures_are_told_to_the_master_and_counted_by_the_other_workers(self) -> None:
-        """MirroredThrottle counts and tells (AuthFailed); a ThrottleLink counts what the master passes on."""
-        sent: list[tuple[Any, dict[str, str]]] = []
+    def test_a_question_the_master_never_answered_admits_when_the_link_goes(self) -> None:
+        d = self.client.enter("192.0.2.1")
+        with capturedLogs() as events:
+            self.link.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(sum("counters are unreachable" in formatEvent(event) for event in events), 1)
 
-        class Recorder:
-            def callRemote(self, command: Any, **arguments: str) -> None:
-                sent.append((command, arguments))
+    def test_the_questions_of_one_read_are_answered_in_one_write_in_order(self) -> None:
+        writes: list[bytes] = []
+
+        class Recording(StringTransport):
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+
+        responder = AnvilResponder(self.counters)
+        responder.makeConnection(Recording())
+        responder.dataReceived(b"E 192.0.2.9\nE 192.0.2.9\nL 192.0.2.9\nT sender b@example.test\nE 192.0.2.9\n"
+                               b"E 192.0.2.9\nT sen")
+        self.assertEqual(writes, [b"A \nA \nA 0.0\nA \nA PER_IP\n"])
+        responder.dataReceived(b"der b@example.test\n")
+        self.assertEqual(writes[1:], [b"A 0.0\n"])
+
+    def test_fields_with_spaces_line_ends_and_percent_signs_arrive_unchanged(self) -> None:
+        for text in ("alice", "", "a b", "line\r\nend", "100%", "é@example.test", "%41"):
+            self.assertEqual(decode(encode(b"F", ("192.0.2.1", text)).rstrip(b"\n")), (b"F", ["192.0.2.1", text]))
+
+    def test_auth_failures_are_told_to_the_master_and_counted_by_the_other_workers(self) -> None:
+        """MirroredThrottle counts and tells (F ip account); an AnvilLink counts what the master passes on."""
+        sent: list[tuple[bytes, tuple[str, ...]]] = []
+
+        class Recorder(AnvilLink):
+            def send(self, verb: bytes, *fields: str) -> bool:
+                sent.append((verb, fields))
+                return True
 
         mine = AuthThrottle(self.clock, failures_per_account=2)
-        mirrored = AnvilClient(Recorder()).share_throttle(mine)  # type: ignore[arg-type]
+        mirrored = AnvilClient(Recorder()).share_throttle(mine)
         mirrored.record_failure("192.0.2.1", "alice")
-        self.assertEqual(sent, [(AuthFailed, {"ip": "192.0.2.1", "account": "alice"})])
+        self.assertEqual(sent, [(FAILED, ("192.0.2.1", "alice"))])
         self.assertEqual(mine.failures("192.0.2.1", "alice"), 1)
         theirs = AuthThrottle(self.clock, failures_per_account=2)
         self.link.throttle = theirs
         for _ in range(2):
-            self.server.callRemote(AuthFailed, ip="192.0.2.1", account="Alice")
+            self.server.send(FAILED, "192.0.2.1", "Alice")
         self.pump.flush()
         self.assertTrue(theirs.locked_out("192.0.2.1", "alice"))
 
