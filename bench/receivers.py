@@ -60,10 +60,14 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # listen()'s backlog, given in the constructor: the default 5 drops
+    # connections when mailgate opens its pool's at once (the sender then waits out its time limit)
+
+
 def http(port: int) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 128
+    server = Server(("127.0.0.1", port), Handler)
     print("ready", flush=True)
     server.serve_forever()
 
