@@ -23,12 +23,10 @@ left before any worker starts; a worker 0 started again later must not
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import socket
 import sys
-import threading
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -41,6 +39,7 @@ from mailgate.config import GatewayConfig
 from mailgate.limits import state
 from mailgate.limits.anvil import AnvilClient, AnvilLink
 from mailgate.ops.log_text import event_text
+from mailgate.ops.turn_writer import TurnWriter
 from mailgate.outbound.scheduler import Scheduler
 
 log = Logger()
@@ -179,7 +178,7 @@ def attach(service: Any, role: WorkerRole | None, reactor: Any) -> Any:
 class LineObserver:
     """A worker's log: one `LEVEL text` line per event on stdout, which the master relays into its log.
 
-    The lines of one reactor turn are written together at the end of it: a
+    The lines of one reactor turn are written together at the end of it (TurnWriter): a
     write, and a wake-up of the master, per turn rather than per event.
     Lines logged while the reactor is not running (start-up, shutdown) or
     from another thread are written at once, with any still waiting, and
@@ -187,34 +186,13 @@ class LineObserver:
     """
 
     def __init__(self, out: IO[str], reactor: Any) -> None:
-        self._out, self._reactor = out, reactor
-        self._pending: list[str] = []
-        self._scheduled = False
-        self._main = threading.main_thread()
-        atexit.register(self.flush)
+        self._out = TurnWriter(out, reactor)
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = getattr(event.get("log_level"), "name", "info")
         text = (event_text(event) if "log_failure" not in event  # a failure's text ends with its traceback
                 else eventAsText(event, includeTimestamp=False, includeSystem=False))
-        lines = "".join(f"{level} {line}\n" for line in text.splitlines())
-        if threading.current_thread() is not self._main:
-            self._out.write(lines)  # the stream's lock keeps the line whole
-            self._out.flush()
-            return
-        self._pending.append(lines)
-        if not self._reactor.running:  # no end of turn to wait for (and a delayed call may never run)
-            self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._reactor.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        pending, self._pending = self._pending, []
-        if pending:
-            self._out.write("".join(pending))
-            self._out.flush()
+        self._out.write("".join(f"{level} {line}\n" for line in text.splitlines()))
 
 
 def log_observer() -> LineObserver:

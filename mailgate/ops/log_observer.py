@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from mailgate.config import LogConfig
 from mailgate.ops.log_text import classic_line, event_text
+from mailgate.ops.turn_writer import TurnWriter
 
 # Lines Twisted logs for itself that tell a mail operator nothing.
 NOISE_FORMATS = frozenset({
@@ -102,7 +103,9 @@ def for_twistd(options: Mapping[str, Any], settings: LogConfig) -> GatewayLogObs
 
         legacy = SyslogObserver(options.get("prefix") or "twisted").emit
         return GatewayLogObserver(settings, fallback=LegacyLogObserverWrapper(cast(Any, legacy)))
-    return GatewayLogObserver(settings, twistd_destination(options))
+    from twisted.internet import reactor  # twistd installed its reactor while reading its options
+
+    return GatewayLogObserver(settings, cast(IO[str], TurnWriter(twistd_destination(options), reactor)))
 
 
 def twistd_destination(options: Mapping[str, Any]) -> IO[str]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+from typing import IO, cast
 
 from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, Logger, globalLogPublisher
 from twisted.python import log as legacy_log
 
 from mailgate.config import LogConfig
 from mailgate.ops.log_observer import GatewayLogObserver, for_twistd, is_noise, json_line
+from mailgate.ops.turn_writer import TurnWriter
 
 
 def captured(emit) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -84,3 +87,31 @@ def test_twistd_options_choose_the_destination(tmp_path) -> None:  # type: ignor
     assert observer is not None
     observer(captured(lambda: Logger(namespace="t").info("hello {who}", who="you"))[0])
     assert json.loads((tmp_path / "m.log").read_text())["message"] == "hello you"
+
+
+class Turns(Clock):
+    running = True
+
+
+def test_twistds_log_file_gets_one_write_per_reactor_turn() -> None:
+    """for_twistd's observer writes through a TurnWriter: the lines of a turn in one write, in order."""
+    out, reactor = CountingOut(), Turns()
+    observer = GatewayLogObserver(LogConfig(), cast(IO[str], TurnWriter(out, reactor)))
+    log = Logger(namespace="test", observer=observer)
+    log.info("first {n}", n=1)
+    log.info("second")
+    assert out.getvalue() == "" and out.writes == 0
+    reactor.advance(0)
+    assert [line.split("] ", 1)[1] for line in out.getvalue().splitlines()] == ["first 1", "second"]
+    assert out.writes == 1
+    reactor.running = False  # shutdown: twistd's last lines go out at once
+    log.info("last")
+    assert out.getvalue().endswith("] last\n") and out.writes == 2
+
+
+class CountingOut(io.StringIO):
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
