@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from mailgate.core.reply import Reply, ReplyError
 from mailgate.net.interfaces import Connection, connection_view
+from mailgate.net.write_through import write_through
 from mailgate.core.wire import CRLFConverter, DotStuffer
 
 BLOCK_SIZE = 64 * 1024
@@ -165,10 +166,11 @@ class ClientProtocol(LineReceiver):
         return self._waiting
 
     def send(self, *commands: str) -> None:
-        """Write commands in one write: with PIPELINING that is one TCP segment."""
+        """Write commands in one write, sent at once (mailgate.net.write_through): with PIPELINING
+        that is one TCP segment, and no reactor turn waits before it goes."""
         if any(c in command for command in commands for c in "\r\n"):
             raise ValueError(f"line end inside an SMTP command: {commands!r}")
-        self.connection.write("".join(f"{command}\r\n" for command in commands).encode("utf-8"))
+        write_through(self.connection, "".join(f"{command}\r\n" for command in commands).encode("utf-8"))
 
     async def quit(self, *, wait_for_reply: bool = True) -> None:
         """Say QUIT (unless the session is already broken) and close.
