@@ -13,23 +13,16 @@ KEEP=1 keeps the directory; PROFILE=FILE profiles the master (cProfile).
 """
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from bench.harness import BIN, CONFIG, free_port  # the harness's gateway config: the same limits off
+
 workers, n, reps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ticks(pid: int) -> int:
@@ -45,23 +38,7 @@ def children(pid: int) -> list[int]:
 root = Path(tempfile.mkdtemp(prefix="anvil-measure-"))
 port = free_port()
 (root / "etc").mkdir()
-(root / "mailgate.toml").write_text(f'''[server]
-hostname = "bench.example.test"
-workers = {workers}
-[[listen]]
-name = "smtp"
-protocol = "smtp"
-endpoint = "tcp:{port}:interface=127.0.0.1"
-tls = "none"
-[domains]
-local = ["example.test"]
-[users]
-file = "etc/users"
-[limits]
-max_connections_per_ip = 100000
-connection_rate = "off"
-sender_rate = "off"
-''')
+(root / "mailgate.toml").write_text(CONFIG.format(port=port, server=f"workers = {workers}", extra=""))
 subprocess.run([str(BIN / "mailgate"), "--config", "mailgate.toml", "user", "add", "benchuser@example.test",
                 "--password-stdin"], input=b"pw\n", cwd=root, check=True, capture_output=True)
 log = root / "twistd.log"
