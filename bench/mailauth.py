@@ -128,8 +128,8 @@ def _check_signing(gateway: Gateway, algorithm: str | None) -> None:
 # --- the checks ---------------------------------------------------------------------------
 
 
-def _signed_message(ctx: Context) -> tuple[Path, str]:
-    """The 1 KB message every client sends, signed by client.test's key, and that key's DNS value."""
+def signed_message() -> tuple[bytes, str]:
+    """The 1 KB message every client sends, signed by client.test's key (dkimpy), and that key's DNS p= value."""
     import dkim
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -142,10 +142,16 @@ def _signed_message(ctx: Context) -> tuple[Path, str]:
     plain = message(SENDER, [USER], 1024, 0)[: -len(b".\r\n")].replace(b"\r\n..", b"\r\n.")
     signed = dkim.sign(plain, b"bench", SENDER_DOMAIN.encode(), pem, canonicalize=(b"relaxed", b"simple"),
                        include_headers=[b"from", b"to", b"subject", b"message-id"]) + plain
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return signed, base64.b64encode(public).decode()
+
+
+def _signed_message(ctx: Context) -> tuple[Path, str]:
+    """signed_message() in a file of the scratch directory, for the clients to send."""
+    signed, public = signed_message()
     path = Path(tempfile.mkstemp(prefix="bench-signed-", suffix=".eml", dir=ctx.scratch)[1])
     path.write_bytes(signed)
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return path, base64.b64encode(public).decode()
+    return path, public
 
 
 class DNS:

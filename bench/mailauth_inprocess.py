@@ -45,6 +45,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.names import dns
 
+from bench.mailauth import signed_message  # the gateway cells' message and key
 from mailgate.config import DKIMConfig
 from mailgate.mailauth.checks import Checker
 from mailgate.mailauth.dkim_sign import Signer
@@ -68,20 +69,6 @@ class MemoryResolver:
         answers = [dns.RRHeader(name.encode(), dns.TXT, ttl=300, payload=dns.Record_TXT(text.encode(), ttl=300))
                    for text in self.zone.get(name.lower().rstrip("."), [])]
         return succeed((answers, [], []))
-
-
-def signed_message() -> tuple[bytes, str]:
-    """The cells' 1 KB message, signed by dkimpy as the cells' sender signs it, and the key's p= value."""
-    from bench.loadgen import message
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                            serialization.NoEncryption())
-    plain = message(SENDER, [USER], 1024, 0)[: -len(b".\r\n")].replace(b"\r\n..", b"\r\n.")
-    signed = dkim.sign(plain, b"bench", DOMAIN.encode(), pem, canonicalize=(b"relaxed", b"simple"),
-                       include_headers=[b"from", b"to", b"subject", b"message-id"]) + plain
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return signed, base64.b64encode(public).decode()
 
 
 def zone(public: str) -> dict[str, list[str]]:
