@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.threads import deferToThread
-from twisted.logger import FileLogObserver, ILogObserver, Logger, LogLevel, formatTime, timeFormatRFC3339
+from twisted.logger import FileLogObserver, ILogObserver, Logger, LogLevel
 
 from mailgate.app import preflight
 from mailgate.app.service import fail_startup
@@ -41,7 +41,7 @@ from mailgate.app.worker import HELLO, QUEUED, RESTARTS, WorkerSetup, ENVIRONMEN
 from mailgate.config import ConfigError, GatewayConfig
 from mailgate.limits.anvil import FAILED, SUCCEEDED, AnvilResponder, Counters
 from mailgate.ops.log_observer import twistd_destination
-from mailgate.ops.log_text import classic_line
+from mailgate.ops.log_text import classic_line, timestamp
 from mailgate.ops.metrics import SHARED_DIRECTORY
 from mailgate.outbound.spool import QueueStore
 
@@ -118,7 +118,7 @@ class WorkerProcess(ProcessProtocol):
 
     def _as_logged(self, lines: list[str]) -> str:
         """The lines as twistd's text log would write their events (`worker N: text` each), in one go."""
-        stamp, index, written = formatTime(time.time(), timeFormatRFC3339), self.index, []
+        stamp, index, written = timestamp(time.time()), self.index, []
         for line in lines:
             level, _, text = line.partition(" ")
             if level not in SYSTEMS:

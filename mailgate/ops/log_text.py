@@ -34,13 +34,13 @@ def classic_line(event: Mapping[str, Any]) -> str | None:
     """twisted.logger.formatEventAsClassicLogText with RFC 3339 times: `time [system] text\\n`, or None."""
     text = _quick(event)
     if text is None:
-        text = eventAsText(dict(event), formatTime=_timestamp)
+        text = eventAsText(dict(event), formatTime=timestamp)
         if not text:
             return None
         return text.replace("\n", "\n\t") + "\n"
     if not text:
         return None
-    return f"{_timestamp(event.get('log_time'))} [{_system(event)}] {text}".replace("\n", "\n\t") + "\n"
+    return f"{timestamp(event.get('log_time'))} [{_system(event)}] {text}".replace("\n", "\n\t") + "\n"
 
 
 def _quick(event: Mapping[str, Any]) -> str | None:
@@ -65,7 +65,7 @@ def _system(event: Mapping[str, Any]) -> str:
 _last: tuple[int, str] = (-1, "")  # (second, its text): one object, so threads never see a mixed pair
 
 
-def _timestamp(when: float | None) -> str:
+def timestamp(when: float | None) -> str:
     """twisted.logger.formatTime(when, timeFormatRFC3339), worked out once per second: the format
     has no fraction, and a zone's offset changes only on a whole second."""
     global _last
