@@ -44,8 +44,8 @@ from urllib.parse import quote, unquote
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
 
 from mailgate.config import LimitsConfig
 from mailgate.limits.admission import Admission, Refusal
@@ -78,36 +78,37 @@ def decode(raw: bytes) -> tuple[bytes, list[str]]:
                   else field.decode("utf-8", "surrogateescape") for field in fields]
 
 
-class LineLink(Protocol):
-    """Either end of the socketpair: lines in, lines out.
+class LineLink(LineOnlyReceiver):
+    """Either end of the socketpair: lines in (Twisted's LineOnlyReceiver splits them), lines out.
 
     What `send` writes while a read is being handled goes out in one write
     after it, so a batch of questions is answered by a batch of answers.
     """
 
+    delimiter = b"\n"
+    MAX_LENGTH = LONGEST_LINE
+
     def __init__(self) -> None:
-        self._partial = b""
         self._batch: list[bytes] | None = None
         self.lost = False  # the other end has gone
 
     def dataReceived(self, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        if len(self._partial) > LONGEST_LINE:
-            log.error("workers: a line of more than {count} bytes on the master's link: closing it",
-                      count=LONGEST_LINE)
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
         batch: list[bytes] = []
         self._batch = batch
         try:
-            for raw in lines:
-                verb, fields = decode(raw)
-                self.line_received(verb, fields)
+            super().dataReceived(data)
         finally:
             self._batch = None
             if batch and self.transport is not None:
                 self.transport.write(b"".join(batch))
+
+    def lineReceived(self, line: bytes) -> None:
+        verb, fields = decode(line)
+        self.line_received(verb, fields)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        log.error("workers: a line of more than {count} bytes on the master's link: closing it", count=LONGEST_LINE)
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def send(self, verb: bytes, *fields: str) -> bool:
         """Write one line (in this read's batch, if one is being handled); False if the link is gone."""
