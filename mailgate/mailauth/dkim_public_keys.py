@@ -9,7 +9,7 @@ parser does), and the signature is checked by OpenSSL too: dkimpy's RSA
 is pure Python (its ASN.1 parser, `pow` on Python integers, `int2str`).
 
 Records are few (one per sender's selector) and messages many: the
-reading is kept per record in a bounded dict (RecordCache), so a sender's
+reading is kept per record in a bounded LRU cache (RecordCache), so a sender's
 next message costs a dictionary look-up, not a parse.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import threading
+import functools
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -109,31 +109,26 @@ def _rsa(data: bytes) -> PublicKey:
 
 
 class RecordCache:
-    """read_record's answers (a key or its problem) for the last `max_entries` distinct records.
-
-    Safe to use from several threads: verification may run in the pool.
-    """
+    """read_record's answers (a key or its problem) for the `max_entries` records used last
+    (functools.lru_cache: safe from several threads, and verification may run in the pool)."""
 
     def __init__(self, max_entries: int = 1000) -> None:
-        self._max_entries = max_entries
-        self._entries: dict[bytes, PublicKey | str] = {}  # a key, or why there is none
-        self._lock = threading.Lock()
+        self._reading = functools.lru_cache(maxsize=max_entries)(_reading)
 
     def key(self, record: bytes) -> PublicKey:
         """read_record(record), read once: KeyRecordProblem as it does."""
-        found = self._entries.get(record)
-        if found is None:
-            try:
-                found = read_record(record)
-            except KeyRecordProblem as problem:
-                found = str(problem)
-            with self._lock:
-                while len(self._entries) >= self._max_entries:
-                    del self._entries[next(iter(self._entries))]  # the oldest first
-                self._entries[record] = found
+        found = self._reading(record)
         if isinstance(found, str):
             raise KeyRecordProblem(found)
         return found
+
+
+def _reading(record: bytes) -> PublicKey | str:
+    """A key, or why there is none."""
+    try:
+        return read_record(record)
+    except KeyRecordProblem as problem:
+        return str(problem)
 
 
 RECORDS = RecordCache()
