@@ -40,16 +40,11 @@ class OrganizationalDomains:
 
     def __init__(self) -> None:
         self._list = PublicSuffixList()  # the bundled list; an unknown TLD counts as a public suffix
-        self._known: dict[str, str] = {}  # asked 3-4 times per message (discovery, alignment): kept
+        # asked 3-4 times per message (discovery, alignment): kept
+        self.of = functools.lru_cache(maxsize=self.MAX_ENTRIES)(self._of)
 
-    def of(self, domain: str) -> str:
-        found = self._known.get(domain)
-        if found is None:
-            found = self._list.privatesuffix(domain) or domain
-            if len(self._known) >= self.MAX_ENTRIES:
-                self._known.clear()
-            self._known[domain] = found
-        return found
+    def _of(self, domain: str) -> str:
+        return self._list.privatesuffix(domain) or domain
 
 
 @dataclass(frozen=True)
