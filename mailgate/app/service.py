@@ -35,7 +35,9 @@ from mailgate.net.accept_backoff import AcceptBackoff, pause_on_exhaustion
 from mailgate.net.proxy_protocol import ProxyHeaderFactory
 from mailgate.net.tls_reload import ReloadableTLS
 from mailgate.ops import Operations
+from mailgate.outbound import control
 from mailgate.outbound.scheduler import Scheduler
+from mailgate.outbound.spool import QueueStore
 from mailgate.store.durable import Owner
 
 log = Logger()
@@ -199,10 +201,23 @@ class GatewayService(MultiService):
         self.config, self.hooks = config, hooks
 
     def _start_queue(self, scheduler: Scheduler) -> None:
-        """Lock the spool, resume what is queued, and serve the CLI's requests."""
-        if self.role is not None and not self.role.owns_queue(scheduler):
-            return  # another worker runs the queue
-        store = scheduler.store
+        """Lock the spool, resume what is queued, and serve the CLI's requests. With workers
+        the master holds the lock, each worker resumes its own part, and worker 0 serves the
+        requests for every part (mailgate.app.shared_queue)."""
+        requests: control.QueueActions | None = scheduler
+        if self.role is not None:
+            requests = self.role.share_queue(scheduler)
+        elif not self._lock_spool(scheduler.store):
+            return
+        Deferred.fromCoroutine(scheduler.start()).addErrback(
+            lambda f: log.failure("queue: could not resume the spool", f)
+        )
+        if requests is not None:
+            served = requests  # the lambda's, narrowed
+            self._every("queue requests (mailgate queue flush|delete)", lambda: control.serve_requests(served),
+                        REQUEST_POLL_SECONDS)
+
+    def _lock_spool(self, store: QueueStore) -> bool:
         try:
             locked = store.lock()
         except OSError as error:
@@ -210,12 +225,7 @@ class GatewayService(MultiService):
         if not locked:
             log.critical("server.state_dir: {dir} is in use by another running mailgate", dir=store.directory)
             self.reactor.stop()
-            return
-        Deferred.fromCoroutine(scheduler.start()).addErrback(
-            lambda f: log.failure("queue: could not resume the spool", f)
-        )
-        self._every("queue requests (mailgate queue flush|delete)", scheduler.serve_requests,
-                    REQUEST_POLL_SECONDS)
+        return locked
 
     def _every(self, name: str, work: Any, seconds: float) -> None:
         periodic = Periodic(name, work, self.reactor, seconds)

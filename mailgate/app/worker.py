@@ -7,18 +7,19 @@ worker adopts the sockets (`reactor.adoptStreamPort`) instead of binding,
 asks the master for the shared limits over the socketpair (short lines,
 see mailgate.limits.anvil), and stops when the master has gone.
 
-The queue: a message must be attempted by exactly one process. The
-simplest design that is correct without any locking between processes is
-the one kept here: worker 0 runs the outbound scheduler and holds the
-spool's lock (so `mailgate queue ...` finds "the running server" and its
-requests are served there, unchanged), and every other worker writes the
-mail it accepts into the same spool durably, as today, then hands the id
-over (`Queued`, through the master, to worker 0) instead of attempting it.
-Nothing is attempted twice: only one scheduler exists. Nothing is lost: the
-entry is on disk before the client hears 250, and a restarted worker 0
-resumes everything in env/. The master clears the spool of what a crash
-left before any worker starts; a worker 0 started again later must not
-(other workers are writing meanwhile), so it never does.
+The queue: a message must be attempted by exactly one process, without
+locks between them: the spool is cut into one part per worker by a pure
+function of each entry's id (mailgate.core.queue_ids), and each worker
+attempts its own part only. A worker makes the ids of the mail it accepts
+in its own part, so it delivers what it accepted; an entry it spools in
+another's part (a bounce, a list's copy) it hands over (`Queued`, through
+the master, to that worker). A worker started again, after a crash or a
+SIGKILL, resumes its part from env/, its predecessor's mail with it.
+Nothing is lost: an entry is on disk before the client hears 250. The
+master holds the spool's lock (so `mailgate queue ...` finds "the running
+server") and clears what a crash left before any worker starts; a worker
+must not (the others are writing meanwhile), so it never does. Worker 0
+serves the CLI's requests for every part (mailgate.app.shared_queue).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger, eventAsText
 from zope.interface import implementer
 
+from mailgate.app.shared_queue import CONTROL, DONE, AllParts, carry_out
 from mailgate.config import GatewayConfig
+from mailgate.core.queue_ids import claim_part
 from mailgate.limits import state
 from mailgate.limits.anvil import AnvilClient, AnvilLink
 from mailgate.ops.log_text import event_text
@@ -47,21 +50,22 @@ log = Logger()
 ENVIRONMENT = "MAILGATE_WORKER"
 
 
-HELLO = b"H"  # worker -> master: started, with this index and pid (worker 0: its queue is running)
-QUEUED = b"Q"  # a worker -> the master -> worker 0: an entry this worker spooled, to be attempted there
+HELLO = b"H"  # worker -> master: started (its queue is running), with this index and pid
+QUEUED = b"Q"  # a worker -> the master -> a worker: an entry spooled in that worker's part, to be attempted there
 RESTARTS = b"R"  # the master -> worker 0, which serves the metrics: how many workers it has started again
 
 
 @dataclass(frozen=True)
 class WorkerSetup:
     index: int
+    workers: int  # how many: the parts of the spool
     control: int  # this worker's end of the socketpair to the master
     listeners: tuple[tuple[int, int], ...]  # (descriptor, address family), in [[listen]] order
     metrics: tuple[int, int] | None = None  # metrics.endpoint's, for worker 0 only
 
     def encode(self) -> str:
-        return json.dumps({"index": self.index, "control": self.control, "listeners": self.listeners,
-                           "metrics": self.metrics})
+        return json.dumps({"index": self.index, "workers": self.workers, "control": self.control,
+                           "listeners": self.listeners, "metrics": self.metrics})
 
     @classmethod
     def from_environment(cls) -> WorkerSetup | None:
@@ -70,7 +74,7 @@ class WorkerSetup:
             return None
         data = json.loads(raw)
         metrics = data.get("metrics")
-        return cls(data["index"], data["control"], tuple((fd, family) for fd, family in data["listeners"]),
+        return cls(data["index"], data["workers"], data["control"], tuple((fd, family) for fd, family in data["listeners"]),
                    (metrics[0], metrics[1]) if metrics else None)
 
 
@@ -80,12 +84,17 @@ class WorkerLink(AnvilLink):
     def __init__(self, reactor: Any) -> None:
         super().__init__()
         self._reactor = reactor
-        self.scheduler: Scheduler | None = None  # set in worker 0, whose queue it is
+        self.scheduler: Scheduler | None = None  # this worker's part of the queue, once it runs
+        self.all_parts: AllParts | None = None  # worker 0's, serving the CLI's requests
         self.restarts: Any = None  # worker 0's metrics' WorkerRestarts, when they are served
 
     def heard(self, verb: bytes, fields: list[str]) -> None:
         if verb == QUEUED and self.scheduler is not None:
             self.scheduler.schedule(fields[0], self._reactor.seconds())
+        elif verb == CONTROL and self.scheduler is not None:
+            carry_out(self.scheduler, self, fields)
+        elif verb == DONE and self.all_parts is not None:
+            self.all_parts.done(fields[0])
         elif verb == RESTARTS and self.restarts is not None:
             self.restarts.count = int(fields[0])
 
@@ -128,18 +137,20 @@ class WorkerRole:
             return None
         return AdoptedEndpoint(self._reactor, *self.setup.metrics)
 
-    def owns_queue(self, scheduler: Scheduler) -> bool:
-        """Worker 0 runs the queue (without clearing the spool: others write to it); the
-        others hand what they spool to it."""
-        if self.setup.index == 0:
-            scheduler.prepare_spool = False
-            self.link.scheduler = scheduler
-            return True
-        scheduler.hand_off(self._forward)
-        return False
+    def share_queue(self, scheduler: Scheduler) -> AllParts | None:
+        """Attempt this worker's part of the spool (never clearing it: others write to it); in
+        worker 0, what serves the CLI's requests for every part."""
+        index, parts = self.setup.index, self.setup.workers
+        scheduler.prepare_spool = False
+        scheduler.share(index, parts, self._forward)
+        self.link.scheduler = scheduler
+        if index != 0:
+            return None
+        self.link.all_parts = AllParts(scheduler, self.link, index, parts)
+        return self.link.all_parts
 
     def _forward(self, queue_id: str) -> None:
-        if not self.link.send(QUEUED, queue_id):  # the master has gone: worker 0 resumes it from env/ at its start
+        if not self.link.send(QUEUED, queue_id):  # the master has gone: its worker resumes it from env/ at its start
             log.warn("workers: could not hand {id} to the queue: the master has gone", id=queue_id)
 
     def started(self) -> None:
@@ -157,6 +168,8 @@ def process_role(config: GatewayConfig, reactor: Any) -> WorkerRole | None:
 
     setup = WorkerSetup.from_environment()
     role = WorkerRole(setup, reactor) if setup is not None else None
+    if setup is not None:
+        claim_part(setup.index, setup.workers)
     if config.state.backend != "memory":
         state.use(RedisState.from_config(config.state, config.limits, reactor))
     elif role is not None:

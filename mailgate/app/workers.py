@@ -5,14 +5,17 @@ root if twistd was started so (ports below 1024), and never accepts on
 them: each worker inherits the listening sockets and accepts itself, the
 kernel handing each connection to one of them. The master also prepares
 the files (directories, a self-signed TLS pair) once, so that workers
-starting together never race to create them, and clears the spool of what
-a crash left before any worker writes to it (see mailgate.app.worker).
+starting together never race to create them; it holds the spool's lock
+for the server's life, and clears the spool of what a crash left before
+any worker writes to it. It routes what one worker hands to another's
+part of the spool (mailgate.app.worker) and the CLI's requests worker 0
+passes on (mailgate.app.shared_queue), kept for a worker down until it is back.
 
-A worker that dies is started again with the same index (worker 0 runs
-the queue), after a delay doubling from half a second to 30 s while it
+A worker that dies is started again with the same index (and so the same
+part of the spool), after a delay doubling from half a second to 30 s while it
 keeps dying young, with one log line each time, counted in
 `mailgate_worker_restarts_total`. The `metrics.endpoint` is bound here too
-and served by worker 0 alone (it has the queue and the status page), from
+and served by worker 0 alone (it has the status page), from
 every process's counters (see mailgate.ops.metrics). SIGTERM stops the workers
 (each finishes its sessions, as a single process does) and then the
 master; SIGHUP is passed on to every worker.
@@ -37,8 +40,10 @@ from twisted.logger import FileLogObserver, ILogObserver, Logger, LogLevel
 
 from mailgate.app import preflight
 from mailgate.app.service import fail_startup
+from mailgate.app.shared_queue import CONTROL, DONE, FLUSH
 from mailgate.app.worker import HELLO, QUEUED, RESTARTS, WorkerSetup, ENVIRONMENT
 from mailgate.config import ConfigError, GatewayConfig
+from mailgate.core.queue_ids import part_of
 from mailgate.limits.anvil import FAILED, SUCCEEDED, AnvilResponder, Counters
 from mailgate.ops.log_observer import twistd_destination
 from mailgate.ops.log_text import classic_line, timestamp
@@ -63,7 +68,7 @@ class Silent(Factory):
 
 
 class MasterLink(AnvilResponder):
-    """The master's end of one worker's socketpair: the counters, plus the queue hand-over."""
+    """The master's end of one worker's socketpair: the counters, plus the queue's hand-overs and requests."""
 
     def __init__(self, master: Master, index: int) -> None:
         super().__init__(master.counters)
@@ -73,7 +78,11 @@ class MasterLink(AnvilResponder):
         if verb == HELLO:
             self._master.worker_ready(self._index, self)
         elif verb == QUEUED:
-            self._master.hand_to_queue(fields[0])
+            self._master.to_part(fields[0], QUEUED, fields[0])
+        elif verb == CONTROL:
+            self._master.pass_request(fields)
+        elif verb == DONE:
+            self._master.to_worker(0, DONE, *fields)
         elif verb == FAILED or verb == SUCCEEDED:
             self._master.tell_others(self, verb, *fields)
 
@@ -149,9 +158,10 @@ class Master(Service):
         self._links: dict[int, MasterLink] = {}
         self._started_at: dict[int, float] = {}
         self._delays: dict[int, float] = {}
-        self._ready: set[int] = set()
-        self._queue_owner: MasterLink | None = None
-        self._waiting_ids: list[str] = []  # spooled while worker 0 was away: its start lists them anyway
+        self._ready: set[int] = set()  # said Hello once
+        self._live: set[int] = set()  # said Hello, and running since
+        self._waiting: dict[int, list[tuple[bytes, tuple[str, ...]]]] = {}  # lines for a worker that is down
+        self._queue = QueueStore(os.path.join(config.server.state_dir, "queue"))
         self._stopping = False
         self.restarts = 0
         self.log_out: IO[str] | None = None  # where the master's log observer writes, when it is ours
@@ -212,10 +222,23 @@ class Master(Service):
     def startService(self) -> None:
         super().startService()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
-        queue = QueueStore(os.path.join(self.config.server.state_dir, "queue"))
-        d = deferToThread(queue.prepare)  # before any worker writes: see mailgate.app.worker
+        if not self._lock_queue():
+            return
+        d = deferToThread(self._queue.prepare)  # before any worker writes: see mailgate.app.worker
         d.addCallbacks(self._spool_prepared, self._spool_failed)
         d.addErrback(self._spawn_failed)
+
+    def _lock_queue(self) -> bool:
+        """The server's lock on the spool, for its whole life: the CLI then asks the workers."""
+        try:
+            if self._queue.lock():
+                return True
+            log.critical("server.state_dir: {dir} is in use by another running mailgate", dir=self._queue.directory)
+        except OSError as error:
+            log.critical("server.state_dir: cannot lock the queue: {path}: {error}", path=error.filename,
+                         error=error.strerror)
+        self._reactor.stop()
+        return False
 
     def _spool_prepared(self, set_aside: list[tuple[str, str]]) -> None:
         for queue_id, reason in set_aside:
@@ -254,7 +277,7 @@ class Master(Service):
         listeners = tuple((port.fileno(), port.addressFamily) for port in self._ports)
         metrics = self._metrics_port
         served = (metrics.fileno(), metrics.addressFamily) if metrics is not None and index == 0 else None
-        setup = WorkerSetup(index, theirs.fileno(), listeners, served)
+        setup = WorkerSetup(index, self.config.server.workers, theirs.fileno(), listeners, served)
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", setup.control: setup.control}
         child_fds.update({fd: fd for fd, _ in (*listeners, *([served] if served else []))})
         env = {**os.environ, ENVIRONMENT: setup.encode()}
@@ -274,12 +297,12 @@ class Master(Service):
     def worker_ready(self, index: int, link: MasterLink) -> None:
         first = index not in self._ready
         self._ready.add(index)
+        self._live.add(index)
+        self._links[index] = link
         if index == 0:
-            self._queue_owner = link
             link.send(RESTARTS, str(self.restarts))
-            waiting, self._waiting_ids = self._waiting_ids, []
-            for queue_id in waiting:
-                self.hand_to_queue(queue_id)
+        for verb, fields in self._waiting.pop(index, []):
+            self.to_worker(index, verb, *fields)
         if first and len(self._ready) == self.config.server.workers:
             log.info("workers: all {count} ready", count=len(self._ready))
 
@@ -289,17 +312,29 @@ class Master(Service):
             if link is not source:
                 link.send(verb, *fields)
 
-    def hand_to_queue(self, queue_id: str) -> None:
-        owner = self._queue_owner
-        if owner is None or not owner.send(QUEUED, queue_id):
-            self._waiting_ids.append(queue_id)
+    def to_part(self, queue_id: str, verb: bytes, *fields: str) -> None:
+        """A line for the worker whose part of the spool `queue_id` is in."""
+        self.to_worker(part_of(queue_id, self.config.server.workers), verb, *fields)
+
+    def to_worker(self, index: int, verb: bytes, *fields: str) -> None:
+        """A line for one worker; kept until it is back if it is down (or starting: it says Hello)."""
+        link = self._links.get(index)
+        if index not in self._live or link is None or not link.send(verb, *fields):
+            self._waiting.setdefault(index, []).append((verb, fields))
+
+    def pass_request(self, fields: list[str]) -> None:
+        """A CLI request worker 0 passes on: a flush to every other worker, the rest to the entry's."""
+        if fields[0] == FLUSH:
+            for index in range(1, self.config.server.workers):
+                self.to_worker(index, CONTROL, *fields)
+        else:
+            self.to_part(fields[1], CONTROL, *fields)
 
     def worker_ended(self, process: WorkerProcess, reason: Any) -> None:
         index = process.index
         if self._processes.get(index) is process:
             del self._processes[index]
-        if index == 0:
-            self._queue_owner = None
+        self._live.discard(index)
         if self._stopping:
             return
         if index not in self._ready:
@@ -315,8 +350,8 @@ class Master(Service):
                  else min(max(self._delays.get(index, 0.0) * 2, FIRST_RESTART_SECONDS), LONGEST_RESTART_SECONDS))
         self._delays[index] = delay
         self.restarts += 1
-        if self._queue_owner is not None:  # worker 0 serves the metrics; if it is the one gone, it hears at Hello
-            self._queue_owner.send(RESTARTS, str(self.restarts))
+        if 0 in self._live:  # worker 0 serves the metrics; if it is the one gone, it hears at Hello
+            self._links[0].send(RESTARTS, str(self.restarts))
         log.warn("workers: worker {index} ended ({why}) after {lived:.1f} s: starting it again in {delay:.1f} s",
                  index=index, why=reason, lived=lived, delay=delay)
         self._reactor.callLater(delay, self._spawn, index)
@@ -351,6 +386,7 @@ class Master(Service):
     def _close(self) -> None:
         for port in [*self._ports, *([self._metrics_port] if self._metrics_port is not None else [])]:
             port.stopListening()
+        self._queue.unlock()
         super().stopService()
         log.info("mailgate stopped cleanly")
 

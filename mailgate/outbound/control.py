@@ -8,17 +8,29 @@ nothing the CLI does races the server's own writes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList
 
 from mailgate.store.durable import unlink_quietly
 
 if TYPE_CHECKING:
-    from mailgate.outbound.scheduler import Scheduler  # which calls serve_requests
+    from mailgate.outbound.spool import QueueStore
 
 
-def serve_requests(scheduler: Scheduler) -> None:
+class QueueActions(Protocol):
+    """What the requests act on: the Scheduler, or with workers mailgate.app.shared_queue.AllParts."""
+
+    store: QueueStore
+
+    def flush(self) -> None: ...
+    def delete(self, queue_id: str) -> Deferred[Any]: ...
+    def hold(self, queue_id: str) -> Deferred[Any]: ...
+    def release(self, queue_id: str) -> Deferred[Any]: ...
+    def entry_ids(self) -> Deferred[list[str]]: ...
+
+
+def serve_requests(scheduler: QueueActions) -> None:
     """Carry out every request waiting, oldest first."""
     for path, action, queue_id in scheduler.store.requests():
         done: Deferred | None = None
@@ -38,10 +50,9 @@ def serve_requests(scheduler: Scheduler) -> None:
             done.addBoth(_unlink_after, path)
 
 
-def delete_all(scheduler: Scheduler) -> Deferred:
+def delete_all(scheduler: QueueActions) -> Deferred:
     """Every entry queued or set aside now (`mailgate queue delete --all`)."""
-    store = scheduler.store
-    listing: Deferred = scheduler._run(lambda: [*store.ids(), *store.corrupt.ids()])
+    listing = scheduler.entry_ids()
     return listing.addCallback(lambda ids: DeferredList([scheduler.delete(i) for i in ids], consumeErrors=True))
 
 

@@ -17,11 +17,11 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from mailgate.core.queue_ids import part_of
 from mailgate.core.reply import Reply
 from mailgate.core.route import Route
 from mailgate.core.session import Envelope, Session
 from mailgate.hooks.events import Events
-from mailgate.outbound import control
 from mailgate.outbound.bounces import BounceSender
 from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
 from mailgate.outbound.retry import RetryPolicy
@@ -72,6 +72,7 @@ class Scheduler:
         self._stopping = False
         self._abandoned = False
         self._forward: Callable[[str], None] | None = None
+        self._part = (0, 1)  # (this process's part of the spool, how many): share()
         self.prepare_spool = True  # clear what a crash left; False where other processes write (workers)
         spooler.on_release(self._released)
 
@@ -80,6 +81,9 @@ class Scheduler:
     async def start(self) -> None:
         """Resume everything a previous run left queued (one listing of env/)."""
         set_aside, entries = await self._run(self._load_all)
+        index, parts = self._part
+        if parts > 1:
+            entries = [(queue_id, at) for queue_id, at in entries if part_of(queue_id, parts) == index]
         for queue_id, reason in set_aside:
             _log_set_aside(queue_id, reason)
         self.spooler.index.resumed(queue_id for queue_id, _ in entries)
@@ -114,10 +118,11 @@ class Scheduler:
         if self._running:
             log.warn("queue: abandoned {count} attempt(s) in flight at shutdown", count=len(self._running))
 
-    def hand_off(self, forward: Callable[[str], None]) -> None:
-        """This process only spools: each released entry goes to `forward` (the process that
-        owns the queue, server.workers > 1) and is never attempted here."""
-        self._forward = forward
+    def share(self, index: int, parts: int, forward: Callable[[str], None]) -> None:
+        """server.workers > 1: attempt only part `index` of `parts` of the spool (mailgate.core.queue_ids).
+        start() resumes only that part; a released entry of another part goes to `forward`
+        (to the worker whose part it is) and is never attempted here."""
+        self._part, self._forward = (index, parts), forward
 
     def reconfigure(self, transports: Mapping[str, Transport], bounces: BounceSender, policy: RetryPolicy,
                     delay_warning_seconds: float = 0.0) -> None:
@@ -126,8 +131,9 @@ class Scheduler:
         self._delay_warning_seconds = delay_warning_seconds
 
     def _released(self, queue_id: str) -> None:
-        """A new entry whose client has been told 250: due now, here or where the queue is run."""
-        if self._forward is not None:
+        """A new entry whose client has been told 250: due now, here or in the worker whose part it is."""
+        index, parts = self._part
+        if self._forward is not None and part_of(queue_id, parts) != index:
             return self._forward(queue_id)
         self.schedule(queue_id, self._clock.seconds())
 
@@ -176,9 +182,10 @@ class Scheduler:
         if not held and queue_id not in self._held:
             self.schedule(queue_id, now)
 
-    def serve_requests(self) -> None:
-        """Act on the CLI's requests (mailgate.outbound.control), once a second."""
-        control.serve_requests(self)
+    def entry_ids(self) -> Deferred[list[str]]:
+        """Every entry queued or set aside, of every part (listed off the reactor)."""
+        store = self.store
+        return self._run(lambda: [*store.ids(), *store.corrupt.ids()])
 
     def _arm(self) -> None:
         """Keep one timer, set for the earliest live entry, while an attempt may start.

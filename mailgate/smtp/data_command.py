@@ -9,13 +9,10 @@ its Received: header, to the deliverer.
 
 from __future__ import annotations
 
-import itertools
-import os
-import time
-
 from twisted.logger import Logger
 
 from mailgate.core.errors import DeliveryError
+from mailgate.core.queue_ids import transaction_id
 from mailgate.core.reply import Reply
 from mailgate.core.session import Envelope
 from mailgate.core.trace import trace_header
@@ -40,23 +37,6 @@ DELIVERED = Reply(250, "2.0.0", "Delivered")  # what a `delivered` event says of
 BARE_NEWLINE = Reply(550, "5.5.2", "Message contains bare CR or LF characters")
 NUL = Reply(550, "5.5.2", "Message contains NUL characters")
 AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed after BDAT")  # RFC 3030 2
-
-_ids = itertools.count(1)
-_pid = f"{os.getpid():X}"  # not a system call per message; twistd forks after import
-
-
-def _forked() -> None:
-    global _pid
-    _pid = f"{os.getpid():X}"
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
-def transaction_id() -> str:
-    """A short id for logs and the "queued as" reply, unique within a host."""
-    return f"{time.time_ns() // 1000:X}{_pid}{next(_ids):X}"
-
 
 def data(argument: str, state: SessionState, channel: Channel, policy: ListenerPolicy) -> Reply:
     if argument:

@@ -6,6 +6,7 @@ from twisted.internet.task import Clock
 
 from mailgate.app.workers import FIRST_RESTART_SECONDS, LONGEST_RESTART_SECONDS, Master, WorkerProcess
 from mailgate.config import parse_config
+from mailgate.core.queue_ids import part_of
 
 CONFIG = {
     "server": {"workers": 2},
@@ -78,13 +79,40 @@ def test_a_worker_dying_before_it_was_ever_ready_stops_the_server() -> None:
     assert reactor.stopped and spawned == []
 
 
-def test_ids_spooled_while_worker_0_is_away_reach_it_when_it_is_back() -> None:
+def test_a_hand_over_goes_to_the_part_s_worker_and_waits_while_it_is_away() -> None:
+    """An id goes to the worker whose part of the spool it is in; spooled while that worker is
+    down (or not yet started), it reaches it when it is back, in order."""
     gateway, _, _ = master()
-    gateway.hand_to_queue("Q1")
-    link = Link()
-    gateway.worker_ready(0, link)  # type: ignore[arg-type]
-    gateway.hand_to_queue("Q2")
-    assert [line for line in link.sent if line[0] == b"Q"] == [(b"Q", ("Q1",)), (b"Q", ("Q2",))]
+    ids = [f"Q{n}" for n in range(20)]
+    workers = [Link(), Link()]
+    gateway.worker_ready(0, workers[0])  # type: ignore[arg-type]
+    for queue_id in ids[:10]:
+        gateway.to_part(queue_id, b"Q", queue_id)
+    gateway.worker_ready(1, workers[1])  # type: ignore[arg-type]
+    die(gateway, 0)
+    for queue_id in ids[10:]:
+        gateway.to_part(queue_id, b"Q", queue_id)
+    again = Link()
+    gateway.worker_ready(0, again)  # type: ignore[arg-type]
+    got = [[fields[0] for verb, fields in link.sent if verb == b"Q"] for link in (workers[0], again, workers[1])]
+    assert got[0] == [i for i in ids[:10] if part_of(i, 2) == 0]
+    assert got[1] == [i for i in ids[10:] if part_of(i, 2) == 0]
+    assert got[2] == [i for i in ids if part_of(i, 2) == 1]
+    assert got[0] and got[1] and got[2]
+
+
+def test_a_cli_request_goes_to_the_entry_s_worker_and_its_answer_to_worker_0() -> None:
+    gateway, _, _ = master()
+    workers = [Link(), Link()]
+    for index, link in enumerate(workers):
+        gateway.worker_ready(index, link)  # type: ignore[arg-type]
+    theirs = next(f"Q{n}" for n in range(20) if part_of(f"Q{n}", 2) == 1)
+    gateway.pass_request(["delete", theirs, "7"])
+    gateway.pass_request(["flush"])
+    gateway.to_worker(0, b"D", "7")
+    assert [line for line in workers[1].sent if line[0] == b"C"] == [(b"C", ("delete", theirs, "7")),
+                                                                    (b"C", ("flush",))]
+    assert [line for line in workers[0].sent if line[0] in (b"C", b"D")] == [(b"D", ("7",))]
 
 
 def test_worker_0_hears_the_restart_count_when_it_is_ready_and_at_each_restart() -> None:

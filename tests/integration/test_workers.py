@@ -16,6 +16,7 @@ from typing import Callable, TypeVar
 
 import pytest
 
+from mailgate.core.queue_ids import part_of
 from tests.support.gateway import BIN, Gateway, free_port, gateway_config, wait_for
 from tests.support.nodes import send_authenticated
 
@@ -188,6 +189,12 @@ def served_by_both(gateway: Gateway, text: str) -> bool:
     return all(re.search(rf"worker {index}: .*{re.escape(text)}", log) for index in (0, 1))
 
 
+def served_times(gateway: Gateway, text: str) -> list[int]:
+    """How many lines with `text` each worker has logged."""
+    log = gateway.log()
+    return [len(re.findall(rf"worker {index}: .*{re.escape(text)}", log)) for index in (0, 1)]
+
+
 def until_both(gateway: Gateway, text: str, attempt: Callable[[], T], minimum: int, most: int = 80) -> list[T]:
     """attempt() at least `minimum` times, and on until both workers have logged `text` (the kernel
     chooses which worker accepts each connection: it takes a few tries for it to choose both)."""
@@ -217,6 +224,7 @@ def test_queued_mail_of_killed_workers_is_delivered_once(make_gateway: Callable[
     while not served_by_both(gateway, "from=<sender@remote.test>"):  # until the kernel chose both
         assert len(sent) < 100, "one worker took every connection"
         send_batch(gateway.ports["smtp"], len(sent), 1, sent, REMOTE)
+    wait_for(lambda: served_by_both(gateway, ": attempt 1: 0 delivered"), 30, "each worker to try its part")
     for index, pid in worker_pids(gateway).items():
         os.kill(pid, signal.SIGKILL)
     wait_for(lambda: "workers: worker 1 ended" in gateway.log() and "workers: worker 0 ended" in gateway.log(), 20,
@@ -248,29 +256,33 @@ def queue_cli(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_queue_cli_sees_and_acts_on_every_workers_mail(make_gateway: Callable[..., Gateway],
                                                            tmp_path: Path) -> None:
-    """list shows what both workers queued; delete and flush are carried out by the running server."""
+    """list shows what both workers queued; delete (of an entry in each worker's part) and flush are
+    carried out by the running server."""
     sink_port = free_port()
     gateway = with_workers(make_gateway(extra=NO_RATE + (
         f'[relay]\nsmarthost = "127.0.0.1:{sink_port}"\nallowed_networks = ["127.0.0.0/8"]\n'
         'retry_intervals = ["1h"]\n')))
     start_workers(gateway)
     sent: list[str] = []
-    while len(sent) < 4 or not served_by_both(gateway, "from=<sender@remote.test>"):
+    while min(served_times(gateway, "status=received")) < 2:  # two in each worker's part
         assert len(sent) < 100, "one worker took every connection"
         send_batch(gateway.ports["smtp"], len(sent), 1, sent, REMOTE)
     wait_for(lambda: gateway.log().count("attempt 1:") >= len(sent), 30, "a first (failed) attempt of each")
-    listed = json.loads(queue_cli(gateway, "list", "--json").stdout)
+    listed = [entry["id"] for entry in json.loads(queue_cli(gateway, "list", "--json").stdout)]
     assert len(listed) == len(sent)
-    gone = listed[0]["id"]
-    deleted = queue_cli(gateway, "delete", gone)
-    assert deleted.returncode == 0, deleted.stderr
-    assert len(json.loads(queue_cli(gateway, "list", "--json").stdout)) == len(sent) - 1
+    gone = [next(queue_id for queue_id in listed if part_of(queue_id, 2) == part) for part in (0, 1)]
+    for queue_id in gone:
+        deleted = queue_cli(gateway, "delete", queue_id)
+        assert deleted.returncode == 0, deleted.stderr
+    left = [entry["id"] for entry in json.loads(queue_cli(gateway, "list", "--json").stdout)]
+    assert sorted(left) == sorted(set(listed) - set(gone))
     sink = sink_gateway(tmp_path / "sink", sink_port).start()
     flushed = queue_cli(gateway, "flush")
     assert "the running server is trying" in flushed.stdout, flushed
-    wait_for(lambda: len(sink.new_messages(REMOTE)) >= len(sent) - 1, 60, "the rest at the smarthost")
+    wait_for(lambda: len(sink.new_messages(REMOTE)) >= len(sent) - 2, 60, "the rest at the smarthost")
     wait_for(lambda: json.loads(queue_cli(gateway, "list", "--json").stdout) == [], 30, "an empty queue")
-    assert len(sink.new_messages(REMOTE)) == len(sent) - 1
+    assert len(sink.new_messages(REMOTE)) == len(sent) - 2
+    assert served_by_both(gateway, ": attempt 2: 1 delivered")  # each worker flushed its own part
     sink.stop()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from twisted.logger import capturedLogs, formatEvent
 
+from mailgate.outbound import control
 from mailgate.outbound.spool import DamagedEntry, QueuedMessage, QueueStore, RecipientState
 from mailgate.store.maildir_writer import StoredMessage
 from tests.outbound.test_scheduler import Harness
@@ -172,6 +173,6 @@ def test_a_delete_request_removes_a_set_aside_entry(tmp_path: Path) -> None:
     (tmp_path / "queue" / "env" / "Q1").write_bytes(b"{}")
     attempts_after_damage(harness)
     request = harness.store.request("delete", "Q1")
-    harness.queue.serve_requests()
+    control.serve_requests(harness.queue)
     assert not Path(request).exists()
     assert harness.store.corrupt.ids() == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 from email import policy
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
@@ -22,6 +23,7 @@ from mailgate.outbound.bounces import BounceSender
 from mailgate.outbound.capacity import MAX_CONCURRENT_ATTEMPTS
 from mailgate.outbound.pools import NO_POOLS
 from mailgate.outbound.retry import RetryPolicy
+from mailgate.outbound import control
 from mailgate.outbound.scheduler import Scheduler
 from mailgate.outbound.smtp_transport import SCHEMES, SMTPTransport
 from mailgate.outbound.spool import QueueStore
@@ -66,7 +68,8 @@ class ScriptedRelay(SMTPTransport):
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, relay_settings: dict | None = None, plugins: tuple = ()) -> None:
+    def __init__(self, tmp_path: Path, relay_settings: dict | None = None, plugins: tuple = (),
+                 part: tuple[int, int, Callable[[str], None]] | None = None) -> None:
         self.config = parse_config({
             "server": {"hostname": "mx.example.test"},
             "listen": [{"name": "mx", "protocol": "smtp", "endpoint": "tcp:2525"}],
@@ -79,10 +82,10 @@ class Harness:
         self.store = QueueStore(str(tmp_path / "queue"))
         self.injected: list[tuple[Envelope, bytes, str]] = []
         self.manager = load_plugins(self.config, plugins)
-        self.queue = self.new_queue()
+        self.queue = self.new_queue(part)
 
-    def new_queue(self) -> Scheduler:
-        """A scheduler over the spool, as the service builds it, started."""
+    def new_queue(self, part: tuple[int, int, Callable[[str], None]] | None = None) -> Scheduler:
+        """A scheduler over the spool, as the service builds it (a worker's: `part`), started."""
         run = lambda f, *a: succeed(f(*a))  # noqa: E731 - the disk, without threads
         self.spooler = Spooler(self.store, run, self.clock.seconds)
         policy = RetryPolicy.from_config(self.config.relay)
@@ -91,6 +94,9 @@ class Harness:
         plugins = HookTransport(Hooks(self.manager, self.clock), lambda job: run(read_wire_form, job.message_path))
         queue = Scheduler(self.spooler, {scheme: self.relay for scheme in SCHEMES}, plugins, bounces, policy,
                           self.clock, run, self.config.relay.delay_warning_seconds)
+        if part is not None:
+            queue.prepare_spool = False
+            queue.share(*part)
         Deferred.fromCoroutine(queue.start())
         return queue
 
@@ -254,12 +260,12 @@ def test_flush_and_delete_requests(harness: Harness) -> None:
     harness.submit([("b@remote.test", "mx")])
     harness.submit([("c@remote.test", "mx")], queue_id="Q2")
     flush = harness.store.request("flush")
-    harness.queue.serve_requests()
+    control.serve_requests(harness.queue)
     harness.clock.advance(0)
     assert not Path(flush).exists()
     assert len([c for c in harness.relay.calls if c[3] == ["b@remote.test"]]) == 2
     delete = harness.store.request("delete", "Q2")
-    harness.queue.serve_requests()
+    control.serve_requests(harness.queue)
     assert not Path(delete).exists()
     assert harness.store.load("Q2") is None
 

@@ -579,7 +579,7 @@ def test_transaction_ids_name_the_process_that_made_them() -> None:
     """The pid is cached, so it must be refreshed in a forked child (twistd daemonizes after import)."""
     import os
 
-    from mailgate.smtp.data_command import transaction_id
+    from mailgate.core.queue_ids import transaction_id
 
     reader, writer = os.pipe()
     child = os.fork()
