@@ -58,12 +58,20 @@ class QueuedMessage:
     extra: dict = field(default_factory=dict)  # room for plugins' bookkeeping
     message_size: int | None = None  # bytes of msg/<id> as queued; None in entries queued by 0.1
     message_sha256: str | None = None  # its SHA-256, hex
+    message_lines: int | None = None  # its LF count: size + lines is the CRLF size, for SIZE= without a read
     held_since: float | None = None  # `mailgate queue hold`: unix seconds since; None when not held
     held_seconds: float = 0.0  # time spent held before, which does not count against relay.max_queue_time
 
     @property
     def held(self) -> bool:
         return self.held_since is not None
+
+    @property
+    def wire_size(self) -> int | None:
+        """The message's CRLF octets, if the queue recorded its length and lines (0.1 did not)."""
+        if self.message_size is None or self.message_lines is None:
+            return None
+        return self.message_size + self.message_lines
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status == PENDING]
@@ -112,7 +120,7 @@ _ENTRY_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {  # name: (JSON types
     "recipients": ((list,), True), "attempts": ((int,), False), "next_attempt": ((int, float), False),
     "last_error": ((str, _NONE), False), "warned": ((bool,), False), "session": ((dict,), False),
     "parameters": ((dict,), False), "extra": ((dict,), False), "message_size": ((int, _NONE), False),
-    "message_sha256": ((str, _NONE), False), "held_since": ((int, float, _NONE), False),
+    "message_sha256": ((str, _NONE), False), "message_lines": ((int, _NONE), False), "held_since": ((int, float, _NONE), False),
     "held_seconds": ((int, float), False),
 }
 _RECIPIENT_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {

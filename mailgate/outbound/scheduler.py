@@ -301,7 +301,7 @@ class Scheduler:
             recipient_parameters={r.address: r.dsn_parameters() for r in recipients if r.notify or r.orcpt},
         )
         job = DeliveryJob(entry.id, envelope, Route(recipients[0].route), destination,
-                          self.store.message_path(entry.id))
+                          self.store.message_path(entry.id), entry.wire_size)
         return await transport.deliver(job)
 
     def _record(self, entry: QueuedMessage, results: dict[str, RecipientResult]) -> list[RecipientState]:

@@ -223,10 +223,13 @@ class BodyProducer:
         block = self._handle.read(BLOCK_SIZE)
         self._protocol.touch()  # progress: the remote is still reading
         transport = self._protocol.connection
-        if block:
+        if len(block) == BLOCK_SIZE:
             transport.write(self._dots.feed(self._crlf.feed(block)))
             return
-        transport.write(self._dots.feed(self._crlf.finish()) + self._dots.finish())
+        # A short read is the end of the file: the rest and the dot in one write (a 1 KB message
+        # in one segment), not one more reactor turn and send for the dot alone.
+        end = self._dots.feed(self._crlf.feed(block)) if block else b""
+        transport.write(end + self._dots.feed(self._crlf.finish()) + self._dots.finish())
         transport.unregisterProducer()
         self._protocol.producer = None
         self.done.callback(None)

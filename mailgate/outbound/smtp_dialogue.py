@@ -63,6 +63,7 @@ class MailJob:
     message_path: str
     dsn: DSNRequest = DSNRequest()  # passed on where the host offers DSN (RFC 3461 5.2)
     smtputf8: bool = False  # the sender said SMTPUTF8: only a host that offers it may have the message
+    wire_size: int | None = None  # the CRLF size, if the queue knows it; else SIZE= reads the file
 
 
 class SetupFailed(DeliveryError):
@@ -198,7 +199,8 @@ class Dialogue:
         if job.smtputf8 and "SMTPUTF8" not in extensions:  # RFC 6531 3.2: no downgrade; the sender hears why
             reply = Reply(550, "5.6.7", f"{where(key)} does not support SMTPUTF8, which this message needs")
             return [result(reply, r, host) for r in job.recipients]
-        params = [f"SIZE={wire_size(job.message_path)}"] if "SIZE" in extensions else []
+        size = job.wire_size if job.wire_size is not None else wire_size(job.message_path)  # 0.1's entries: read
+        params = [f"SIZE={size}"] if "SIZE" in extensions else []
         params += ["BODY=8BITMIME"] if "8BITMIME" in extensions else []
         params += ["SMTPUTF8"] if job.smtputf8 else []
         dsn = job.dsn if "DSN" in extensions else DSNRequest()

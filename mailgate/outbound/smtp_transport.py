@@ -108,10 +108,10 @@ class SMTPTransport:
         if isinstance(job.destination, tuple):
             host, port = job.destination
             results = await self.deliver_to_host(host, port, envelope.mail_from, envelope.rcpt_to, path, pool=pool,
-                                                 dsn=dsn, smtputf8=utf8)
+                                                 dsn=dsn, smtputf8=utf8, wire_size=job.wire_size)
         else:
             results = await self.deliver_by_mx(str(job.destination), envelope.mail_from, envelope.rcpt_to, path,
-                                               pool=pool, dsn=dsn, smtputf8=utf8)
+                                               pool=pool, dsn=dsn, smtputf8=utf8, wire_size=job.wire_size)
         if pool is None:
             return results
         return [replace(result, reporting_mta=pool.helo) for result in results]
@@ -122,9 +122,9 @@ class SMTPTransport:
 
     async def deliver_by_mx(self, domain: str, mail_from: str, recipients: list[str], message_path: str,
                             *, pool: Pool | None = None, dsn: DSNRequest = DSNRequest(),
-                            smtputf8: bool = False) -> list[RecipientResult]:
+                            smtputf8: bool = False, wire_size: int | None = None) -> list[RecipientResult]:
         """Try the domain's MX hosts best first; the first host with a session decides."""
-        job = MailJob(mail_from, tuple(recipients), message_path, dsn, smtputf8)
+        job = MailJob(mail_from, tuple(recipients), message_path, dsn, smtputf8, wire_size)
         try:
             hosts = await self._resolver.mx_hosts(domain)
             hosts, tls_for = await self._tls.for_mx(domain, hosts, self._mx_port)
@@ -136,13 +136,14 @@ class SMTPTransport:
 
     async def deliver_to_host(self, host: str, port: int, mail_from: str, recipients: list[str],
                               message_path: str, *, pool: Pool | None = None,
-                              dsn: DSNRequest = DSNRequest(), smtputf8: bool = False) -> list[RecipientResult]:
+                              dsn: DSNRequest = DSNRequest(), smtputf8: bool = False,
+                              wire_size: int | None = None) -> list[RecipientResult]:
         """Smarthost and smtp:HOST:PORT routes: one host (a name or an address), no MX lookup."""
         smarthost = self._smarthost == (host, port)
         site = self._sites.site(("smarthost" if smarthost else "smtp", host, port), host, f"{host}:{port}")
         tls = self._tls.for_smarthost(host, self._credentials is not None) if smarthost else self._tls.for_host(host)
         plan = _Plan(site, pool, _always(tls), self._credentials if smarthost else None)
-        job = MailJob(mail_from, tuple(recipients), message_path, dsn, smtputf8)
+        job = MailJob(mail_from, tuple(recipients), message_path, dsn, smtputf8, wire_size)
         return await self._guarded(job, [host], port, plan)
 
     async def _guarded(self, job: MailJob, hosts: list[str], port: int, plan: _Plan) -> list[RecipientResult]:

@@ -95,7 +95,8 @@ class QueueStore:
         writes = []
         for entries in jobs:
             for entry, message in entries:
-                entry.message_size, entry.message_sha256 = _fingerprint([message.transit_header, *message.body])
+                entry.message_size, entry.message_lines, entry.message_sha256 = _fingerprint(
+                    [message.transit_header, *message.body])
             writes.append([
                 write
                 for entry, message in entries
@@ -263,13 +264,14 @@ class QueueStore:
 
 
 Write = tuple[str, str, list[bytes], "float | None"]  # temp path, final path, content, mtime
-def _fingerprint(chunks: Iterable[bytes]) -> tuple[int, str]:
-    """Length and SHA-256 of the message file these chunks make."""
-    digest, size = hashlib.sha256(), 0
+def _fingerprint(chunks: Iterable[bytes]) -> tuple[int, int, str]:
+    """Length, line count and SHA-256 of the message file these chunks make."""
+    digest, size, lines = hashlib.sha256(), 0, 0
     for chunk in chunks:
         digest.update(chunk)
         size += len(chunk)
-    return size, digest.hexdigest()
+        lines += chunk.count(b"\n")
+    return size, lines, digest.hexdigest()
 
 
 def _file_sha256(path: str) -> str:

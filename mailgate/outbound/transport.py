@@ -65,6 +65,7 @@ class DeliveryJob:
     route: Route  # the route of the first recipient; all share its destination
     destination: Hashable  # what the transport's destination() said
     message_path: str  # the spooled message (LF line ends, no Return-Path)
+    wire_size: int | None = None  # its CRLF octets, when the queue recorded them (SIZE=, RFC 1870)
 
 
 class Transport(Protocol):

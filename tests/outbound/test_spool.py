@@ -11,6 +11,7 @@ import pytest
 from mailgate.store.maildir_writer import StoredMessage
 from mailgate.outbound.spool import DELIVERED, PENDING, QueuedMessage, QueueStore, RecipientState
 from mailgate.outbound.retry import RetryPolicy
+from mailgate.outbound.smtp_client import wire_size
 
 HEADER = b"Return-Path: <a@x.test>\nReceived: by mx (mailgate) id Q1;\n\tMon, 1 Jan 2026 00:00:00 +0000\n"
 
@@ -40,8 +41,10 @@ def test_add_writes_message_without_return_path_and_state(tmp_path: Path) -> Non
     assert data.endswith(b"\nSubject: s\n\nhello\n")
     loaded = s.load("Q1")
     assert (loaded.message_size, loaded.message_sha256) == (len(data), hashlib.sha256(data).hexdigest())
-    loaded.message_size = loaded.message_sha256 = None
+    assert loaded.wire_size == wire_size(s.message_path("Q1")) == len(data.replace(b"\n", b"\r\n"))
+    loaded.message_size = loaded.message_sha256 = loaded.message_lines = None
     assert loaded == entry()
+    assert loaded.wire_size is None  # as in an entry queued by 0.1: SIZE= then reads the file
     assert os.listdir(tmp_path / "queue" / "tmp") == []
 
 
