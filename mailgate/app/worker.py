@@ -74,7 +74,8 @@ class WorkerSetup:
             return None
         data = json.loads(raw)
         metrics = data.get("metrics")
-        return cls(data["index"], data["workers"], data["control"], tuple((fd, family) for fd, family in data["listeners"]),
+        return cls(data["index"], data["workers"], data["control"],
+                   tuple((fd, family) for fd, family in data["listeners"]),
                    (metrics[0], metrics[1]) if metrics else None)
 
 

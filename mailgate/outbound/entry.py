@@ -120,7 +120,8 @@ _ENTRY_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {  # name: (JSON types
     "recipients": ((list,), True), "attempts": ((int,), False), "next_attempt": ((int, float), False),
     "last_error": ((str, _NONE), False), "warned": ((bool,), False), "session": ((dict,), False),
     "parameters": ((dict,), False), "extra": ((dict,), False), "message_size": ((int, _NONE), False),
-    "message_sha256": ((str, _NONE), False), "message_lines": ((int, _NONE), False), "held_since": ((int, float, _NONE), False),
+    "message_sha256": ((str, _NONE), False), "message_lines": ((int, _NONE), False),
+    "held_since": ((int, float, _NONE), False),
     "held_seconds": ((int, float), False),
 }
 _RECIPIENT_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {

@@ -66,6 +66,7 @@ class Scheduler:
         self._heap: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}  # id -> its live heap time; stale heap entries skipped
         self._running: dict[str, Deferred] = {}
+        self._fresh: dict[str, QueuedMessage] = {}  # released here, not attempted yet: see attempt()
         self._deleted: set[str] = set()
         self._held: set[str] = set()  # `mailgate queue hold`: never started until released
         self._timer: IDelayedCall | None = None
@@ -130,12 +131,13 @@ class Scheduler:
         self._transports, self._bounces, self._policy = transports, bounces, policy
         self._delay_warning_seconds = delay_warning_seconds
 
-    def _released(self, queue_id: str) -> None:
+    def _released(self, entry: QueuedMessage) -> None:
         """A new entry whose client has been told 250: due now, here or in the worker whose part it is."""
         index, parts = self._part
-        if self._forward is not None and part_of(queue_id, parts) != index:
-            return self._forward(queue_id)
-        self.schedule(queue_id, self._clock.seconds())
+        if self._forward is not None and part_of(entry.id, parts) != index:
+            return self._forward(entry.id)
+        self._fresh[entry.id] = entry
+        self.schedule(entry.id, self._clock.seconds())
 
     # --- scheduling ----------------------------------------------------------
 
@@ -153,12 +155,14 @@ class Scheduler:
     def delete(self, queue_id: str) -> Deferred:
         """Remove an entry (`mailgate queue delete`); an attempt in flight drops its result."""
         self._due.pop(queue_id, None)
+        self._fresh.pop(queue_id, None)
         self._deleted.add(queue_id)
         return self.spooler.remove(queue_id)
 
     def hold(self, queue_id: str) -> Deferred:
         """`mailgate queue hold`: never attempted (nor expired) until released; an attempt in flight ends first."""
         self._due.pop(queue_id, None)
+        self._fresh.pop(queue_id, None)
         self._held.add(queue_id)
         return Deferred.fromCoroutine(self._mark_held(queue_id, True))
 
@@ -240,14 +244,18 @@ class Scheduler:
     # --- attempts ------------------------------------------------------------
 
     async def attempt(self, queue_id: str) -> None:
-        """Try every pending recipient once, record the results, bounce or reschedule."""
+        """Try every pending recipient once, record the results, bounce or reschedule.
+
+        A first attempt uses the entry as it was stored a moment ago (`_fresh`); every later one
+        reads it back and checks the message against its length and checksum first."""
+        fresh = self._fresh.pop(queue_id, None)
         if queue_id in self._deleted:
             await self.spooler.remove(queue_id)  # in case a save raced the delete
             return
         if queue_id in self._held:
             return
         try:
-            entry = await self._run(self.store.load_checked, queue_id)
+            entry = fresh if fresh is not None else await self._run(self.store.load_checked, queue_id)
         except DamagedEntry as damage:
             await self._set_aside(queue_id, str(damage))
             return

@@ -34,11 +34,13 @@ class Spooler:
         self._adds: Batcher = Batcher(run_blocking, store.add_batch)
         self._saves: Batcher = Batcher(run_blocking, store.save_batch)
         self._removes: Batcher = Batcher(run_blocking, store.remove_batch)
-        self._listeners: list[Callable[[str], None]] = []
+        self._listeners: list[Callable[[QueuedMessage], None]] = []
+        self._added: dict[str, QueuedMessage] = {}  # stored, not released yet
         self.index = QueueIndex()
 
-    def on_release(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(queue_id)` for every entry released from now on."""
+    def on_release(self, listener: Callable[[QueuedMessage], None]) -> None:
+        """Call `listener(entry)` for every entry released from now on: the entry as stored,
+        so that its first attempt need not read it back."""
         self._listeners.append(listener)
 
     async def add(self, entries: Sequence[NewEntry]) -> None:
@@ -49,6 +51,7 @@ class Spooler:
         await self._adds.submit(job)
         for entry, _ in job:
             self.index.note(entry)
+            self._added[entry.id] = entry
 
     @staticmethod
     def _entry(queue_id: str, envelope: Envelope, recipients: Sequence[tuple[str, Route]],
@@ -65,8 +68,9 @@ class Spooler:
     def release(self, queue_ids: Sequence[str]) -> None:
         """The client may hear 250: the entries are the scheduler's now."""
         for queue_id in queue_ids:
+            entry = self._added.pop(queue_id)
             for listener in self._listeners:
-                listener(queue_id)
+                listener(entry)
 
     def save(self, entry: QueuedMessage) -> Deferred:
         self.index.note(entry)
@@ -75,4 +79,5 @@ class Spooler:
     def remove(self, queue_id: str) -> Deferred:
         """Drop an entry (delivered, given up on, deleted, or its transaction failed)."""
         self.index.discard(queue_id)
+        self._added.pop(queue_id, None)
         return self._removes.submit(queue_id)

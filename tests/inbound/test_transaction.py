@@ -61,7 +61,7 @@ class Setup:
         self.store.prepare()
         self.released: list[str] = []
         spooler = Spooler(self.store, run, lambda: 1_000_000.0)
-        spooler.on_release(self.released.append)
+        spooler.on_release(lambda entry: self.released.append(entry.id))
         self.deliverer = Deliverer(self.mailboxes, spooler, self.hooks, "mx.example.test")
 
     def deliver(self, routes: dict[str, str]) -> Any:

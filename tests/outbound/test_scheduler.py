@@ -334,3 +334,17 @@ def test_a_full_set_of_attempts_sets_no_timer_until_one_ends(tmp_path: Path) -> 
         answered += 1
     assert answered == waiting_count
     assert list(harness.store.entries()) == []
+
+
+def test_a_first_attempt_reads_nothing_back_and_a_retry_checks_the_entry(harness: Harness, monkeypatch) -> None:
+    """The entry just stored is attempted as it is in memory; a later attempt reads it and checks its message."""
+    reads: list[str] = []
+    load_checked = harness.store.load_checked
+    monkeypatch.setattr(harness.store, "load_checked",
+                        lambda queue_id: reads.append(queue_id) or load_checked(queue_id))
+    harness.relay.codes["b@remote.test"] = [451, 250]
+    harness.submit([("b@remote.test", "mx")])
+    assert len(harness.relay.calls) == 1 and reads == []
+    harness.clock.advance(67)  # the first interval, 1m, and its jitter
+    assert len(harness.relay.calls) == 2 and reads == ["Q1"]
+    assert harness.store.load("Q1") is None
