@@ -244,10 +244,8 @@ class Scheduler:
     # --- attempts ------------------------------------------------------------
 
     async def attempt(self, queue_id: str) -> None:
-        """Try every pending recipient once, record the results, bounce or reschedule.
-
-        A first attempt uses the entry as it was stored a moment ago (`_fresh`); every later one
-        reads it back and checks the message against its length and checksum first."""
+        """Try every pending recipient once, record the results, bounce or reschedule. A first attempt
+        uses the entry as stored (`_fresh`); later ones read it back and check its message first."""
         fresh = self._fresh.pop(queue_id, None)
         if queue_id in self._deleted:
             await self.spooler.remove(queue_id)  # in case a save raced the delete
