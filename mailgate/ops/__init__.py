@@ -14,6 +14,7 @@ from mailgate.core.meters import NO_METERS, Meters
 from mailgate.ops.log_observer import GatewayLogObserver, for_twistd
 from mailgate.ops.metrics import Metrics
 from mailgate.ops.plugin import OperationsPlugin
+from mailgate.ops.queue_view import QueueView
 from mailgate.ops.recent import RecentEvents
 
 
@@ -30,6 +31,7 @@ class Operations:
         self.recent = RecentEvents(seconds) if metrics_on else None
         self.plugin = OperationsPlugin(self.metrics, self.recent)
         self.log_observer: GatewayLogObserver | None = None
+        self.queue_view: QueueView | None = None  # with workers, in worker 0: every part (mailgate.app.operations)
         self._log_settings = config.log
 
     @property

@@ -30,7 +30,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from mailgate.outbound.queue_index import QueueIndex
+from mailgate.ops.queue_view import QueueView
 
 SESSION_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 DELAY_SECONDS = (0.01, 0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400)
@@ -139,7 +139,7 @@ class QueueGauges:
         self._now = wall_clock
         self._figures: tuple[int, float | None, list[tuple[str, int]], int] = (0, None, [], 0)
 
-    def refresh(self, index: QueueIndex) -> None:
+    def refresh(self, index: QueueView) -> None:
         """Copy the figures (reactor thread): one assignment, so a scrape sees one copy or the next."""
         biggest, others = index.destination_counts(self._top)
         self._figures = (len(index), index.oldest_arrival(), biggest, others)

@@ -15,7 +15,8 @@ from html import escape
 from typing import Any
 
 from mailgate import __version__
-from mailgate.outbound.queue_index import QueueIndex, Summary
+from mailgate.outbound.queue_index import Summary
+from mailgate.ops.queue_view import QueueView
 from mailgate.ops.plot import rates_svg
 from mailgate.ops.recent import RecentEvents
 
@@ -61,7 +62,7 @@ class StatusView:
     listeners: tuple[ListenerView, ...]
 
 
-def render(view: StatusView, queue: QueueIndex, recent: RecentEvents, now: float | None = None) -> str:
+def render(view: StatusView, queue: QueueView, recent: RecentEvents, now: float | None = None) -> str:
     now = time.time() if now is None else now
     up = _age(now - view.started)
     reloaded = f", configuration reloaded {_age(now - view.reloaded)} ago" if view.reloaded is not None else ""
@@ -111,7 +112,7 @@ def _listening(address: str | None) -> str:
 Shown = list[tuple[str, int, list[Summary]]]  # the biggest destinations: name, messages, the oldest few
 
 
-def _queue_summary(queue: QueueIndex, shown: Shown, others: int, now: float) -> str:
+def _queue_summary(queue: QueueView, shown: Shown, others: int, now: float) -> str:
     oldest = queue.oldest_arrival()
     rows = "".join(
         f"<tr><td>{escape(destination)}</td><td>{count}</td><td>{_oldest_age(first, now)}</td></tr>"
