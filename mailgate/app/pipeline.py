@@ -35,6 +35,7 @@ from mailgate.outbound.dane import DANE
 from mailgate.outbound.mta_sts import MTASTS
 from mailgate.outbound.pools import Pools
 from mailgate.outbound.retry import RetryPolicy
+from mailgate.outbound.shaping import worker_share
 from mailgate.outbound.scheduler import Scheduler
 from mailgate.outbound.smtp_dialogue import Credentials
 from mailgate.outbound.smtp_transport import SCHEMES, SMTPTransport
@@ -99,7 +100,8 @@ def queue_parts(config: GatewayConfig, hooks: Hooks, deliverer: Deliverer, spool
         reactor, helo_name=hostname, tls_mode=relay.tls, resolver=resolver,
         mx_port=relay.port, connection_cache_seconds=relay.connection_cache_seconds,
         smarthost=host_port(relay.smarthost) if relay.smarthost else None,
-        smarthost_credentials=credentials, pools=Pools(relay.pool, hostname, hooks), relay=relay,
+        smarthost_credentials=credentials, pools=Pools(relay.pool, hostname, hooks),
+        relay=worker_share(relay, config.server.workers),
         tls_policy=tls_policy(config, resolver, reactor, run_blocking),
     )
     policy = RetryPolicy.from_config(relay)

@@ -15,13 +15,14 @@ site does touches another site.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 from typing import Any, Hashable, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from mailgate.config import DestinationConfig, RelayConfig
+from mailgate.config import DestinationConfig, RelayConfig, SenderRate
 from mailgate.core.reply import Reply
 
 log = Logger()
@@ -199,3 +200,28 @@ class Sites:
             site.limit = own.concurrency
             site._wake()
         return site
+
+
+def worker_share(relay: RelayConfig, workers: int) -> RelayConfig:
+    """The destination limits one worker of `workers` keeps (server.workers > 1).
+
+    Each worker delivers its own part of the queue over its own connections
+    (mailgate.app.worker), so each takes its share of every destination's
+    concurrency and rate, and the server as a whole stays within them. A
+    worker needs one connection to make progress, so a destination allowed
+    fewer connections than there are workers gets one per worker. Postfix
+    has one queue manager per machine; asking another process for every
+    connection would cost what the workers save.
+    """
+    if workers <= 1:
+        return relay
+    tables = {"*": relay.destination_for("*"), **relay.destination}
+    return replace(relay, destination={name: _share(table, workers) for name, table in tables.items()})
+
+
+def _share(table: DestinationConfig, workers: int) -> DestinationConfig:
+    rate = table.rate
+    if rate is not None:  # 30/minute over 2 workers is 15/minute each; 1/minute, one per 2 minutes each
+        rate = (SenderRate(rate.messages // workers, rate.per_seconds) if rate.messages >= workers
+                else SenderRate(1, rate.per_seconds * workers / rate.messages))
+    return DestinationConfig(max(1, table.concurrency // workers), rate)

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 
 from mailgate.config import DestinationConfig, RelayConfig, SenderRate
 from mailgate.core.reply import Reply
-from mailgate.outbound.shaping import RECOVER_SECONDS, Site, Sites, is_throttle
+from mailgate.outbound.shaping import RECOVER_SECONDS, Site, Sites, is_throttle, worker_share
 
 
 class FakeCache:
@@ -99,3 +99,33 @@ def test_domains_sharing_a_site_share_the_table_that_names_one() -> None:
     assert first.concurrency == 20
     second = sites.site(("mx", ("mx.google.test",)), "googlemail.test", "g")
     assert second is first and first.limit == 3
+
+
+def test_each_worker_takes_its_share_of_every_destination_and_the_server_stays_within_them() -> None:
+    relay = RelayConfig(destination={
+        "*": DestinationConfig(concurrency=20),
+        "slow.example": DestinationConfig(concurrency=3, rate=SenderRate(30, 60.0)),
+        "rare.example": DestinationConfig(concurrency=1, rate=SenderRate(1, 60.0)),
+    })
+    for workers in (2, 3):
+        share = worker_share(relay, workers)
+        for name, table in relay.destination.items():
+            mine = share.destination[name]
+            assert mine.concurrency * workers <= max(table.concurrency, workers)  # one each at least
+            assert mine.concurrency >= 1
+            assert (mine.rate is None) == (table.rate is None)
+            if table.rate is not None and mine.rate is not None:
+                per_second = mine.rate.messages / mine.rate.per_seconds * workers
+                assert per_second <= table.rate.messages / table.rate.per_seconds + 1e-9
+                assert mine.rate.messages >= 1
+    assert worker_share(relay, 2).destination["slow.example"] == DestinationConfig(1, SenderRate(15, 60.0))
+    assert worker_share(relay, 2).destination["rare.example"] == DestinationConfig(1, SenderRate(1, 120.0))
+    assert worker_share(RelayConfig(), 2).destination_for("any.example") == DestinationConfig(concurrency=10)
+    assert worker_share(relay, 1) is relay
+
+
+def test_a_worker_s_share_is_what_its_sites_hold_to() -> None:
+    sites = Sites(worker_share(RelayConfig(destination={"*": DestinationConfig(concurrency=4)}), 2), Clock(),
+                  FakeCache())
+    site = sites.site(("mx", ("mx.example",)), "example", "example")
+    assert site.concurrency == site.limit == 2
