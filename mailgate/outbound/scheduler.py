@@ -82,9 +82,6 @@ class Scheduler:
     async def start(self) -> None:
         """Resume everything a previous run left queued (one listing of env/)."""
         set_aside, entries = await self._run(self._load_all)
-        index, parts = self._part
-        if parts > 1:
-            entries = [(queue_id, at) for queue_id, at in entries if part_of(queue_id, parts) == index]
         for queue_id, reason in set_aside:
             _log_set_aside(queue_id, reason)
         self.spooler.index.resumed(queue_id for queue_id, _ in entries)
@@ -95,7 +92,9 @@ class Scheduler:
 
     def _load_all(self) -> tuple[list[tuple[str, str]], list[tuple[str, float]]]:
         set_aside = self.store.prepare() if self.prepare_spool else []
-        return set_aside, self.store.next_attempts()
+        index, parts = self._part
+        mine = (lambda queue_id: part_of(queue_id, parts) == index) if parts > 1 else None  # not a stat of others'
+        return set_aside, self.store.next_attempts(mine)
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop starting attempts; wait for those in flight, but not past the grace.

@@ -28,7 +28,7 @@ import fcntl
 import hashlib
 import os
 import time
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from mailgate.outbound.corrupt import CorruptDirectory
 from mailgate.outbound.entry import (
@@ -195,8 +195,8 @@ class QueueStore:
         except FileNotFoundError:  # nothing was ever queued
             return []
 
-    def next_attempts(self) -> list[tuple[str, float]]:
-        """Every entry's id and next attempt, from env/ mtimes alone.
+    def next_attempts(self, wanted: Callable[[str], bool] | None = None) -> list[tuple[str, float]]:
+        """Every entry's id (those `wanted`, a worker's part) and next attempt, from env/ mtimes alone.
 
         Start-up reads no entry: 100,000 deferred messages cost a directory
         listing and one stat each, not 100,000 file reads that leave the
@@ -206,6 +206,8 @@ class QueueStore:
         try:
             with os.scandir(self._env) as listing:
                 for item in listing:
+                    if wanted is not None and not wanted(item.name):
+                        continue
                     try:
                         found.append((item.name, item.stat().st_mtime))
                     except FileNotFoundError:  # removed meanwhile (the CLI)
