@@ -27,6 +27,7 @@ from mailgate.app.listening import StartupListener
 from mailgate.app.periodic import Periodic
 from mailgate.app.pipeline import Pipeline, build_pipeline, deliverer_for, queue_parts
 from mailgate.app.reload import Reloader
+from mailgate.app.stopping import stop_once_on_signals
 from mailgate.config import ConfigError, GatewayConfig, ListenConfig
 from mailgate.hooks.calling import Hooks
 from mailgate.limits.admission import Admission, AdmissionGate
@@ -258,6 +259,7 @@ class GatewayService(MultiService):
         if problems:
             self._fail_startup(*problems)
         self._hold_sighup()
+        stop_once_on_signals(self.reactor)
         self.threadpool.start()
         if self.outbound is not None:
             self._start_queue(self.outbound)

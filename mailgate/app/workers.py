@@ -28,25 +28,26 @@ import shutil
 import signal
 import socket
 import sys
-import time
 from typing import IO, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThread
-from twisted.logger import FileLogObserver, ILogObserver, Logger, LogLevel
+from twisted.logger import FileLogObserver, ILogObserver, Logger
 
 from mailgate.app import preflight
 from mailgate.app.service import fail_startup
 from mailgate.app.shared_queue import CONTROL, DONE, FLUSH
+from mailgate.app.stopping import stop_once_on_signals
 from mailgate.app.worker import HELLO, QUEUED, RESTARTS, WorkerSetup, ENVIRONMENT
+from mailgate.app.worker_output import WorkerProcess
 from mailgate.config import ConfigError, GatewayConfig
 from mailgate.core.queue_ids import part_of
 from mailgate.limits.anvil import FAILED, SUCCEEDED, AnvilResponder, Counters
 from mailgate.ops.log_observer import twistd_destination
-from mailgate.ops.log_text import classic_line, timestamp
+from mailgate.ops.log_text import classic_line
 from mailgate.ops.metrics import SHARED_DIRECTORY
 from mailgate.outbound.spool import QueueStore
 
@@ -55,8 +56,6 @@ log = Logger()
 FIRST_RESTART_SECONDS = 0.5
 LONGEST_RESTART_SECONDS = 30.0
 YOUNG_SECONDS = 30.0  # a worker that ran longer than this died of something new: restart at once
-LEVELS = {level.name: level for level in LogLevel.iterconstants()}  # "debug", "info", "warn", "error", "critical"
-SYSTEMS = {name: f"{__name__}#{name}" for name in LEVELS}  # what twistd's text log shows of this module's events
 STOP_GRACE_SECONDS = 20.0  # the workers' own shutdown grace (10 s) and then some; then SIGKILL
 TWISTD = "from twisted.scripts.twistd import run; run()"  # `twistd` itself, with this interpreter
 
@@ -85,62 +84,6 @@ class MasterLink(AnvilResponder):
             self._master.to_worker(0, DONE, *fields)
         elif verb == FAILED or verb == SUCCEEDED:
             self._master.tell_others(self, verb, *fields)
-
-
-class WorkerProcess(ProcessProtocol):
-    """One running worker: its output relayed into the master's log, its end reported.
-
-    Each line of a worker is one line of the master's log. Where that log
-    is twistd's text file (or stdout), the master's own observer writing to
-    `Master.log_out`, the lines of a chunk are formatted as that observer
-    would and written at once, without an event each through the logging
-    system, which cost the master about 25 us a line; with `--syslog` or a
-    `--logger`, each line is an event.
-    """
-
-    def __init__(self, master: Master, index: int) -> None:
-        self._master, self.index = master, index
-        self._partial = {1: b"", 2: b""}  # stdout's and stderr's unfinished lines
-        self.ended: Deferred[None] = Deferred()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        """A chunk of a worker's stdout (its log, a reactor turn's lines at a time) or stderr (the
-        same kind of line, or a crash's last words): decoded and split once, each line logged."""
-        chunk = self._partial.get(childFD, b"") + data
-        end = chunk.rfind(b"\n")
-        self._partial[childFD] = chunk[end + 1:]
-        if end < 0:
-            return
-        lines = chunk[:end].decode("utf-8", "replace").split("\n")
-        out = self._master.log_out
-        if out is not None:
-            out.write(self._as_logged(lines))
-            out.flush()
-            return
-        emit, index = log.emit, self.index
-        for line in lines:
-            level, _, text = line.partition(" ")
-            if level in LEVELS:
-                emit(LEVELS[level], "worker {index}: {text}", index=index, text=text)
-            else:
-                emit(LogLevel.info, "worker {index}: {text}", index=index, text=line)
-
-    def _as_logged(self, lines: list[str]) -> str:
-        """The lines as twistd's text log would write their events (`worker N: text` each), in one go."""
-        stamp, index, written = timestamp(time.time()), self.index, []
-        for line in lines:
-            level, _, text = line.partition(" ")
-            if level not in SYSTEMS:
-                level, text = "info", line
-            written.append(f"{stamp} [{SYSTEMS[level]}] worker {index}: {text}\n")
-        return "".join(written)
-
-    def processEnded(self, reason: Any) -> None:
-        for childFD, rest in self._partial.items():  # last words without a line end
-            if rest:
-                self.childDataReceived(childFD, b"\n")
-        self._master.worker_ended(self, reason.value)
-        self.ended.callback(None)
 
 
 class Master(Service):
@@ -222,6 +165,7 @@ class Master(Service):
     def startService(self) -> None:
         super().startService()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        stop_once_on_signals(self._reactor)
         if not self._lock_queue():
             return
         d = deferToThread(self._queue.prepare)  # before any worker writes: see mailgate.app.worker

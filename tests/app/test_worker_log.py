@@ -12,8 +12,8 @@ from twisted.logger import LogLevel, LogPublisher, Logger, capturedLogs, formatE
 from twisted.python.failure import Failure
 
 from mailgate.app.worker import LineObserver
-from mailgate.app import workers
-from mailgate.app.workers import WorkerProcess
+from mailgate.app import worker_output
+from mailgate.app.worker_output import WorkerProcess
 
 
 class Turns(Clock):
@@ -106,7 +106,7 @@ def test_written_to_the_masters_text_log_directly_the_lines_are_what_its_observe
         monkeypatch: Any) -> None:
     """With the master's own text log observer, a chunk is written in one go, each line exactly as
     that observer writes the event `worker N: text` at the same moment."""
-    monkeypatch.setattr(workers.time, "time", lambda: 1764660000.0)
+    monkeypatch.setattr(worker_output.time, "time", lambda: 1764660000.0)
     chunk = b"info accepted {a}\nwarn slow\ncritical oh no\nno-level-here\n"
     master = Master()
     master.log_out = io.StringIO()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from mailgate.app.workers import FIRST_RESTART_SECONDS, LONGEST_RESTART_SECONDS, Master, WorkerProcess
+from mailgate.app.worker_output import WorkerProcess
+from mailgate.app.workers import FIRST_RESTART_SECONDS, LONGEST_RESTART_SECONDS, Master
 from mailgate.config import parse_config
 from mailgate.core.queue_ids import part_of
 

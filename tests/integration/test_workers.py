@@ -117,6 +117,44 @@ def test_sigterm_stops_the_master_and_every_worker(make_gateway: Callable[..., G
     assert "Traceback" not in log
 
 
+def test_a_second_sigterm_while_stopping_is_no_error(make_gateway: Callable[..., Gateway]) -> None:
+    """systemd's default KillMode signals every process of the unit: each worker hears SIGTERM from
+    systemd and again from the master, and the master may hear it twice."""
+    gateway = with_workers(make_gateway())
+    start_workers(gateway)
+    pids = worker_pids(gateway)
+    assert gateway.process is not None
+    for pid in (gateway.process.pid, *pids.values(), gateway.process.pid, *pids.values()):
+        os.kill(pid, signal.SIGTERM)
+    assert gateway.stop(signal.SIGTERM) == -signal.SIGTERM
+    for pid in pids.values():
+        wait_for(lambda: not alive(pid), 10, f"worker {pid} to end")
+    log = gateway.log()
+    assert log.count("mailgate stopped cleanly") == 3
+    assert "Traceback" not in log and "ReactorNotRunning" not in log
+
+
+def test_a_single_process_also_takes_a_second_sigterm_calmly(make_gateway: Callable[..., Gateway]) -> None:
+    """The second SIGTERM comes while the first is carried out: a relay attempt to a smarthost that
+    never greets keeps the stop waiting (its grace)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        gateway = make_gateway(extra=NO_RATE + (
+            f'[relay]\nsmarthost = "127.0.0.1:{silent.getsockname()[1]}"\nallowed_networks = ["127.0.0.0/8"]\n'))
+        gateway.start()
+        assert gateway.process is not None
+        send_batch(gateway.ports["smtp"], 0, 1, [], REMOTE)
+        wait_for(lambda: "status=received" in gateway.log(), 10, "the message to be queued")
+        os.kill(gateway.process.pid, signal.SIGTERM)
+        wait_for(lambda: "mailgate stopping" in gateway.log(), 10, "the first SIGTERM to be heard")
+        assert gateway.process.poll() is None  # waiting for the attempt in flight
+        os.kill(gateway.process.pid, signal.SIGTERM)
+        assert gateway.stop(signal.SIGTERM) == -signal.SIGTERM
+    assert "mailgate stopped cleanly" in gateway.log()
+    assert "Traceback" not in gateway.log() and "ReactorNotRunning" not in gateway.log()
+
+
 def test_sighup_reaches_every_worker_and_stops_none(make_gateway: Callable[..., Gateway]) -> None:
     gateway = with_workers(make_gateway())
     start_workers(gateway)
