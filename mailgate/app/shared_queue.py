@@ -36,9 +36,12 @@ class AllParts:
         self._scheduler, self._link = scheduler, link
         self._index, self._parts = index, parts
         self.store = scheduler.store
-        self._run = scheduler._run
         self._tokens = itertools.count(1)
         self._waiting: dict[str, Deferred[None]] = {}
+
+    def entry_ids(self) -> Deferred[list[str]]:
+        """Every entry of every part (one spool): `queue delete --all` asks each one's worker."""
+        return self._scheduler.entry_ids()
 
     def flush(self) -> None:
         self._scheduler.flush()

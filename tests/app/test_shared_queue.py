@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mailgate.app.shared_queue import CONTROL, DONE, AllParts, carry_out
 from mailgate.core.queue_ids import part_of
+from mailgate.outbound import control
 from tests.outbound.test_scheduler import Harness
 
 IDS = [f"Q{n}" for n in range(40)]
@@ -65,3 +66,18 @@ def test_a_flush_is_carried_out_here_and_passed_to_every_other_worker(tmp_path: 
     one.clock.advance(0)
     assert (len(zero.relay.calls), len(one.relay.calls)) == (2, 2)
     assert zero.store.ids() == []
+
+
+def test_delete_all_asks_each_entry_s_worker(tmp_path: Path) -> None:
+    """`mailgate queue delete --all` with workers: worker 0 lists the one spool and asks for each entry."""
+    zero, one = workers(tmp_path)
+    to_master = Link()
+    requests = AllParts(zero.queue, to_master, 0, 2)  # type: ignore[arg-type]
+    finished: list[object] = []
+    control.delete_all(requests).addBoth(finished.append)
+    [(verb, fields)] = to_master.sent  # worker 1's entry; worker 0 deletes its own itself
+    assert verb == CONTROL and fields[0] == "delete" and part_of(fields[1], 2) == 1
+    assert zero.store.ids() == [fields[1]] and finished == []
+    carry_out(one.queue, Link(), list(fields))  # type: ignore[arg-type]
+    requests.done(fields[2])
+    assert zero.store.ids() == [] and len(finished) == 1
