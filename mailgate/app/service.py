@@ -209,7 +209,7 @@ class GatewayService(MultiService):
         requests: control.QueueActions | None = scheduler
         if self.role is not None:
             requests = self.role.share_queue(scheduler)
-        elif not self._lock_spool(scheduler.store):
+        elif not lock_spool(scheduler.store, self.reactor, self.twistd):
             return
         Deferred.fromCoroutine(scheduler.start()).addErrback(
             lambda f: log.failure("queue: could not resume the spool", f)
@@ -218,16 +218,6 @@ class GatewayService(MultiService):
             served = requests  # the lambda's, narrowed
             self._every("queue requests (mailgate queue flush|delete)", lambda: control.serve_requests(served),
                         REQUEST_POLL_SECONDS)
-
-    def _lock_spool(self, store: QueueStore) -> bool:
-        try:
-            locked = store.lock()
-        except OSError as error:
-            self._fail_startup(f"server.state_dir: cannot lock the queue: {error.filename}: {error.strerror}")
-        if not locked:
-            log.critical("server.state_dir: {dir} is in use by another running mailgate", dir=store.directory)
-            self.reactor.stop()
-        return locked
 
     def _every(self, name: str, work: Any, seconds: float) -> None:
         periodic = Periodic(name, work, self.reactor, seconds)
@@ -343,6 +333,19 @@ class ListenerService(StartupListener):
 
     def _bound(self, port: Any) -> Any:
         return self._gateway._bound(port, self._listener)
+
+
+def lock_spool(store: QueueStore, reactor: Any, twistd: Mapping[str, Any] | None) -> bool:
+    """Take the spool's lock for this server (the single process, or the master of workers); if
+    another server has it, one line and stop; if it cannot be taken at all, fail start-up."""
+    try:
+        locked = store.lock()
+    except OSError as error:
+        fail_startup((f"server.state_dir: cannot lock the queue: {error.filename}: {error.strerror}",), twistd)
+    if not locked:
+        log.critical("server.state_dir: {dir} is in use by another running mailgate", dir=store.directory)
+        reactor.stop()
+    return locked
 
 
 def fail_startup(problems: tuple[str, ...], twistd: Mapping[str, Any] | None = None) -> NoReturn:

@@ -38,7 +38,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import FileLogObserver, ILogObserver, Logger
 
 from mailgate.app import preflight
-from mailgate.app.service import fail_startup
+from mailgate.app.service import fail_startup, lock_spool
 from mailgate.app.shared_queue import CONTROL, DONE, FLUSH
 from mailgate.app.stopping import stop_once_on_signals
 from mailgate.app.worker import HELLO, QUEUED, RESTARTS, WorkerSetup, ENVIRONMENT
@@ -166,23 +166,11 @@ class Master(Service):
         super().startService()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
         stop_once_on_signals(self._reactor)
-        if not self._lock_queue():
+        if not lock_spool(self._queue, self._reactor, self._twistd):  # for the server's life: the CLI asks it
             return
         d = deferToThread(self._queue.prepare)  # before any worker writes: see mailgate.app.worker
         d.addCallbacks(self._spool_prepared, self._spool_failed)
         d.addErrback(self._spawn_failed)
-
-    def _lock_queue(self) -> bool:
-        """The server's lock on the spool, for its whole life: the CLI then asks the workers."""
-        try:
-            if self._queue.lock():
-                return True
-            log.critical("server.state_dir: {dir} is in use by another running mailgate", dir=self._queue.directory)
-        except OSError as error:
-            log.critical("server.state_dir: cannot lock the queue: {path}: {error}", path=error.filename,
-                         error=error.strerror)
-        self._reactor.stop()
-        return False
 
     def _spool_prepared(self, set_aside: list[tuple[str, str]]) -> None:
         for queue_id, reason in set_aside:
