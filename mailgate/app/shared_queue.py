@@ -16,7 +16,7 @@ it is carried out.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -27,6 +27,7 @@ from mailgate.outbound.scheduler import Scheduler
 CONTROL = b"C"  # worker 0 -> the master -> a worker (or every other): carry out `action [id token]`
 DONE = b"D"  # that worker -> the master -> worker 0: the request with this token is carried out
 FLUSH = "flush"
+ON_ONE_ENTRY = ("delete", "hold", "release")  # the Scheduler's methods of those names carry them out
 
 
 class AllParts:
@@ -48,17 +49,17 @@ class AllParts:
         self._link.send(CONTROL, FLUSH)
 
     def delete(self, queue_id: str) -> Deferred[Any]:
-        return self._act("delete", queue_id, self._scheduler.delete)
+        return self._act("delete", queue_id)
 
     def hold(self, queue_id: str) -> Deferred[Any]:
-        return self._act("hold", queue_id, self._scheduler.hold)
+        return self._act("hold", queue_id)
 
     def release(self, queue_id: str) -> Deferred[Any]:
-        return self._act("release", queue_id, self._scheduler.release)
+        return self._act("release", queue_id)
 
-    def _act(self, action: str, queue_id: str, here: Callable[[str], Deferred[Any]]) -> Deferred[Any]:
+    def _act(self, action: str, queue_id: str) -> Deferred[Any]:
         if part_of(queue_id, self._parts) == self._index:
-            return here(queue_id)
+            return _on_one_entry(self._scheduler, action, queue_id)
         token = str(next(self._tokens))
         done: Deferred[None] = Deferred()
         self._waiting[token] = done
@@ -82,6 +83,11 @@ def carry_out(scheduler: Scheduler, link: LineLink, fields: list[str]) -> None:
         scheduler.flush()
         return
     queue_id, token = fields[1], fields[2]
-    act = {"delete": scheduler.delete, "hold": scheduler.hold, "release": scheduler.release}.get(action)
-    done = act(queue_id) if act is not None else succeed(None)
-    done.addBoth(lambda _: link.send(DONE, token))
+    _on_one_entry(scheduler, action, queue_id).addBoth(lambda _: link.send(DONE, token))
+
+
+def _on_one_entry(scheduler: Scheduler, action: str, queue_id: str) -> Deferred[Any]:
+    if action not in ON_ONE_ENTRY:  # a line this version does not know: nothing to carry out
+        return succeed(None)
+    done: Deferred[Any] = getattr(scheduler, action)(queue_id)
+    return done

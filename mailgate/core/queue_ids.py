@@ -48,5 +48,5 @@ def transaction_id() -> str:
     index, parts = _part
     while True:
         made = f"{time.time_ns() // 1000:X}{_pid}{next(_ids):X}"
-        if parts == 1 or zlib.crc32(made.encode()) % parts == index:
+        if part_of(made, parts) == index:
             return made
