@@ -7,20 +7,10 @@ from pathlib import Path
 from mailgate.app.shared_queue import CONTROL, DONE, AllParts, carry_out
 from mailgate.core.queue_ids import part_of
 from mailgate.outbound import control
+from tests.app.test_workers import Link  # the lines a link sends: the master's end, or here a worker's
 from tests.outbound.test_scheduler import Harness
 
 IDS = [f"Q{n}" for n in range(40)]
-
-
-class Link:
-    """A worker's link to the master: the lines sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple[str, ...]]] = []
-
-    def send(self, verb: bytes, *fields: str) -> bool:
-        self.sent.append((verb, fields))
-        return True
 
 
 def workers(tmp_path: Path) -> list[Harness]:
